@@ -1,0 +1,11 @@
+"""LlamaGen ("Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation", arXiv 2406.06525).
+
+Importing the package loads no model and changes no global state.
+"""
+
+from llamagen.checkpoints import save
+from llamagen.tokenizer import VQConfig, VQModel, vq_preset
+from llamagen.tokenizer.loading import load_tokenizer
+
+__version__ = "0.1.0"
+__all__ = ["VQConfig", "VQModel", "load_tokenizer", "save", "vq_preset"]

@@ -1,0 +1,214 @@
+"""Reading and writing checkpoints, safely and strictly.
+
+Published LlamaGen checkpoints are `torch.save` pickles holding `{'model': state_dict, ...}` (DDP
+training), `{'ema': ...}`, or the bare state dict (FSDP). They are read with
+`torch.load(weights_only=True)`, so a file that would run code when unpickled is refused before any
+of it runs. The project's own checkpoints are safetensors files that carry their config as metadata.
+
+Loading is strict: a wrong config must fail loudly, naming every missing, unexpected and mis-shaped
+key, instead of silently leaving weights random (the original loads with `strict=False`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+FORMAT_NAME = "llamagen"
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+# Embedded models the project trains and ships in llamagen/assets: name -> file name.
+EMBEDDED_MODELS: dict[str, str] = {}
+
+# Entries the original stores that are derived from the config or are running statistics, not weights:
+# they may be absent from a file (the model keeps its own) or present without a place (they are dropped).
+_DERIVED_KEY_PATTERNS = (
+    re.compile(r"(^|\.)freqs_cis$"),  # RoPE table, recomputed from the config
+    re.compile(r"(^|\.)causal_mask$"),
+    re.compile(r"(^|\.)kv_cache\.(k_cache|v_cache)$"),  # KV cache buffers of the original's GPT
+    re.compile(r"^quantize\.codebook_used$"),  # the tokenizer's usage window, a training statistic
+)
+# Where the original's training scripts put the weights, in the order they are looked for.
+_STATE_DICT_KEYS = ("model", "module", "state_dict")
+# Prefixes DDP and torch.compile put on every key when the wrapped module is saved.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_MAX_NAMED_KEYS = 12
+
+
+@dataclass
+class CheckpointContents:
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None  # None for published files, which carry no config
+    kind: str | None  # 'vq' or 'gpt' for the project's own files
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A checkpoint path from a path or the name of an embedded model."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if str(source) in EMBEDDED_MODELS:
+        return ASSETS_DIR / EMBEDDED_MODELS[str(source)]
+    if path.exists():
+        raise ValueError(f"checkpoint {str(source)!r} is not a file")
+    embedded = ", ".join(sorted(EMBEDDED_MODELS)) or "none yet"
+    raise FileNotFoundError(f"no checkpoint file or embedded model named {str(source)!r} (embedded models: {embedded})")
+
+
+def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> CheckpointContents:
+    """Tensors and config of a `.safetensors` file of the project's or a published `.pt` pickle."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is an empty file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return CheckpointContents(_extract_state_dict(_safe_torch_load(path), path, prefer_ema), None, None)
+
+
+def _read_safetensors(path: Path) -> CheckpointContents:
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {error}") from error
+    config = json.loads(metadata["config"]) if "config" in metadata else None
+    return CheckpointContents(tensors, config, metadata.get("kind"))
+
+
+def _safe_torch_load(path: Path) -> Any:
+    # argparse.Namespace is allowed: the original's training scripts save their `args` beside the weights.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refused to load {str(path)!r}: it holds Python objects beyond tensors and plain data, which would "
+            f"run code when unpickled. Published LlamaGen checkpoints hold only weights. ({_first_line(error)})"
+        ) from error
+    except Exception as error:  # the unpickler fails on garbage with any of several exception types
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch file: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _extract_state_dict(obj: Any, path: Path, prefer_ema: bool) -> dict[str, torch.Tensor]:
+    """The state dict from any layout the original wrote: bare (FSDP), {'model'}, {'ema'}, {'module'}, ..."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    if prefer_ema and "ema" not in obj:
+        raise ValueError(f"EMA weights were asked for, but {str(path)!r} has no 'ema' entry (keys: {sorted(obj)})")
+    if not _is_state_dict(obj):
+        candidates = ("ema", *_STATE_DICT_KEYS) if prefer_ema else (*_STATE_DICT_KEYS, "ema")
+        found = next((key for key in candidates if key in obj and _is_state_dict(obj[key])), None)
+        if found is None:
+            raise ValueError(
+                f"checkpoint {str(path)!r} has no state dict under {list(candidates)}; its entries: {sorted(obj)[:20]}"
+            )
+        obj = obj[found]
+    for prefix in _WRAPPER_PREFIXES:
+        if obj and all(key.startswith(prefix) for key in obj):
+            obj = {key[len(prefix) :]: value for key, value in obj.items()}
+    return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _is_derived(key: str) -> bool:
+    return any(pattern.search(key) for pattern in _DERIVED_KEY_PATTERNS)
+
+
+def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` into `model`, or raise naming each missing, unexpected and mis-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state_dict and not _is_derived(k))
+    unexpected = sorted(k for k in state_dict if k not in expected and not _is_derived(k))
+    misshaped = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    )
+    if missing or unexpected or misshaped:
+        problems = [
+            _describe(label, keys)
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+            if keys
+        ]
+        raise ValueError(
+            f"{source} does not match the model's configuration: "
+            + "; ".join(problems)
+            + ". Check the config (or preset) passed with the checkpoint."
+        )
+    # Derived entries the file lacks keep the model's own values; those it has without a place are dropped.
+    complete = {k: state_dict.get(k, v) for k, v in expected.items()}
+    model.load_state_dict(complete, strict=True)
+
+
+def _describe(label: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_NAMED_KEYS])
+    more = f" and {len(keys) - _MAX_NAMED_KEYS} more" if len(keys) > _MAX_NAMED_KEYS else ""
+    return f"{len(keys)} {label} key(s): {shown}{more}"
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    weights_dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write a model's weights and config to a safetensors file, atomically (temporary file, then rename).
+
+    The model is one of the project's (it has `checkpoint_kind` and a `config` with `to_dict()`), so the file
+    alone rebuilds it: `load_tokenizer(path)` / `load_gpt(path)` need no config.
+
+    `weights_dtype` (e.g. torch.bfloat16 for shipped assets) converts floating-point parameters only;
+    buffers keep their dtype.
+    """
+    parameters = {name for name, _ in model.named_parameters()}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if weights_dtype is not None and name in parameters and tensor.is_floating_point():
+            tensor = tensor.to(weights_dtype)
+        tensors[name] = tensor.detach().cpu().contiguous()
+    header = {
+        "format": FORMAT_NAME,
+        "kind": model.checkpoint_kind,
+        "config": json.dumps(model.config.to_dict()),
+        **(metadata or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=header))
+    return path
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call `write(temporary_path)` in the target's folder, then rename over `path`: never a half-written file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Data the project trains and demonstrates on, all available offline."""

@@ -1,0 +1,67 @@
+"""Tokenize an image and decode it back, with what it costs and what it loses.
+
+An image whose height or width the downsample factor does not divide is padded at the bottom and
+right by repeating the edge pixels (which adds no new edge for the tokenizer to spend codes on), and
+the reconstruction is cropped back to the original size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from llamagen.evaluation.metrics import psnr, ssim
+from llamagen.images import pil_to_tensor, tensor_to_uint8
+from llamagen.tokenizer.model import VQModel
+
+
+@dataclass
+class Reconstruction:
+    original: Image.Image
+    reconstruction: Image.Image
+    codes: torch.Tensor  # (h, w) int64 code indices, for the padded image
+    psnr: float  # dB, on the 8-bit pixels of the two images (data range 255)
+    ssim: float  # data range 255; NaN for images under 11 pixels a side
+    bits_per_pixel: float  # tokens x log2(codebook size) / pixels of the original image
+    distinct_codes: int
+
+    def side_by_side(self) -> Image.Image:
+        """The original on the left, the reconstruction on the right."""
+        width, height = self.original.size
+        canvas = Image.new("RGB", (2 * width, height))
+        canvas.paste(self.original, (0, 0))
+        canvas.paste(self.reconstruction, (width, 0))
+        return canvas
+
+
+def pad_to_multiple(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, ceil(H/f)*f, ceil(W/f)*f), edge pixels repeated at the bottom and right."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % factor, -width % factor
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def reconstruct(tokenizer: VQModel, image: Image.Image) -> Reconstruction:
+    """Round-trip one RGB image through the tokenizer and measure the result."""
+    original = pil_to_tensor(image)
+    height, width = original.shape[-2:]
+    codes = tokenizer.tokenize(pad_to_multiple(original, tokenizer.downsample_factor))
+    decoded = tokenizer.detokenize(codes)[..., :height, :width]
+
+    original_pixels = tensor_to_uint8(original)[0]
+    decoded_pixels = tensor_to_uint8(decoded)[0]
+    return Reconstruction(
+        original=Image.fromarray(original_pixels),
+        reconstruction=Image.fromarray(decoded_pixels),
+        codes=codes[0].cpu(),
+        psnr=psnr(original_pixels, decoded_pixels, data_range=255.0).item(),
+        ssim=ssim(original_pixels, decoded_pixels, data_range=255.0).item(),
+        bits_per_pixel=codes.numel() * math.log2(tokenizer.config.codebook_size) / (height * width),
+        distinct_codes=int(codes.unique().numel()),
+    )

@@ -1,0 +1,181 @@
+"""The convolutional encoder and decoder of the VQ-GAN tokenizer.
+
+The architecture is the taming-transformers VQ-GAN as LlamaGen uses it (Sec. 2.1 of the paper):
+residual blocks with GroupNorm and swish, one self-attention layer per block at the lowest
+resolution and in the middle. Module names reproduce the published state-dict keys exactly
+(`encoder.conv_blocks.{i}.res.{j}`, `.attn.{j}`, `.downsample.conv`, `encoder.mid.{0,1,2}`, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamagen.tokenizer.config import GROUP_NORM_GROUPS
+
+
+class Float32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the activations' dtype (bf16 statistics are too coarse)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def normalize(channels: int) -> nn.GroupNorm:
+    return Float32GroupNorm(GROUP_NORM_GROUPS, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+        super().__init__()
+        self.norm1 = normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = normalize(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions of a feature map, with 1x1 conv projections."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = normalize(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        # (B,C,H,W) -> (B,1,H*W,C): one head; SDPA avoids materialising the (HW x HW) matrix on large images.
+        q, k, v = (proj(y).reshape(b, 1, c, h * w).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(2, 3).reshape(b, c, h, w)
+        return x + self.proj_out(y)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Asymmetric padding (right and bottom only), as the original: a stride-2 3x3 conv then halves exactly.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Nearest-neighbour upsampling in float32 (bf16 interpolate is unsupported on some backends).
+        y = F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
+        return self.conv(y)
+
+
+def middle_blocks(channels: int, dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(
+        [
+            ResnetBlock(channels, channels, dropout),
+            AttnBlock(channels),
+            ResnetBlock(channels, channels, dropout),
+        ]
+    )
+
+
+def run_level(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The residual blocks of one resolution level, each followed by its attention layer if the level has them."""
+    for i, res in enumerate(block.res):
+        h = res(h)
+        if len(block.attn):
+            h = block.attn[i](h)
+    return h
+
+
+class Encoder(nn.Module):
+    """(B,3,H,W) image -> (B,z_channels,H/f,W/f) latent, f = 2**(len(ch_mult)-1)."""
+
+    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
+        self.conv_blocks = nn.ModuleList()
+        channels = ch
+        last = len(ch_mult) - 1
+        for level, mult in enumerate(ch_mult):
+            block = nn.Module()
+            block.res = nn.ModuleList()
+            block.attn = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                block.res.append(ResnetBlock(channels, ch * mult, dropout))
+                channels = ch * mult
+                if level == last:
+                    block.attn.append(AttnBlock(channels))
+            if level != last:
+                block.downsample = Downsample(channels)
+            self.conv_blocks.append(block)
+        self.mid = middle_blocks(channels, dropout)
+        self.norm_out = normalize(channels)
+        self.conv_out = nn.Conv2d(channels, z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for block in self.conv_blocks:
+            h = run_level(block, h)
+            if hasattr(block, "downsample"):
+                h = block.downsample(h)
+        for layer in self.mid:
+            h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B,z_channels,h,w) latent -> (B,3,h*f,w*f) image (unbounded; about [-1, 1] once trained)."""
+
+    def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, dropout: float):
+        super().__init__()
+        channels = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, channels, 3, padding=1)
+        self.mid = middle_blocks(channels, dropout)
+        self.conv_blocks = nn.ModuleList()
+        last = len(ch_mult) - 1
+        for level, mult in enumerate(reversed(ch_mult)):
+            block = nn.Module()
+            block.res = nn.ModuleList()
+            block.attn = nn.ModuleList()
+            # One more residual block per level than the encoder, as in the original.
+            for _ in range(num_res_blocks + 1):
+                block.res.append(ResnetBlock(channels, ch * mult, dropout))
+                channels = ch * mult
+                if level == 0:
+                    block.attn.append(AttnBlock(channels))
+            if level != last:
+                block.upsample = Upsample(channels)
+            self.conv_blocks.append(block)
+        self.norm_out = normalize(channels)
+        self.conv_out = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for layer in self.mid:
+            h = layer(h)
+        for block in self.conv_blocks:
+            h = run_level(block, h)
+            if hasattr(block, "upsample"):
+                h = block.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
