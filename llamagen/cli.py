@@ -80,6 +80,27 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote       {out} (original | reconstruction)")
 
 
+def run_train_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.data.photos import PhotoCrops
+    from llamagen.tokenizer.loading import as_vq_config
+    from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+
+    model_config = as_vq_config(parse_config(args.config))
+    training = TokenizerTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    dataset = PhotoCrops(size=args.image_size, seed=args.seed)
+    train_tokenizer(model_config, training, dataset, args.out, resume=args.resume)
+    print(f"wrote       {Path(args.out) / 'final.safetensors'} (EMA weights) and {Path(args.out) / 'latest.pt'}")
+
+
 def _format_of(path: Path) -> str:
     return Image.registered_extensions()[path.suffix.lower()]
 
@@ -117,6 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse larger images (default {DEFAULT_MAX_MEGAPIXELS:g}; memory grows with the pixel count)",
     )
     rec.set_defaults(run=run_reconstruct)
+
+    train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    tok = train.add_parser(
+        "tokenizer",
+        help="train a VQ tokenizer on random crops of the bundled photos",
+        description="Checkpoints to OUT/latest.pt every --checkpoint-every steps (atomically); --resume continues "
+        "exactly; SIGINT or SIGTERM saves and exits. Metrics go to OUT/metrics.jsonl, the EMA weights to "
+        "OUT/final.safetensors.",
+    )
+    tok.add_argument("--config", default="VQ-8-small", help="a preset, a JSON file or inline JSON of VQConfig fields")
+    tok.add_argument("--out", required=True, help="the run's folder")
+    tok.add_argument("--image-size", type=int, default=64)
+    tok.add_argument("--steps", type=int, default=10_000)
+    tok.add_argument("--batch-size", type=int, default=16)
+    tok.add_argument("--lr", type=float, default=1e-4)
+    tok.add_argument("--ema-decay", type=float, default=0.999)
+    tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    tok.add_argument("--seed", type=int, default=0)
+    tok.add_argument("--log-every", type=int, default=50)
+    tok.add_argument("--checkpoint-every", type=int, default=500)
+    tok.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tok.set_defaults(run=run_train_tokenizer)
     return parser
 
 

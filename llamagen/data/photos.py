@@ -1,12 +1,15 @@
-"""The photographs that scikit-image ships (`skimage.data`), available offline.
+"""Photographs that Python packages ship, available offline.
 
-These are the only photos the embedded tokenizers train on; photos a user brings are what they are
-judged on.
+The embedded tokenizers train only on the photographs of scikit-image (`skimage.data`); the held-out
+ones (two from scikit-learn, one from Matplotlib) and photos a user brings are what they are judged on.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import torch
 from PIL import Image
 
 RGB_PHOTOS = (
@@ -21,16 +24,67 @@ RGB_PHOTOS = (
     "colorwheel",
 )
 GREY_PHOTOS = ("camera", "moon", "coins", "clock", "brick", "grass", "gravel", "page", "text")
-PHOTO_NAMES = RGB_PHOTOS + GREY_PHOTOS
+TRAINING_PHOTOS = RGB_PHOTOS + GREY_PHOTOS
+HELD_OUT_PHOTOS = ("china", "flower", "grace_hopper")
+PHOTO_NAMES = TRAINING_PHOTOS + HELD_OUT_PHOTOS
 
 
 def load_photo(name: str) -> Image.Image:
     """One of `PHOTO_NAMES` as an RGB PIL image (greyscale photos are repeated over the three channels)."""
-    if name not in PHOTO_NAMES:
-        raise ValueError(f"unknown photo {name!r}; choose one of {', '.join(PHOTO_NAMES)}")
-    from skimage import data  # imported here: scikit-image takes a moment to import
+    # Imported here: scikit-image, scikit-learn and Matplotlib each take a moment to import.
+    if name in TRAINING_PHOTOS:
+        from skimage import data
 
-    pixels = getattr(data, name)()
-    if name == "stereo_motorcycle":
-        pixels = pixels[0]  # (left view, right view, disparity): the left view
+        pixels = getattr(data, name)()
+        if name == "stereo_motorcycle":
+            pixels = pixels[0]  # (left view, right view, disparity): the left view
+    elif name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        pixels = load_sample_image(f"{name}.jpg")
+    elif name == "grace_hopper":
+        from matplotlib import cbook
+
+        pixels = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    else:
+        raise ValueError(f"unknown photo {name!r}; choose one of {', '.join(PHOTO_NAMES)}")
     return Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB")
+
+
+@functools.cache
+def _training_photos() -> tuple[Image.Image, ...]:
+    return tuple(load_photo(name) for name in TRAINING_PHOTOS)
+
+
+class PhotoCrops(torch.utils.data.Dataset):
+    """Random square crops of the training photos, resized to `size`, flipped at random.
+
+    Sample `i` is a pure function of (`seed`, `i`): the crop side is drawn log-uniformly between
+    `size` (or the photo's short side, if smaller) and the photo's short side, so that both fine
+    texture and whole objects are seen. The data set is as long as asked; training that resumes at
+    step s simply continues from sample s x batch.
+    """
+
+    def __init__(self, size: int = 64, length: int = 10**9, seed: int = 0):
+        if size < 8:
+            raise ValueError(f"crop size must be at least 8 pixels, got {size}")
+        self.size, self.length, self.seed = size, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """(3, size, size) float32 in [-1, 1]."""
+        rng = np.random.default_rng([self.seed, index])
+        photos = _training_photos()
+        photo = photos[rng.integers(len(photos))]
+        short = min(photo.size)
+        smallest = min(self.size, short)
+        side = int(round(np.exp(rng.uniform(np.log(smallest), np.log(short)))))
+        left = int(rng.integers(photo.width - side + 1))
+        top = int(rng.integers(photo.height - side + 1))
+        crop = photo.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return pixels.float() / 127.5 - 1.0

@@ -33,7 +33,8 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     The expanded form, rather than torch.cdist, keeps the arg-min identical to the original's in near ties.
     """
     z, codebook = z.float(), codebook.float()
-    return z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()
+    with torch.autocast(z.device.type, enabled=False):  # under bf16 autocast the matmul would drop to bf16
+        return z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()
 
 
 def entropy_loss(affinity: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:

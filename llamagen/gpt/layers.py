@@ -1,0 +1,157 @@
+"""Building blocks of the Llama decoder: RMSNorm, SwiGLU, 2-D RoPE, grouped-query attention, KV cache.
+
+Module and parameter names reproduce the published state-dict keys (`attention.wqkv`, `attention.wo`,
+`feed_forward.w1/w2/w3`, `attention_norm`, `ffn_norm`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamagen.gpt.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32; the scale multiplies after casting back, as the original does.
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.ffn_hidden_dim
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rope_table_2d(config: GPTConfig) -> torch.Tensor:
+    """(cls_token_num + block_size, head_dim/2, 2) cos/sin table of 2-D rotary embeddings (Sec. 2.2).
+
+    A token at grid cell (row, col) rotates the first half of each head's dimension pairs by row
+    angles and the second half by column angles, at frequencies base^(-2i/(head_dim/2)). The
+    condition prefix positions hold zeros (cos = sin = 0), exactly as the original's table: their
+    queries and keys come out of the rotation as zero vectors, so every query attends to prefix keys
+    with a score of 0, and prefix queries attend uniformly over what they can see.
+    """
+    half = config.head_dim // 2
+    freqs = 1.0 / (config.rope_base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(config.grid_size, dtype=torch.float32), freqs)  # (grid, head_dim/4)
+    grid = config.grid_size
+    angles_2d = torch.cat(
+        [angles[:, None, :].expand(grid, grid, -1), angles[None, :, :].expand(grid, grid, -1)], dim=-1
+    ).flatten(0, 1)  # (grid*grid, head_dim/2): raster order, row angles then column angles
+    table = torch.stack([angles_2d.cos(), angles_2d.sin()], dim=-1)
+    return torch.cat([torch.zeros(config.cls_token_num, half, 2), table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of (B, S, H, head_dim) by the (S, head_dim/2, 2) table, in float32."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
+    rotated = torch.stack([pairs[..., 0] * cos - pairs[..., 1] * sin, pairs[..., 1] * cos + pairs[..., 0] * sin], -1)
+    return rotated.flatten(3).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys and values of the positions decoded so far: (batch, n_kv_head, max_len, head_dim) each.
+
+    Sized by the key/value heads, not the query heads, so grouped-query attention stores (and reads)
+    n_head / n_kv_head times less (the original sizes it by n_head, which breaks when they differ).
+    Buffers are not persistent: a cache never enters a checkpoint.
+    """
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (b, n_kv_head, S, head_dim) keys/values at positions start..start+S-1 of the first b rows;
+        return the keys and values of positions 0..start+S-1 of those rows."""
+        b, end = k.shape[0], start + k.shape[2]
+        self.k_cache[:b, :, start:end] = k
+        self.v_cache[:b, :, start:end] = v
+        return self.k_cache[:b, :, :end], self.v_cache[:b, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.wqkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.attn_dropout_p = config.attn_dropout_p
+        self.resid_dropout = nn.Dropout(config.resid_dropout_p)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None, cache_start: int | None = None
+    ) -> torch.Tensor:
+        """x (B, S, dim); rope (S, head_dim/2, 2); mask: boolean, broadcastable to (B, 1, S, keys), True where
+        attention is allowed, or None for plain causal attention. With `cache_start`, the keys and values
+        are written to the cache at that position and the queries attend to everything cached before too."""
+        b, s, _ = x.shape
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(b, s, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(b, s, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(b, s, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache_start is not None:
+            k, v = self.kv_cache.update(cache_start, k, v)
+        # A single query attending to the cache needs no causal mask: everything cached precedes it.
+        causal = mask is None and s > 1
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, q_size)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch for whole samples during training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: GPTConfig, drop_path: float):
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, rope, mask, cache_start=None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache_start))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))

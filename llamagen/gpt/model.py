@@ -1,0 +1,179 @@
+"""The Llama image generator (Sec. 2.2 of the paper): a decoder-only transformer over image tokens.
+
+Three entry points, each with one job:
+- `forward(tokens, cond, cond_mask)`: the whole sequence at once (training, and checking);
+- `prefill(cond, cond_mask)`: the condition prefix into the KV cache, logits of the first image token;
+- `decode_step(tokens, position)`: one token per row into the cache, logits of the next.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llamagen.gpt.conditioning import build_condition_embedding
+from llamagen.gpt.config import GPTConfig
+from llamagen.gpt.layers import KVCache, RMSNorm, TransformerBlock, rope_table_2d
+
+
+def prefix_attention_mask(cond_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, T) caption mask -> (B, 1, length, length) boolean attention mask.
+
+    Causal, except that a padded prefix position is hidden from every query but itself (the original's
+    masking for left-padded captions: without the diagonal a padded query would see nothing at all).
+    """
+    batch, prefix = cond_mask.shape
+    positions = torch.arange(length, device=cond_mask.device)
+    causal = positions[:, None] >= positions[None, :]
+    visible_keys = torch.ones(batch, length, dtype=torch.bool, device=cond_mask.device)
+    visible_keys[:, :prefix] = cond_mask.bool()
+    itself = torch.eye(length, dtype=torch.bool, device=cond_mask.device)
+    return (causal & (visible_keys[:, None, :] | itself))[:, None]
+
+
+class GPT(nn.Module):
+    checkpoint_kind = "gpt"  # the `kind` recorded in the project's checkpoint files
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.cls_embedding = build_condition_embedding(config)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout_p)
+        drop_path = torch.linspace(0, config.drop_path_rate, config.n_layer).tolist()
+        self.layers = nn.ModuleList(TransformerBlock(config, p) for p in drop_path)
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.register_buffer("freqs_cis", rope_table_2d(config), persistent=False)
+        self._cache_key_mask: torch.Tensor | None = None  # (batch, max_len) visible keys, set by prefill
+        self.apply(self._init_weights)
+        nn.init.zeros_(self.output.weight)  # the original starts from uniform predictions
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
+    @property
+    def prefix_length(self) -> int:
+        return self.config.cls_token_num
+
+    # --- the condition -----------------------------------------------------------------------
+
+    def check_condition(self, cond: torch.Tensor, cond_mask: torch.Tensor | None, allow_null: bool = True) -> None:
+        """Refuse a condition of the wrong kind, shape or range before any work is done."""
+        config = self.config
+        if config.model_type == "c2i":
+            if cond_mask is not None:
+                raise ValueError("cond_mask is for caption prefixes; a class-conditional model takes none")
+            if cond.dim() != 1 or cond.is_floating_point():
+                raise ValueError(f"class labels must be a (B,) integer tensor, got {cond.dtype} {tuple(cond.shape)}")
+            highest = config.num_classes if allow_null else config.num_classes - 1
+            if cond.numel() and (cond.min() < 0 or cond.max() > highest):
+                raise ValueError(
+                    f"class ids must be in [0, {highest}] (the model has {config.num_classes} classes), "
+                    f"got values in [{cond.min().item()}, {cond.max().item()}]"
+                )
+            return
+        expected = (config.cls_token_num, config.caption_dim)
+        if cond.dim() != 3 or tuple(cond.shape[1:]) != expected or not cond.is_floating_point():
+            raise ValueError(
+                f"caption features must be a (B, {expected[0]}, {expected[1]}) float tensor "
+                f"(cls_token_num, caption_dim), got {cond.dtype} {tuple(cond.shape)}"
+            )
+        if cond_mask is not None and tuple(cond_mask.shape) != tuple(cond.shape[:2]):
+            raise ValueError(f"cond_mask must be (B, {expected[0]}), got {tuple(cond_mask.shape)}")
+
+    def unconditional(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition of the unconditional half of guidance: the null class, or the fixed null caption."""
+        return self.cls_embedding.unconditional(cond)
+
+    def _prefix(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, cls_token_num, dim) prefix embeddings; condition dropout applies in training mode."""
+        if self.config.model_type == "t2i":
+            cond = cond.to(self.dtype)
+        return self.cls_embedding(cond)[:, : self.prefix_length]
+
+    # --- whole sequence ----------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, t), t <= block_size -> logits (B, t+1, vocab) in float32.
+
+        `logits[:, j]` is the distribution of image token j given the condition and tokens[:, :j].
+        """
+        self.check_condition(cond, cond_mask)
+        if tokens.dim() != 2 or tokens.shape[0] != cond.shape[0] or tokens.shape[1] > self.config.block_size:
+            raise ValueError(
+                f"tokens must be (B, t) with B = {cond.shape[0]} and t <= {self.config.block_size}, "
+                f"got {tuple(tokens.shape)}"
+            )
+        h = torch.cat([self._prefix(cond), self.tok_embeddings(tokens)], dim=1)
+        length = h.shape[1]
+        mask = prefix_attention_mask(cond_mask, length) if cond_mask is not None else None
+        h = self.tok_dropout(h)
+        rope = self.freqs_cis[:length]
+        for layer in self.layers:
+            h = layer(h, rope, mask)
+        return self.output(self.norm(h)).float()[:, self.prefix_length - 1 :]
+
+    # --- cached decoding ---------------------------------------------------------------------
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.prefix_length + self.config.block_size
+
+    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate an empty KV cache for `batch_size` rows (guidance doubles the rows) in every layer."""
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(
+                batch_size,
+                self.config.n_kv_head,
+                self.max_sequence_length,
+                self.config.head_dim,
+                dtype or self.dtype,
+                self.device,
+            )
+        self._cache_key_mask = None
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+        self._cache_key_mask = None
+
+    def prefill(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the condition prefix into the cache; return (B, vocab) float32 logits of image token 0."""
+        self.check_condition(cond, cond_mask)
+        h = self._prefix(cond)
+        mask = None
+        if cond_mask is not None:
+            mask = prefix_attention_mask(cond_mask, self.prefix_length)
+            self._cache_key_mask = torch.ones(
+                cond.shape[0], self.max_sequence_length, dtype=torch.bool, device=h.device
+            )
+            self._cache_key_mask[:, : self.prefix_length] = cond_mask.bool()
+        rope = self.freqs_cis[: self.prefix_length]
+        for layer in self.layers:
+            h = layer(h, rope, mask, cache_start=0)
+        return self.output(self.norm(h[:, -1:])).float()[:, 0]
+
+    def decode_step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """tokens (b, 1) at sequence `position` (prefix included) -> (b, vocab) logits of the next token.
+
+        b may be smaller than the cache's batch: the first b rows continue (guidance that has ended
+        drops the unconditional half).
+        """
+        h = self.tok_embeddings(tokens)
+        mask = None
+        if self._cache_key_mask is not None:
+            mask = self._cache_key_mask[: tokens.shape[0], None, None, : position + 1]
+        rope = self.freqs_cis[position : position + 1]
+        for layer in self.layers:
+            h = layer(h, rope, mask, cache_start=position)
+        return self.output(self.norm(h)).float()[:, 0]

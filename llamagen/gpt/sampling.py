@@ -1,0 +1,162 @@
+"""Sampling policy, outside the model: guidance, temperature, top-k, top-p over an explicit KV cache.
+
+Classifier-free guidance (Sec. 3.2 of the paper) runs the conditional and the unconditional
+condition as one doubled batch and mixes their logits at every step:
+`uncond + (cond - uncond) * cfg_scale`. Both halves are fed the same sampled token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from llamagen.gpt.model import GPT
+
+# Bytes a generation may allocate, as a share of the memory available when it starts.
+_MEMORY_SHARE = 0.8
+
+
+def check_sampling_options(vocab_size: int, cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (1 is no guidance, 0 is unconditional), got {cfg_scale}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if not 0 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be in [0, {vocab_size}] (0 keeps the whole vocabulary), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(B, vocab) float32 logits -> (B, 1) token ids. `top_k=1` or `temperature=0` is greedy."""
+    if top_k == 1 or temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    candidate_ids = None
+    if 0 < top_k < logits.shape[-1]:
+        # Sample among the k best only: a softmax over k values instead of the whole vocabulary.
+        logits, candidate_ids = torch.topk(logits, top_k, dim=-1)
+    if top_p < 1.0:
+        logits = _top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    candidates = torch.multinomial(probs, 1, generator=generator)
+    return candidates if candidate_ids is None else candidate_ids.gather(-1, candidates)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least top_p (nucleus)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    # A token is dropped when the tokens before it already reach top_p; the most likely always stays.
+    drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+    drop_sorted[:, 1:] = cumulative[:, :-1] > top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def guided(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """(2B, vocab) logits of [conditional; unconditional] rows -> (B, vocab) guided logits."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * cfg_scale
+
+
+def estimate_generation_bytes(gpt: GPT, rows: int) -> int:
+    """Memory a generation of `rows` sequences allocates: the KV cache and a few (rows x vocab) logits."""
+    config = gpt.config
+    element = torch.tensor([], dtype=gpt.dtype).element_size()
+    cache = 2 * config.n_layer * rows * config.n_kv_head * gpt.max_sequence_length * config.head_dim * element
+    activations = rows * gpt.prefix_length * (4 * config.dim + config.ffn_hidden_dim * 2) * 4
+    return cache + activations + 4 * rows * config.vocab_size * 4
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 2**63 - 1  # no way to tell: do not refuse
+
+
+@torch.no_grad()
+def generate(
+    gpt: GPT,
+    cond: torch.Tensor,
+    cond_mask: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
+    cfg_interval: int = -1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Sample `block_size` image tokens per condition -> (B, block_size) int64.
+
+    cond: (B,) class ids (c2i) or (B, cls_token_num, caption_dim) caption features (t2i), with
+    `cond_mask` (B, cls_token_num) marking real caption tokens (1) and padding (0).
+    cfg_scale: guidance scale; 1 is none (no doubled batch), 0 unconditional, > 1 stronger conditioning.
+    cfg_interval: -1 guides every token; n >= 0 guides tokens 0 .. n+1 only (the original's count),
+    after which the unconditional half is dropped.
+    temperature 0 or top_k 1: greedy. top_k 0 and top_p 1: no truncation.
+    generator: a torch.Generator on the model's device, for results that depend only on its seed.
+    progress: called as progress(tokens_done, block_size) after every token.
+    """
+    config = gpt.config
+    check_sampling_options(config.vocab_size, cfg_scale, temperature, top_k, top_p)
+    gpt.check_condition(cond, cond_mask, allow_null=False)
+    if cond.shape[0] == 0:
+        raise ValueError("cond is empty: nothing to generate")
+    cond = cond.to(gpt.device)
+    use_guidance = cfg_scale != 1.0
+    if use_guidance and config.model_type == "c2i" and not gpt.cls_embedding.has_null_class:
+        raise ValueError("this model has no null class (trained with class_dropout_prob=0): use cfg_scale=1")
+    batch = cond.shape[0]
+    rows = 2 * batch if use_guidance else batch
+    needed, available = estimate_generation_bytes(gpt, rows), available_memory_bytes(gpt.device)
+    if needed > _MEMORY_SHARE * available:
+        raise ValueError(
+            f"a batch of {batch}{' (doubled for guidance)' if use_guidance else ''} needs about "
+            f"{needed / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB is available: use a smaller batch"
+        )
+
+    if use_guidance:
+        cond = torch.cat([cond, gpt.unconditional(cond)])
+        if cond_mask is not None:
+            cond_mask = torch.cat([cond_mask, cond_mask])  # the original masks the unconditional half alike
+    if cond_mask is not None:
+        cond_mask = cond_mask.to(gpt.device)
+
+    def next_token(logits: torch.Tensor, guide: bool) -> torch.Tensor:
+        if guide:
+            logits = guided(logits, cfg_scale)
+        return sample(logits, temperature, top_k, top_p, generator)
+
+    tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
+    gpt.setup_cache(rows)
+    try:
+        tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
+        _report(progress, 1, config.block_size)
+        for i in range(1, config.block_size):
+            guide = use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
+            previous = tokens[:, i - 1 : i]
+            logits = gpt.decode_step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
+            tokens[:, i : i + 1] = next_token(logits, guide)
+            _report(progress, i + 1, config.block_size)
+    finally:
+        gpt.clear_cache()
+    return tokens
+
+
+def _report(progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
