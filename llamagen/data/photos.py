@@ -80,7 +80,7 @@ class PhotoCrops(torch.utils.data.Dataset):
         photo = photos[rng.integers(len(photos))]
         short = min(photo.size)
         smallest = min(self.size, short)
-        side = int(round(np.exp(rng.uniform(np.log(smallest), np.log(short)))))
+        side = int(np.rint(np.exp(rng.uniform(np.log(smallest), np.log(short)))))
         left = int(rng.integers(photo.width - side + 1))
         top = int(rng.integers(photo.height - side + 1))
         crop = photo.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.Resampling.BICUBIC)
