@@ -4,8 +4,22 @@ Importing the package loads no model and changes no global state.
 """
 
 from llamagen.checkpoints import save
+from llamagen.gpt import GPT, GPTConfig, gpt_preset
+from llamagen.gpt.loading import load_gpt
+from llamagen.gpt.sampling import generate
 from llamagen.tokenizer import VQConfig, VQModel, vq_preset
 from llamagen.tokenizer.loading import load_tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["VQConfig", "VQModel", "load_tokenizer", "save", "vq_preset"]
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "VQConfig",
+    "VQModel",
+    "generate",
+    "gpt_preset",
+    "load_gpt",
+    "load_tokenizer",
+    "save",
+    "vq_preset",
+]

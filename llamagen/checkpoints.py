@@ -26,6 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from llamagen.devices import resolve_device, resolve_dtype
+
 FORMAT_NAME = "llamagen"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
@@ -75,6 +77,24 @@ def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> Checkp
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     return CheckpointContents(_extract_state_dict(_safe_torch_load(path), path, prefer_ema), None, None)
+
+
+def read_model_checkpoint(
+    source: str | os.PathLike, kind: str, prefer_ema: bool = False
+) -> tuple[Path, CheckpointContents]:
+    """Resolve `source` and read it, refusing a project file of another kind ('vq' or 'gpt')."""
+    path = resolve_source(source)
+    contents = read_checkpoint(path, prefer_ema=prefer_ema)
+    if contents.kind not in (None, kind):
+        wanted = {"vq": "tokenizer", "gpt": "generator"}[kind]
+        raise ValueError(f"{str(path)!r} is a {contents.kind!r} checkpoint, not a {wanted}")
+    return path, contents
+
+
+def load_into(model: nn.Module, contents: CheckpointContents, path: Path, device, dtype) -> nn.Module:
+    """Strictly load the weights, move the model to `device` and `dtype` (default float32), set eval mode."""
+    load_state_dict_strictly(model, contents.state_dict, f"{model.checkpoint_kind} checkpoint {str(path)!r}")
+    return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or torch.float32).eval()
 
 
 def _read_safetensors(path: Path) -> CheckpointContents:

@@ -40,3 +40,40 @@ def published_vq_file(tmp_path, vq_reference_state) -> Path:
     path = tmp_path / "vq_small.pt"
     torch.save({"model": vq_reference_state, "optimizer": {"state": {}}, "steps": 100}, path)
     return path
+
+
+def reference_gpt_config(name: str):
+    """The GPTConfig of a reference file, from the original's field names in its metadata."""
+    from safetensors import safe_open
+
+    from llamagen.gpt import GPTConfig
+
+    with safe_open(FIXTURES / f"{name}.safetensors", "pt") as file:
+        original = json.loads(file.metadata()["config"])
+    fields = (
+        "dim",
+        "n_layer",
+        "n_head",
+        "n_kv_head",
+        "vocab_size",
+        "block_size",
+        "model_type",
+        "cls_token_num",
+        "num_classes",
+        "caption_dim",
+        "multiple_of",
+        "rope_base",
+        "norm_eps",
+    )
+    return GPTConfig(**{field: original[field] for field in fields})
+
+
+@pytest.fixture(params=["gpt_c2i_small", "gpt_t2i_small"])
+def gpt_reference(request):
+    """(model with the original's weights, tensors of the reference file) for each conditioning kind."""
+    from llamagen.gpt import GPT
+
+    tensors = load_file(FIXTURES / f"{request.param}.safetensors")
+    model = GPT(reference_gpt_config(request.param)).eval()
+    model.load_state_dict({k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")})
+    return model, tensors

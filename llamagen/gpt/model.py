@@ -40,8 +40,11 @@ class GPT(nn.Module):
         self.cls_embedding = build_condition_embedding(config)
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout_p)
-        drop_path = torch.linspace(0, config.drop_path_rate, config.n_layer).tolist()
-        self.layers = nn.ModuleList(TransformerBlock(config, p) for p in drop_path)
+        # Stochastic depth grows linearly with depth, from 0 to drop_path_rate at the last layer.
+        last = max(1, config.n_layer - 1)
+        self.layers = nn.ModuleList(
+            TransformerBlock(config, config.drop_path_rate * i / last) for i in range(config.n_layer)
+        )
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.register_buffer("freqs_cis", rope_table_2d(config), persistent=False)

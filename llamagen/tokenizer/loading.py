@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from llamagen.checkpoints import load_state_dict_strictly, read_checkpoint, resolve_source
-from llamagen.devices import resolve_device, resolve_dtype
+from llamagen.checkpoints import load_into, read_model_checkpoint
 from llamagen.tokenizer.config import VQConfig, vq_preset
 from llamagen.tokenizer.model import VQModel
 
@@ -72,16 +71,11 @@ def load_tokenizer(
     `device` defaults to CUDA when available, else the CPU; `dtype` ('bf16', torch.float32, ...)
     defaults to float32. `prefer_ema` takes the `ema` weights of a training checkpoint.
     """
-    path = resolve_source(source)
-    contents = read_checkpoint(path, prefer_ema=prefer_ema)
-    if contents.kind not in (None, VQModel.checkpoint_kind):
-        raise ValueError(f"{str(path)!r} is a {contents.kind!r} checkpoint, not a tokenizer")
+    path, contents = read_model_checkpoint(source, VQModel.checkpoint_kind, prefer_ema)
     if config is not None:
         vq_config = as_vq_config(config)
     elif contents.config is not None:
         vq_config = VQConfig.from_dict(contents.config)
     else:
         vq_config = infer_vq_config(contents.state_dict, repr(str(path)))
-    model = VQModel(vq_config)
-    load_state_dict_strictly(model, contents.state_dict, f"tokenizer checkpoint {str(path)!r}")
-    return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or torch.float32).eval()
+    return load_into(VQModel(vq_config), contents, path, device, dtype)

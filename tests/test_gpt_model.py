@@ -1,0 +1,182 @@
+"""The generator's architecture, published key names, cached decoding and input checks."""
+
+import pytest
+import torch
+
+from llamagen.gpt import GPT, GPTConfig, gpt_preset
+from llamagen.gpt.layers import rope_table_2d
+from llamagen.gpt.model import prefix_attention_mask
+
+SMALL = {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "block_size": 16, "multiple_of": 32}
+
+
+def small(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.from_dict({**SMALL, "num_classes": 5, "caption_dim": 24, **overrides})).eval()
+    with torch.no_grad():  # the output layer starts at zero; give it weights so logits differ
+        model.output.weight.normal_(std=0.5)
+    return model
+
+
+def condition(model: GPT, batch: int = 3, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    if config.model_type == "c2i":
+        return torch.randint(0, config.num_classes, (batch,), generator=generator), None
+    features = torch.randn(batch, config.cls_token_num, config.caption_dim, generator=generator)
+    mask = torch.ones(batch, config.cls_token_num)
+    mask[1, : config.cls_token_num // 2] = 0  # a left-padded caption, as the original's T5 features are
+    return features, mask
+
+
+def cached_logits(model: GPT, tokens, cond, cond_mask):
+    """Prefill, then decode the given tokens one at a time: the (B, t+1, vocab) logits of every step."""
+    model.setup_cache(tokens.shape[0])
+    steps = [model.prefill(cond, cond_mask)]
+    for i in range(tokens.shape[1]):
+        steps.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
+    model.clear_cache()
+    return torch.stack(steps, 1)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "preset", "overrides"),
+    [("GPT-B c2i", "GPT-B", {}), ("GPT-XL t2i", "GPT-XL", {"model_type": "t2i", "cls_token_num": 120})],
+)
+def test_state_dict_has_exactly_the_published_keys_and_shapes(prefix, preset, overrides, official_keys):
+    (published,) = [keys for name, keys in official_keys.items() if name.startswith(prefix)]
+    with torch.device("meta"):
+        model = GPT(gpt_preset(preset, **overrides))
+    assert {key: list(value.shape) for key, value in model.state_dict().items()} == published
+    assert "freqs_cis" not in model.state_dict()  # derived from the config, never saved
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "dim", "heads", "ffn"),
+    [("GPT-L", 24, 1024, 16, 2816), ("GPT-XXL", 48, 1536, 24, 4096), ("GPT-3B", 24, 3200, 32, 8704)],
+)
+def test_larger_presets_follow_the_published_pattern(preset, layers, dim, heads, ffn):
+    config = gpt_preset(preset)
+    assert (config.n_layer, config.dim, config.n_head, config.ffn_hidden_dim) == (layers, dim, heads, ffn)
+
+
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_cached_decoding_equals_the_full_forward(model_type, n_kv_head):
+    """Also with grouped-query attention (where the original's cache breaks) and caption masks."""
+    model = small(model_type=model_type, n_kv_head=n_kv_head, cls_token_num=1 if model_type == "c2i" else 6)
+    cond, mask = condition(model)
+    tokens = torch.randint(0, 97, (3, 15), generator=torch.Generator().manual_seed(1))
+    full = model(tokens, cond, mask)
+    torch.testing.assert_close(cached_logits(model, tokens, cond, mask), full, atol=2e-5, rtol=0)
+
+
+def test_grouped_query_attention_has_fewer_key_value_weights_and_cache():
+    model = small(n_kv_head=1)
+    assert model.layers[0].attention.wqkv.weight.shape == ((4 + 2) * 16, 64)
+    model.setup_cache(2)
+    assert model.layers[0].attention.kv_cache.k_cache.shape == (2, 1, 17, 16)
+    assert "layers.0.attention.kv_cache.k_cache" not in model.state_dict()
+    model.clear_cache()
+
+
+def test_a_masked_caption_equals_the_caption_without_its_padding_for_image_tokens():
+    """Image tokens never see padded prefix positions: changing the padding changes nothing after it."""
+    model = small(model_type="t2i", cls_token_num=6)
+    cond, mask = condition(model)
+    tokens = torch.randint(0, 97, (3, 10))
+    noisy = cond.clone()
+    noisy[1, :3] = torch.randn(3, 24) * 10  # rewrite row 1's padded positions
+    torch.testing.assert_close(model(tokens, noisy, mask), model(tokens, cond, mask), atol=1e-5, rtol=0)
+    assert not torch.allclose(model(tokens, noisy), model(tokens, cond), atol=1e-3)  # unmasked, it matters
+
+
+def test_prefix_mask_hides_padding_from_everyone_but_itself():
+    mask = prefix_attention_mask(torch.tensor([[0, 1, 1]]), 5)[0, 0]
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [0, 1, 0, 0, 0],
+            [0, 1, 1, 0, 0],
+            [0, 1, 1, 1, 0],
+            [0, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+
+
+def test_rope_is_two_dimensional_and_leaves_the_prefix_at_zero():
+    config = GPTConfig.from_dict({**SMALL, "cls_token_num": 2})
+    table = rope_table_2d(config)  # (2 + 16, head_dim/2 = 8, 2)
+    assert table.shape == (18, 8, 2)
+    assert (table[:2] == 0).all()
+    grid = table[2:].reshape(4, 4, 8, 2)
+    # The first half of the pairs turns with the row, the second half with the column.
+    assert torch.equal(grid[1, 0, :4], grid[1, 3, :4]) and not torch.equal(grid[0, 0, :4], grid[1, 0, :4])
+    assert torch.equal(grid[0, 2, 4:], grid[3, 2, 4:]) and not torch.equal(grid[0, 0, 4:], grid[0, 1, 4:])
+    assert torch.allclose(grid[..., 0] ** 2 + grid[..., 1] ** 2, torch.ones(4, 4, 8))
+
+
+def test_condition_dropout_in_training_only():
+    model = small(class_dropout_prob=0.5)
+    labels = torch.zeros(4000, dtype=torch.long)
+    model.train()
+    torch.manual_seed(0)
+    dropped = (model.cls_embedding(labels) == model.cls_embedding.embedding_table.weight[5]).all(-1).float().mean()
+    assert 0.45 < dropped < 0.55
+    model.eval()
+    assert not (model.cls_embedding(labels) == model.cls_embedding.embedding_table.weight[5]).all(-1).any()
+
+
+def test_caption_dropout_uses_the_fixed_unconditional_caption():
+    model = small(model_type="t2i", cls_token_num=3, class_dropout_prob=0.999).train()
+    features = torch.randn(8, 3, 24)
+    expected = model.cls_embedding.cap_proj(model.cls_embedding.uncond_embedding).expand(8, 3, 64)
+    torch.testing.assert_close(model.cls_embedding(features), expected)
+
+
+def test_training_forward_has_gradients_everywhere():
+    model = small(n_kv_head=2, drop_path_rate=0.1).train()
+    tokens = torch.randint(0, 97, (2, 16))
+    logits = model(tokens[:, :-1], torch.tensor([0, 3]))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"block_size": 15}, "not a square"),
+        ({"dim": 66}, "not divisible by n_head"),
+        ({"n_kv_head": 3}, "not a multiple of n_kv_head"),
+        ({"model_type": "x2i"}, "model_type"),
+        ({"dim": 24, "n_head": 4}, "multiple of 4"),
+        ({"token_dropout_p": 1.0}, "token_dropout_p"),
+    ],
+)
+def test_configs_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig.from_dict({**SMALL, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("model_type", "cond", "message"),
+    [
+        ("c2i", torch.tensor([0, 6]), r"class ids must be in \[0, 5\]"),
+        ("c2i", torch.tensor([-1, 0]), r"class ids must be in \[0, 5\]"),
+        ("c2i", torch.zeros(2, 3), r"\(B,\) integer tensor"),
+        ("t2i", torch.zeros(2, 4, 24), r"\(B, 3, 24\)"),
+        ("t2i", torch.zeros(2, 3, 25), r"\(B, 3, 24\)"),
+    ],
+)
+def test_a_condition_of_the_wrong_kind_is_refused(model_type, cond, message):
+    model = small(model_type=model_type, cls_token_num=1 if model_type == "c2i" else 3)
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(2, 4, dtype=torch.long), cond)
+
+
+def test_too_many_tokens_are_refused():
+    with pytest.raises(ValueError, match="t <= 16"):
+        small()(torch.zeros(1, 17, dtype=torch.long), torch.tensor([0]))

@@ -1,0 +1,155 @@
+"""Sampling: truncation rules, guidance, reproducibility, progress, and refusing bad options early."""
+
+import pytest
+import torch
+
+from llamagen import generate
+from llamagen.gpt import GPT
+from llamagen.gpt import sampling
+from llamagen.gpt.sampling import guided, sample
+
+from test_gpt_model import condition, small
+
+
+def test_top_k_only_ever_samples_the_k_best():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0, 3.0]]).expand(500, 5)
+    drawn = sample(logits, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {1, 3}
+
+
+def test_top_p_keeps_the_smallest_nucleus_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log().expand(2000, 4)
+    drawn = sample(logits, top_p=0.75, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {0, 1}  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75: two tokens
+    share = (drawn == 0).float().mean().item()
+    assert share == pytest.approx(0.5 / 0.8, abs=0.04)  # renormalised within the nucleus
+    assert set(sample(logits, top_p=0.3).flatten().tolist()) == {0}  # the most likely always stays
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = torch.tensor([[0.0, 1.0]]).expand(4000, 2)
+    generator = torch.Generator().manual_seed(0)
+    cold = (sample(logits, temperature=0.25, generator=generator) == 1).float().mean()
+    hot = (sample(logits, temperature=4.0, generator=generator) == 1).float().mean()
+    assert cold > 0.95 and 0.5 < hot < 0.65
+
+
+def test_guidance_formula():
+    cond = torch.tensor([[2.0, 0.0]])
+    uncond = torch.tensor([[1.0, 1.0]])
+    torch.testing.assert_close(guided(torch.cat([cond, uncond]), 3.0), torch.tensor([[4.0, -2.0]]))
+    torch.testing.assert_close(guided(torch.cat([cond, uncond]), 0.0), uncond)
+
+
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+def test_a_seeded_generator_makes_results_reproducible_and_independent_of_other_calls(model_type):
+    model = small(model_type=model_type, cls_token_num=1 if model_type == "c2i" else 4)
+    cond, mask = condition(model, batch=2)
+
+    def run(seed):
+        return generate(model, cond, mask, cfg_scale=2.0, top_k=20, generator=torch.Generator().manual_seed(seed))
+
+    first = run(7)
+    torch.manual_seed(123)  # the global RNG, or another request in between, must not matter
+    run(8)
+    assert torch.equal(run(7), first)
+    assert not torch.equal(run(8), first)
+
+
+def test_progress_is_reported_for_every_token():
+    model = small()
+    calls = []
+    generate(model, torch.tensor([1]), top_k=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 16) for i in range(1, 17)]
+
+
+def test_cfg_interval_guides_only_the_first_tokens(monkeypatch):
+    """cfg_interval=n guides tokens 0..n+1 (the original's count); afterwards only the conditional half runs."""
+    model = small()
+    batch_rows = []
+    original_decode = GPT.decode_step
+
+    def recording_decode(self, tokens, position):
+        batch_rows.append(tokens.shape[0])
+        return original_decode(self, tokens, position)
+
+    monkeypatch.setattr(GPT, "decode_step", recording_decode)
+    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, cfg_interval=3, top_k=1)
+    assert batch_rows == [4] * 4 + [2] * 11  # tokens 1..4 guided (doubled batch), tokens 5..15 not
+    batch_rows.clear()
+    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, top_k=1)
+    assert batch_rows == [4] * 15
+
+
+def test_guidance_interval_equals_full_guidance_while_it_lasts():
+    model = small()
+    labels = torch.tensor([0, 4])
+    full = generate(model, labels, cfg_scale=3.0, top_k=1)
+    interval = generate(model, labels, cfg_scale=3.0, cfg_interval=5, top_k=1)
+    assert torch.equal(full[:, :7], interval[:, :7])
+
+
+def test_scale_one_is_the_conditional_model_alone():
+    model = small()
+    labels = torch.tensor([0, 4])
+    tokens = generate(model, labels, cfg_scale=1.0, top_k=1)
+    logits = model(tokens[:, :-1], labels)
+    assert torch.equal(tokens, logits.argmax(-1))
+
+
+def test_guided_greedy_tokens_are_the_argmax_of_guided_full_forward_logits():
+    model = small(model_type="t2i", cls_token_num=4)
+    cond, mask = condition(model, batch=2)
+    tokens = generate(model, cond, mask, cfg_scale=2.5, top_k=1)
+    both = torch.cat([model(tokens[:, :-1], cond, mask), model(tokens[:, :-1], model.unconditional(cond), mask)])
+    assert torch.equal(tokens, guided(both, 2.5).argmax(-1))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cfg_scale": -1.0}, "cfg_scale must be >= 0"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"top_k": 98}, r"top_k must be in \[0, 97\]"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options, message, monkeypatch):
+    model = small()
+    monkeypatch.setattr(GPT, "prefill", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.tensor([0]), **options)
+
+
+def test_unknown_classes_and_the_null_class_are_refused_as_input():
+    model = small()
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 4\]"):
+        generate(model, torch.tensor([5]))
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, torch.zeros(0, dtype=torch.long))
+
+
+def test_guidance_needs_a_null_class():
+    model = small(class_dropout_prob=0.0)
+    with pytest.raises(ValueError, match="no null class"):
+        generate(model, torch.tensor([0]), cfg_scale=2.0)
+    assert generate(model, torch.tensor([0]), top_k=1).shape == (1, 16)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused(monkeypatch):
+    model = small()
+    monkeypatch.setattr(sampling, "available_memory_bytes", lambda device: 10_000_000)
+    with pytest.raises(ValueError, match=r"doubled for guidance.*use a smaller batch"):
+        generate(model, torch.zeros(4000, dtype=torch.long), cfg_scale=4.0)
+
+
+def test_the_cache_is_released_after_generation_even_on_error(monkeypatch):
+    model = small()
+    generate(model, torch.tensor([0]), top_k=1)
+    assert all(layer.attention.kv_cache is None for layer in model.layers)
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model, torch.tensor([0]))
+    assert all(layer.attention.kv_cache is None for layer in model.layers)
