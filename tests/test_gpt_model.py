@@ -2,41 +2,11 @@
 
 import pytest
 import torch
+from helpers import SMALL, cached_logits, condition, small
 
 from llamagen.gpt import GPT, GPTConfig, gpt_preset
 from llamagen.gpt.layers import rope_table_2d
 from llamagen.gpt.model import prefix_attention_mask
-
-SMALL = {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "block_size": 16, "multiple_of": 32}
-
-
-def small(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_dict({**SMALL, "num_classes": 5, "caption_dim": 24, **overrides})).eval()
-    with torch.no_grad():  # the output layer starts at zero; give it weights so logits differ
-        model.output.weight.normal_(std=0.5)
-    return model
-
-
-def condition(model: GPT, batch: int = 3, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    config = model.config
-    if config.model_type == "c2i":
-        return torch.randint(0, config.num_classes, (batch,), generator=generator), None
-    features = torch.randn(batch, config.cls_token_num, config.caption_dim, generator=generator)
-    mask = torch.ones(batch, config.cls_token_num)
-    mask[1, : config.cls_token_num // 2] = 0  # a left-padded caption, as the original's T5 features are
-    return features, mask
-
-
-def cached_logits(model: GPT, tokens, cond, cond_mask):
-    """Prefill, then decode the given tokens one at a time: the (B, t+1, vocab) logits of every step."""
-    model.setup_cache(tokens.shape[0])
-    steps = [model.prefill(cond, cond_mask)]
-    for i in range(tokens.shape[1]):
-        steps.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
-    model.clear_cache()
-    return torch.stack(steps, 1)
 
 
 @pytest.mark.parametrize(
@@ -180,3 +150,14 @@ def test_a_condition_of_the_wrong_kind_is_refused(model_type, cond, message):
 def test_too_many_tokens_are_refused():
     with pytest.raises(ValueError, match="t <= 16"):
         small()(torch.zeros(1, 17, dtype=torch.long), torch.tensor([0]))
+
+
+def test_bf16_keeps_rope_in_float32_and_cached_decoding_consistent():
+    model = small(n_kv_head=2).to(torch.bfloat16)
+    assert model.freqs_cis.dtype == torch.float32
+    assert model.tok_embeddings.weight.dtype == torch.bfloat16
+    cond, _ = condition(model, batch=2)
+    tokens = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(2))
+    full = model(tokens, cond)
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(cached_logits(model, tokens, cond, None), full, atol=0.1, rtol=0.05)

@@ -2,13 +2,11 @@
 
 import pytest
 import torch
+from helpers import condition, small
 
 from llamagen import generate
-from llamagen.gpt import GPT
-from llamagen.gpt import sampling
+from llamagen.gpt import GPT, sampling
 from llamagen.gpt.sampling import guided, sample
-
-from test_gpt_model import condition, small
 
 
 def test_top_k_only_ever_samples_the_k_best():

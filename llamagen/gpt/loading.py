@@ -36,12 +36,13 @@ def infer_gpt_config(
     vocab_size, dim = shape("tok_embeddings.weight")
     n_layer = len({int(m.group(1)) for key in state_dict if (m := re.match(r"^layers\.(\d+)\.", key))})
     values: dict[str, Any] = {"dim": dim, "n_layer": n_layer, "vocab_size": vocab_size}
-    if "n_head" not in overrides:
+    n_head = overrides.get("n_head")
+    if n_head is None:
         matching = [p for p in GPT_PRESETS.values() if p.get("n_layer") == n_layer and p.get("dim") == dim]
         if not matching:
             raise ValueError(f"{source}: no preset has {n_layer} layers of width {dim}; pass config={{'n_head': ...}}")
-        values["n_head"] = matching[0]["n_head"]
-    n_head = overrides.get("n_head", values["n_head"])
+        n_head = matching[0]["n_head"]
+    values["n_head"] = n_head
     head_dim = dim // n_head
     values["n_kv_head"] = (shape("layers.0.attention.wqkv.weight")[0] // head_dim - n_head) // 2
     hidden = shape("layers.0.feed_forward.w1.weight")[0]

@@ -52,6 +52,12 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)  # the original starts from uniform predictions
 
+    def _apply(self, fn, recurse=True):
+        # `.to(bf16)` must not round the RoPE table: rotations stay in float32 (recomputed on the new device).
+        super()._apply(fn, recurse)
+        self.freqs_cis = rope_table_2d(self.config).to(self.freqs_cis.device)
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.initializer_range)

@@ -1,0 +1,36 @@
+"""Small seeded models and conditions shared by the generator tests."""
+
+import torch
+
+from llamagen.gpt import GPT, GPTConfig
+
+SMALL = {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "block_size": 16, "multiple_of": 32}
+
+
+def small(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.from_dict({**SMALL, "num_classes": 5, "caption_dim": 24, **overrides})).eval()
+    with torch.no_grad():  # the output layer starts at zero; give it weights so logits differ
+        model.output.weight.normal_(std=0.5)
+    return model
+
+
+def condition(model: GPT, batch: int = 3, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    if config.model_type == "c2i":
+        return torch.randint(0, config.num_classes, (batch,), generator=generator), None
+    features = torch.randn(batch, config.cls_token_num, config.caption_dim, generator=generator)
+    mask = torch.ones(batch, config.cls_token_num)
+    mask[1, : config.cls_token_num // 2] = 0  # a left-padded caption, as the original's T5 features are
+    return features, mask
+
+
+def cached_logits(model: GPT, tokens, cond, cond_mask):
+    """Prefill, then decode the given tokens one at a time: the (B, t+1, vocab) logits of every step."""
+    model.setup_cache(tokens.shape[0])
+    steps = [model.prefill(cond, cond_mask)]
+    for i in range(tokens.shape[1]):
+        steps.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
+    model.clear_cache()
+    return torch.stack(steps, 1)
