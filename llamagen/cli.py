@@ -80,6 +80,46 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote       {out} (original | reconstruction)")
 
 
+def run_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from llamagen.checkpoints import write_atomically
+    from llamagen.gpt.loading import load_gpt
+    from llamagen.gpt.sampling import check_sampling_options, generate
+    from llamagen.pipeline import check_compatible, decode_tokens, image_grid
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    out = Path(args.out)
+    check_output_path(out)
+    gpt = load_gpt(args.gpt, config=parse_config(args.gpt_config), device=args.device, dtype=args.dtype)
+    check_sampling_options(gpt.config.vocab_size, args.cfg_scale, args.temperature, args.top_k, args.top_p)
+    tokenizer = load_tokenizer(
+        args.tokenizer, config=parse_config(args.tokenizer_config), device=gpt.device, dtype=args.dtype
+    )
+    check_compatible(tokenizer, gpt)
+    if gpt.config.model_type != "c2i":
+        raise ValueError("this generator is text-conditional; prompts join the command with the text encoder")
+    if not args.class_ids:
+        raise ValueError("name at least one class with --class")
+    labels = torch.tensor(args.class_ids, device=gpt.device).repeat_interleave(args.images_per_class)
+    generator = torch.Generator(gpt.device).manual_seed(args.seed)
+    tokens = generate(
+        gpt,
+        labels,
+        cfg_scale=args.cfg_scale,
+        cfg_interval=args.cfg_interval,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    )
+    grid = image_grid(
+        decode_tokens(tokenizer, tokens), columns=args.images_per_class if len(args.class_ids) > 1 else None
+    )
+    write_atomically(out, lambda temporary: grid.save(temporary, format=_format_of(out)))
+    print(f"wrote       {out}: {len(labels)} images of classes {args.class_ids} ({grid.width}x{grid.height} grid)")
+
+
 def run_train_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.data.photos import PhotoCrops
     from llamagen.tokenizer.loading import as_vq_config
@@ -138,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse larger images (default {DEFAULT_MAX_MEGAPIXELS:g}; memory grows with the pixel count)",
     )
     rec.set_defaults(run=run_reconstruct)
+
+    gen = commands.add_parser(
+        "generate",
+        help="generate class-conditional images",
+        description="Samples image tokens with the generator (classifier-free guidance, top-k/top-p, temperature) "
+        "and decodes them with the tokenizer into one PNG grid, a row per class.",
+    )
+    gen.add_argument("--tokenizer", required=True, help="a .pt or .safetensors tokenizer, or an embedded name")
+    gen.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
+    gen.add_argument("--class", dest="class_ids", type=int, nargs="+", help="class ids (ImageNet: 0-999)")
+    gen.add_argument("--images-per-class", type=int, default=1)
+    gen.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale: 1 none, 0 unconditional")
+    gen.add_argument("--cfg-interval", type=int, default=-1, help="guide tokens 0..N+1 only (-1: all)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
+    gen.add_argument(
+        "--gpt-config",
+        help="preset, JSON file or inline JSON; for published files, overrides of "
+        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
+    )
+    gen.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
+    gen.add_argument("--dtype", help="float32 (default) or bf16")
+    gen.set_defaults(run=run_generate)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     tok = train.add_parser(

@@ -1,0 +1,128 @@
+"""`llamagen generate`: tokens sampled by the generator, decoded by the tokenizer, one PNG grid."""
+
+import argparse
+
+import pytest
+import torch
+from PIL import Image
+
+from llamagen import save
+from llamagen.cli import main
+from llamagen.gpt import GPT, gpt_preset
+from llamagen.tokenizer import VQModel, vq_preset
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    """A random 8x8-token generator (vocab 512, 10 classes) and a downsample-4 tokenizer with 512 codes."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    gpt = save(GPT(gpt_preset("GPT-XS", vocab_size=512, num_classes=10)), folder / "gpt.safetensors")
+    tokenizer = save(VQModel(vq_preset("VQ-4-tiny")), folder / "vq.safetensors")
+    return str(gpt), str(tokenizer)
+
+
+def run(small_pair, tmp_path, *extra):
+    gpt, tokenizer = small_pair
+    return main(
+        [
+            "generate",
+            "--gpt",
+            gpt,
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
+
+
+def test_a_grid_of_the_right_size_is_written(small_pair, tmp_path, capsys):
+    assert run(small_pair, tmp_path, "--class", "1", "7", "--images-per-class", "3", "--top-k", "50") == 0
+    grid = Image.open(tmp_path / "grid.png")
+    # 2 rows (classes) x 3 columns of 32x32 images (8x8 tokens x downsample 4), 2-pixel borders.
+    assert grid.format == "PNG" and grid.size == (3 * 34 + 2, 2 * 34 + 2)
+    assert "6 images of classes [1, 7]" in capsys.readouterr().out
+
+
+def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
+    run(small_pair, tmp_path, "--class", "3", "--seed", "5")
+    first = (tmp_path / "grid.png").read_bytes()
+    run(small_pair, tmp_path, "--class", "3", "--seed", "5")
+    assert (tmp_path / "grid.png").read_bytes() == first
+    run(small_pair, tmp_path, "--class", "3", "--seed", "6")
+    assert (tmp_path / "grid.png").read_bytes() != first
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--class", "10"], "class ids must be in [0, 9]"),
+        (["--class", "1", "--top-k", "513"], "top_k must be in [0, 512]"),
+        (["--class", "1", "--cfg-scale", "-2"], "cfg_scale must be >= 0"),
+        (["--class", "1", "--top-p", "0"], "top_p must be in (0, 1]"),
+        ([], "at least one class"),
+    ],
+)
+def test_bad_requests_are_refused_and_nothing_is_written(small_pair, tmp_path, capsys, extra, message):
+    assert run(small_pair, tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(small_pair, tmp_path, capsys):
+    other = save(VQModel(vq_preset("VQ-4-tiny", codebook_size=256)), tmp_path / "other.safetensors")
+    code = main(
+        [
+            "generate",
+            "--gpt",
+            small_pair[0],
+            "--tokenizer",
+            str(other),
+            "--class",
+            "1",
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    assert "predicts 512 codes but the tokenizer's codebook has 256" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_readme_command_for_the_published_b_model(tmp_path, capsys):
+    """c2i_B_256.pt with vq_ds16_c2i.pt, both randomly initialised and saved as the original saves them."""
+    torch.manual_seed(0)
+    args = argparse.Namespace(gpt_model="GPT-B", image_size=256)
+    torch.save({"model": GPT(gpt_preset("GPT-B")).state_dict(), "args": args}, tmp_path / "c2i_B_256.pt")
+    torch.save({"model": VQModel(vq_preset("VQ-16")).state_dict()}, tmp_path / "vq_ds16_c2i.pt")
+    code = main(
+        [
+            "generate",
+            "--tokenizer",
+            str(tmp_path / "vq_ds16_c2i.pt"),
+            "--gpt",
+            str(tmp_path / "c2i_B_256.pt"),
+            "--class",
+            "207",
+            "--cfg-scale",
+            "4",
+            "--top-k",
+            "2000",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--dtype",
+            "bf16",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "grid.png").size == (256, 256)  # one 16x16-token image, no border
