@@ -8,7 +8,7 @@ OUTPUTS := outputs
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup test lint format demo clean
+.PHONY: setup test lint format demo bench clean
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ demo: setup
 	@mkdir -p $(OUTPUTS)
 	$(BIN)/llamagen reconstruct --sample astronaut --tokenizer photo-vq --out $(OUTPUTS)/demo_astronaut.png
 	@echo "The original and its reconstruction are side by side in $(OUTPUTS)/demo_astronaut.png"
+
+# Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
+# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README. About 20 minutes.
+bench: setup
+	$(BIN)/python benchmarks/decode_speed.py --readme
 
 clean:
 	rm -rf $(OUTPUTS) .cache .pytest_cache .ruff_cache

@@ -151,3 +151,21 @@ def test_the_cache_is_released_after_generation_even_on_error(monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         generate(model, torch.tensor([0]))
     assert all(layer.attention.kv_cache is None for layer in model.layers)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_generates_what_eager_decoding_does():
+    """The compiled step (weights frozen into the graph on the CPU) follows the model, also after its
+    weights change and when guidance ends part-way (a smaller batch)."""
+    first, second = small(seed=0, n_kv_head=2), small(seed=1, n_kv_head=2)
+    labels = torch.tensor([1, 2])
+    for model in (first, second):
+        assert torch.equal(
+            generate(model, labels, cfg_scale=2.0, top_k=1, compile=True), generate(model, labels, cfg_scale=2.0, top_k=1)
+        )
+    with torch.no_grad():
+        first.output.weight.normal_(std=0.5)
+    assert torch.equal(
+        generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1, compile=True),
+        generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1),
+    )

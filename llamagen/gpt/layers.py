@@ -6,6 +6,8 @@ Module and parameter names reproduce the published state-dict keys (`attention.w
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,7 +104,11 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None, cache_start: int | None = None
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache_start: int | None = None,
     ) -> torch.Tensor:
         """x (B, S, dim); rope (S, head_dim/2, 2); mask: boolean, broadcastable to (B, 1, S, keys), True where
         attention is allowed, or None for plain causal attention. With `cache_start`, the keys and values
@@ -115,18 +121,35 @@ class Attention(nn.Module):
         v = v.view(b, s, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache_start is not None:
             k, v = self.kv_cache.update(cache_start, k, v)
-        # A single query attending to the cache needs no causal mask: everything cached precedes it.
-        causal = mask is None and s > 1
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.attn_dropout_p if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        if s == 1 and cache_start is not None:
+            y = single_query_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,  # only ever from position 0 (forward, prefill): top-left aligned
+                dropout_p=self.attn_dropout_p if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, q_size)))
+
+
+def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+    """One decoding step's attention: q (B, H, 1, D) over the cache k, v (B, H_kv, L, D), in float32.
+
+    Written out because the fused SDPA kernels cost more in set-up than this does in arithmetic for one
+    query; the query heads are grouped per key/value head, so grouped-query attention reads each
+    cached key once. Everything cached precedes the query: only the caption mask (B, 1, 1, L) applies.
+    """
+    b, heads, _, dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(b, kv_heads, heads // kv_heads, dim).float()
+    scores = grouped @ k.float().transpose(-1, -2) / math.sqrt(dim)  # (B, H_kv, H/H_kv, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.reshape(b, 1, 1, -1), float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype).reshape(b, heads, 1, dim)
 
 
 class DropPath(nn.Module):

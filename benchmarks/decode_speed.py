@@ -1,0 +1,246 @@
+"""Decoding speed of the generator: ours, the original's loop, and the memory-bandwidth bound.
+
+Decoding one token at a time reads every weight of the transformer once per step, so a step cannot
+take less than (bytes of weights) / (memory bandwidth). This benchmark measures milliseconds per
+generated token for GPT-B with random weights (guidance on: the batch is doubled), and compares:
+
+- ours: `llamagen.generate`;
+- (a) the original: a plain re-statement of LlamaGen's decoding loop (a static cache indexed by
+  position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
+  with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
+- (b) the bound: bytes of weights read per step / measured memory bandwidth.
+
+Run with `make bench`; it prints a table, writes it to benchmarks/results/, and puts it in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llamagen import generate
+from llamagen.gpt import GPT, gpt_preset
+from llamagen.gpt.config import find_multiple
+from llamagen.gpt.layers import apply_rope
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG_SCALE = 4.0
+TOP_K = 2000
+
+
+# --- (a) the original's decoding loop, restated --------------------------------------------------
+
+
+@torch.no_grad()
+def original_generate(gpt: GPT, labels: torch.Tensor, cfg_scale: float, top_k: int, generator=None) -> torch.Tensor:
+    config = gpt.config
+    batch, rows = labels.shape[0], 2 * labels.shape[0]
+    prefix, steps = config.cls_token_num, config.block_size
+    max_len = find_multiple(prefix + steps, 8)
+    dtype, device = gpt.dtype, gpt.device
+    n_rep = config.n_head // config.n_kv_head
+    caches = [
+        (
+            torch.zeros(rows, config.n_head, max_len, config.head_dim, dtype=dtype, device=device),
+            torch.zeros(rows, config.n_head, max_len, config.head_dim, dtype=dtype, device=device),
+        )
+        for _ in gpt.layers
+    ]
+    causal_mask = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device=device))
+    causal_mask = causal_mask.unsqueeze(0).repeat(rows, 1, 1)
+
+    def forward(h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        mask = causal_mask[:rows, None, input_pos]
+        rope = gpt.freqs_cis[input_pos]
+        s = h.shape[1]
+        for layer, (k_cache, v_cache) in zip(gpt.layers, caches, strict=True):
+            attention = layer.attention
+            x = layer.attention_norm(h)
+            kv = config.n_kv_head * config.head_dim
+            q, k, v = attention.wqkv(x).split([config.dim, kv, kv], dim=-1)
+            q = apply_rope(q.view(rows, s, config.n_head, config.head_dim), rope).transpose(1, 2)
+            k = apply_rope(k.view(rows, s, config.n_kv_head, config.head_dim), rope).transpose(1, 2)
+            v = v.view(rows, s, config.n_kv_head, config.head_dim).transpose(1, 2)
+            k_cache[:, :, input_pos] = k
+            v_cache[:, :, input_pos] = v
+            keys = k_cache.repeat_interleave(n_rep, dim=1)
+            values = v_cache.repeat_interleave(n_rep, dim=1)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            h = h + attention.wo(y.transpose(1, 2).contiguous().view(rows, s, config.dim))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+        return gpt.output(gpt.norm(h)).float()
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        cond, uncond = torch.split(logits[:, -1], batch, dim=0)
+        logits = uncond + (cond - uncond) * cfg_scale
+        if top_k > 0:
+            kth = torch.topk(logits, top_k)[0][..., -1, None]
+            logits[logits < kth] = -float("Inf")
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator)
+
+    null = torch.full_like(labels, config.num_classes)
+    prefix_embeddings = gpt.cls_embedding(torch.cat([labels, null]))
+    tokens = [sample(forward(prefix_embeddings, torch.arange(prefix, device=device)))]
+    input_pos = torch.tensor([prefix], device=device)
+    for _ in range(steps - 1):
+        x = torch.cat([tokens[-1], tokens[-1]])
+        tokens.append(sample(forward(gpt.tok_embeddings(x), input_pos)))
+        input_pos += 1
+    return torch.cat(tokens, dim=1)
+
+
+# --- (b) the bound ------------------------------------------------------------------------------
+
+
+def weight_bytes_per_step(gpt: GPT) -> int:
+    """Bytes of weights a decode step reads: everything but the two embedding tables (one row each)."""
+    skipped = {"tok_embeddings.weight", "cls_embedding.embedding_table.weight"}
+    return sum(p.numel() * p.element_size() for name, p in gpt.named_parameters() if name not in skipped)
+
+
+def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    buffer.sum()
+    best = min(_timed(buffer.sum) for _ in range(repeats))
+    return buffer.numel() * 4 / best / 1e9
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def ms_per_token(function, tokens: int, repeats: int) -> float:
+    function()  # warm-up: allocator, kernels, lazy initialisation
+    return min(_timed(function) for _ in range(repeats)) / tokens * 1e3
+
+
+def check_same_tokens(gpt: GPT) -> None:
+    """The restated original loop and ours must agree (greedy) before their speeds mean anything."""
+    labels = torch.tensor([3, 7])
+    ours = generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=1)
+    theirs = original_generate(gpt, labels, CFG_SCALE, top_k=1)
+    if not torch.equal(ours, theirs):
+        raise AssertionError("the restated original loop and ours generate different tokens")
+
+
+def measure(gpt: GPT, batch: int, repeats: int, skip_original: bool) -> dict:
+    """Milliseconds per token of our eager and compiled decoding and of the original's loop."""
+    labels = torch.arange(batch) % gpt.config.num_classes
+    generator = torch.Generator().manual_seed(0)
+    steps = gpt.config.block_size
+
+    def ours(compile: bool):
+        return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
+
+    timings = {
+        "eager": ms_per_token(ours(False), steps, repeats),
+        "compiled": ms_per_token(ours(True), steps, repeats),  # the warm-up call compiles
+        "original": None,
+    }
+    if not skip_original:
+        timings["original"] = ms_per_token(
+            lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, repeats
+        )
+    return timings
+
+
+def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, skip_original: bool) -> list[dict]:
+    torch.manual_seed(0)
+    bandwidth = measure_bandwidth_gbs()
+    rows = []
+    for grid in grids:
+        for dtype_name in dtypes:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+            gpt = GPT(gpt_preset("GPT-B", block_size=grid * grid)).eval()
+            with torch.no_grad():
+                gpt.output.weight.normal_(std=0.02)  # the original's zero init would make every logit equal
+            check_same_tokens(gpt)  # in float32: random bf16 logits are full of near ties
+            gpt = gpt.to(dtype)
+            bound = weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3
+            for batch in batches:
+                row = {
+                    "grid": f"{grid}x{grid}",
+                    "batch": batch,
+                    "dtype": dtype_name,
+                    "bound": bound,
+                    "bandwidth": bandwidth,
+                    **measure(gpt, batch, repeats, skip_original),
+                }
+                rows.append(row)
+                print(format_row(row), flush=True)
+    return rows
+
+
+HEADER = (
+    "| grid | batch (x2 guidance) | dtype | ours, eager | ours, compiled | (a) original | (b) bound "
+    "| (a) / ours | ours / (b) |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(row: dict) -> str:
+    best = min(row["eager"], row["compiled"])
+    original = f"{row['original']:.1f}" if row["original"] else "-"
+    speedup = f"{row['original'] / best:.1f}x" if row["original"] else "-"
+    return (
+        f"| {row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} | {original} "
+        f"| {row['bound']:.1f} | {speedup} | {best / row['bound']:.2f}x |"
+    )
+
+
+def render(rows: list[dict], device: str) -> str:
+    lines = [
+        f"GPT-B (random weights), guidance {CFG_SCALE}, top-k {TOP_K}; device: {device}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured read bandwidth "
+        f"{rows[0]['bandwidth']:.1f} GB/s. Milliseconds per generated token (a whole generation / its "
+        "tokens, best of the repeats after a warm-up that also compiles). The ratios use the faster of ours.",
+        "",
+        HEADER,
+        *(format_row(row) for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit("README.md has no <!-- bench:start --> ... <!-- bench:end --> markers")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--skip-original", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_cpu.md"))
+    parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
+    args = parser.parse_args(argv)
+    device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(HEADER, flush=True)
+    table = render(run(args.grids, args.batches, args.dtypes, args.repeats, args.skip_original), device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table)
+    if args.readme:
+        update_readme(table)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
