@@ -143,13 +143,20 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused(monkeypatch):
         generate(model, torch.zeros(4000, dtype=torch.long), cfg_scale=4.0)
 
 
-def test_the_cache_is_released_after_generation_even_on_error(monkeypatch):
+def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch):
     model = small()
-    generate(model, torch.tensor([0]), top_k=1)
-    assert all(layer.attention.kv_cache is None for layer in model.layers)
+    labels = torch.tensor([0, 3])
+    expected = generate(model, labels, cfg_scale=2.0, top_k=1)
+    cache = model.layers[0].attention.kv_cache.k_cache
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        generate(model, torch.tensor([0]))
+        generate(model, torch.tensor([4, 1]), cfg_scale=2.0)
+    monkeypatch.undo()
+    assert torch.equal(generate(model, labels, cfg_scale=2.0, top_k=1), expected)
+    assert model.layers[0].attention.kv_cache.k_cache is cache  # same rows: the same buffers
+    generate(model, labels, top_k=1)  # no guidance: half the rows, a new cache
+    assert model.layers[0].attention.kv_cache.k_cache.shape[0] == 2
+    model.clear_cache()
     assert all(layer.attention.kv_cache is None for layer in model.layers)
 
 
@@ -161,7 +168,8 @@ def test_compiled_decoding_generates_what_eager_decoding_does():
     labels = torch.tensor([1, 2])
     for model in (first, second):
         assert torch.equal(
-            generate(model, labels, cfg_scale=2.0, top_k=1, compile=True), generate(model, labels, cfg_scale=2.0, top_k=1)
+            generate(model, labels, cfg_scale=2.0, top_k=1, compile=True),
+            generate(model, labels, cfg_scale=2.0, top_k=1),
         )
     with torch.no_grad():
         first.output.weight.normal_(std=0.5)

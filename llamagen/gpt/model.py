@@ -139,19 +139,29 @@ class GPT(nn.Module):
         return self.prefix_length + self.config.block_size
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate an empty KV cache for `batch_size` rows (guidance doubles the rows) in every layer."""
+        """Give every layer a KV cache for `batch_size` rows (guidance doubles the rows).
+
+        A cache of the same size is kept rather than reallocated: a prefill overwrites it from position
+        0 and nothing beyond the current position is read, and the compiled decoding step stays valid
+        only while its cache tensors are the same objects.
+        """
+        dtype = dtype or self.dtype
+        current = self.layers[0].attention.kv_cache
+        self._cache_key_mask = None
+        if current is not None and current.k_cache.shape[0] == batch_size and current.k_cache.dtype == dtype:
+            return
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(
                 batch_size,
                 self.config.n_kv_head,
                 self.max_sequence_length,
                 self.config.head_dim,
-                dtype or self.dtype,
+                dtype,
                 self.device,
             )
-        self._cache_key_mask = None
 
     def clear_cache(self) -> None:
+        """Free the KV cache (generation keeps it for the next call of the same batch size)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self._cache_key_mask = None

@@ -111,6 +111,7 @@ def generate(
     temperature 0 or top_k 1: greedy. top_k 0 and top_p 1: no truncation.
     generator: a torch.Generator on the model's device, for results that depend only on its seed.
     progress: called as progress(tokens_done, block_size) after every token.
+    The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     compile: decode with a torch.compile'd step (faster per token; the first call of a model and batch
     size compiles for a while, later ones reuse it).
     """
@@ -147,29 +148,37 @@ def generate(
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
     decode_step = compiled_decode_step(gpt) if compile else gpt.decode_step
     gpt.setup_cache(rows)
-    try:
-        tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
-        _report(progress, 1, config.block_size)
-        for i in range(1, config.block_size):
-            guide = use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
-            previous = tokens[:, i - 1 : i]
-            logits = decode_step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
-            tokens[:, i : i + 1] = next_token(logits, guide)
-            _report(progress, i + 1, config.block_size)
-    finally:
-        gpt.clear_cache()
+    tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
+    _report(progress, 1, config.block_size)
+    for i in range(1, config.block_size):
+        guide = use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
+        previous = tokens[:, i - 1 : i]
+        logits = decode_step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
+        tokens[:, i : i + 1] = next_token(logits, guide)
+        _report(progress, i + 1, config.block_size)
     return tokens
 
 
 def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """`gpt.decode_step` compiled by torch.compile for inference.
 
-    On the CPU the weights are frozen into the compiled graph (pre-packed for oneDNN) and the matrix
-    kernels autotuned: a decoding step multiplies only a few rows by every weight, and the default BLAS
-    kernels for so few rows stream the weights at well under the memory bandwidth (benchmarks/).
+    On the CPU the weights are frozen into the compiled graph (constants, pre-packed for oneDNN) and
+    the matrix kernels autotuned: a decoding step multiplies only a few rows by every weight, and the
+    default kernels for so few rows stream the weights at well under the memory bandwidth
+    (benchmarks/decode_speed.py). Freezing is an inductor setting read whenever a graph compiles,
+    recompilations mid-generation included, so it is patched around each call rather than set globally.
     """
-    options = {"freezing": True, "max_autotune": True} if gpt.device.type == "cpu" else {}
-    return torch.compile(gpt.decode_step, options=options)
+    if gpt.device.type != "cpu":
+        return torch.compile(gpt.decode_step)
+    from torch._inductor import config as inductor_config  # imported on first use: it is large
+
+    compiled = torch.compile(gpt.decode_step, mode="max-autotune")
+
+    def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(tokens, position)
+
+    return step
 
 
 def _report(progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
