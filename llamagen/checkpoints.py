@@ -31,8 +31,12 @@ from llamagen.devices import resolve_device, resolve_dtype
 FORMAT_NAME = "llamagen"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
-# Embedded models the project trains and ships in llamagen/assets: name -> file name.
-EMBEDDED_MODELS: dict[str, str] = {}
+
+def embedded_models() -> dict[str, Path]:
+    """The models the project trains and ships: name -> weights, for each `NAME.safetensors` in
+    llamagen/assets that has its model card `NAME.json` beside it."""
+    return {path.stem: path for path in sorted(ASSETS_DIR.glob("*.safetensors")) if path.with_suffix(".json").is_file()}
+
 
 # Entries the original stores that are derived from the config or are running statistics, not weights:
 # they may be absent from a file (the model keeps its own) or present without a place (they are dropped).
@@ -61,12 +65,13 @@ def resolve_source(source: str | os.PathLike) -> Path:
     path = Path(source)
     if path.is_file():
         return path
-    if str(source) in EMBEDDED_MODELS:
-        return ASSETS_DIR / EMBEDDED_MODELS[str(source)]
+    embedded = embedded_models()
+    if str(source) in embedded:
+        return embedded[str(source)]
     if path.exists():
         raise ValueError(f"checkpoint {str(source)!r} is not a file")
-    embedded = ", ".join(sorted(EMBEDDED_MODELS)) or "none yet"
-    raise FileNotFoundError(f"no checkpoint file or embedded model named {str(source)!r} (embedded models: {embedded})")
+    names = ", ".join(embedded) or "none yet"
+    raise FileNotFoundError(f"no checkpoint file or embedded model named {str(source)!r} (embedded models: {names})")
 
 
 def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> CheckpointContents:

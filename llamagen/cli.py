@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,32 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
     )
     dataset = PhotoCrops(size=args.image_size, seed=args.seed)
-    train_tokenizer(model_config, training, dataset, args.out, resume=args.resume)
+    command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    train_tokenizer(model_config, training, dataset, args.out, resume=args.resume, command=command)
     print(f"wrote       {Path(args.out) / 'final.safetensors'} (EMA weights) and {Path(args.out) / 'latest.pt'}")
+
+
+def run_eval_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_crops
+    from llamagen.images import load_image
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=args.device, dtype=args.dtype)
+    images = [load_image(path) for path in args.images] if args.images else held_out_crops(args.size)
+    for field, value in evaluate_tokenizer(tokenizer, images).as_dict().items():
+        print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
+
+
+def run_export_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_tokenizer
+
+    card = export_tokenizer(args.run, args.name, args.data, args.train_command, args.notes)
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    print(
+        f"held-out    PSNR {evaluation['psnr']:.2f} dB, SSIM {evaluation['ssim']:.3f}, "
+        f"usage in training {card['codebook_usage_training_window']:.1%}"
+    )
 
 
 def _format_of(path: Path) -> str:
@@ -205,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
     gen.add_argument("--dtype", help="float32 (default) or bf16")
     gen.set_defaults(run=run_generate)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model").add_subparsers(dest="model", required=True)
+    ev = evaluate.add_parser(
+        "tokenizer",
+        help="PSNR, SSIM, codebook usage, perplexity and dead codes on images the tokenizer never saw",
+        description="By default on 256x256 crops of the held-out photos (china and flower from scikit-learn, "
+        "grace_hopper from Matplotlib); or on the image files given.",
+    )
+    ev.add_argument("--tokenizer", required=True)
+    ev.add_argument("images", nargs="*", help="image files (default: the held-out photo crops)")
+    ev.add_argument("--size", type=int, default=256, help="crop size of the held-out photos")
+    ev.add_argument("--config")
+    ev.add_argument("--device")
+    ev.add_argument("--dtype")
+    ev.set_defaults(run=run_eval_tokenizer)
+
+    export = commands.add_parser("export", help="ship a trained model").add_subparsers(dest="model", required=True)
+    ex = export.add_parser("tokenizer", help="bf16 weights and a model card in llamagen/assets, loadable by name")
+    ex.add_argument("run", help="the training run's folder")
+    ex.add_argument("--name", required=True)
+    ex.add_argument("--data", required=True, help="what it was trained on, for the card")
+    ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    ex.add_argument("--notes", default="", help="anything a reader of the card should know")
+    ex.set_defaults(run=run_export_tokenizer)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     tok = train.add_parser(

@@ -69,8 +69,12 @@ def train_tokenizer(
     out_dir: str | Path,
     resume: bool = False,
     show_progress: bool = True,
+    command: str | None = None,
 ) -> VQModel:
-    """Train (or, with `resume`, continue) a tokenizer; return the EMA model, also saved as `final.safetensors`."""
+    """Train (or, with `resume`, continue) a tokenizer; return the EMA model, also saved as `final.safetensors`.
+
+    `command`, the command line that started the run, is recorded in `config.json` for its model card.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = load_training_state(out_dir) if resume else None
@@ -93,7 +97,9 @@ def train_tokenizer(
         torch.set_rng_state(state["rng"])
         start = state["step"]
     (out_dir / "config.json").write_text(
-        json.dumps({"model": model_config.to_dict(), "training": dataclasses.asdict(training)}, indent=2)
+        json.dumps(
+            {"model": model_config.to_dict(), "training": dataclasses.asdict(training), "command": command}, indent=2
+        )
     )
 
     def checkpoint(step: int) -> None:

@@ -1,0 +1,140 @@
+"""Tokenizer training: exact resume, clean stops, checkpoints, data determinism, export to an embedded model."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import llamagen.checkpoints as checkpoints
+from llamagen import load_tokenizer
+from llamagen.data.photos import PhotoCrops
+from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_crops
+from llamagen.tokenizer import vq_preset
+from llamagen.training.common import load_training_state
+from llamagen.training.export import export_tokenizer
+from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+
+MODEL = vq_preset("VQ-4-tiny", codebook_size=64)
+
+
+def training(steps: int, **overrides) -> TokenizerTrainingConfig:
+    values = {"batch_size": 2, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 2, "bf16": False}
+    return TokenizerTrainingConfig(steps=steps, **{**values, **overrides})
+
+
+def crops() -> PhotoCrops:
+    return PhotoCrops(size=16, seed=3)
+
+
+def state_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_photo_crops_are_a_pure_function_of_seed_and_index():
+    a, b = PhotoCrops(size=24, seed=1), PhotoCrops(size=24, seed=1)
+    assert torch.equal(a[5], b[5])
+    assert not torch.equal(a[5], a[6])
+    assert not torch.equal(a[5], PhotoCrops(size=24, seed=2)[5])
+    assert a[0].shape == (3, 24, 24) and a[0].min() >= -1 and a[0].max() <= 1
+
+
+class TerminatedAt(PhotoCrops):
+    """Photo crops that send this process SIGTERM when a given sample is asked for."""
+
+    def __init__(self, index: int):
+        super().__init__(size=16, seed=3)
+        self.index = index
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == self.index:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(index)
+
+
+def test_sigterm_saves_and_resuming_continues_exactly(tmp_path):
+    straight = train_tokenizer(MODEL, training(6), crops(), tmp_path / "straight", show_progress=False)
+    # SIGTERM while step 3 loads its batch (samples 6-7): step 3 finishes, then the run saves and stops.
+    train_tokenizer(MODEL, training(6), TerminatedAt(6), tmp_path / "resumed", show_progress=False)
+    assert load_training_state(tmp_path / "resumed")["step"] == 4
+    assert not (tmp_path / "resumed" / "final.safetensors").exists()
+    resumed = train_tokenizer(MODEL, training(6), crops(), tmp_path / "resumed", resume=True, show_progress=False)
+    for key, value in state_of(straight).items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_finished_run_is_loadable_and_its_usage_window_is_kept(tmp_path):
+    train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", show_progress=False)
+    model = load_tokenizer(tmp_path / "run" / "final.safetensors", device="cpu")
+    assert model.config == MODEL
+    assert 0 < model.codebook_usage() <= 1
+    # The training checkpoint is in the original's layout too: {'model': ..., 'ema': ...}.
+    assert load_tokenizer(tmp_path / "run" / "latest.pt", prefer_ema=True, device="cpu").config == MODEL
+
+
+def test_starting_over_an_existing_run_is_refused(tmp_path):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False)
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False)
+    other = vq_preset("VQ-4-tiny", codebook_size=128)
+    with pytest.raises(ValueError, match="another model config"):
+        train_tokenizer(other, training(4), crops(), tmp_path / "run", resume=True, show_progress=False)
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False)
+    before = (tmp_path / "run" / "latest.pt").read_bytes()
+
+    def dies_half_way(obj, path):
+        with open(path, "wb") as file:
+            file.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", resume=True, show_progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "latest.pt").read_bytes() == before
+    assert load_training_state(tmp_path / "run")["step"] == 2
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_training_settings_are_refused():
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        TokenizerTrainingConfig(steps=0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TokenizerTrainingConfig(ema_decay=1.0)
+
+
+def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False, command="llamagen train ...")
+    card = export_tokenizer(tmp_path / "run", "tiny-vq", "photo crops", assets_dir=tmp_path)
+    assert card["steps"] == 2 and card["reproduce"][0] == "llamagen train ..."
+    assert card["evaluation"]["images"] == 15
+    assert 0 < card["evaluation"]["psnr"] < 60
+    monkeypatch.setattr(checkpoints, "ASSETS_DIR", tmp_path)
+    assert "tiny-vq" in checkpoints.embedded_models()
+    assert load_tokenizer("tiny-vq", device="cpu").config == MODEL
+
+
+def test_evaluation_counts_codes():
+    tokenizer = load_tokenizer_for_eval()
+    result = evaluate_tokenizer(tokenizer, held_out_crops(32))
+    assert result.images == 15
+    assert result.used_codes + result.dead_codes == 64
+    assert 1 <= result.perplexity <= result.used_codes
+    assert result.bits_per_pixel == pytest.approx(6 / 16)  # log2(64) bits per 4x4 pixels
+
+
+def load_tokenizer_for_eval():
+    from llamagen.tokenizer import VQModel
+
+    torch.manual_seed(0)
+    return VQModel(MODEL).eval()
