@@ -139,8 +139,11 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
     )
     dataset = PhotoCrops(size=args.image_size, seed=args.seed)
     command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    train_tokenizer(model_config, training, dataset, args.out, resume=args.resume, command=command)
-    print(f"wrote       {Path(args.out) / 'final.safetensors'} (EMA weights) and {Path(args.out) / 'latest.pt'}")
+    outcome = train_tokenizer(model_config, training, dataset, args.out, resume=args.resume, command=command)
+    if outcome.finished:
+        print(f"finished    {outcome.step} steps; EMA weights in {Path(args.out) / 'final.safetensors'}")
+    else:
+        print(f"stopped     at step {outcome.step}; {Path(args.out) / 'latest.pt'} holds it, --resume continues")
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:

@@ -54,12 +54,13 @@ class TerminatedAt(PhotoCrops):
 
 
 def test_sigterm_saves_and_resuming_continues_exactly(tmp_path):
-    straight = train_tokenizer(MODEL, training(6), crops(), tmp_path / "straight", show_progress=False)
+    straight = train_tokenizer(MODEL, training(6), crops(), tmp_path / "straight", show_progress=False).model
     # SIGTERM while step 3 loads its batch (samples 6-7): step 3 finishes, then the run saves and stops.
-    train_tokenizer(MODEL, training(6), TerminatedAt(6), tmp_path / "resumed", show_progress=False)
+    stopped = train_tokenizer(MODEL, training(6), TerminatedAt(6), tmp_path / "resumed", show_progress=False)
+    assert (stopped.step, stopped.finished) == (4, False)
     assert load_training_state(tmp_path / "resumed")["step"] == 4
     assert not (tmp_path / "resumed" / "final.safetensors").exists()
-    resumed = train_tokenizer(MODEL, training(6), crops(), tmp_path / "resumed", resume=True, show_progress=False)
+    resumed = train_tokenizer(MODEL, training(6), crops(), tmp_path / "resumed", resume=True, show_progress=False).model
     for key, value in state_of(straight).items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
@@ -138,3 +139,46 @@ def load_tokenizer_for_eval():
 
     torch.manual_seed(0)
     return VQModel(MODEL).eval()
+
+
+def cli_train(out, steps, *extra):
+    config = json.dumps(MODEL.to_dict())
+    return [
+        "train", "tokenizer", "--out", str(out), "--config", config, "--image-size", "16", "--batch-size", "2",
+        "--steps", str(steps), "--checkpoint-every", "2", "--log-every", "1", "--fp32", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path, capsys):
+    """A run killed outright (no chance to save) resumes from its last checkpoint and ends where an
+    uninterrupted run ends."""
+    import subprocess
+    import sys
+    import time
+
+    from llamagen.cli import main
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llamagen", *cli_train(tmp_path / "killed", 400)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = load_training_state(tmp_path / "killed") if (tmp_path / "killed" / "latest.pt").exists() else None
+        if state is not None and state["step"] >= 4:
+            break
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    killed_at = load_training_state(tmp_path / "killed")["step"]
+    assert 4 <= killed_at < 400
+
+    assert main([*cli_train(tmp_path / "killed", killed_at + 4), "--resume"]) == 0
+    assert main(cli_train(tmp_path / "straight", killed_at + 4)) == 0
+    assert f"finished    {killed_at + 4} steps" in capsys.readouterr().out
+    resumed = load_tokenizer(tmp_path / "killed" / "final.safetensors", device="cpu").state_dict()
+    straight = load_tokenizer(tmp_path / "straight" / "final.safetensors", device="cpu").state_dict()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key

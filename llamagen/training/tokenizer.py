@@ -33,6 +33,13 @@ from llamagen.training.common import (
 
 
 @dataclass
+class TrainingOutcome:
+    model: VQModel  # the EMA weights
+    step: int  # steps done
+    finished: bool  # False when a signal stopped the run first; --resume continues it
+
+
+@dataclass
 class TokenizerTrainingConfig:
     steps: int = 10_000
     batch_size: int = 16
@@ -70,8 +77,8 @@ def train_tokenizer(
     resume: bool = False,
     show_progress: bool = True,
     command: str | None = None,
-) -> VQModel:
-    """Train (or, with `resume`, continue) a tokenizer; return the EMA model, also saved as `final.safetensors`.
+) -> TrainingOutcome:
+    """Train (or, with `resume`, continue) a tokenizer; its EMA weights go to `final.safetensors` at the end.
 
     `command`, the command line that started the run, is recorded in `config.json` for its model card.
     """
@@ -147,9 +154,10 @@ def train_tokenizer(
         else:
             step = training.steps
     checkpoint(step)
-    if step >= training.steps:
+    finished = step >= training.steps
+    if finished:
         save(ema, out_dir / "final.safetensors")
-    return ema
+    return TrainingOutcome(ema, step, finished)
 
 
 def _train_step(
