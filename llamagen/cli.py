@@ -123,10 +123,10 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_train_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.data.photos import PhotoCrops
-    from llamagen.tokenizer.loading import as_vq_config
+    from llamagen.tokenizer import VQConfig
     from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
-    model_config = as_vq_config(parse_config(args.config))
+    model_config = VQConfig.coerce(parse_config(args.config))
     training = TokenizerTrainingConfig(
         steps=args.steps,
         batch_size=args.batch_size,

@@ -6,10 +6,11 @@ flags and the published checkpoints carry over.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from llamagen.configs import ModelConfig
 
 MODEL_TYPES = ("c2i", "t2i")
 
@@ -19,7 +20,7 @@ def find_multiple(n: int, k: int) -> int:
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     dim: int = 4096
     n_layer: int = 32
     n_head: int = 32
@@ -65,19 +66,9 @@ class GPTConfig:
         return find_multiple(hidden, self.multiple_of)
 
     def validate(self) -> None:
-        for name in (
-            "dim",
-            "n_layer",
-            "n_head",
-            "n_kv_head",
-            "multiple_of",
-            "vocab_size",
-            "cls_token_num",
-            "block_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        self.require_positive_ints(
+            "dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "vocab_size", "cls_token_num", "block_size"
+        )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"GPTConfig.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.dim % self.n_head:
@@ -92,27 +83,14 @@ class GPTConfig:
             raise ValueError(f"num_classes must be positive for a class-conditional model, got {self.num_classes}")
         if self.model_type == "t2i" and self.caption_dim < 1:
             raise ValueError(f"caption_dim must be positive for a text-conditional model, got {self.caption_dim}")
-        for name in (
+        self.require_probabilities(
             "token_dropout_p",
             "attn_dropout_p",
             "resid_dropout_p",
             "ffn_dropout_p",
             "drop_path_rate",
             "class_dropout_prob",
-        ):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        )
 
 
 # Table 1 of the paper (n_layer, dim, n_head), plus the 1B/3B/7B sizes of the original's code,
@@ -132,8 +110,10 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+GPTConfig.PRESETS = GPT_PRESETS
+GPTConfig.PRESET_KIND = "generator"
+
+
 def gpt_preset(name: str, **overrides: Any) -> GPTConfig:
-    """The config of a named preset, with optional field overrides."""
-    if name not in GPT_PRESETS:
-        raise ValueError(f"unknown generator preset {name!r}; choose one of {sorted(GPT_PRESETS)}")
-    return GPTConfig.from_dict({**GPT_PRESETS[name], **overrides})
+    """The config of a named preset ('GPT-B' ... 'GPT-7B', 'GPT-S', 'GPT-XS'), with field overrides."""
+    return GPTConfig.preset(name, **overrides)

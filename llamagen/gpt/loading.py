@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llamagen.checkpoints import load_into, read_model_checkpoint
-from llamagen.gpt.config import GPT_PRESETS, GPTConfig, find_multiple, gpt_preset
+from llamagen.gpt.config import GPT_PRESETS, GPTConfig, find_multiple
 from llamagen.gpt.model import GPT
 
 # What the weights cannot show, for published files: the token grid of the 256x256 models (16x16 codes
@@ -62,16 +62,6 @@ def infer_gpt_config(
     return GPTConfig.from_dict({**values, **overrides})
 
 
-def as_gpt_config(config: GPTConfig | dict[str, Any] | str) -> GPTConfig:
-    if isinstance(config, GPTConfig):
-        return config
-    if isinstance(config, dict):
-        return GPTConfig.from_dict(config)
-    if isinstance(config, str):
-        return gpt_preset(config)
-    raise TypeError(f"config must be a GPTConfig, a dict of its fields or a preset name, not {type(config).__name__}")
-
-
 def load_gpt(
     source: str | os.PathLike,
     config: GPTConfig | dict[str, Any] | str | None = None,
@@ -91,7 +81,7 @@ def load_gpt(
     if isinstance(config, dict) and contents.config is None:
         gpt_config = infer_gpt_config(contents.state_dict, repr(str(path)), config)
     elif config is not None:
-        gpt_config = as_gpt_config(config)
+        gpt_config = GPTConfig.coerce(config)
     elif contents.config is not None:
         gpt_config = GPTConfig.from_dict(contents.config)
     else:

@@ -6,15 +6,16 @@ so the flags a user knows and the published checkpoints carry over unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from llamagen.configs import ModelConfig
 
 GROUP_NORM_GROUPS = 32  # the original normalises with GroupNorm(32 groups) everywhere
 
 
 @dataclass
-class VQConfig:
+class VQConfig(ModelConfig):
     codebook_size: int = 16384
     # Sec. 3.1 / Table 2: an 8-dim, l2-normalised codebook keeps a 16384-entry codebook almost
     # fully used (97% usage), where 256-dim entries without normalisation collapse.
@@ -42,10 +43,7 @@ class VQConfig:
 
     def validate(self) -> None:
         """Refuse configurations that cannot build or cannot work, before any weights exist."""
-        positive = ("codebook_size", "codebook_embed_dim", "z_channels", "ch", "num_res_blocks")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"VQConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        self.require_positive_ints("codebook_size", "codebook_embed_dim", "z_channels", "ch", "num_res_blocks")
         if not self.encoder_ch_mult or not self.decoder_ch_mult:
             raise ValueError("VQConfig.encoder_ch_mult and decoder_ch_mult must not be empty")
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
@@ -60,19 +58,7 @@ class VQConfig:
                     f"ch={self.ch} x ch_mult {mult} = {channels} channels, which GroupNorm's "
                     f"{GROUP_NORM_GROUPS} groups do not divide"
                 )
-        if not 0.0 <= self.dropout_p < 1.0:
-            raise ValueError(f"VQConfig.dropout_p must be in [0, 1), got {self.dropout_p}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> VQConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown VQConfig fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        self.require_probabilities("dropout_p")
 
 
 # The published tokenizers (Table 2 of the paper; vq_ds16_c2i.pt / vq_ds16_t2i.pt and vq_ds8_c2i.pt)
@@ -100,8 +86,10 @@ VQ_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+VQConfig.PRESETS = VQ_PRESETS
+VQConfig.PRESET_KIND = "tokenizer"
+
+
 def vq_preset(name: str, **overrides: Any) -> VQConfig:
-    """The config of a named preset, with optional field overrides."""
-    if name not in VQ_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(VQ_PRESETS)}")
-    return VQConfig.from_dict({**VQ_PRESETS[name], **overrides})
+    """The config of a named preset ('VQ-16', 'VQ-8', 'VQ-8-small', 'VQ-4-tiny'), with field overrides."""
+    return VQConfig.preset(name, **overrides)

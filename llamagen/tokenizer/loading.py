@@ -9,19 +9,8 @@ from typing import Any
 import torch
 
 from llamagen.checkpoints import load_into, read_model_checkpoint
-from llamagen.tokenizer.config import VQConfig, vq_preset
+from llamagen.tokenizer.config import VQConfig
 from llamagen.tokenizer.model import VQModel
-
-
-def as_vq_config(config: VQConfig | dict[str, Any] | str) -> VQConfig:
-    """A VQConfig from a config, a dict of its fields, or a preset name ('VQ-16', 'VQ-8', ...)."""
-    if isinstance(config, VQConfig):
-        return config
-    if isinstance(config, dict):
-        return VQConfig.from_dict(config)
-    if isinstance(config, str):
-        return vq_preset(config)
-    raise TypeError(f"config must be a VQConfig, a dict of its fields or a preset name, not {type(config).__name__}")
 
 
 def infer_vq_config(state_dict: dict[str, torch.Tensor], source: str) -> VQConfig:
@@ -73,7 +62,7 @@ def load_tokenizer(
     """
     path, contents = read_model_checkpoint(source, VQModel.checkpoint_kind, prefer_ema)
     if config is not None:
-        vq_config = as_vq_config(config)
+        vq_config = VQConfig.coerce(config)
     elif contents.config is not None:
         vq_config = VQConfig.from_dict(contents.config)
     else:
