@@ -111,9 +111,9 @@ def generate(
     temperature 0 or top_k 1: greedy. top_k 0 and top_p 1: no truncation.
     generator: a torch.Generator on the model's device, for results that depend only on its seed.
     progress: called as progress(tokens_done, block_size) after every token.
-    The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     compile: decode with a torch.compile'd step (faster per token; the first call of a model and batch
     size compiles for a while, later ones reuse it).
+    The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     """
     config = gpt.config
     check_sampling_options(config.vocab_size, cfg_scale, temperature, top_k, top_p)
