@@ -231,9 +231,9 @@ def write_atomically(path: Path, write) -> None:
     """Call `write(temporary_path)` in the target's folder, then rename over `path`: never a half-written file."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
-    os.chmod(temporary, 0o644)  # mkstemp makes it private; the result is an ordinary file
     try:
         write(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the result is an ordinary file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

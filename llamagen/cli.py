@@ -160,7 +160,7 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
 def run_export_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_tokenizer
 
-    card = export_tokenizer(args.run, args.name, args.data, args.train_command, args.notes)
+    card = export_tokenizer(args.run_dir, args.name, args.data, args.train_command, args.notes)
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     print(
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="ship a trained model").add_subparsers(dest="model", required=True)
     ex = export.add_parser("tokenizer", help="bf16 weights and a model card in llamagen/assets, loadable by name")
-    ex.add_argument("run", help="the training run's folder")
+    ex.add_argument("run_dir", metavar="RUN", help="the training run's folder")
     ex.add_argument("--name", required=True)
     ex.add_argument("--data", required=True, help="what it was trained on, for the card")
     ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")

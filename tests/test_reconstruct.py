@@ -215,3 +215,21 @@ def test_a_published_size_vq16_checkpoint_reconstructs_a_photo(tmp_path, capsys)
     assert "16384 codes x 8 dims, downsample 16" in printed
     assert "5x4 = 20" in printed  # 70x50 padded to 80x64
     assert Image.open(out).size == (140, 50)
+
+
+def test_the_embedded_photo_tokenizer_reconstructs_a_photo_it_never_saw():
+    """The shipped `photo-vq`, by name: its card's numbers hold for what users load."""
+    import json
+
+    from llamagen.checkpoints import embedded_models
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    assert "photo-vq" in embedded_models()
+    card = json.loads(embedded_models()["photo-vq"].with_suffix(".json").read_text())
+    tokenizer = load_tokenizer("photo-vq", device="cpu")
+    assert tokenizer.config.codebook_size == 16384 and tokenizer.config.codebook_embed_dim == 8
+    assert tokenizer.downsample_factor == 8
+    photo = load_photo("grace_hopper").crop((0, 0, 256, 256))
+    result = reconstruct(tokenizer, photo)
+    assert result.psnr > card["evaluation"]["psnr"] - 3  # one crop of the card's 15 held-out crops
+    assert result.psnr > 16
