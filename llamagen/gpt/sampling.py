@@ -7,6 +7,7 @@ condition as one doubled batch and mixes their logits at every step:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -159,6 +160,15 @@ def generate(
     return tokens
 
 
+# Per model: the fingerprint of its weights when its decoding step was compiled, and that step.
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_fingerprint(gpt: GPT) -> tuple:
+    """Changes whenever a parameter is replaced or modified in place (its version counter moves)."""
+    return tuple((p.data_ptr(), p._version) for p in gpt.parameters())
+
+
 def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """`gpt.decode_step` compiled by torch.compile for inference.
 
@@ -167,17 +177,27 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     default kernels for so few rows stream the weights at well under the memory bandwidth
     (benchmarks/decode_speed.py). Freezing is an inductor setting read whenever a graph compiles,
     recompilations mid-generation included, so it is patched around each call rather than set globally.
+    Frozen weights would go stale if the model's weights changed: then everything compiled is dropped
+    and the step compiles again.
     """
+    fingerprint = _weights_fingerprint(gpt)
+    known = _compiled_steps.get(gpt)
+    if known is not None and known[0] == fingerprint:
+        return known[1]
+    if known is not None:
+        torch._dynamo.reset()  # the frozen constants are the old weights
     if gpt.device.type != "cpu":
-        return torch.compile(gpt.decode_step)
-    from torch._inductor import config as inductor_config  # imported on first use: it is large
+        step = torch.compile(gpt.decode_step)
+    else:
+        from torch._inductor import config as inductor_config  # imported on first use: it is large
 
-    compiled = torch.compile(gpt.decode_step, mode="max-autotune")
+        compiled = torch.compile(gpt.decode_step, mode="max-autotune")
 
-    def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-        with inductor_config.patch(freezing=True):
-            return compiled(tokens, position)
+        def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+            with inductor_config.patch(freezing=True):
+                return compiled(tokens, position)
 
+    _compiled_steps[gpt] = (fingerprint, step)
     return step
 
 
