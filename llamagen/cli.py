@@ -113,6 +113,7 @@ def run_generate(args: argparse.Namespace) -> None:
         top_k=args.top_k,
         top_p=args.top_p,
         generator=generator,
+        compile=args.compile,
     )
     grid = image_grid(
         decode_tokens(tokenizer, tokens), columns=args.images_per_class if len(args.class_ids) > 1 else None
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
     gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
     gen.add_argument("--dtype", help="float32 (default) or bf16")
+    gen.add_argument(
+        "--compile", action="store_true", help="compile the decoding step: faster per token, after a compilation"
+    )
     gen.set_defaults(run=run_generate)
 
     evaluate = commands.add_parser("eval", help="evaluate a model").add_subparsers(dest="model", required=True)
