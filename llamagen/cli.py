@@ -174,6 +174,11 @@ def _format_of(path: Path) -> str:
     return Image.registered_extensions()[path.suffix.lower()]
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
+    parser.add_argument("--dtype", help="float32 (default) or bf16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamagen", description="LlamaGen: VQ image tokenizer and Llama image generator"
@@ -197,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "by default read off the weights' shapes",
     )
     rec.add_argument("--out", required=True, help="where to write original | reconstruction (e.g. out.png)")
-    rec.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
-    rec.add_argument("--dtype", help="float32 (default) or bf16")
+    add_device_options(rec)
     rec.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     rec.add_argument(
         "--max-megapixels",
@@ -231,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
     )
     gen.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
-    gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
-    gen.add_argument("--dtype", help="float32 (default) or bf16")
+    add_device_options(gen)
     gen.add_argument(
         "--compile", action="store_true", help="compile the decoding step: faster per token, after a compilation"
     )
@@ -249,8 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("images", nargs="*", help="image files (default: the held-out photo crops)")
     ev.add_argument("--size", type=int, default=256, help="crop size of the held-out photos")
     ev.add_argument("--config")
-    ev.add_argument("--device")
-    ev.add_argument("--dtype")
+    add_device_options(ev)
     ev.set_defaults(run=run_eval_tokenizer)
 
     export = commands.add_parser("export", help="ship a trained model").add_subparsers(dest="model", required=True)
