@@ -233,6 +233,8 @@ def write_atomically(path: Path, write) -> None:
     os.close(descriptor)
     try:
         write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename, so a crash cannot leave an empty file
         os.chmod(temporary, 0o644)  # mkstemp makes it private; the result is an ordinary file
         os.replace(temporary, path)
     except BaseException:

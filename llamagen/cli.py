@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -123,11 +124,13 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> None:
-    from llamagen.data.photos import PhotoCrops
+    from llamagen.data.loading import open_dataset
     from llamagen.tokenizer import VQConfig
     from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
     model_config = VQConfig.coerce(parse_config(args.config))
+    if args.entropy_loss is not None:
+        model_config = dataclasses.replace(model_config, entropy_loss_ratio=args.entropy_loss)
     training = TokenizerTrainingConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -138,9 +141,18 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
     )
-    dataset = PhotoCrops(size=args.image_size, seed=args.seed)
+    dataset = open_dataset(args.data, size=args.image_size, seed=args.seed)
     command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    outcome = train_tokenizer(model_config, training, dataset, args.out, resume=args.resume, command=command)
+    outcome = train_tokenizer(
+        model_config,
+        training,
+        dataset,
+        args.out,
+        resume=args.resume,
+        command=command,
+        workers=args.workers,
+        device=args.device,
+    )
     if outcome.finished:
         print(f"finished    {outcome.step} steps; EMA weights in {Path(args.out) / 'final.safetensors'}")
     else:
@@ -148,12 +160,12 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
-    from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_crops
+    from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
     from llamagen.images import load_image
     from llamagen.tokenizer.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=args.device, dtype=args.dtype)
-    images = [load_image(path) for path in args.images] if args.images else held_out_crops(args.size)
+    images = [load_image(path) for path in args.images] if args.images else held_out_images(args.data, args.size)[0]
     for field, value in evaluate_tokenizer(tokenizer, images).as_dict().items():
         print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
 
@@ -161,13 +173,26 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
 def run_export_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_tokenizer
 
-    card = export_tokenizer(args.run_dir, args.name, args.data, args.train_command, args.notes)
+    card = export_tokenizer(
+        args.run_dir, args.name, args.data, args.train_command, args.notes, evaluate_on=args.evaluate_on
+    )
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     print(
         f"held-out    PSNR {evaluation['psnr']:.2f} dB, SSIM {evaluation['ssim']:.3f}, "
         f"usage in training {card['codebook_usage_training_window']:.1%}"
     )
+
+
+def run_sweep_codebook(args: argparse.Namespace) -> None:
+    from llamagen.training.sweep import SweepSettings, sweep_codebook
+
+    chosen = {"dimensions": args.dims, "sizes": args.sizes, "steps": args.steps, "batch_size": args.batch_size}
+    settings = SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    results = sweep_codebook(settings, args.out, args.work_dir)
+    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
+    for name, run in results["runs"].items():
+        print(f"{name:<18} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
 
 
 def _format_of(path: Path) -> str:
@@ -246,11 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer",
         help="PSNR, SSIM, codebook usage, perplexity and dead codes on images the tokenizer never saw",
         description="By default on 256x256 crops of the held-out photos (china and flower from scikit-learn, "
-        "grace_hopper from Matplotlib); or on the image files given.",
+        "grace_hopper from Matplotlib); --data picks another held-out set; or on the image files given.",
     )
     ev.add_argument("--tokenizer", required=True)
     ev.add_argument("images", nargs="*", help="image files (default: the held-out photo crops)")
-    ev.add_argument("--size", type=int, default=256, help="crop size of the held-out photos")
+    ev.add_argument("--data", default="photos", help="held-out images: photos, photo-tiles, shapes or digits")
+    ev.add_argument("--size", type=int, help="image size of the held-out set (default: its own)")
     ev.add_argument("--config")
     add_device_options(ev)
     ev.set_defaults(run=run_eval_tokenizer)
@@ -262,29 +288,60 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", required=True, help="what it was trained on, for the card")
     ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
     ex.add_argument("--notes", default="", help="anything a reader of the card should know")
+    ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
     ex.set_defaults(run=run_export_tokenizer)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     tok = train.add_parser(
         "tokenizer",
-        help="train a VQ tokenizer on random crops of the bundled photos",
-        description="Checkpoints to OUT/latest.pt every --checkpoint-every steps (atomically); --resume continues "
-        "exactly; SIGINT or SIGTERM saves and exits. Metrics go to OUT/metrics.jsonl, the EMA weights to "
-        "OUT/final.safetensors.",
+        help="train a VQ tokenizer (one process, or several under torchrun)",
+        description="Data: photos (random crops of the scikit-image photos), shapes (rendered), digits "
+        "(scikit-learn's), folder:PATH (one sub-folder per class, as ImageNet) or captions:FILE.jsonl. Under "
+        "`torchrun --nproc-per-node N -m llamagen train tokenizer ...` each process takes 1/N of every batch "
+        "(DDP: gloo on the CPU, NCCL on GPUs). Checkpoints to OUT/latest.pt every --checkpoint-every steps "
+        "(atomically); --resume continues exactly; SIGINT or SIGTERM saves and exits. Metrics go to "
+        "OUT/metrics.jsonl, the EMA weights to OUT/final.safetensors.",
     )
     tok.add_argument("--config", default="VQ-8-small", help="a preset, a JSON file or inline JSON of VQConfig fields")
     tok.add_argument("--out", required=True, help="the run's folder")
+    tok.add_argument("--data", default="photos", help="photos, shapes, digits, folder:PATH or captions:FILE.jsonl")
     tok.add_argument("--image-size", type=int, default=64)
+    tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")
     tok.add_argument("--steps", type=int, default=10_000)
     tok.add_argument("--batch-size", type=int, default=16)
     tok.add_argument("--lr", type=float, default=1e-4)
+    tok.add_argument(
+        "--entropy-loss",
+        type=float,
+        help="weight of the entropy loss, which spreads codes over the codebook "
+        "(default: the config's, 0 in the presets)",
+    )
     tok.add_argument("--ema-decay", type=float, default=0.999)
     tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     tok.add_argument("--seed", type=int, default=0)
     tok.add_argument("--log-every", type=int, default=50)
     tok.add_argument("--checkpoint-every", type=int, default=500)
     tok.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tok.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
     tok.set_defaults(run=run_train_tokenizer)
+
+    sweep = commands.add_parser("sweep", help="studies over many small models").add_subparsers(
+        dest="study", required=True
+    )
+    cb = sweep.add_parser(
+        "codebook",
+        help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
+        description="Trains one small tokenizer per combination on the same photo crops for the same steps and "
+        "writes usage, perplexity, PSNR and usage over training to --out (JSON) and a CSV beside it after every "
+        "run. Started again, it skips the runs already recorded.",
+    )
+    cb.add_argument("--out", default="notebooks/data/codebook_sweep.json")
+    cb.add_argument("--work-dir", default="runs/codebook-sweep", help="where the runs' checkpoints go")
+    cb.add_argument("--dims", type=int, nargs="+", help="codebook dimensions (default: 4 8 16 32 64 256)")
+    cb.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 1024 4096 16384)")
+    cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
+    cb.add_argument("--batch-size", type=int, help="(default: 16)")
+    cb.set_defaults(run=run_sweep_codebook)
     return parser
 
 

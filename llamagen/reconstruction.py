@@ -49,19 +49,30 @@ def pad_to_multiple(images: torch.Tensor, factor: int) -> torch.Tensor:
 
 def reconstruct(tokenizer: VQModel, image: Image.Image) -> Reconstruction:
     """Round-trip one RGB image through the tokenizer and measure the result."""
-    original = pil_to_tensor(image)
-    height, width = original.shape[-2:]
-    codes = tokenizer.tokenize(pad_to_multiple(original, tokenizer.downsample_factor))
-    decoded = tokenizer.detokenize(codes)[..., :height, :width]
+    return reconstruct_batch(tokenizer, [image])[0]
 
-    original_pixels = tensor_to_uint8(original)[0]
-    decoded_pixels = tensor_to_uint8(decoded)[0]
-    return Reconstruction(
-        original=Image.fromarray(original_pixels),
-        reconstruction=Image.fromarray(decoded_pixels),
-        codes=codes[0].cpu(),
-        psnr=psnr(original_pixels, decoded_pixels, data_range=255.0).item(),
-        ssim=ssim(original_pixels, decoded_pixels, data_range=255.0).item(),
-        bits_per_pixel=codes.numel() * math.log2(tokenizer.config.codebook_size) / (height * width),
-        distinct_codes=int(codes.unique().numel()),
-    )
+
+def reconstruct_batch(tokenizer: VQModel, images: list[Image.Image]) -> list[Reconstruction]:
+    """Round-trip RGB images of one size as one batch (bit-identical to one at a time)."""
+    if len({image.size for image in images}) != 1:
+        raise ValueError(f"a batch needs images of one size, got {sorted({image.size for image in images})}")
+    originals = torch.cat([pil_to_tensor(image) for image in images])
+    height, width = originals.shape[-2:]
+    codes = tokenizer.tokenize(pad_to_multiple(originals, tokenizer.downsample_factor))
+    decoded = tokenizer.detokenize(codes)[..., :height, :width]
+    bits_per_pixel = codes[0].numel() * math.log2(tokenizer.config.codebook_size) / (height * width)
+    original_pixels, decoded_pixels = tensor_to_uint8(originals), tensor_to_uint8(decoded)
+    psnrs = psnr(original_pixels, decoded_pixels, data_range=255.0).tolist()
+    ssims = ssim(original_pixels, decoded_pixels, data_range=255.0).tolist()
+    return [
+        Reconstruction(
+            original=Image.fromarray(original_pixels[i]),
+            reconstruction=Image.fromarray(decoded_pixels[i]),
+            codes=codes[i].cpu(),
+            psnr=psnrs[i],
+            ssim=ssims[i],
+            bits_per_pixel=bits_per_pixel,
+            distinct_codes=int(codes[i].unique().numel()),
+        )
+        for i in range(len(images))
+    ]

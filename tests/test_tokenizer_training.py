@@ -34,10 +34,11 @@ def state_of(model) -> dict[str, torch.Tensor]:
 
 def test_photo_crops_are_a_pure_function_of_seed_and_index():
     a, b = PhotoCrops(size=24, seed=1), PhotoCrops(size=24, seed=1)
-    assert torch.equal(a[5], b[5])
-    assert not torch.equal(a[5], a[6])
-    assert not torch.equal(a[5], PhotoCrops(size=24, seed=2)[5])
-    assert a[0].shape == (3, 24, 24) and a[0].min() >= -1 and a[0].max() <= 1
+    assert torch.equal(a[5]["image"], b[5]["image"])
+    assert not torch.equal(a[5]["image"], a[6]["image"])
+    assert not torch.equal(a[5]["image"], PhotoCrops(size=24, seed=2)[5]["image"])
+    image = a[0]["image"]
+    assert image.shape == (3, 24, 24) and image.min() >= -1 and image.max() <= 1
 
 
 class TerminatedAt(PhotoCrops):
@@ -47,7 +48,7 @@ class TerminatedAt(PhotoCrops):
         super().__init__(size=16, seed=3)
         self.index = index
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> dict:
         if index == self.index:
             os.kill(os.getpid(), signal.SIGTERM)
         return super().__getitem__(index)
@@ -55,10 +56,10 @@ class TerminatedAt(PhotoCrops):
 
 def test_sigterm_saves_and_resuming_continues_exactly(tmp_path):
     straight = train_tokenizer(MODEL, training(6), crops(), tmp_path / "straight", show_progress=False).model
-    # SIGTERM while step 3 loads its batch (samples 6-7): step 3 finishes, then the run saves and stops.
+    # SIGTERM while the batch of step 4 (samples 6-7) loads: the run saves after step 3 and stops.
     stopped = train_tokenizer(MODEL, training(6), TerminatedAt(6), tmp_path / "resumed", show_progress=False)
-    assert (stopped.step, stopped.finished) == (4, False)
-    assert load_training_state(tmp_path / "resumed")["step"] == 4
+    assert (stopped.step, stopped.finished) == (3, False)
+    assert load_training_state(tmp_path / "resumed")["step"] == 3
     assert not (tmp_path / "resumed" / "final.safetensors").exists()
     resumed = train_tokenizer(MODEL, training(6), crops(), tmp_path / "resumed", resume=True, show_progress=False).model
     for key, value in state_of(straight).items():

@@ -7,6 +7,7 @@ ones (two from scikit-learn, one from Matplotlib) and photos a user brings are w
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -65,7 +66,9 @@ class PhotoCrops(torch.utils.data.Dataset):
     step s simply continues from sample s x batch.
     """
 
-    def __init__(self, size: int = 64, length: int = 10**9, seed: int = 0):
+    shuffle_each_epoch: ClassVar[bool] = False  # each index is already a fresh random draw
+
+    def __init__(self, size: int = 64, seed: int = 0, length: int = 10**9):
         if size < 8:
             raise ValueError(f"crop size must be at least 8 pixels, got {size}")
         self.size, self.length, self.seed = size, length, seed
@@ -73,8 +76,8 @@ class PhotoCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """(3, size, size) float32 in [-1, 1]."""
+    def __getitem__(self, index: int) -> dict:
+        """{"image": (3, size, size) float32 in [-1, 1]}."""
         rng = np.random.default_rng([self.seed, index])
         photos = _training_photos()
         photo = photos[rng.integers(len(photos))]
@@ -87,4 +90,4 @@ class PhotoCrops(torch.utils.data.Dataset):
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return pixels.float() / 127.5 - 1.0
+        return {"image": pixels.float() / 127.5 - 1.0}

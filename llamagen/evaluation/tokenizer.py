@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
-from llamagen.reconstruction import reconstruct
+from llamagen.images import tensor_to_pil
+from llamagen.reconstruction import reconstruct, reconstruct_batch
 from llamagen.tokenizer import VQModel
 
 HELD_OUT_CROPS_PER_PHOTO = 5  # the four corners and the centre
@@ -44,10 +45,63 @@ def held_out_crops(size: int = 256) -> list[Image.Image]:
     return crops
 
 
-def evaluate_tokenizer(tokenizer: VQModel, images: list[Image.Image]) -> TokenizerEvaluation:
+def held_out_tiles(size: int) -> list[Image.Image]:
+    """Every non-overlapping size x size tile of the held-out photos: many images, for usage statistics."""
+    from llamagen.data.photos import HELD_OUT_PHOTOS, load_photo
+
+    tiles = []
+    for name in HELD_OUT_PHOTOS:
+        photo = load_photo(name)
+        for top in range(0, photo.height - size + 1, size):
+            tiles += [photo.crop((x, top, x + size, top + size)) for x in range(0, photo.width - size + 1, size)]
+    return tiles
+
+
+HELD_OUT_SHAPES_SEED = 1_000  # training draws from seed 0
+HELD_OUT_SHAPES = 500
+
+
+def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Image], str]:
+    """Images of a data set that its embedded tokenizer never trained on, and a sentence saying which."""
+    if data == "photos":
+        size = size or 256
+        return held_out_crops(size), (
+            f"{size}x{size} crops (corners and centre) of the held-out photos china, flower (scikit-learn) and "
+            "grace_hopper (Matplotlib), never seen in training"
+        )
+    if data == "photo-tiles":
+        size = size or 32
+        return held_out_tiles(size), f"every non-overlapping {size}x{size} tile of the three held-out photos"
+    if data == "shapes":
+        from llamagen.data.shapes import Shapes
+
+        size = size or 64
+        shapes = Shapes(size=size, seed=HELD_OUT_SHAPES_SEED)
+        images = tensor_to_pil(torch.stack([shapes[i]["image"] for i in range(HELD_OUT_SHAPES)]))
+        return (
+            images,
+            f"{HELD_OUT_SHAPES} {size}x{size} shapes drawn with seed {HELD_OUT_SHAPES_SEED} (training: seed 0)",
+        )
+    if data == "digits":
+        from llamagen.data.digits import TEST_IMAGES, Digits
+
+        size = size or 32
+        digits = Digits("test", size=size)
+        images = tensor_to_pil(torch.stack([digits[i]["image"] for i in range(len(digits))]))
+        return images, f"the last {TEST_IMAGES} of scikit-learn's digits at {size}x{size}, held out of training"
+    raise ValueError(f"no held-out images for {data!r}; choose photos, photo-tiles, shapes or digits")
+
+
+def evaluate_tokenizer(tokenizer: VQModel, images: list[Image.Image], batch_size: int = 32) -> TokenizerEvaluation:
     if not images:
         raise ValueError("no images to evaluate on")
-    results = [reconstruct(tokenizer, image) for image in images]
+    results = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        if len({image.size for image in chunk}) == 1:
+            results += reconstruct_batch(tokenizer, chunk)
+        else:
+            results += [reconstruct(tokenizer, image) for image in chunk]
     counts = torch.bincount(torch.cat([r.codes.flatten() for r in results]), minlength=tokenizer.config.codebook_size)
     frequencies = counts[counts > 0].double() / counts.sum()
     used = int((counts > 0).sum())

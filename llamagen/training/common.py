@@ -75,6 +75,15 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
+    def drop_after(self, step: int) -> None:
+        """Forget the records of steps after `step` (atomically), so a resumed run does not repeat them."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) < len(lines):
+            write_atomically(self.path, lambda temporary: Path(temporary).write_text("".join(kept)))
+
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as file:
             file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")

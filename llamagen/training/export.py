@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llamagen.checkpoints import ASSETS_DIR, save, write_atomically
-from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_crops
+from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer.loading import load_tokenizer
 
 
@@ -27,10 +27,12 @@ def export_tokenizer(
     train_command: str | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
+    evaluate_on: str = "photos",
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (the run's EMA weights in bf16) and its card `NAME.json`.
 
-    `train_command` defaults to the command the run recorded in its config.json.
+    `train_command` defaults to the command the run recorded in its config.json; `evaluate_on` names the
+    held-out images the card reports (see `held_out_images`).
     """
     run_dir = Path(run_dir)
     final = run_dir / "final.safetensors"
@@ -45,7 +47,8 @@ def export_tokenizer(
     weights = assets_dir / f"{name}.safetensors"
     save(load_tokenizer(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
     shipped = load_tokenizer(weights, device="cpu")  # evaluate what users get: the bf16 weights
-    evaluation = evaluate_tokenizer(shipped, held_out_crops(256))
+    images, description = held_out_images(evaluate_on)
+    evaluation = evaluate_tokenizer(shipped, images)
     card = {
         "name": name,
         "kind": "vq",
@@ -57,11 +60,13 @@ def export_tokenizer(
         "final_training_log": {k: v for k, v in metrics[-1].items() if k != "time"},
         "codebook_usage_training_window": shipped.codebook_usage(),
         "evaluation": {
-            "data": "256x256 crops (corners and centre) of the held-out photos china, flower (scikit-learn) and "
-            "grace_hopper (Matplotlib), never seen in training",
+            "data": description,
             **evaluation.as_dict(),
         },
-        "reproduce": [train_command, f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)}"],
+        "reproduce": [
+            train_command,
+            f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)} --evaluate-on {evaluate_on}",
+        ],
         "notes": notes,
     }
     write_atomically(assets_dir / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))

@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from llamagen.checkpoints import save
+from llamagen.data.loading import step_loader
 from llamagen.tokenizer import VQConfig, VQModel
 from llamagen.training.common import (
     MetricsLog,
@@ -30,6 +32,7 @@ from llamagen.training.common import (
     update_ema,
     warmup_cosine,
 )
+from llamagen.training.distributed import start_processes
 
 
 @dataclass
@@ -64,11 +67,6 @@ class TokenizerTrainingConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-def batch_at(dataset, step: int, batch_size: int) -> torch.Tensor:
-    """The batch of a given step: samples step*B ... step*B + B - 1, whatever happened before."""
-    return torch.stack([dataset[step * batch_size + i] for i in range(batch_size)])
-
-
 def train_tokenizer(
     model_config: VQConfig,
     training: TokenizerTrainingConfig,
@@ -77,19 +75,32 @@ def train_tokenizer(
     resume: bool = False,
     show_progress: bool = True,
     command: str | None = None,
+    workers: int = 0,
+    device: str | torch.device | None = None,
 ) -> TrainingOutcome:
     """Train (or, with `resume`, continue) a tokenizer; its EMA weights go to `final.safetensors` at the end.
 
+    `dataset` items are dicts with an "image" in [-1, 1] (see `llamagen.data`); `workers` processes read
+    them. Under torchrun every process runs this with the same arguments and takes its share of each batch.
     `command`, the command line that started the run, is recorded in `config.json` for its model card.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    processes = start_processes(device)
+    try:
+        return _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes)
+    finally:
+        processes.close()
+
+
+def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes):
     state = load_training_state(out_dir) if resume else None
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise ValueError(f"{str(out_dir)!r} already holds a training run; pass resume=True (--resume) to continue it")
+    if processes.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(training.seed)
-    model = VQModel(model_config).train()
+    model = VQModel(model_config).to(processes.device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=training.lr, betas=(training.beta1, training.beta2), weight_decay=training.weight_decay
@@ -103,45 +114,67 @@ def train_tokenizer(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
-    (out_dir / "config.json").write_text(
-        json.dumps(
-            {"model": model_config.to_dict(), "training": dataclasses.asdict(training), "command": command}, indent=2
+    # Each process's usage window sees its own share of the codes; rank 0's is logged and saved.
+    trained = DistributedDataParallel(model, broadcast_buffers=False) if processes.distributed else model
+    if processes.is_main:
+        (out_dir / "config.json").write_text(
+            json.dumps(
+                {"model": model_config.to_dict(), "training": dataclasses.asdict(training), "command": command},
+                indent=2,
+            )
         )
-    )
 
     def checkpoint(step: int) -> None:
-        save_training_state(
-            out_dir,
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": torch.get_rng_state(),
-                "model_config": model_config.to_dict(),
-            },
-        )
+        if processes.is_main:
+            save_training_state(
+                out_dir,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "rng": torch.get_rng_state(),
+                    "model_config": model_config.to_dict(),
+                },
+            )
 
     log = MetricsLog(out_dir / "metrics.jsonl")
-    progress = tqdm(range(start, training.steps), initial=start, total=training.steps, disable=not show_progress)
-    window_start, window_images = time.perf_counter(), 0
+    if processes.is_main:
+        log.drop_after(start)  # lines a killed run wrote after its last checkpoint are written again
+    batches = step_loader(
+        dataset, training.batch_size, start, training.steps, training.seed, workers, processes.rank, processes.world
+    )
+    progress = tqdm(
+        total=training.steps, initial=start, disable=not (show_progress and processes.is_main), dynamic_ncols=True
+    )
+    window_start, window_images, skipped = time.perf_counter(), 0, 0
     step = start
     with StopRequest() as stop:
-        for step in progress:
-            if stop.requested:
+        for batch in batches:
+            if processes.any(stop.requested):
                 break
-            losses = _train_step(model, optimizer, training, batch_at(dataset, step, training.batch_size), step)
+            if batch["skipped"]:
+                skipped += batch["skipped"]
+                if "image" not in batch:
+                    raise ValueError(f"none of the images of step {step + 1} could be read")
+            images = batch["image"].to(processes.device, non_blocking=True)
+            losses = _train_step(trained, model, optimizer, training, images, step)
             update_ema(ema, model, training.ema_decay)
             window_images += training.batch_size
-            if (step + 1) % training.log_every == 0:
+            step += 1
+            progress.update()
+            if step % training.log_every == 0:
                 elapsed = time.perf_counter() - window_start
                 record = {
-                    "step": step + 1,
+                    "step": step,
                     **losses,
                     "usage": model.codebook_usage(),
                     "images_per_s": window_images / elapsed,
                 }
-                log.write(record)
+                if skipped:
+                    record["unreadable_images"] = skipped
+                if processes.is_main:
+                    log.write(record)
                 progress.set_postfix(
                     loss=f"{losses['loss']:.4f}",
                     psnr=f"{losses['psnr']:.1f}",
@@ -149,24 +182,28 @@ def train_tokenizer(
                     img_s=f"{record['images_per_s']:.1f}",
                 )
                 window_start, window_images = time.perf_counter(), 0
-            if (step + 1) % training.checkpoint_every == 0:
-                checkpoint(step + 1)
-        else:
-            step = training.steps
+            if step % training.checkpoint_every == 0:
+                checkpoint(step)
+    progress.close()
     checkpoint(step)
     finished = step >= training.steps
-    if finished:
+    if finished and processes.is_main:
         save(ema, out_dir / "final.safetensors")
     return TrainingOutcome(ema, step, finished)
 
 
 def _train_step(
-    model: VQModel, optimizer: torch.optim.Optimizer, training: TokenizerTrainingConfig, images: torch.Tensor, step: int
+    trained: torch.nn.Module,
+    model: VQModel,
+    optimizer: torch.optim.Optimizer,
+    training: TokenizerTrainingConfig,
+    images: torch.Tensor,
+    step: int,
 ) -> dict[str, Any]:
     for group in optimizer.param_groups:
         group["lr"] = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.bf16):
-        output = model(images)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.bf16):
+        output = trained(images)
     quantizer = output.quantizer
     reconstruction_loss = F.mse_loss(output.reconstruction.float(), images)
     loss = reconstruction_loss + quantizer.codebook_loss + quantizer.commitment_loss + quantizer.entropy_loss

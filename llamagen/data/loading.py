@@ -1,0 +1,92 @@
+"""Batches by step: which samples a training step sees depends only on (seed, step), never on history.
+
+Sample number g = step x batch + i is mapped to a data set index: for procedural data sets (every index a
+fresh random draw) the index is g itself; for finite ones it is epoch x N + permutation_epoch[g mod N],
+with a permutation drawn from (seed, epoch), and the data set shows file index mod N with augmentation
+drawn from the whole index. So a resumed run continues the exact data order, and under torchrun each of
+W processes takes its own contiguous 1/W of every global batch, the same samples as one process would.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler, default_collate
+
+DATA_SETS = ("photos", "shapes", "digits", "folder:PATH", "captions:FILE.jsonl")
+
+
+def open_dataset(spec: str, size: int, seed: int = 0, **options) -> torch.utils.data.Dataset:
+    """A training data set by name: photos, shapes, digits, folder:PATH (ImageNet layout), captions:FILE.jsonl."""
+    kind, _, path = spec.partition(":")
+    if kind == "photos":
+        from llamagen.data.photos import PhotoCrops
+
+        return PhotoCrops(size=size, seed=seed, **options)
+    if kind == "shapes":
+        from llamagen.data.shapes import Shapes
+
+        return Shapes(size=size, seed=seed, **options)
+    if kind == "digits":
+        from llamagen.data.digits import Digits
+
+        return Digits(size=size, **options)
+    if kind in ("folder", "captions") and path:
+        from llamagen.data.folders import CaptionedImages, ImageFolder
+
+        return (ImageFolder if kind == "folder" else CaptionedImages)(path, size=size, seed=seed)
+    raise ValueError(f"unknown data set {spec!r}; choose one of {', '.join(DATA_SETS)}")
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(length: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(length, generator=generator)
+
+
+def sample_index(dataset, sample: int, seed: int) -> int:
+    """The data set index that global sample number `sample` reads."""
+    if not getattr(dataset, "shuffle_each_epoch", True):
+        return sample
+    epoch, position = divmod(sample, len(dataset))
+    return epoch * len(dataset) + int(_permutation(len(dataset), seed, epoch)[position])
+
+
+class StepBatches(Sampler[list[int]]):
+    """Index lists for steps start ... steps - 1: this process's share of each global batch."""
+
+    def __init__(self, dataset, batch_size: int, start: int, steps: int, seed: int, rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"the batch size {batch_size} is not divisible by the {world} processes")
+        self.dataset, self.batch_size, self.start, self.steps = dataset, batch_size, start, steps
+        self.seed, self.rank, self.share = seed, rank, batch_size // world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.steps):
+            first = step * self.batch_size + self.rank * self.share
+            yield [sample_index(self.dataset, g, self.seed) for g in range(first, first + self.share)]
+
+
+def collate_images(items: list[dict | None]) -> dict:
+    """Stack the readable items; `skipped` counts those that could not be read (None)."""
+    readable = [item for item in items if item is not None]
+    batch = default_collate(readable) if readable else {}
+    batch["skipped"] = len(items) - len(readable)
+    return batch
+
+
+def step_loader(dataset, batch_size: int, start: int, steps: int, seed: int, workers: int = 0, rank: int = 0,
+                world: int = 1) -> DataLoader:  # fmt: skip
+    """Batches for steps start ... steps - 1, read by `workers` processes (0: in this one)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=StepBatches(dataset, batch_size, start, steps, seed, rank, world),
+        num_workers=workers,
+        collate_fn=collate_images,
+        persistent_workers=False,
+    )

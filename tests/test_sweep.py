@@ -1,0 +1,35 @@
+"""The codebook sweep: every combination recorded, a restart skips finished runs, results readable as CSV."""
+
+import csv
+import json
+
+import pytest
+
+from llamagen.training.sweep import SweepSettings, run_name, sweep_codebook
+
+TINY = SweepSettings(dimensions=(4, 64), sizes=(128,), image_size=16, steps=6, batch_size=2)
+
+
+def test_the_sweep_records_every_combination_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "sweep.json"
+    results = sweep_codebook(TINY, out, tmp_path / "runs", show_progress=False)
+    assert set(results["runs"]) == {run_name(d, 128, l2) for d in (4, 64) for l2 in (True, False)}
+    for run in results["runs"].values():
+        assert 0 < run["usage_eval"] <= 1 and 0 < run["usage_train"] <= 1 and 1 <= run["perplexity"] <= 128
+        assert [step for step, _ in run["usage_over_steps"]] == list(range(1, 7))
+    assert json.loads(out.read_text()) == results
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == 4 and {row["codebook_dim"] for row in rows} == {"4", "64"}
+
+    # Started again, it trains nothing: every run is recorded.
+    import llamagen.training.sweep as sweep
+
+    monkeypatch.setattr(sweep, "train_tokenizer", lambda *a, **k: pytest.fail("retrained a recorded run"))
+    assert sweep_codebook(TINY, out, tmp_path / "runs", show_progress=False) == results
+
+
+def test_other_settings_do_not_overwrite_a_sweep(tmp_path):
+    out = tmp_path / "sweep.json"
+    out.write_text(json.dumps({"settings": SweepSettings().as_dict(), "runs": {}}))
+    with pytest.raises(ValueError, match="other settings"):
+        sweep_codebook(TINY, out, tmp_path / "runs", show_progress=False)
