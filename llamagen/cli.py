@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -140,7 +141,17 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
+        perceptual_weight=args.perceptual_weight,
+        disc_start=args.disc_start,
+        disc_weight=args.disc_weight,
     )
+    lpips = None
+    if args.lpips_vgg or args.lpips_lin:
+        if not (args.lpips_vgg and args.lpips_lin):
+            raise ValueError("LPIPS needs both --lpips-vgg and --lpips-lin")
+        from llamagen.evaluation.lpips import load_lpips
+
+        lpips = load_lpips(args.lpips_vgg, args.lpips_lin)
     dataset = open_dataset(args.data, size=args.image_size, seed=args.seed)
     command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     outcome = train_tokenizer(
@@ -152,7 +163,10 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         command=command,
         workers=args.workers,
         device=args.device,
+        lpips=lpips,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun the first process reports
     if outcome.finished:
         print(f"finished    {outcome.step} steps; EMA weights in {Path(args.out) / 'final.safetensors'}")
     else:
@@ -318,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.add_argument("--ema-decay", type=float, default=0.999)
     tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
+    tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
+    tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
+    tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
+    tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
     tok.add_argument("--seed", type=int, default=0)
     tok.add_argument("--log-every", type=int, default=50)
     tok.add_argument("--checkpoint-every", type=int, default=500)

@@ -44,8 +44,8 @@ def test_photo_crops_are_a_pure_function_of_seed_and_index():
 class TerminatedAt(PhotoCrops):
     """Photo crops that send this process SIGTERM when a given sample is asked for."""
 
-    def __init__(self, index: int):
-        super().__init__(size=16, seed=3)
+    def __init__(self, index: int, size: int = 16):
+        super().__init__(size=size, seed=3)
         self.index = index
 
     def __getitem__(self, index: int) -> dict:
@@ -183,3 +183,54 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path):
     straight = load_tokenizer(tmp_path / "straight" / "final.safetensors", device="cpu").state_dict()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_like_one(tmp_path):
+    """torchrun with 2 CPU processes (DDP over gloo), each taking half of every batch, ends at the weights
+    one process reaches on whole batches (up to the order of floating-point sums), and logs once per step."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*cli_train(tmp_path / "ddp", 4), "--data", "shapes", "--batch-size", "4"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    finished = subprocess.run([*launcher, "-m", "llamagen", *args], env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count("finished    4 steps") == 1
+    single = [*cli_train(tmp_path / "one", 4), "--data", "shapes", "--batch-size", "4"]
+    assert subprocess.run([sys.executable, "-m", "llamagen", *single], env=env, capture_output=True).returncode == 0
+
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    two = load_tokenizer(tmp_path / "ddp" / "final.safetensors", device="cpu").state_dict()
+    one = load_tokenizer(tmp_path / "one" / "final.safetensors", device="cpu").state_dict()
+    for key, value in one.items():
+        if "codebook_used" not in key:  # each process counts only its own codes
+            torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_gan_and_perceptual_losses_train_and_resume_exactly(tmp_path, monkeypatch):
+    """From disc_start the discriminator trains too; a stop and --resume restore it and its optimizer."""
+    from llamagen.evaluation.lpips import LPIPS
+
+    torch.manual_seed(0)
+    lpips = LPIPS()  # random weights: the loss's plumbing, not its judgement, is under test here
+    for lin in lpips.lins:
+        lin.weight.data.abs_()  # as LPIPS's own: non-negative
+    gan = training(6, disc_start=2)
+    big = PhotoCrops(size=32, seed=3)  # the PatchGAN needs 32 pixels
+    straight = train_tokenizer(MODEL, gan, big, tmp_path / "straight", show_progress=False, lpips=lpips)
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert "adversarial" not in logged[1] and "adversarial" in logged[2] and "discriminator" in logged[2]
+    assert all(record["perceptual"] > 0 for record in logged)
+    assert "discriminator" in load_training_state(tmp_path / "straight")
+
+    stopped = train_tokenizer(MODEL, gan, TerminatedAt(8, 32), tmp_path / "resumed", show_progress=False, lpips=lpips)
+    assert stopped.step == 4
+    resumed = train_tokenizer(MODEL, gan, big, tmp_path / "resumed", resume=True, show_progress=False, lpips=lpips)
+    for key, value in state_of(straight.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "plain", show_progress=False)
+    with pytest.raises(ValueError, match="without a discriminator"):
+        train_tokenizer(MODEL, training(4, disc_start=2), crops(), tmp_path / "plain", resume=True, show_progress=False)

@@ -35,6 +35,14 @@ class Processes:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes (what a log line should report, not rank 0's share)."""
+        if not self.distributed:
+            return values
+        stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(stacked)
+        return dict(zip(values, (stacked / self.world).tolist(), strict=True))
+
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -1,6 +1,8 @@
 """Training the VQ tokenizer: the original's objective (Sec. 2.1), resumable exactly.
 
-Loss = L2 reconstruction + codebook loss + beta x commitment loss (+ optional entropy loss).
+Loss = L2 reconstruction + codebook loss + beta x commitment loss, and optionally: the entropy loss,
+LPIPS (when the user gives its weights) and, from `disc_start` on, a PatchGAN's hinge loss while the
+discriminator trains beside the tokenizer.
 Every batch is a pure function of (seed, step), so resuming from a checkpoint at step s reproduces
 the run that was never interrupted: model, EMA, optimizer, step and RNG state are all restored.
 """
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from tqdm import tqdm
 
 from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
+from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
 from llamagen.training.common import (
     MetricsLog,
@@ -32,7 +36,8 @@ from llamagen.training.common import (
     update_ema,
     warmup_cosine,
 )
-from llamagen.training.distributed import start_processes
+from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from llamagen.training.distributed import Processes, start_processes
 
 
 @dataclass
@@ -58,6 +63,9 @@ class TokenizerTrainingConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    perceptual_weight: float = 1.0  # LPIPS, when its weights are given
+    disc_start: int | None = None  # the step the PatchGAN starts at (the original: 20,000); None: no GAN
+    disc_weight: float = 0.5  # the original's weight of the adversarial loss
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
@@ -65,6 +73,8 @@ class TokenizerTrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.disc_start is not None and self.disc_start < 0:
+            raise ValueError(f"disc_start must be a step (0 or more), got {self.disc_start}")
 
 
 def train_tokenizer(
@@ -77,45 +87,84 @@ def train_tokenizer(
     command: str | None = None,
     workers: int = 0,
     device: str | torch.device | None = None,
+    lpips: LPIPS | None = None,
 ) -> TrainingOutcome:
     """Train (or, with `resume`, continue) a tokenizer; its EMA weights go to `final.safetensors` at the end.
 
     `dataset` items are dicts with an "image" in [-1, 1] (see `llamagen.data`); `workers` processes read
     them. Under torchrun every process runs this with the same arguments and takes its share of each batch.
-    `command`, the command line that started the run, is recorded in `config.json` for its model card.
+    `lpips` adds the perceptual loss; `training.disc_start` the PatchGAN. `command`, the command line that
+    started the run, is recorded in `config.json` for its model card.
     """
     out_dir = Path(out_dir)
     processes = start_processes(device)
     try:
-        return _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes)
+        return _train(
+            model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips
+        )
     finally:
         processes.close()
 
 
-def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes):
+class _Parts:
+    """Everything a step updates and a checkpoint holds."""
+
+    def __init__(self, model_config: VQConfig, training: TokenizerTrainingConfig, processes: Processes):
+        torch.manual_seed(training.seed)
+        self.model = VQModel(model_config).to(processes.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = self._adamw(self.model, training)
+        self.trained = _wrap_for_processes(self.model, processes)
+        self.discriminator = self.disc_optimizer = self.trained_discriminator = None
+        if training.disc_start is not None:
+            self.discriminator = PatchDiscriminator().to(processes.device).train()
+            self.disc_optimizer = self._adamw(self.discriminator, training)
+            self.trained_discriminator = _wrap_for_processes(self.discriminator, processes)
+
+    @staticmethod
+    def _adamw(module: torch.nn.Module, training: TokenizerTrainingConfig) -> torch.optim.Optimizer:
+        betas = (training.beta1, training.beta2)
+        return torch.optim.AdamW(module.parameters(), lr=training.lr, betas=betas, weight_decay=training.weight_decay)
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["disc_optimizer"] = self.disc_optimizer.state_dict()
+        return state
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.discriminator is not None:
+            if "discriminator" not in state:
+                raise ValueError("the checkpoint was trained without a discriminator; resume it without one")
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+
+
+def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips):
     state = load_training_state(out_dir) if resume else None
     if not resume and (out_dir / "metrics.jsonl").exists():
         raise ValueError(f"{str(out_dir)!r} already holds a training run; pass resume=True (--resume) to continue it")
     if processes.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(training.seed)
-    model = VQModel(model_config).to(processes.device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=training.lr, betas=(training.beta1, training.beta2), weight_decay=training.weight_decay
-    )
+    parts = _Parts(model_config, training, processes)
+    if lpips is not None:
+        lpips = lpips.to(processes.device)
     start = 0
     if state is not None:
         if state["model_config"] != model_config.to_dict():
             raise ValueError(f"the checkpoint in {str(out_dir)!r} was trained with another model config")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        parts.load(state)
         torch.set_rng_state(state["rng"])
         start = state["step"]
-    # Each process's usage window sees its own share of the codes; rank 0's is logged and saved.
-    trained = DistributedDataParallel(model, broadcast_buffers=False) if processes.distributed else model
     if processes.is_main:
         (out_dir / "config.json").write_text(
             json.dumps(
@@ -126,17 +175,8 @@ def _train(model_config, training, dataset, out_dir, resume, show_progress, comm
 
     def checkpoint(step: int) -> None:
         if processes.is_main:
-            save_training_state(
-                out_dir,
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "rng": torch.get_rng_state(),
-                    "model_config": model_config.to_dict(),
-                },
-            )
+            extra = {"step": step, "rng": torch.get_rng_state(), "model_config": model_config.to_dict()}
+            save_training_state(out_dir, {**parts.state(), **extra})
 
     log = MetricsLog(out_dir / "metrics.jsonl")
     if processes.is_main:
@@ -158,19 +198,16 @@ def _train(model_config, training, dataset, out_dir, resume, show_progress, comm
                 if "image" not in batch:
                     raise ValueError(f"none of the images of step {step + 1} could be read")
             images = batch["image"].to(processes.device, non_blocking=True)
-            losses = _train_step(trained, model, optimizer, training, images, step)
-            update_ema(ema, model, training.ema_decay)
+            losses = _train_step(parts, training, images, step, lpips)
+            update_ema(parts.ema, parts.model, training.ema_decay)
             window_images += training.batch_size
             step += 1
             progress.update()
             if step % training.log_every == 0:
+                losses = processes.mean(losses)
                 elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": step,
-                    **losses,
-                    "usage": model.codebook_usage(),
-                    "images_per_s": window_images / elapsed,
-                }
+                usage = parts.model.codebook_usage()
+                record = {"step": step, **losses, "usage": usage, "images_per_s": window_images / elapsed}
                 if skipped:
                     record["unreadable_images"] = skipped
                 if processes.is_main:
@@ -188,36 +225,67 @@ def _train(model_config, training, dataset, out_dir, resume, show_progress, comm
     checkpoint(step)
     finished = step >= training.steps
     if finished and processes.is_main:
-        save(ema, out_dir / "final.safetensors")
-    return TrainingOutcome(ema, step, finished)
+        save(parts.ema, out_dir / "final.safetensors")
+    return TrainingOutcome(parts.ema, step, finished)
+
+
+def _wrap_for_processes(module: torch.nn.Module, processes: Processes) -> torch.nn.Module:
+    if not processes.distributed:
+        return module
+    # Each process's usage window counts its own share of the codes (rank 0's is logged and saved), so
+    # buffers must not be broadcast from rank 0; torch 2.14 warns that this flag is deprecated, but its
+    # replacement still syncs buffers at the start.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(module, broadcast_buffers=False)
 
 
 def _train_step(
-    trained: torch.nn.Module,
-    model: VQModel,
-    optimizer: torch.optim.Optimizer,
-    training: TokenizerTrainingConfig,
-    images: torch.Tensor,
-    step: int,
+    parts: _Parts, training: TokenizerTrainingConfig, images: torch.Tensor, step: int, lpips: LPIPS | None
 ) -> dict[str, Any]:
-    for group in optimizer.param_groups:
-        group["lr"] = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.bf16):
-        output = trained(images)
+    """One update of the tokenizer (and, once it has started, of the discriminator)."""
+    lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
+    optimizers = [parts.optimizer] + ([parts.disc_optimizer] if parts.disc_optimizer else [])
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    adversarial = training.disc_start is not None and step >= training.disc_start
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.bf16)
+    with autocast:
+        output = parts.trained(images)
+    reconstruction = output.reconstruction.float()
     quantizer = output.quantizer
-    reconstruction_loss = F.mse_loss(output.reconstruction.float(), images)
-    loss = reconstruction_loss + quantizer.codebook_loss + quantizer.commitment_loss + quantizer.entropy_loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-    optimizer.step()
-    # PSNR of the batch in [-1, 1] (range 2), a running indication only; evaluation measures it properly.
-    return {
-        "loss": loss.item(),
-        "reconstruction": reconstruction_loss.item(),
-        "codebook": quantizer.codebook_loss.item(),
-        "commitment": quantizer.commitment_loss.item(),
-        "psnr": 10 * math.log10(4.0 / max(reconstruction_loss.item(), 1e-12)),
-        "grad_norm": grad_norm.item(),
-        "lr": optimizer.param_groups[0]["lr"],
+    terms = {
+        "reconstruction": F.mse_loss(reconstruction, images),
+        "codebook": quantizer.codebook_loss,
+        "commitment": quantizer.commitment_loss,
     }
+    if parts.model.config.entropy_loss_ratio > 0:
+        terms["entropy"] = quantizer.entropy_loss
+    if lpips is not None:
+        with autocast:
+            terms["perceptual"] = training.perceptual_weight * lpips(reconstruction, images).mean()
+    if adversarial:
+        # The generator's view: gradients reach the tokenizer through a frozen discriminator.
+        parts.discriminator.requires_grad_(False)
+        with autocast:
+            terms["adversarial"] = training.disc_weight * hinge_generator_loss(parts.discriminator(reconstruction))
+        parts.discriminator.requires_grad_(True)
+    loss = sum(terms.values())
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), training.grad_clip)
+    parts.optimizer.step()
+    report = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+    if adversarial:
+        with autocast:
+            real, fake = parts.trained_discriminator(images), parts.trained_discriminator(reconstruction.detach())
+        disc_loss = hinge_discriminator_loss(real.float(), fake.float())
+        parts.disc_optimizer.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        torch.nn.utils.clip_grad_norm_(parts.discriminator.parameters(), training.grad_clip)
+        parts.disc_optimizer.step()
+        report["discriminator"] = disc_loss.item()
+    # PSNR of the batch in [-1, 1] (range 2), a running indication only; evaluation measures it properly.
+    mse = terms["reconstruction"].item()
+    return {**report, "psnr": 10 * math.log10(4.0 / max(mse, 1e-12)), "grad_norm": grad_norm.item(), "lr": lr}
