@@ -163,7 +163,12 @@ def _is_derived(key: str) -> bool:
     return any(pattern.search(key) for pattern in _DERIVED_KEY_PATTERNS)
 
 
-def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_strictly(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    hint: str = "Check the config (or preset) passed with the checkpoint.",
+) -> None:
     """Load `state_dict` into `model`, or raise naming each missing, unexpected and mis-shaped key."""
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state_dict and not _is_derived(k))
@@ -179,11 +184,7 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
             if keys
         ]
-        raise ValueError(
-            f"{source} does not match the model's configuration: "
-            + "; ".join(problems)
-            + ". Check the config (or preset) passed with the checkpoint."
-        )
+        raise ValueError(f"{source} does not match the model's configuration: " + "; ".join(problems) + f". {hint}")
     # Derived entries the file lacks keep the model's own values; those it has without a place are dropped.
     complete = {k: state_dict.get(k, v) for k, v in expected.items()}
     model.load_state_dict(complete, strict=True)

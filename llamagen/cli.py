@@ -180,7 +180,12 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
 
     tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=args.device, dtype=args.dtype)
     images = [load_image(path) for path in args.images] if args.images else held_out_images(args.data, args.size)[0]
-    for field, value in evaluate_tokenizer(tokenizer, images).as_dict().items():
+    features = None
+    if args.inception:
+        from llamagen.evaluation.fid import InceptionFeatures
+
+        features = InceptionFeatures(args.inception)
+    for field, value in evaluate_tokenizer(tokenizer, images, features=features).as_dict().items():
         print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
 
 
@@ -292,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default="photos", help="held-out images: photos, photo-tiles, shapes or digits")
     ev.add_argument("--size", type=int, help="image size of the held-out set (default: its own)")
     ev.add_argument("--config")
+    ev.add_argument(
+        "--inception",
+        help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth) for the "
+        "reconstruction FID; without them a fixed random network's features stand in (see llamagen.evaluation.fid)",
+    )
     add_device_options(ev)
     ev.set_defaults(run=run_eval_tokenizer)
 

@@ -43,7 +43,7 @@ def test_lpips_passes_gradients_to_images_and_stays_frozen(lpips_files):
 
 def test_lpips_files_are_checked(lpips_files, tmp_path):
     vgg, lin = lpips_files
-    with pytest.raises(ValueError, match="not LPIPS's linear layers"):
+    with pytest.raises(ValueError, match=r"LPIPS's vgg\.pth expected"):
         load_lpips(vgg, vgg)
     negative = {f"lin{i}.model.1.weight": -torch.rand(1, c, 1, 1) for i, c in enumerate(TAP_CHANNELS)}
     torch.save(negative, tmp_path / "negative.pth")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llamagen.checkpoints import read_checkpoint
+from llamagen.checkpoints import load_state_dict_strictly, read_checkpoint
 
 # Indices, in torchvision's vgg16().features, of the ReLUs LPIPS reads: relu1_2, relu2_2, relu3_3, relu4_3,
 # relu5_3, and their channel counts.
@@ -65,9 +65,10 @@ def load_lpips(vgg_weights: str | os.PathLike, lin_weights: str | os.PathLike) -
     model = LPIPS()
     vgg = _read(vgg_weights)
     features = {k.removeprefix("features."): v for k, v in vgg.items() if k.startswith("features.")}
-    _load_exactly(model.features, features, vgg_weights, "torchvision's VGG16")
+    hint = "See llamagen.evaluation.lpips for the two files LPIPS needs."
+    load_state_dict_strictly(model.features, features, f"{str(vgg_weights)!r} (torchvision's VGG16 expected)", hint)
     lins = {k.replace(".model.1.", ".").replace("lin", "", 1): v for k, v in _read(lin_weights).items()}
-    _load_exactly(model.lins, lins, lin_weights, "LPIPS's linear layers for VGG (vgg.pth)")
+    load_state_dict_strictly(model.lins, lins, f"{str(lin_weights)!r} (LPIPS's vgg.pth expected)", hint)
     if any((lin.weight < 0).any() for lin in model.lins):
         raise ValueError(f"{str(lin_weights)!r}: LPIPS's linear weights are non-negative; these are not")
     return model
@@ -77,15 +78,3 @@ def _read(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no LPIPS weight file at {str(path)!r} (see llamagen.evaluation.lpips)")
     return read_checkpoint(path).state_dict
-
-
-def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], path, what: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    if missing or wrong:
-        raise ValueError(
-            f"{str(path)!r} is not {what}: "
-            + "; ".join(filter(None, [missing and f"missing {missing[:4]}", wrong and f"wrong shapes {wrong[:4]}"]))
-        )
-    module.load_state_dict({k: state[k] for k in expected})

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from llamagen.images import tensor_to_pil
+from llamagen.evaluation.fid import RandomFeatures, frechet_distance, image_features
+from llamagen.images import pil_to_tensor, tensor_to_pil
 from llamagen.reconstruction import reconstruct, reconstruct_batch
 from llamagen.tokenizer import VQModel
 
@@ -25,8 +28,10 @@ class TokenizerEvaluation:
     codebook_usage: float  # used_codes / codebook size
     perplexity: float  # exp(entropy) of the codes' frequencies: the effective number of codes used
     dead_codes: int  # codes no image used
+    fid: float  # reconstruction FID: originals against reconstructions, in the feature space below
+    fid_features: str  # "random-conv" (the substitute) or "inception-v3 (torchvision)"; see evaluation.fid
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -92,16 +97,29 @@ def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Imag
     raise ValueError(f"no held-out images for {data!r}; choose photos, photo-tiles, shapes or digits")
 
 
-def evaluate_tokenizer(tokenizer: VQModel, images: list[Image.Image], batch_size: int = 32) -> TokenizerEvaluation:
+def _features_of(features: nn.Module, pictures: list[Image.Image]) -> np.ndarray:
+    if len({picture.size for picture in pictures}) == 1:
+        return image_features(features, torch.cat([pil_to_tensor(picture) for picture in pictures]))
+    return np.concatenate([image_features(features, pil_to_tensor(picture)) for picture in pictures])
+
+
+def evaluate_tokenizer(
+    tokenizer: VQModel, images: list[Image.Image], batch_size: int = 32, features: nn.Module | None = None
+) -> TokenizerEvaluation:
+    """Reconstruct every image and measure; `features` is the FID's space (default: `RandomFeatures`)."""
     if not images:
         raise ValueError("no images to evaluate on")
-    results = []
+    features = features if features is not None else RandomFeatures()
+    results, original_features, reconstruction_features = [], [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         if len({image.size for image in chunk}) == 1:
-            results += reconstruct_batch(tokenizer, chunk)
+            done = reconstruct_batch(tokenizer, chunk)
         else:
-            results += [reconstruct(tokenizer, image) for image in chunk]
+            done = [reconstruct(tokenizer, image) for image in chunk]
+        original_features.append(_features_of(features, [r.original for r in done]))
+        reconstruction_features.append(_features_of(features, [r.reconstruction for r in done]))
+        results += done
     counts = torch.bincount(torch.cat([r.codes.flatten() for r in results]), minlength=tokenizer.config.codebook_size)
     frequencies = counts[counts > 0].double() / counts.sum()
     used = int((counts > 0).sum())
@@ -114,4 +132,6 @@ def evaluate_tokenizer(tokenizer: VQModel, images: list[Image.Image], batch_size
         codebook_usage=used / tokenizer.config.codebook_size,
         perplexity=math.exp(-(frequencies * frequencies.log()).sum().item()),
         dead_codes=tokenizer.config.codebook_size - used,
+        fid=frechet_distance(np.concatenate(original_features), np.concatenate(reconstruction_features)),
+        fid_features=features.name,
     )
