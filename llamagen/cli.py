@@ -185,7 +185,10 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
         from llamagen.evaluation.fid import InceptionFeatures
 
         features = InceptionFeatures(args.inception)
-    for field, value in evaluate_tokenizer(tokenizer, images, features=features).as_dict().items():
+    save_images = Path(args.save_images) if args.save_images else None
+    for field, value in (
+        evaluate_tokenizer(tokenizer, images, features=features, save_images=save_images).as_dict().items()
+    ):
         print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
 
 
@@ -297,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default="photos", help="held-out images: photos, photo-tiles, shapes or digits")
     ev.add_argument("--size", type=int, help="image size of the held-out set (default: its own)")
     ev.add_argument("--config")
+    ev.add_argument("--save-images", help="write the originals and reconstructions as PNGs under this folder")
     ev.add_argument(
         "--inception",
         help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth) for the "

@@ -133,6 +133,20 @@ def test_evaluation_counts_codes():
     assert result.used_codes + result.dead_codes == 64
     assert 1 <= result.perplexity <= result.used_codes
     assert result.bits_per_pixel == pytest.approx(6 / 16)  # log2(64) bits per 4x4 pixels
+    assert result.fid > 0 and result.fid_features == "random-conv"
+
+
+def test_eval_cli_reports_and_saves_the_images_for_other_fid_tools(tmp_path, capsys):
+    from llamagen.checkpoints import save
+    from llamagen.cli import main
+
+    save(load_tokenizer_for_eval(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "images"
+    assert main(["eval", "tokenizer", "--tokenizer", str(tmp_path / "tiny.safetensors"), "--data", "digits",
+                 "--save-images", str(out)]) == 0  # fmt: skip
+    report = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert report["images"] == "297" and report["fid_features"] == "random-conv" and float(report["fid"]) > 0
+    assert len(list((out / "originals").glob("*.png"))) == len(list((out / "reconstructions").glob("*.png"))) == 297
 
 
 def load_tokenizer_for_eval():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -104,9 +105,17 @@ def _features_of(features: nn.Module, pictures: list[Image.Image]) -> np.ndarray
 
 
 def evaluate_tokenizer(
-    tokenizer: VQModel, images: list[Image.Image], batch_size: int = 32, features: nn.Module | None = None
+    tokenizer: VQModel,
+    images: list[Image.Image],
+    batch_size: int = 32,
+    features: nn.Module | None = None,
+    save_images: Path | None = None,
 ) -> TokenizerEvaluation:
-    """Reconstruct every image and measure; `features` is the FID's space (default: `RandomFeatures`)."""
+    """Reconstruct every image and measure; `features` is the FID's space (default: `RandomFeatures`).
+
+    With `save_images`, originals and reconstructions are written as PNGs to its `originals/` and
+    `reconstructions/` folders, as torch-fidelity and clean-fid read them.
+    """
     if not images:
         raise ValueError("no images to evaluate on")
     features = features if features is not None else RandomFeatures()
@@ -117,6 +126,11 @@ def evaluate_tokenizer(
             done = reconstruct_batch(tokenizer, chunk)
         else:
             done = [reconstruct(tokenizer, image) for image in chunk]
+        if save_images is not None:
+            for number, result in enumerate(done, start=start):
+                for folder, picture in (("originals", result.original), ("reconstructions", result.reconstruction)):
+                    (save_images / folder).mkdir(parents=True, exist_ok=True)
+                    picture.save(save_images / folder / f"{number:05d}.png")
         original_features.append(_features_of(features, [r.original for r in done]))
         reconstruction_features.append(_features_of(features, [r.reconstruction for r in done]))
         results += done
