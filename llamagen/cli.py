@@ -152,7 +152,10 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         from llamagen.evaluation.lpips import load_lpips
 
         lpips = load_lpips(args.lpips_vgg, args.lpips_lin)
-    dataset = open_dataset(args.data, size=args.image_size, seed=args.seed)
+    if args.hue_jitter and args.data != "photos":
+        raise ValueError("--hue-jitter applies to the photos data set only")
+    options = {"hue_jitter": True} if args.hue_jitter else {}
+    dataset = open_dataset(args.data, size=args.image_size, seed=args.seed, **options)
     command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     outcome = train_tokenizer(
         model_config,
@@ -334,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--out", required=True, help="the run's folder")
     tok.add_argument("--data", default="photos", help="photos, shapes, digits, folder:PATH or captions:FILE.jsonl")
     tok.add_argument("--image-size", type=int, default=64)
+    tok.add_argument("--hue-jitter", action="store_true", help="photos: turn the hue of half the crops at random")
     tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")
     tok.add_argument("--steps", type=int, default=10_000)
     tok.add_argument("--batch-size", type=int, default=16)

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,21 @@ def test_photo_crops_are_a_pure_function_of_seed_and_index():
     assert not torch.equal(a[5]["image"], PhotoCrops(size=24, seed=2)[5]["image"])
     image = a[0]["image"]
     assert image.shape == (3, 24, 24) and image.min() >= -1 and image.max() <= 1
+
+
+def test_hue_jitter_turns_colours_and_keeps_greys():
+    from PIL import Image
+
+    from llamagen.data.photos import turn_hue
+
+    red = Image.new("RGB", (4, 4), (220, 40, 40))
+    turned = np.asarray(turn_hue(red, 85))[0, 0]  # a third of the circle: red becomes green
+    assert turned[1] > 150 and turned[0] < 80 and turned[2] < 80
+    grey = Image.new("RGB", (4, 4), (90, 90, 90))
+    assert np.array_equal(np.asarray(turn_hue(grey, 100)), np.asarray(grey))
+    plain, jittered = PhotoCrops(size=16), PhotoCrops(size=16, hue_jitter=True)
+    changed = sum(not torch.equal(plain[i]["image"], jittered[i]["image"]) for i in range(100))
+    assert 12 <= changed <= 40  # half of the colour photos' crops: about a quarter
 
 
 class TerminatedAt(PhotoCrops):

@@ -57,21 +57,30 @@ def _training_photos() -> tuple[Image.Image, ...]:
     return tuple(load_photo(name) for name in TRAINING_PHOTOS)
 
 
+def turn_hue(image: Image.Image, turn: int) -> Image.Image:
+    """Rotate every pixel's hue by turn/256 of a full circle; greys and brightness are left as they are."""
+    hsv = np.asarray(image.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int64) + turn) % 256
+    return Image.fromarray(hsv, mode="HSV").convert("RGB")
+
+
 class PhotoCrops(torch.utils.data.Dataset):
     """Random square crops of the training photos, resized to `size`, flipped at random.
 
     Sample `i` is a pure function of (`seed`, `i`): the crop side is drawn log-uniformly between
     `size` (or the photo's short side, if smaller) and the photo's short side, so that both fine
-    texture and whole objects are seen. The data set is as long as asked; training that resumes at
-    step s simply continues from sample s x batch.
+    texture and whole objects are seen. With `hue_jitter`, half the crops have their hue turned by a
+    random angle: the bundled photos hold few greens or saturated blues, and a tokenizer that never saw
+    a colour cannot reconstruct it. The data set is as long as asked; training that resumes at step s
+    simply continues from sample s x batch.
     """
 
     shuffle_each_epoch: ClassVar[bool] = False  # each index is already a fresh random draw
 
-    def __init__(self, size: int = 64, seed: int = 0, length: int = 10**9):
+    def __init__(self, size: int = 64, seed: int = 0, length: int = 10**9, hue_jitter: bool = False):
         if size < 8:
             raise ValueError(f"crop size must be at least 8 pixels, got {size}")
-        self.size, self.length, self.seed = size, length, seed
+        self.size, self.length, self.seed, self.hue_jitter = size, length, seed, hue_jitter
 
     def __len__(self) -> int:
         return self.length
@@ -89,5 +98,7 @@ class PhotoCrops(torch.utils.data.Dataset):
         crop = photo.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.hue_jitter and rng.random() < 0.5:
+            crop = turn_hue(crop, int(rng.integers(1, 256)))
         pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
         return {"image": pixels.float() / 127.5 - 1.0}
