@@ -11,6 +11,7 @@ edge pixel holds the fraction of its area the object covers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -172,7 +173,8 @@ class Shapes(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def attributes(self, index: int) -> tuple[ShapeAttributes, np.random.Generator]:
+    def _draw(self, index: int) -> tuple[ShapeAttributes, np.random.Generator]:
+        """The attributes of sample `index`, and its generator, positioned to draw the rest of the sample."""
         rng = np.random.default_rng([self.seed, index])
         while True:
             shape, colour = SHAPES[rng.integers(len(SHAPES))], tuple(COLOURS)[rng.integers(len(COLOURS))]
@@ -188,7 +190,7 @@ class Shapes(torch.utils.data.Dataset):
         return attributes, rng
 
     def __getitem__(self, index: int) -> dict:
-        attributes, rng = self.attributes(index)
+        attributes, rng = self._draw(index)
         jitter = tuple(rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=2))
         image = render(attributes, self.size, jitter)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -196,5 +198,5 @@ class Shapes(torch.utils.data.Dataset):
             "image": pixels.float() / 127.5 - 1.0,
             "label": attributes.class_id,
             "caption": caption(attributes, rng),
-            "attributes": attributes.__dict__.copy(),
+            "attributes": dataclasses.asdict(attributes),
         }
