@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--dims", type=int, nargs="+", help="codebook dimensions (default: 4 8 16 32 64 256)")
     cb.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 1024 4096 16384)")
     cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
-    cb.add_argument("--batch-size", type=int, help="(default: 16)")
+    cb.add_argument("--batch-size", type=int, help="(default: 32)")
     cb.set_defaults(run=run_sweep_codebook)
     return parser
 

@@ -2,7 +2,7 @@
 
 Small tokenizers that differ only in their codebook (dimension x size x l2-normalisation) train on the
 same photo crops for the same steps. Each run records its usage over training (the window of the last
-65,536 codes), and on every 32x32 tile of the held-out photos its usage, perplexity and PSNR. Results go,
+65,536 codes), and on every 16x16 tile of the held-out photos its usage, perplexity and PSNR. Results go,
 after every run, to one JSON file (and a CSV beside it) that the notebooks read; a stopped sweep started
 again skips the runs it has already recorded.
 """
@@ -33,10 +33,10 @@ class SweepSettings:
     dimensions: tuple[int, ...] = DIMENSIONS
     sizes: tuple[int, ...] = SIZES
     l2: tuple[bool, ...] = (True, False)
-    preset: str = "VQ-4-tiny"  # downsample 4: a 32x32 crop is 64 codes
-    image_size: int = 32
+    preset: str = "VQ-4-tiny"  # downsample 4: a 16x16 crop is 16 codes
+    image_size: int = 16
     steps: int = 400
-    batch_size: int = 16
+    batch_size: int = 32
     lr: float = 3e-4
     seed: int = 0
 
