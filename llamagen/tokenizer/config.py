@@ -74,9 +74,9 @@ VQ_PRESETS: dict[str, dict[str, Any]] = {
         "z_channels": 128,
         "num_res_blocks": 1,
     },
-    # Downsample 8 at a quarter of VQ-8-small's cost, 1024 codes: the embedded tokenizer of 64x64 shapes.
+    # Downsample 8 at a quarter of VQ-8-small's cost, 512 codes: the embedded tokenizer of 64x64 shapes.
     "VQ-8-tiny": {
-        "codebook_size": 1024,
+        "codebook_size": 512,
         "ch": 32,
         "encoder_ch_mult": [1, 2, 2, 4],
         "decoder_ch_mult": [1, 2, 2, 4],
