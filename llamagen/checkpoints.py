@@ -57,7 +57,7 @@ _MAX_NAMED_KEYS = 12
 class CheckpointContents:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None  # None for published files, which carry no config
-    kind: str | None  # 'vq' or 'gpt' for the project's own files
+    kind: str | None  # 'vq', 'gpt' or 'judge' for the project's own files
 
 
 def resolve_source(source: str | os.PathLike) -> Path:
@@ -87,11 +87,11 @@ def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> Checkp
 def read_model_checkpoint(
     source: str | os.PathLike, kind: str, prefer_ema: bool = False
 ) -> tuple[Path, CheckpointContents]:
-    """Resolve `source` and read it, refusing a project file of another kind ('vq' or 'gpt')."""
+    """Resolve `source` and read it, refusing a project file of another kind ('vq', 'gpt', 'judge')."""
     path = resolve_source(source)
     contents = read_checkpoint(path, prefer_ema=prefer_ema)
     if contents.kind not in (None, kind):
-        wanted = {"vq": "tokenizer", "gpt": "generator"}[kind]
+        wanted = {"vq": "tokenizer", "gpt": "generator", "judge": "judge"}[kind]
         raise ValueError(f"{str(path)!r} is a {contents.kind!r} checkpoint, not a {wanted}")
     return path, contents
 

@@ -81,6 +81,16 @@ class ShapeAttributes:
             if value not in allowed:
                 raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(allowed)}")
 
+    def indices(self) -> dict[str, int]:
+        """Each attribute as the index of its value (the labels a judge learns)."""
+        return {
+            "shape": SHAPES.index(self.shape),
+            "colour": tuple(COLOURS).index(self.colour),
+            "size": SIZES.index(self.size),
+            "position": POSITIONS.index(self.position),
+            "background": tuple(BACKGROUNDS).index(self.background),
+        }
+
     @property
     def class_name(self) -> str:
         return f"{self.colour} {self.shape}"
@@ -199,4 +209,5 @@ class Shapes(torch.utils.data.Dataset):
             "label": attributes.class_id,
             "caption": caption(attributes, rng),
             "attributes": dataclasses.asdict(attributes),
+            "attribute_ids": attributes.indices(),
         }

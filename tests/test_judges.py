@@ -1,0 +1,43 @@
+"""Judges: they learn real images, save and load, refuse what they cannot read; the shipped ones are accurate."""
+
+import pytest
+import torch
+
+from llamagen.checkpoints import embedded_models, save
+from llamagen.evaluation.judges import Judge, JudgeConfig, accuracies, load_judge
+from llamagen.training.judge import JudgeTraining, held_out, shifted, train_judge
+
+
+def test_a_digits_judge_learns_in_a_few_steps_and_round_trips(tmp_path):
+    judge, accuracy = train_judge("digits", JudgeTraining(steps=60, batch_size=32), show_progress=False)
+    assert set(accuracy) == {"digit", "all"} and accuracy["digit"] > 0.5  # chance is 0.1
+    save(judge, tmp_path / "judge.safetensors")
+    loaded = load_judge(tmp_path / "judge.safetensors", device="cpu")
+    images, labels = held_out("digits")
+    assert accuracies(loaded, images, labels) == accuracy
+
+
+def test_shifts_move_the_digit_and_fill_with_black():
+    import numpy as np
+
+    image = torch.full((3, 8, 8), -1.0)
+    image[:, 3, 3] = 1.0
+    moved = shifted(image, np.random.default_rng(3))
+    assert moved.shape == image.shape and (moved == 1.0).sum() == 3 and (moved == -1.0).sum() == 3 * 63
+
+
+def test_a_judge_refuses_images_of_the_wrong_size():
+    judge = Judge(JudgeConfig.preset("shapes"))
+    with pytest.raises(ValueError, match=r"reads \(B, 3, 64, 64\) images"):
+        judge(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="unknown judge preset 'cats'"):
+        train_judge("cats", JudgeTraining(steps=1))
+
+
+@pytest.mark.parametrize(("name", "goal"), [("shapes-judge", 0.99), ("digits-judge", 0.97)])
+def test_the_shipped_judges_read_real_held_out_images(name, goal):
+    if name not in embedded_models():
+        pytest.fail(f"{name} is not in llamagen/assets")
+    judge = load_judge(name, device="cpu")
+    accuracy = accuracies(judge, *held_out(name.removesuffix("-judge")))
+    assert min(accuracy.values()) >= goal, accuracy
