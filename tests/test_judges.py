@@ -41,3 +41,13 @@ def test_the_shipped_judges_read_real_held_out_images(name, goal):
     judge = load_judge(name, device="cpu")
     accuracy = accuracies(judge, *held_out(name.removesuffix("-judge")))
     assert min(accuracy.values()) >= goal, accuracy
+
+
+def test_judging_reconstructions_shows_what_a_tokenizer_loses():
+    from llamagen.evaluation.judges import judge_reconstructions
+    from llamagen.tokenizer import VQModel, vq_preset
+
+    torch.manual_seed(0)
+    untrained = VQModel(vq_preset("VQ-4-tiny", codebook_size=64)).eval()
+    accuracy = judge_reconstructions(untrained, "digits")
+    assert set(accuracy) == {"digit", "all"} and accuracy["digit"] < 0.5  # an untrained tokenizer loses the digit

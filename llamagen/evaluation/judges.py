@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamagen.configs import ModelConfig
+from llamagen.data.digits import Digits
+from llamagen.data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Shapes
+
+HELD_OUT_SEED = 1_000  # training draws shapes with seed 0
+HELD_OUT_SHAPES = 2_000
 
 
 def _shapes_heads() -> dict[str, int]:
-    from llamagen.data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
-
     return {
         "shape": len(SHAPES),
         "colour": len(COLOURS),
@@ -107,6 +110,42 @@ def accuracies(judge: Judge, images: torch.Tensor, labels: dict[str, torch.Tenso
         all_right += int(every.sum())
     judge.train(was_training)
     return {**{name: count / len(images) for name, count in right.items()}, "all": all_right / len(images)}
+
+
+def judge_data(kind: str, train: bool, seed: int = 0) -> torch.utils.data.Dataset:
+    if kind == "shapes":
+        return Shapes(seed=seed if train else HELD_OUT_SEED, length=10**9 if train else HELD_OUT_SHAPES)
+    if kind == "digits":
+        return Digits("train" if train else "test")
+    raise ValueError(f"no judge for {kind!r}; choose shapes or digits")
+
+
+def labelled(items: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images (B, 3, S, S) and labels {attribute: (B,)} of shapes or digits items."""
+    if "attribute_ids" in items[0]:
+        names = items[0]["attribute_ids"]
+        labels = {name: torch.tensor([item["attribute_ids"][name] for item in items]) for name in names}
+    else:
+        labels = {"digit": torch.tensor([item["label"] for item in items])}
+    return torch.stack([item["image"] for item in items]), labels
+
+
+def held_out(kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    data = judge_data(kind, train=False)
+    return labelled([data[i] for i in range(len(data))])
+
+
+@torch.no_grad()
+def judge_reconstructions(tokenizer, kind: str) -> dict[str, float]:
+    """The judge's accuracy on the held-out real images after a round trip through `tokenizer`: whether
+    what the images show survives tokenization."""
+    images, labels = held_out(kind)
+    judge = load_judge(f"{kind}-judge", device=tokenizer.device)
+    rounds = [
+        tokenizer.detokenize(tokenizer.tokenize(images[i : i + 64].to(tokenizer.device)))
+        for i in range(0, len(images), 64)
+    ]
+    return accuracies(judge, torch.cat(rounds).float().clamp(-1, 1).cpu(), labels)
 
 
 def load_judge(source, device=None) -> Judge:

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from llamagen.evaluation.fid import RandomFeatures, frechet_distance, image_features
+from llamagen.evaluation.judges import HELD_OUT_SEED
 from llamagen.images import pil_to_tensor, tensor_to_pil
 from llamagen.reconstruction import reconstruct, reconstruct_batch
 from llamagen.tokenizer import VQModel
@@ -63,8 +64,7 @@ def held_out_tiles(size: int) -> list[Image.Image]:
     return tiles
 
 
-HELD_OUT_SHAPES_SEED = 1_000  # training draws from seed 0
-HELD_OUT_SHAPES = 500
+HELD_OUT_SHAPES = 500  # for reconstruction metrics; drawn with the judges' held-out seed
 
 
 def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Image], str]:
@@ -82,11 +82,11 @@ def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Imag
         from llamagen.data.shapes import Shapes
 
         size = size or 64
-        shapes = Shapes(size=size, seed=HELD_OUT_SHAPES_SEED)
+        shapes = Shapes(size=size, seed=HELD_OUT_SEED)
         images = tensor_to_pil(torch.stack([shapes[i]["image"] for i in range(HELD_OUT_SHAPES)]))
         return (
             images,
-            f"{HELD_OUT_SHAPES} {size}x{size} shapes drawn with seed {HELD_OUT_SHAPES_SEED} (training: seed 0)",
+            f"{HELD_OUT_SHAPES} {size}x{size} shapes drawn with seed {HELD_OUT_SEED} (training: seed 0)",
         )
     if data == "digits":
         from llamagen.data.digits import TEST_IMAGES, Digits

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from llamagen.checkpoints import ASSETS_DIR, save, write_atomically
+from llamagen.checkpoints import ASSETS_DIR, embedded_models, save, write_atomically
+from llamagen.evaluation.judges import judge_reconstructions
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer.loading import load_tokenizer
 
@@ -49,6 +50,9 @@ def export_tokenizer(
     shipped = load_tokenizer(weights, device="cpu")  # evaluate what users get: the bf16 weights
     images, description = held_out_images(evaluate_on)
     evaluation = evaluate_tokenizer(shipped, images)
+    judged = {}
+    if f"{evaluate_on}-judge" in embedded_models():
+        judged = {"judge_accuracy_on_reconstructions": judge_reconstructions(shipped, evaluate_on)}
     card = {
         "name": name,
         "kind": "vq",
@@ -62,6 +66,7 @@ def export_tokenizer(
         "evaluation": {
             "data": description,
             **evaluation.as_dict(),
+            **judged,
         },
         "reproduce": [
             train_command,

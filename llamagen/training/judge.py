@@ -13,14 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llamagen.data.digits import Digits
 from llamagen.data.loading import sample_index
-from llamagen.data.shapes import Shapes
-from llamagen.evaluation.judges import Judge, JudgeConfig, accuracies, judge_loss
+from llamagen.evaluation.judges import Judge, JudgeConfig, accuracies, held_out, judge_data, judge_loss, labelled
 from llamagen.training.common import warmup_cosine
 
-HELD_OUT_SEED = 1_000
-HELD_OUT_SHAPES = 2_000
 MAX_SHIFT = 2
 
 
@@ -32,35 +28,12 @@ class JudgeTraining:
     seed: int = 0
 
 
-def judge_data(kind: str, train: bool, seed: int = 0) -> torch.utils.data.Dataset:
-    if kind == "shapes":
-        return Shapes(seed=seed if train else HELD_OUT_SEED, length=10**9 if train else HELD_OUT_SHAPES)
-    if kind == "digits":
-        return Digits("train" if train else "test")
-    raise ValueError(f"no judge for {kind!r}; choose shapes or digits")
-
-
-def labelled(items: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Images (B, 3, S, S) and labels {attribute: (B,)} of shapes or digits items."""
-    if "attribute_ids" in items[0]:
-        names = items[0]["attribute_ids"]
-        labels = {name: torch.tensor([item["attribute_ids"][name] for item in items]) for name in names}
-    else:
-        labels = {"digit": torch.tensor([item["label"] for item in items])}
-    return torch.stack([item["image"] for item in items]), labels
-
-
 def shifted(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Moved by up to MAX_SHIFT pixels each way, the uncovered border black (the digits' background)."""
     dy, dx = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=2)
     padded = torch.nn.functional.pad(image, (MAX_SHIFT,) * 4, value=-1.0)
     size = image.shape[-1]
     return padded[:, MAX_SHIFT - dy : MAX_SHIFT - dy + size, MAX_SHIFT - dx : MAX_SHIFT - dx + size]
-
-
-def held_out(kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    data = judge_data(kind, train=False)
-    return labelled([data[i] for i in range(len(data))])
 
 
 def train_judge(kind: str, training: JudgeTraining, show_progress: bool = True) -> tuple[Judge, dict[str, float]]:
