@@ -264,3 +264,22 @@ def test_the_gan_and_perceptual_losses_train_and_resume_exactly(tmp_path, monkey
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "plain", show_progress=False)
     with pytest.raises(ValueError, match="without a discriminator"):
         train_tokenizer(MODEL, training(4, disc_start=2), crops(), tmp_path / "plain", resume=True, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config", '{"ch": 48}'], "GroupNorm"),
+        (["--data", "folder:EMPTY"], "no images in"),
+        (["--data", "shapes", "--hue-jitter"], "applies to the photos data set only"),
+        (["--data", "imagenet"], "unknown data set"),
+    ],
+)
+def test_training_that_cannot_work_is_refused_before_it_starts(tmp_path, capsys, extra, message):
+    from llamagen.cli import main
+
+    (tmp_path / "empty").mkdir()
+    extra = [arg.replace("EMPTY", str(tmp_path / "empty")) for arg in extra]
+    assert main(["train", "tokenizer", "--out", str(tmp_path / "run"), "--steps", "2", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
