@@ -1,5 +1,6 @@
 """Tokenizer training: exact resume, clean stops, checkpoints, data determinism, export to an embedded model."""
 
+import errno
 import json
 import os
 import signal
@@ -106,17 +107,18 @@ def test_resuming_with_another_model_is_refused(tmp_path):
         train_tokenizer(other, training(4), crops(), tmp_path / "run", resume=True, show_progress=False)
 
 
-def test_a_kill_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")])
+def test_a_kill_or_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch, failure):
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False)
     before = (tmp_path / "run" / "latest.pt").read_bytes()
 
     def dies_half_way(obj, path):
         with open(path, "wb") as file:
             file.write(b"partial")
-        raise KeyboardInterrupt
+        raise failure
 
     monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(failure)):
         train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", resume=True, show_progress=False)
     monkeypatch.undo()
     assert (tmp_path / "run" / "latest.pt").read_bytes() == before
