@@ -145,6 +145,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         perceptual_weight=args.perceptual_weight,
         disc_start=args.disc_start,
         disc_weight=args.disc_weight,
+        restart_dead_codes_every=args.restart_dead_codes,
     )
     lpips = None
     if args.lpips_vgg or args.lpips_lin:
@@ -391,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
     tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
     tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
+    tok.add_argument(
+        "--restart-dead-codes",
+        type=int,
+        metavar="N",
+        help="every N steps, move codebook entries unused in the "
+        "usage window onto poorly represented latents (not in the original; against collapse)",
+    )
     tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
     tok.add_argument("--seed", type=int, default=0)
     tok.add_argument("--log-every", type=int, default=50)

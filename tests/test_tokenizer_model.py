@@ -113,6 +113,25 @@ def test_usage_window_keeps_the_last_65536_codes():
     assert torch.equal(quantizer.codebook_used, out2.codes.flatten()[-USAGE_WINDOW:])
 
 
+def test_dead_codes_move_onto_the_worst_represented_latents():
+    quantizer = VectorQuantizer(16, 2, 0.25, 0.0, l2_norm=True, show_usage=True).train()
+    generator = torch.Generator().manual_seed(0)
+    latent = F.normalize(torch.randn(1, 4, 4, 2), dim=-1)
+    assert not quantizer.restart_dead_codes(latent, generator).any()  # the window is not full yet
+    quantizer.codebook_used.fill_(3)  # only code 3 was used
+    before = quantizer.codebook().clone()
+    moved = quantizer.restart_dead_codes(latent, generator)
+    assert moved.sum() == 15 and not moved[3]
+    assert torch.equal(quantizer.codebook()[3], before[3])
+    flat = latent.reshape(-1, 2)
+    for entry in quantizer.codebook()[moved]:  # every moved entry now sits on one of the latents
+        assert torch.isclose(flat, entry, atol=1e-6).all(1).any()
+    # The latents the codebook represented worst are now represented well: the error falls.
+    nearest_before = ((flat[:, None] - before[None]) ** 2).sum(-1).amin(1)
+    nearest_after = ((flat[:, None] - quantizer.codebook()[None]) ** 2).sum(-1).amin(1)
+    assert (nearest_after < 1e-9).sum() >= 15 and nearest_after.sum() < nearest_before.sum()
+
+
 def test_usage_is_not_recorded_in_eval_mode():
     model = tiny()
     model.tokenize(random_images(1, 16, 16))

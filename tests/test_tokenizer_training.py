@@ -85,6 +85,21 @@ def test_sigterm_saves_and_resuming_continues_exactly(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_restarting_dead_codes_moves_codes_and_resumes_exactly(tmp_path, monkeypatch):
+    import llamagen.tokenizer.quantizer as quantizer
+
+    monkeypatch.setattr(quantizer, "USAGE_WINDOW", 64)  # fills in two steps of 2 x 4 x 4 codes
+    restarting = training(6, restart_dead_codes_every=2)
+    straight = train_tokenizer(MODEL, restarting, crops(), tmp_path / "straight", show_progress=False).model
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[1]["restarted_codes"] > 0 and "restarted_codes" not in logged[0]
+    stopped = train_tokenizer(MODEL, restarting, TerminatedAt(6), tmp_path / "resumed", show_progress=False)
+    assert stopped.step == 3
+    resumed = train_tokenizer(MODEL, restarting, crops(), tmp_path / "resumed", resume=True, show_progress=False)
+    for key, value in state_of(straight).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
 def test_a_finished_run_is_loadable_and_its_usage_window_is_kept(tmp_path):
     train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", show_progress=False)
     model = load_tokenizer(tmp_path / "run" / "final.safetensors", device="cpu")

@@ -25,6 +25,7 @@ class QuantizerOutput:
     codebook_loss: torch.Tensor  # moves the codebook towards the encoder outputs
     commitment_loss: torch.Tensor  # keeps the encoder close to its codes (weighted by beta)
     entropy_loss: torch.Tensor  # optional: confident per-sample, diverse on average
+    latent: torch.Tensor  # (B, h, w, D) float32: what was quantized (normalised when l2_norm is set)
 
 
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -124,6 +125,7 @@ class VectorQuantizer(nn.Module):
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
             entropy_loss=entropy,
+            latent=z_prepared.detach(),
         )
 
     @torch.no_grad()
@@ -131,6 +133,37 @@ class VectorQuantizer(nn.Module):
         """Shift the newest codes into the fixed-size usage window (oldest fall out first)."""
         recent = codes.flatten()[-USAGE_WINDOW:].to(self.codebook_used.dtype)
         self.codebook_used.copy_(torch.cat([self.codebook_used[recent.numel() :], recent]))
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Move every entry the usage window has not seen onto a latent vector that its code represents
+        badly; returns a (K,) mask of the moved entries. Nothing moves until the window is full.
+
+        Not part of the original objective: an option against collapse at small scale (see the
+        tokenizer-training docs). Among the 4 x (dead entries) latent vectors farthest from their
+        codes, each dead entry takes a different one at random, so new entries go where the codebook is
+        thinnest.
+        """
+        dead = torch.zeros(self.codebook_size, dtype=torch.bool, device=latent.device)
+        if self.codebook_used is None or (self.codebook_used < 0).any():
+            return dead
+        dead[:] = True
+        dead[self.codebook_used.to(latent.device)] = False
+        count = int(dead.sum())
+        if count == 0:
+            return dead
+        flat = latent.reshape(-1, self.embed_dim).float()
+        errors = torch.cat(
+            [squared_distances(rows, self.codebook()).amin(1) for rows in flat.split(_DISTANCE_CHUNK_ROWS)]
+        )
+        worst = errors.topk(min(len(flat), 4 * count)).indices
+        if count <= len(worst):  # distinct latents, so that no two entries land on the same one
+            choice = torch.randperm(len(worst), generator=generator, device=generator.device)[:count]
+        else:
+            choice = torch.randint(len(worst), (count,), generator=generator, device=generator.device)
+        picks = worst[choice.to(worst.device)]
+        self.embedding.weight[dead] = flat[picks].to(self.embedding.weight.dtype)
+        return dead
 
     def usage(self) -> float:
         """Fraction of the codebook seen in the usage window: the paper's codebook usage (Table 2)."""

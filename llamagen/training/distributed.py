@@ -43,6 +43,16 @@ class Processes:
         dist.all_reduce(stacked)
         return dict(zip(values, (stacked / self.world).tolist(), strict=True))
 
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's values of `tensor` on every process (in place; bool tensors travel as bytes)."""
+        if not self.distributed:
+            return tensor
+        carrier = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+        dist.broadcast(carrier, src=0)
+        if carrier is not tensor:
+            tensor.copy_(carrier.bool())
+        return tensor
+
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -66,6 +66,9 @@ class TokenizerTrainingConfig:
     perceptual_weight: float = 1.0  # LPIPS, when its weights are given
     disc_start: int | None = None  # the step the PatchGAN starts at (the original: 20,000); None: no GAN
     disc_weight: float = 0.5  # the original's weight of the adversarial loss
+    # Every this many steps, codebook entries unused in the usage window move onto poorly represented
+    # latents (not in the original; against collapse in small runs). None: never.
+    restart_dead_codes_every: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
@@ -73,6 +76,8 @@ class TokenizerTrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
+            raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
         if self.disc_start is not None and self.disc_start < 0:
             raise ValueError(f"disc_start must be a step (0 or more), got {self.disc_start}")
 
@@ -198,7 +203,7 @@ def _train(model_config, training, dataset, out_dir, resume, show_progress, comm
                 if "image" not in batch:
                     raise ValueError(f"none of the images of step {step + 1} could be read")
             images = batch["image"].to(processes.device, non_blocking=True)
-            losses = _train_step(parts, training, images, step, lpips)
+            losses = _train_step(parts, training, images, step, lpips, processes)
             update_ema(parts.ema, parts.model, training.ema_decay)
             window_images += training.batch_size
             step += 1
@@ -240,8 +245,27 @@ def _wrap_for_processes(module: torch.nn.Module, processes: Processes) -> torch.
         return DistributedDataParallel(module, broadcast_buffers=False)
 
 
+def _restart_dead_codes(parts: _Parts, latent: torch.Tensor, seed: int, step: int, processes: Processes) -> int:
+    """Move the unused codebook entries (rank 0's choice, on every process) and forget their Adam moments."""
+    quantize = parts.model.quantize
+    generator = torch.Generator(device=latent.device).manual_seed(seed * 1_000_003 + step)
+    dead = quantize.restart_dead_codes(latent, generator)
+    processes.broadcast(quantize.embedding.weight.data)
+    processes.broadcast(dead)
+    moments = parts.optimizer.state.get(quantize.embedding.weight, {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in moments:
+            moments[name][dead] = 0
+    return int(dead.sum())
+
+
 def _train_step(
-    parts: _Parts, training: TokenizerTrainingConfig, images: torch.Tensor, step: int, lpips: LPIPS | None
+    parts: _Parts,
+    training: TokenizerTrainingConfig,
+    images: torch.Tensor,
+    step: int,
+    lpips: LPIPS | None,
+    processes: Processes,
 ) -> dict[str, Any]:
     """One update of the tokenizer (and, once it has started, of the discriminator)."""
     lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
@@ -277,6 +301,9 @@ def _train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), training.grad_clip)
     parts.optimizer.step()
     report = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+    every = training.restart_dead_codes_every
+    if every is not None and (step + 1) % every == 0:
+        report["restarted_codes"] = _restart_dead_codes(parts, quantizer.latent, training.seed, step, processes)
     if adversarial:
         with autocast:
             real, fake = parts.trained_discriminator(images), parts.trained_discriminator(reconstruction.detach())
