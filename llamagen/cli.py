@@ -201,7 +201,13 @@ def run_export_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_tokenizer
 
     card = export_tokenizer(
-        args.run_dir, args.name, args.data, args.train_command, args.notes, evaluate_on=args.evaluate_on
+        args.run_dir,
+        args.name,
+        args.data,
+        args.train_command,
+        args.notes,
+        evaluate_on=args.evaluate_on,
+        use_ema=not args.no_ema,
     )
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
@@ -357,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", required=True, help="what it was trained on, for the card")
     ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
     ex.add_argument("--notes", default="", help="anything a reader of the card should know")
+    ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
     ex.set_defaults(run=run_export_tokenizer)
 

@@ -12,6 +12,7 @@ from llamagen.checkpoints import ASSETS_DIR, embedded_models, save, write_atomic
 from llamagen.evaluation.judges import judge_reconstructions
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer.loading import load_tokenizer
+from llamagen.training.common import LATEST_CHECKPOINT
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -29,11 +30,14 @@ def export_tokenizer(
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     evaluate_on: str = "photos",
+    use_ema: bool = True,
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (the run's EMA weights in bf16) and its card `NAME.json`.
 
     `train_command` defaults to the command the run recorded in its config.json; `evaluate_on` names the
-    held-out images the card reports (see `held_out_images`).
+    held-out images the card reports (see `held_out_images`). `use_ema=False` ships the trained weights
+    themselves rather than their moving average: in a short run the average trails far behind (and with
+    dead-code restarts it averages entries that moved), so it can be the worse of the two.
     """
     run_dir = Path(run_dir)
     final = run_dir / "final.safetensors"
@@ -46,7 +50,9 @@ def export_tokenizer(
         raise ValueError(f"{str(run_dir)!r} recorded no training command; pass the one that made it")
 
     weights = assets_dir / f"{name}.safetensors"
-    save(load_tokenizer(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
+    # final.safetensors holds the EMA weights; the last checkpoint, written at the same step, both.
+    trained = load_tokenizer(final if use_ema else run_dir / LATEST_CHECKPOINT, device="cpu")
+    save(trained, weights, weights_dtype=torch.bfloat16)
     shipped = load_tokenizer(weights, device="cpu")  # evaluate what users get: the bf16 weights
     images, description = held_out_images(evaluate_on)
     evaluation = evaluate_tokenizer(shipped, images)
@@ -61,6 +67,7 @@ def export_tokenizer(
         "data": data,
         "steps": metrics[-1]["step"],
         "wall_time_hours": round((metrics[-1]["time"] - metrics[0]["time"]) / 3600, 2),
+        "weights": "EMA" if use_ema else "trained (not the EMA)",
         "final_training_log": {k: v for k, v in metrics[-1].items() if k != "time"},
         "codebook_usage_training_window": shipped.codebook_usage(),
         "evaluation": {
@@ -70,7 +77,8 @@ def export_tokenizer(
         },
         "reproduce": [
             train_command,
-            f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)} --evaluate-on {evaluate_on}",
+            f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)} --evaluate-on {evaluate_on}"
+            + ("" if use_ema else " --no-ema"),
         ],
         "notes": notes,
     }

@@ -1,0 +1,29 @@
+"""The tokenizers the project ships do what their model cards say, on images they never saw."""
+
+import json
+
+import pytest
+
+from llamagen import load_tokenizer
+from llamagen.checkpoints import ASSETS_DIR, embedded_models
+from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
+
+SHIPPED = {"shapes-vq": "shapes", "digits-vq": "digits", "photo-vq": "photos"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_shipped_tokenizer_matches_its_card(name):
+    if name not in embedded_models():
+        pytest.fail(f"{name} is not in llamagen/assets")
+    card = json.loads((ASSETS_DIR / f"{name}.json").read_text())
+    images, _ = held_out_images(SHIPPED[name])
+    measured = evaluate_tokenizer(load_tokenizer(name, device="cpu"), images)
+    assert measured.psnr == pytest.approx(card["evaluation"]["psnr"], abs=0.05)
+    assert measured.used_codes == card["evaluation"]["used_codes"]
+
+
+def test_shapes_vq_meets_its_goals():
+    """The tokenizer-training issue's goals: at least 30 dB and 90% of the codebook used."""
+    images, _ = held_out_images("shapes")
+    measured = evaluate_tokenizer(load_tokenizer("shapes-vq", device="cpu"), images)
+    assert measured.psnr >= 30 and measured.codebook_usage >= 0.9
