@@ -101,9 +101,15 @@ def test_restarting_dead_codes_moves_codes_and_resumes_exactly(tmp_path, monkeyp
 
 
 def test_a_finished_run_is_loadable_and_its_usage_window_is_kept(tmp_path):
-    train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", show_progress=False)
+    outcome = train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", show_progress=False)
     model = load_tokenizer(tmp_path / "run" / "final.safetensors", device="cpu")
     assert model.config == MODEL
+    # The outcome holds both the EMA and the trained weights, as the last checkpoint does.
+    state = load_training_state(tmp_path / "run")
+    for key, value in outcome.trained.state_dict().items():
+        assert torch.equal(value, state["model"][key]) and torch.equal(
+            outcome.model.state_dict()[key], state["ema"][key]
+        )
     assert 0 < model.codebook_usage() <= 1
     # The training checkpoint is in the original's layout too: {'model': ..., 'ema': ...}.
     assert load_tokenizer(tmp_path / "run" / "latest.pt", prefer_ema=True, device="cpu").config == MODEL

@@ -86,14 +86,15 @@ def sweep_codebook(settings: SweepSettings, out: str | Path, work_dir: str | Pat
         )
         if not outcome.finished:
             break  # stopped by a signal: the run resumes when the sweep starts again
-        evaluation = evaluate_tokenizer(outcome.model, eval_images)
+        # The trained weights, not their EMA: after a few hundred steps the average is still near the start.
+        evaluation = evaluate_tokenizer(outcome.trained, eval_images)
         metrics = read_metrics(run_dir)
         results["runs"][name] = {
             "codebook_dim": dim,
             "codebook_size": size,
             "l2_norm": l2,
             "usage_eval": evaluation.codebook_usage,
-            "usage_train": outcome.model.codebook_usage(),
+            "usage_train": outcome.trained.codebook_usage(),
             "perplexity": evaluation.perplexity,
             "psnr": evaluation.psnr,
             "usage_over_steps": [[m["step"], m["usage"]] for m in metrics],

@@ -45,6 +45,7 @@ class TrainingOutcome:
     model: VQModel  # the EMA weights
     step: int  # steps done
     finished: bool  # False when a signal stopped the run first; --resume continues it
+    trained: VQModel  # the weights themselves (in a short run their EMA trails far behind)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def _train(model_config, training, dataset, out_dir, resume, show_progress, comm
     finished = step >= training.steps
     if finished and processes.is_main:
         save(parts.ema, out_dir / "final.safetensors")
-    return TrainingOutcome(parts.ema, step, finished)
+    return TrainingOutcome(parts.ema, step, finished, parts.model.eval())
 
 
 def _wrap_for_processes(module: torch.nn.Module, processes: Processes) -> torch.nn.Module:
