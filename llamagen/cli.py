@@ -386,19 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")
     tok.add_argument("--steps", type=int, default=10_000)
     tok.add_argument("--batch-size", type=int, default=16)
-    tok.add_argument("--lr", type=float, default=1e-4)
+    tok.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
     tok.add_argument(
         "--entropy-loss",
         type=float,
         help="weight of the entropy loss, which spreads codes over the codebook "
         "(default: the config's, 0 in the presets)",
     )
-    tok.add_argument("--ema-decay", type=float, default=0.999)
-    tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
-    tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
-    tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
-    tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
     tok.add_argument(
         "--restart-dead-codes",
         type=int,
@@ -406,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every N steps, move codebook entries unused in the "
         "usage window onto poorly represented latents (not in the original; against collapse)",
     )
+    tok.add_argument("--ema-decay", type=float, default=0.999)
+    tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
+    tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
+    tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
+    tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
     tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
     tok.add_argument("--seed", type=int, default=0)
     tok.add_argument("--log-every", type=int, default=50)
