@@ -228,6 +228,11 @@ def save(
     return path
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """`path.write_text(text)`, atomically (see `write_atomically`)."""
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
+
+
 def write_atomically(path: Path, write) -> None:
     """Call `write(temporary_path)` in the target's folder, then rename over `path`: never a half-written file."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -158,14 +158,13 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         raise ValueError("--hue-jitter applies to the photos data set only")
     options = {"hue_jitter": True} if args.hue_jitter else {}
     dataset = open_dataset(args.data, size=args.image_size, seed=args.seed, **options)
-    command = "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     outcome = train_tokenizer(
         model_config,
         training,
         dataset,
         args.out,
         resume=args.resume,
-        command=command,
+        command=_command_line(),
         workers=args.workers,
         device=args.device,
         lpips=lpips,
@@ -218,10 +217,7 @@ def run_export_tokenizer(args: argparse.Namespace) -> None:
 
 
 def run_train_judge(args: argparse.Namespace) -> None:
-    import torch
-
-    from llamagen.checkpoints import save, write_atomically
-    from llamagen.training.judge import JudgeTraining, train_judge
+    from llamagen.training.judge import JudgeTraining, save_judge, train_judge
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -229,25 +225,7 @@ def run_train_judge(args: argparse.Namespace) -> None:
     training = JudgeTraining(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     started = time.time()
     judge, accuracy = train_judge(args.kind, training)
-    card = {
-        "name": out.stem,
-        "kind": "judge",
-        "config": judge.config.to_dict(),
-        "training": dataclasses.asdict(training),
-        "data": {
-            "shapes": "rendered shapes, fresh every step (seed 0)",
-            "digits": "the 1,500 training digits of scikit-learn, shifted by up to 2 pixels",
-        }[args.kind],
-        "held_out_accuracy": accuracy,
-        "held_out_data": {
-            "shapes": "2,000 shapes drawn with seed 1000",
-            "digits": "the 297 held-out digits",
-        }[args.kind],
-        "wall_time_minutes": round((time.time() - started) / 60, 1),
-        "reproduce": "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
-    }
-    save(judge, out, weights_dtype=torch.bfloat16)
-    write_atomically(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    save_judge(judge, args.kind, training, accuracy, out, _command_line(), (time.time() - started) / 60)
     print(
         f"wrote       {out} and its card; held-out accuracy " + ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())
     )
@@ -262,6 +240,11 @@ def run_sweep_codebook(args: argparse.Namespace) -> None:
     print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
     for name, run in results["runs"].items():
         print(f"{name:<18} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
+
+
+def _command_line() -> str:
+    """The command as typed, for a model card's `reproduce`."""
+    return "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
 def _format_of(path: Path) -> str:

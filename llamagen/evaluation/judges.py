@@ -101,8 +101,9 @@ def accuracies(judge: Judge, images: torch.Tensor, labels: dict[str, torch.Tenso
     right = {name: 0 for name in judge.config.heads}
     all_right = 0
     for start in range(0, len(images), batch_size):
-        predicted = judge.predict(images[start : start + batch_size])
-        every = torch.ones(len(predicted[next(iter(predicted))]), dtype=torch.bool)
+        chunk = images[start : start + batch_size]
+        predicted = judge.predict(chunk)
+        every = torch.ones(len(chunk), dtype=torch.bool)
         for name, values in predicted.items():
             hits = values.cpu() == labels[name][start : start + batch_size]
             right[name] += int(hits.sum())

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llamagen.checkpoints import write_atomically
+from llamagen.checkpoints import write_atomically, write_text_atomically
 
 LATEST_CHECKPOINT = "latest.pt"
 
@@ -75,14 +75,18 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far, oldest first."""
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
     def drop_after(self, step: int) -> None:
         """Forget the records of steps after `step` (atomically), so a resumed run does not repeat them."""
         if not self.path.exists():
             return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        if len(kept) < len(lines):
-            write_atomically(self.path, lambda temporary: Path(temporary).write_text("".join(kept)))
+        records = self.records()
+        kept = [record for record in records if record["step"] <= step]
+        if len(kept) < len(records):
+            write_text_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as file:

@@ -8,18 +8,18 @@ from typing import Any
 
 import torch
 
-from llamagen.checkpoints import ASSETS_DIR, embedded_models, save, write_atomically
+from llamagen.checkpoints import ASSETS_DIR, embedded_models, save, write_text_atomically
 from llamagen.evaluation.judges import judge_reconstructions
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer.loading import load_tokenizer
-from llamagen.training.common import LATEST_CHECKPOINT
+from llamagen.training.common import LATEST_CHECKPOINT, MetricsLog
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no metrics.jsonl: is it a training run's folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return MetricsLog(path).records()
 
 
 def export_tokenizer(
@@ -82,5 +82,5 @@ def export_tokenizer(
         ],
         "notes": notes,
     }
-    write_atomically(assets_dir / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
     return card

@@ -7,14 +7,29 @@ minutes, so its training keeps no checkpoints: a stopped one is simply run again
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from llamagen.checkpoints import save, write_text_atomically
+from llamagen.data.digits import TEST_IMAGES
 from llamagen.data.loading import sample_index
-from llamagen.evaluation.judges import Judge, JudgeConfig, accuracies, held_out, judge_data, judge_loss, labelled
+from llamagen.evaluation.judges import (
+    HELD_OUT_SEED,
+    HELD_OUT_SHAPES,
+    Judge,
+    JudgeConfig,
+    accuracies,
+    held_out,
+    judge_data,
+    judge_loss,
+    labelled,
+)
 from llamagen.training.common import warmup_cosine
 
 MAX_SHIFT = 2
@@ -34,6 +49,44 @@ def shifted(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     padded = torch.nn.functional.pad(image, (MAX_SHIFT,) * 4, value=-1.0)
     size = image.shape[-1]
     return padded[:, MAX_SHIFT - dy : MAX_SHIFT - dy + size, MAX_SHIFT - dx : MAX_SHIFT - dx + size]
+
+
+DATA_DESCRIPTIONS = {
+    "shapes": (
+        "rendered shapes, fresh every step (seed 0)",
+        f"{HELD_OUT_SHAPES:,} shapes drawn with seed {HELD_OUT_SEED}",
+    ),
+    "digits": (
+        f"the 1,500 training digits of scikit-learn, shifted by up to {MAX_SHIFT} pixels",
+        f"the {TEST_IMAGES} held-out digits",
+    ),
+}
+
+
+def save_judge(
+    judge: Judge,
+    kind: str,
+    training: JudgeTraining,
+    accuracy: dict[str, float],
+    out: Path,
+    command: str,
+    wall_time_minutes: float,
+) -> None:
+    """The weights (bf16) to `out` and the model card beside it (`out` with .json)."""
+    trained_on, judged_on = DATA_DESCRIPTIONS[kind]
+    card = {
+        "name": out.stem,
+        "kind": "judge",
+        "config": judge.config.to_dict(),
+        "training": dataclasses.asdict(training),
+        "data": trained_on,
+        "held_out_accuracy": accuracy,
+        "held_out_data": judged_on,
+        "wall_time_minutes": round(wall_time_minutes, 1),
+        "reproduce": command,
+    }
+    save(judge, out, weights_dtype=torch.bfloat16)
+    write_text_atomically(out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
 
 
 def train_judge(kind: str, training: JudgeTraining, show_progress: bool = True) -> tuple[Judge, dict[str, float]]:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamagen.checkpoints import write_atomically
+from llamagen.checkpoints import write_text_atomically
 from llamagen.data.photos import PhotoCrops
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer import vq_preset
@@ -105,9 +105,9 @@ def sweep_codebook(settings: SweepSettings, out: str | Path, work_dir: str | Pat
 
 def _write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1) + "\n"))
+    write_text_atomically(out, json.dumps(results, indent=1) + "\n")
     table = io.StringIO()
     writer = csv.DictWriter(table, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(results["runs"].values())
-    write_atomically(out.with_suffix(".csv"), lambda tmp: Path(tmp).write_text(table.getvalue()))
+    write_text_atomically(out.with_suffix(".csv"), table.getvalue())

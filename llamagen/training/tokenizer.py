@@ -113,19 +113,20 @@ def train_tokenizer(
 
 
 class _Parts:
-    """Everything a step updates and a checkpoint holds."""
+    """Everything a step updates and a checkpoint holds; `wrapped` are the modules as the step calls them
+    (in DDP under torchrun)."""
 
     def __init__(self, model_config: VQConfig, training: TokenizerTrainingConfig, processes: Processes):
         torch.manual_seed(training.seed)
         self.model = VQModel(model_config).to(processes.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = self._adamw(self.model, training)
-        self.trained = _wrap_for_processes(self.model, processes)
-        self.discriminator = self.disc_optimizer = self.trained_discriminator = None
+        self.wrapped = _wrap_for_processes(self.model, processes)
+        self.discriminator = self.disc_optimizer = self.wrapped_discriminator = None
         if training.disc_start is not None:
             self.discriminator = PatchDiscriminator().to(processes.device).train()
             self.disc_optimizer = self._adamw(self.discriminator, training)
-            self.trained_discriminator = _wrap_for_processes(self.discriminator, processes)
+            self.wrapped_discriminator = _wrap_for_processes(self.discriminator, processes)
 
     @staticmethod
     def _adamw(module: torch.nn.Module, training: TokenizerTrainingConfig) -> torch.optim.Optimizer:
@@ -277,7 +278,7 @@ def _train_step(
     adversarial = training.disc_start is not None and step >= training.disc_start
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=training.bf16)
     with autocast:
-        output = parts.trained(images)
+        output = parts.wrapped(images)
     reconstruction = output.reconstruction.float()
     quantizer = output.quantizer
     terms = {
@@ -307,7 +308,7 @@ def _train_step(
         report["restarted_codes"] = _restart_dead_codes(parts, quantizer.latent, training.seed, step, processes)
     if adversarial:
         with autocast:
-            real, fake = parts.trained_discriminator(images), parts.trained_discriminator(reconstruction.detach())
+            real, fake = parts.wrapped_discriminator(images), parts.wrapped_discriminator(reconstruction.detach())
         disc_loss = hinge_discriminator_loss(real.float(), fake.float())
         parts.disc_optimizer.zero_grad(set_to_none=True)
         disc_loss.backward()
