@@ -102,7 +102,7 @@ def test_an_imagenet_folder_gives_labelled_random_crops(tmp_path):
     _write_images(tmp_path / "n02", 3)
     (tmp_path / "n02" / "notes.txt").write_text("not an image")
     data = ImageFolder(tmp_path, size=24, seed=0)
-    assert len(data) == 5 and data.classes == ["n01", "n02"]
+    assert len(data) == 5 and data.class_names == ("n01", "n02")
     assert [data[i]["label"] for i in range(5)] == [0, 0, 1, 1, 1]
     assert data[1]["image"].shape == (3, 24, 24)
     assert torch.equal(data[1]["image"], ImageFolder(tmp_path, size=24, seed=0)[1]["image"])

@@ -30,6 +30,7 @@ class Digits(torch.utils.data.Dataset):
     and label (the digit)."""
 
     shuffle_each_epoch: ClassVar[bool] = True
+    class_names: ClassVar[tuple[str, ...]] = tuple(str(digit) for digit in range(10))
 
     def __init__(self, split: str = "train", size: int = 32):
         if split not in SPLITS:

@@ -84,7 +84,7 @@ class ImageFolder(_ImageFiles):
                 f"{', '.join(IMAGE_SUFFIXES)} files (the ImageNet layout)"
             )
         super().__init__(files, size, seed)
-        self.labels, self.classes = labels, classes
+        self.labels, self.class_names = labels, tuple(classes)
 
     def __getitem__(self, index: int) -> dict | None:
         image = self._image(index)

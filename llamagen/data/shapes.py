@@ -174,6 +174,7 @@ class Shapes(torch.utils.data.Dataset):
     """
 
     shuffle_each_epoch: ClassVar[bool] = False  # each index is already a fresh random draw
+    class_names: ClassVar[tuple[str, ...]] = CLASS_NAMES
 
     def __init__(self, size: int = 64, seed: int = 0, length: int = 1_000_000, captioned: bool = False):
         if size < 8:

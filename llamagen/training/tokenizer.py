@@ -10,10 +10,7 @@ the run that was never interrupted: model, EMA, optimizer, step and RNG state ar
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
-from llamagen.training.common import (
-    MetricsLog,
-    StopRequest,
-    load_training_state,
-    save_training_state,
-    update_ema,
-    warmup_cosine,
-)
+from llamagen.training.common import TrainingRun, run_steps, update_ema, warmup_cosine
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from llamagen.training.distributed import Processes, start_processes
 
@@ -156,83 +145,39 @@ class _Parts:
 
 
 def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips):
-    state = load_training_state(out_dir) if resume else None
-    if not resume and (out_dir / "metrics.jsonl").exists():
-        raise ValueError(f"{str(out_dir)!r} already holds a training run; pass resume=True (--resume) to continue it")
-    if processes.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
+    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command)
     parts = _Parts(model_config, training, processes)
     if lpips is not None:
         lpips = lpips.to(processes.device)
-    start = 0
-    if state is not None:
-        if state["model_config"] != model_config.to_dict():
-            raise ValueError(f"the checkpoint in {str(out_dir)!r} was trained with another model config")
-        parts.load(state)
-        torch.set_rng_state(state["rng"])
-        start = state["step"]
-    if processes.is_main:
-        (out_dir / "config.json").write_text(
-            json.dumps(
-                {"model": model_config.to_dict(), "training": dataclasses.asdict(training), "command": command},
-                indent=2,
-            )
-        )
-
-    def checkpoint(step: int) -> None:
-        if processes.is_main:
-            extra = {"step": step, "rng": torch.get_rng_state(), "model_config": model_config.to_dict()}
-            save_training_state(out_dir, {**parts.state(), **extra})
-
-    log = MetricsLog(out_dir / "metrics.jsonl")
-    if processes.is_main:
-        log.drop_after(start)  # lines a killed run wrote after its last checkpoint are written again
+    if run.state is not None:
+        parts.load(run.state)
+    run.restore_rng()
     batches = step_loader(
-        dataset, training.batch_size, start, training.steps, training.seed, workers, processes.rank, processes.world
+        dataset, training.batch_size, run.start, training.steps, training.seed, workers, processes.rank, processes.world
     )
-    progress = tqdm(
-        total=training.steps, initial=start, disable=not (show_progress and processes.is_main), dynamic_ncols=True
+
+    def take_step(batch: dict, step: int) -> dict[str, float]:
+        images = batch["image"].to(processes.device, non_blocking=True)
+        losses = _train_step(parts, training, images, step, lpips, processes)
+        update_ema(parts.ema, parts.model, training.ema_decay)
+        return losses
+
+    step = run_steps(
+        run,
+        batches,
+        training.steps,
+        training.batch_size,
+        take_step,
+        parts.state,
+        training.log_every,
+        training.checkpoint_every,
+        show_progress,
+        extra_record=lambda: {"usage": parts.model.codebook_usage()},
+        shown=("loss", "psnr", "usage"),
     )
-    window_start, window_images, skipped = time.perf_counter(), 0, 0
-    step = start
-    with StopRequest() as stop:
-        for batch in batches:
-            if processes.any(stop.requested):
-                break
-            if batch["skipped"]:
-                skipped += batch["skipped"]
-                if "image" not in batch:
-                    raise ValueError(f"none of the images of step {step + 1} could be read")
-            images = batch["image"].to(processes.device, non_blocking=True)
-            losses = _train_step(parts, training, images, step, lpips, processes)
-            update_ema(parts.ema, parts.model, training.ema_decay)
-            window_images += training.batch_size
-            step += 1
-            progress.update()
-            if step % training.log_every == 0:
-                losses = processes.mean(losses)
-                elapsed = time.perf_counter() - window_start
-                usage = parts.model.codebook_usage()
-                record = {"step": step, **losses, "usage": usage, "images_per_s": window_images / elapsed}
-                if skipped:
-                    record["unreadable_images"] = skipped
-                if processes.is_main:
-                    log.write(record)
-                progress.set_postfix(
-                    loss=f"{losses['loss']:.4f}",
-                    psnr=f"{losses['psnr']:.1f}",
-                    usage=f"{record['usage']:.2f}",
-                    img_s=f"{record['images_per_s']:.1f}",
-                )
-                window_start, window_images = time.perf_counter(), 0
-            if step % training.checkpoint_every == 0:
-                checkpoint(step)
-    progress.close()
-    checkpoint(step)
     finished = step >= training.steps
     if finished and processes.is_main:
-        save(parts.ema, out_dir / "final.safetensors")
+        save(parts.ema, run.out_dir / "final.safetensors")
     return TrainingOutcome(parts.ema, step, finished, parts.model.eval())
 
 

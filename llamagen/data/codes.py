@@ -1,0 +1,178 @@
+"""Image codes extracted once, for generator training: the tokenizer runs over the data set a single time.
+
+The original trains its generators on codes extracted offline, ten per ImageNet image: the image is
+enlarged to 1.1x the training size and cut into the five crops of torchvision's `ten_crop` (four corners
+and the centre) and their mirror images; each training sample then reads one of them at random. Here the
+augmentation is a choice, because it is not always harmless: a mirrored digit is no digit, and a caption
+that says "on the left" is wrong about a mirrored image.
+
+A codes file is a safetensors file: `codes` (N, A, h, w) int16 (A augmentations per image), `labels` (N,)
+for class-conditional data, and in its metadata the captions (JSON), the class names, the tokenizer that
+made it and how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from llamagen.checkpoints import write_atomically
+
+# The original's `crop_range`: images are enlarged by this factor before the crops are cut.
+CROP_ENLARGEMENT = 1.1
+AUGMENTATIONS = {"none": 1, "flip": 2, "crops": 5, "ten-crop": 10}
+
+
+def augmented_views(images: torch.Tensor, augment: str, size: int) -> torch.Tensor:
+    """(B, 3, S, S) images -> (B, A, 3, size, size): the views a codes file holds for each image.
+
+    For the crop modes the images come enlarged (S = round(size x CROP_ENLARGEMENT)).
+    """
+    if augment == "none":
+        return images[:, None]
+    if augment == "flip":
+        return torch.stack([images, images.flip(-1)], dim=1)
+    crops = TF.ten_crop(images, [size, size])  # five crops, then the same five of the mirror image
+    return torch.stack(crops[: AUGMENTATIONS[augment]], dim=1)
+
+
+def source_size(augment: str, size: int) -> int:
+    """The side the data set must render at for `augment` to cut `size`-pixel views."""
+    return round(size * CROP_ENLARGEMENT) if augment in ("crops", "ten-crop") else size
+
+
+@torch.no_grad()
+def extract_codes(
+    tokenizer,
+    dataset,
+    out_path: str | os.PathLike,
+    size: int,
+    augment: str = "none",
+    count: int | None = None,
+    batch_size: int = 64,
+    description: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Tokenize the first `count` items of `dataset` (all, for a finite one) into a codes file, atomically.
+
+    Items are the data sets' dicts (image, and label or caption); `dataset` must render at
+    `source_size(augment, size)`. `description` (the data spec, the tokenizer's name) goes into the metadata.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    count = len(dataset) if count is None else count
+    if count < 1 or count > len(dataset):
+        raise ValueError(f"cannot extract {count} images from a data set of {len(dataset)}")
+    codes, labels, captions, skipped = [], [], [], 0
+    device = tokenizer.device
+    for start in tqdm(range(0, count, batch_size), disable=not show_progress, desc="extracting codes"):
+        items = [dataset[i] for i in range(start, min(count, start + batch_size))]
+        readable = [item for item in items if item is not None]
+        skipped += len(items) - len(readable)
+        if not readable:
+            continue
+        images = torch.stack([item["image"] for item in readable]).to(device)
+        views = augmented_views(images, augment, size)  # (B, A, 3, size, size)
+        batch, views_per_image = views.shape[:2]
+        grid = tokenizer.tokenize(views.flatten(0, 1))  # (B x A, h, w)
+        codes.append(grid.view(batch, views_per_image, *grid.shape[1:]).to(torch.int16).cpu())
+        if "label" in readable[0]:
+            labels += [int(item["label"]) for item in readable]
+        if "caption" in readable[0]:
+            captions += [item["caption"] for item in readable]
+    if not codes:
+        raise ValueError("none of the images could be read: no codes to write")
+    tensors = {"codes": torch.cat(codes)}
+    if labels:
+        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+    metadata = {
+        "augment": augment,
+        "image_size": str(size),
+        "codebook_size": str(tokenizer.config.codebook_size),
+        "skipped_images": str(skipped),
+        "captions": json.dumps(captions),
+        "class_names": json.dumps(list(getattr(dataset, "class_names", ()))),
+        **{key: str(value) for key, value in (description or {}).items()},
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out_path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+    return out_path
+
+
+@dataclass
+class CodesInfo:
+    """What a codes file says about itself."""
+
+    images: int
+    views: int  # augmentations per image
+    grid: int  # codes per side
+    codebook_size: int
+    class_names: list[str]
+    captions: list[str]
+    metadata: dict[str, str]
+
+    @property
+    def conditioning(self) -> str:
+        return "t2i" if self.captions else "c2i"
+
+
+class CodesDataset(torch.utils.data.Dataset):
+    """Training items from a codes file: {"tokens": (h*w,) int64 raster order, "label" or "caption"}.
+
+    Item k reads image k mod N in one of its views, drawn from (seed, k): epochs see other views.
+    """
+
+    shuffle_each_epoch = True
+
+    def __init__(self, path: str | os.PathLike, seed: int = 0):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"no codes file at {str(path)!r} (make one with `llamagen extract-codes`)")
+        try:
+            tensors = load_file(path)
+            with safe_open(path, framework="pt") as file:
+                metadata = file.metadata() or {}
+        except Exception as error:
+            raise ValueError(
+                f"{str(path)!r} is not a codes file written by `llamagen extract-codes`: {error}"
+            ) from error
+        if "codes" not in tensors or tensors["codes"].dim() != 4:
+            raise ValueError(f"{str(path)!r} holds no (N, views, h, w) 'codes' tensor: not a codes file")
+        self.codes, self.labels, self.seed = tensors["codes"], tensors.get("labels"), seed
+        self.captions = json.loads(metadata.get("captions", "[]"))
+        n, views, grid, _ = self.codes.shape
+        self.info = CodesInfo(
+            images=n,
+            views=views,
+            grid=grid,
+            codebook_size=int(metadata.get("codebook_size", 0)),
+            class_names=json.loads(metadata.get("class_names", "[]")),
+            captions=self.captions,
+            metadata=metadata,
+        )
+        if self.labels is None and not self.captions:
+            raise ValueError(f"{str(path)!r} has neither class labels nor captions: nothing to condition on")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> dict:
+        image = index % len(self.codes)
+        view = int(np.random.default_rng([self.seed, index]).integers(self.info.views))
+        item = {"tokens": self.codes[image, view].flatten().long()}
+        if self.captions:
+            item["caption"] = self.captions[image]
+        else:
+            item["label"] = int(self.labels[image])
+        return item
