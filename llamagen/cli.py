@@ -169,12 +169,64 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         device=args.device,
         lpips=lpips,
     )
+    _report_training(outcome.finished, outcome.step, Path(args.out))
+
+
+def _report_training(finished: bool, step: int, out: Path) -> None:
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun the first process reports
-    if outcome.finished:
-        print(f"finished    {outcome.step} steps; EMA weights in {Path(args.out) / 'final.safetensors'}")
+    if finished:
+        print(f"finished    {step} steps; EMA weights in {out / 'final.safetensors'}")
     else:
-        print(f"stopped     at step {outcome.step}; {Path(args.out) / 'latest.pt'} holds it, --resume continues")
+        print(f"stopped     at step {step}; {out / 'latest.pt'} holds it, --resume continues")
+
+
+def run_extract_codes(args: argparse.Namespace) -> None:
+    from llamagen.data.codes import extract_codes, source_size
+    from llamagen.data.loading import open_dataset
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    if args.captions and args.data != "shapes":
+        raise ValueError("--captions applies to the shapes data set (captions:FILE.jsonl always has them)")
+    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+    options = {"captioned": True} if args.captions else {}
+    size = source_size(args.augment, args.image_size)
+    dataset = open_dataset(args.data, size=size, seed=args.seed, **options)
+    if args.count is None and len(dataset) > 10**6:
+        raise ValueError(f"{args.data} draws images without end: say how many with --count")
+    condition = "caption" if args.captions or args.data.startswith("captions:") else "label"
+    description = {"tokenizer": args.tokenizer, "data": args.data, "seed": args.seed, "command": _command_line()}
+    path = extract_codes(tokenizer, dataset, args.out, args.image_size, args.augment, args.count,
+                         condition=condition, description=description)  # fmt: skip
+    print(f"wrote       {path}")
+
+
+def run_train_gpt(args: argparse.Namespace) -> None:
+    from llamagen.data.codes import CodesDataset
+    from llamagen.gpt import GPTConfig
+    from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+    info = CodesDataset(args.codes).info
+    text_encoder = None
+    if args.text_encoder:
+        from llamagen.text import load_text_encoder
+
+        text_encoder = load_text_encoder(args.text_encoder)
+    model_config = generator_config_for(info, GPTConfig.coerce(parse_config(args.config)), text_encoder)
+    training = GPTTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    outcome = train_gpt(model_config, training, args.codes, args.out, text_encoder, resume=args.resume,
+                        command=_command_line(), device=args.device)  # fmt: skip
+    _report_training(outcome.finished, outcome.step, Path(args.out))
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
@@ -214,6 +266,18 @@ def run_export_tokenizer(args: argparse.Namespace) -> None:
         f"held-out    PSNR {evaluation['psnr']:.2f} dB, SSIM {evaluation['ssim']:.3f}, "
         f"usage in training {card['codebook_usage_training_window']:.1%}"
     )
+
+
+def run_export_gpt(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_generator
+
+    card = export_generator(args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales),
+                            args.images_per_class, args.train_command, args.notes, use_ema=not args.no_ema)  # fmt: skip
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    for scale, scores in evaluation["by_cfg_scale"].items():
+        accuracy = ", ".join(f"{k} {v:.1%}" for k, v in scores["accuracy"].items())
+        print(f"cfg {scale:<7} {accuracy}; FID {scores['fid']:.2f} (real {scores['fid_real_floor']:.2f})")
 
 
 def run_train_judge(args: argparse.Namespace) -> None:
@@ -318,6 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(run=run_generate)
 
+    ext = commands.add_parser(
+        "extract-codes",
+        help="tokenize a data set once, for generator training",
+        description="Writes the codes of every image (or the first --count of a rendered data set), with their "
+        "labels or captions, to one safetensors file. --augment: none; flip (the image and its mirror); crops "
+        "(the five crops of an image enlarged 1.1x, as the original); ten-crop (those and their mirrors, the "
+        "original's ten). Mirrors are wrong for digits and for captions that name a side.",
+    )
+    ext.add_argument("--data", required=True, help="shapes, digits, photos, folder:PATH or captions:FILE.jsonl")
+    ext.add_argument("--tokenizer", required=True, help="an embedded tokenizer's name or a checkpoint")
+    ext.add_argument("--image-size", type=int, default=64)
+    ext.add_argument("--augment", default="none", choices=["none", "flip", "crops", "ten-crop"])
+    ext.add_argument("--count", type=int, help="how many images (required for rendered data sets)")
+    ext.add_argument("--captions", action="store_true", help="shapes: keep captions (text-to-image), not labels")
+    ext.add_argument("--seed", type=int, default=0)
+    ext.add_argument("--out", required=True, help="the codes file to write (.safetensors)")
+    ext.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    ext.set_defaults(run=run_extract_codes)
+
     evaluate = commands.add_parser("eval", help="evaluate a model").add_subparsers(dest="model", required=True)
     ev = evaluate.add_parser(
         "tokenizer",
@@ -349,6 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
     ex.set_defaults(run=run_export_tokenizer)
+    exg = export.add_parser("gpt", help="bf16 weights and a model card scored by a judge, loadable by name")
+    exg.add_argument("run_dir", metavar="RUN", help="the training run's folder")
+    exg.add_argument("--name", required=True)
+    exg.add_argument("--data", required=True, help="what it was trained on, for the card")
+    exg.add_argument("--judge", required=True, choices=["shapes", "digits"], help="the judge that scores samples")
+    exg.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    exg.add_argument("--images-per-class", type=int, default=25)
+    exg.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    exg.add_argument("--notes", default="", help="anything a reader of the card should know")
+    exg.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
+    exg.set_defaults(run=run_export_gpt)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     tok = train.add_parser(
@@ -396,6 +490,29 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tok.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
     tok.set_defaults(run=run_train_tokenizer)
+    gpt = train.add_parser(
+        "gpt",
+        help="train a generator on extracted codes (one process, or several under torchrun)",
+        description="Class- or text-conditional, as the codes file says (see `llamagen extract-codes`). "
+        "The model is the --config preset fitted to the codes: their vocabulary, grid and classes, or the "
+        "text encoder's width and context. Checkpoints, --resume, signals and logs as for the tokenizer.",
+    )
+    gpt.add_argument("--codes", required=True, help="a codes file written by `llamagen extract-codes`")
+    gpt.add_argument("--config", default="GPT-S", help="a preset, a JSON file or inline JSON of GPTConfig fields")
+    gpt.add_argument("--text-encoder", help="for captioned codes: an embedded CLIP's name or a checkpoint")
+    gpt.add_argument("--out", required=True, help="the run's folder")
+    gpt.add_argument("--steps", type=int, default=10_000)
+    gpt.add_argument("--batch-size", type=int, default=64)
+    gpt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
+    gpt.add_argument("--weight-decay", type=float, default=0.05, help="on matrices only (default 0.05)")
+    gpt.add_argument("--ema-decay", type=float, default=0.9999)
+    gpt.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    gpt.add_argument("--seed", type=int, default=0)
+    gpt.add_argument("--log-every", type=int, default=50)
+    gpt.add_argument("--checkpoint-every", type=int, default=500)
+    gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    gpt.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    gpt.set_defaults(run=run_train_gpt)
     judge = train.add_parser(
         "judge",
         help="train a judge: a classifier of real shapes or digits that scores generated images",

@@ -1,16 +1,33 @@
-"""From generated tokens to images: the glue between the generator and the tokenizer."""
+"""One object that turns a condition into images: what the CLI, the apps and the notebooks call.
+
+`load_pipeline("shapes-c2i")` builds it from an embedded generator (whose file names its tokenizer, its
+class names and its text encoder), `load_pipeline("c2i_B_256.pt", tokenizer="vq_ds16_c2i.pt")` from
+published files. `pipe(class_labels=[...] or prompts=[...], cfg_scale=..., seed=...)` returns a
+`PipelineOutput` with PIL `.images` and the generated `.tokens`.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from torchvision.utils import make_grid
 
+from llamagen.checkpoints import resolve_source
 from llamagen.gpt import GPT
+from llamagen.gpt.sampling import check_sampling_options, generate
 from llamagen.images import tensor_to_pil
 from llamagen.tokenizer import VQModel
+
+IMAGENET_CLASSES = 1000
 
 
 def check_compatible(tokenizer: VQModel, gpt: GPT) -> None:
@@ -34,3 +51,186 @@ def image_grid(images: torch.Tensor, columns: int | None = None) -> Image.Image:
     """(B, 3, H, W) images in [-1, 1] tiled into one picture, `columns` wide (default: about square)."""
     columns = columns or math.ceil(math.sqrt(images.shape[0]))
     return tensor_to_pil(make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)[None])[0]
+
+
+@dataclass
+class PipelineOutput:
+    images: list[Image.Image]  # one per generated image, grouped by condition
+    tokens: torch.Tensor  # (N, block_size) the generated codes, raster order
+    conditions: list[str]  # the class name or prompt of each image
+    pixels: torch.Tensor  # (N, 3, H, W) in [-1, 1], float32 on the CPU: what judges and metrics read
+    notes: list[str] = field(default_factory=list)  # what the pipeline changed about the request (truncation)
+
+    def grid(self, columns: int | None = None) -> Image.Image:
+        return image_grid(self.pixels, columns)
+
+
+class Pipeline:
+    """A generator, its tokenizer and (for text-to-image) its text encoder, with the generator's class names."""
+
+    def __init__(self, gpt: GPT, tokenizer: VQModel, text_encoder=None, class_names: Sequence[str] | None = None):
+        check_compatible(tokenizer, gpt)
+        if gpt.config.model_type == "t2i" and text_encoder is None:
+            raise ValueError("a text-conditional generator needs its text encoder (text_encoder=...)")
+        if text_encoder is not None and gpt.config.model_type == "c2i":
+            raise ValueError("a class-conditional generator takes no text encoder")
+        if text_encoder is not None and (text_encoder.width, text_encoder.context_length) != (
+            gpt.config.caption_dim,
+            gpt.config.cls_token_num,
+        ):
+            raise ValueError(
+                f"the text encoder gives {text_encoder.context_length} tokens of width {text_encoder.width}, "
+                f"but the generator reads {gpt.config.cls_token_num} of width {gpt.config.caption_dim}"
+            )
+        if class_names is not None and gpt.config.model_type == "c2i" and len(class_names) != gpt.config.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a generator of {gpt.config.num_classes} classes")
+        self.gpt, self.tokenizer, self.text_encoder = gpt, tokenizer, text_encoder
+        self.class_names = list(class_names) if class_names else None
+
+    @property
+    def model_type(self) -> str:
+        return self.gpt.config.model_type
+
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.device
+
+    @property
+    def image_size(self) -> int:
+        return self.gpt.config.grid_size * self.tokenizer.config.downsample_factor
+
+    def class_id(self, label: int | str) -> int:
+        """A class id from an id or a class name; unknown names are refused with the nearest known ones."""
+        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            if not self.class_names:
+                raise ValueError(f"class {label!r}: this generator has no class names; give class ids")
+            if label in self.class_names:
+                return self.class_names.index(label)
+            near = difflib.get_close_matches(label, self.class_names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+            raise ValueError(f"unknown class {label!r}{hint}")
+        index = int(label)
+        if not 0 <= index < self.gpt.config.num_classes:
+            raise ValueError(f"class id {index} is outside 0..{self.gpt.config.num_classes - 1}")
+        return index
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if self.class_names else f"class {index}"
+
+    def _conditions(self, class_labels, prompts) -> tuple[torch.Tensor, torch.Tensor | None, list[str], list[str]]:
+        """(cond, cond_mask, the description of each condition, notes) for one image per condition."""
+        if (class_labels is None) == (prompts is None):
+            raise ValueError("give either class_labels or prompts")
+        if self.model_type == "c2i":
+            if class_labels is None:
+                raise ValueError("this generator is class-conditional: give class_labels, not prompts")
+            labels = [class_labels] if isinstance(class_labels, int | str) else list(class_labels)
+            if not labels:
+                raise ValueError("class_labels is empty: nothing to generate")
+            ids = [self.class_id(label) for label in labels]
+            return torch.tensor(ids), None, [self.class_name(i) for i in ids], []
+        if prompts is None:
+            raise ValueError("this generator is text-conditional: give prompts, not class_labels")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty: nothing to generate")
+        empty = [i for i, prompt in enumerate(prompts) if not prompt.strip()]
+        if empty:
+            raise ValueError(f"prompt(s) {empty} are empty: describe the image to generate")
+        encoded = self.text_encoder.encode(prompts)
+        return encoded.features, encoded.mask, prompts, encoded.notes
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | None = None,
+        prompts: str | Sequence[str] | None = None,
+        cfg_scale: float = 4.0,
+        cfg_interval: int = -1,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        seed: int = 0,
+        num_images_per_condition: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        compile: bool = False,
+    ) -> PipelineOutput:
+        """Images for each class label (an id or a name) or prompt; the same seed gives the same images."""
+        check_sampling_options(self.gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
+        if num_images_per_condition < 1:
+            raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
+        cond, cond_mask, described, notes = self._conditions(class_labels, prompts)
+        cond = cond.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
+        if cond_mask is not None:
+            cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        tokens = generate(self.gpt, cond, cond_mask, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
+                          temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                          progress=progress, compile=compile)  # fmt: skip
+        pixels = decode_tokens(self.tokenizer, tokens).float().cpu()
+        return PipelineOutput(
+            images=tensor_to_pil(pixels),
+            tokens=tokens.cpu(),
+            conditions=[d for d in described for _ in range(num_images_per_condition)],
+            pixels=pixels,
+            notes=notes,
+        )
+
+
+def generator_metadata(source: str | os.PathLike) -> dict[str, Any]:
+    """What a project generator file says about its training: class names, tokenizer, text encoder, and
+    the command that extracted its codes."""
+    path = resolve_source(source)
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(path, framework="pt") as file:
+        metadata = file.metadata() or {}
+    found = {key: metadata[key] for key in ("tokenizer", "text_encoder", "codes_command") if key in metadata}
+    if "class_names" in metadata:
+        found["class_names"] = json.loads(metadata["class_names"]) or None
+    return found
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet class names, as torchvision ships them (the published c2i models' classes)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load_pipeline(
+    gpt: str | os.PathLike,
+    tokenizer: str | os.PathLike | None = None,
+    text_encoder: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    gpt_config: Any = None,
+    tokenizer_config: Any = None,
+) -> Pipeline:
+    """A pipeline from an embedded generator's name, or from files.
+
+    An embedded generator (or one trained here) names its tokenizer and text encoder; published
+    checkpoints need `tokenizer=` (and `gpt_config=`/`tokenizer_config=` where their shapes do not say
+    everything). A published class-conditional model of 1,000 classes gets the ImageNet class names.
+    """
+    from llamagen.gpt.loading import load_gpt
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    metadata = generator_metadata(gpt)
+    tokenizer = tokenizer or metadata.get("tokenizer")
+    if tokenizer is None:
+        raise ValueError(f"{str(gpt)!r} does not name its tokenizer: pass tokenizer=")
+    model = load_gpt(gpt, config=gpt_config, device=device, dtype=dtype)
+    vq = load_tokenizer(tokenizer, config=tokenizer_config, device=model.device, dtype=dtype)
+    text_encoder = text_encoder or metadata.get("text_encoder")
+    encoder = None
+    if model.config.model_type == "t2i":
+        if text_encoder is None:
+            raise ValueError(f"{str(gpt)!r} is text-conditional and names no text encoder: pass text_encoder=")
+        from llamagen.text import load_text_encoder
+
+        encoder = load_text_encoder(text_encoder, device=model.device)
+    class_names = metadata.get("class_names")
+    if class_names is None and model.config.model_type == "c2i" and model.config.num_classes == IMAGENET_CLASSES:
+        class_names = imagenet_class_names()
+    return Pipeline(model, vq, encoder, class_names)

@@ -59,21 +59,25 @@ def extract_codes(
     size: int,
     augment: str = "none",
     count: int | None = None,
+    condition: str = "label",
     batch_size: int = 64,
     description: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Tokenize the first `count` items of `dataset` (all, for a finite one) into a codes file, atomically.
 
-    Items are the data sets' dicts (image, and label or caption); `dataset` must render at
-    `source_size(augment, size)`. `description` (the data spec, the tokenizer's name) goes into the metadata.
+    Items are the data sets' dicts; `condition` names the entry kept beside the codes: "label" (class
+    ids) or "caption". `dataset` must render at `source_size(augment, size)`. `description` (the data
+    spec, the tokenizer's name) goes into the metadata.
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if condition not in ("label", "caption"):
+        raise ValueError(f"condition must be 'label' or 'caption', got {condition!r}")
     count = len(dataset) if count is None else count
     if count < 1 or count > len(dataset):
         raise ValueError(f"cannot extract {count} images from a data set of {len(dataset)}")
-    codes, labels, captions, skipped = [], [], [], 0
+    codes, conditions, skipped = [], [], 0
     device = tokenizer.device
     for start in tqdm(range(0, count, batch_size), disable=not show_progress, desc="extracting codes"):
         items = [dataset[i] for i in range(start, min(count, start + batch_size))]
@@ -81,27 +85,26 @@ def extract_codes(
         skipped += len(items) - len(readable)
         if not readable:
             continue
+        if condition not in readable[0]:
+            raise ValueError(f"the data set's items have no {condition}s (they have {', '.join(readable[0])})")
         images = torch.stack([item["image"] for item in readable]).to(device)
         views = augmented_views(images, augment, size)  # (B, A, 3, size, size)
         batch, views_per_image = views.shape[:2]
         grid = tokenizer.tokenize(views.flatten(0, 1))  # (B x A, h, w)
         codes.append(grid.view(batch, views_per_image, *grid.shape[1:]).to(torch.int16).cpu())
-        if "label" in readable[0]:
-            labels += [int(item["label"]) for item in readable]
-        if "caption" in readable[0]:
-            captions += [item["caption"] for item in readable]
+        conditions += [item[condition] for item in readable]
     if not codes:
         raise ValueError("none of the images could be read: no codes to write")
     tensors = {"codes": torch.cat(codes)}
-    if labels:
-        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+    if condition == "label":
+        tensors["labels"] = torch.tensor(conditions, dtype=torch.int64)
     metadata = {
         "augment": augment,
         "image_size": str(size),
         "codebook_size": str(tokenizer.config.codebook_size),
         "skipped_images": str(skipped),
-        "captions": json.dumps(captions),
-        "class_names": json.dumps(list(getattr(dataset, "class_names", ()))),
+        "captions": json.dumps(conditions if condition == "caption" else []),
+        "class_names": json.dumps(list(getattr(dataset, "class_names", ())) if condition == "label" else []),
         **{key: str(value) for key, value in (description or {}).items()},
     }
     out_path = Path(out_path)

@@ -22,6 +22,28 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return MetricsLog(path).records()
 
 
+def _finished_run(run_dir: Path, train_command: str | None) -> tuple[Path, list[dict], dict, str]:
+    """The final weights, metrics, config and training command of a finished run."""
+    final = run_dir / "final.safetensors"
+    if not final.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no final.safetensors: the run has not finished")
+    metrics = read_metrics(run_dir)
+    run_config = json.loads((run_dir / "config.json").read_text())
+    train_command = train_command or run_config.get("command")
+    if not train_command:
+        raise ValueError(f"{str(run_dir)!r} recorded no training command; pass the one that made it")
+    return final, metrics, run_config, train_command
+
+
+def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
+    return {
+        "steps": metrics[-1]["step"],
+        "wall_time_hours": round((metrics[-1]["time"] - metrics[0]["time"]) / 3600, 2),
+        "weights": "EMA" if use_ema else "trained (not the EMA)",
+        "final_training_log": {k: v for k, v in metrics[-1].items() if k != "time"},
+    }
+
+
 def export_tokenizer(
     run_dir: str | Path,
     name: str,
@@ -40,14 +62,7 @@ def export_tokenizer(
     dead-code restarts it averages entries that moved), so it can be the worse of the two.
     """
     run_dir = Path(run_dir)
-    final = run_dir / "final.safetensors"
-    if not final.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no final.safetensors: the run has not finished")
-    metrics = read_metrics(run_dir)
-    run_config = json.loads((run_dir / "config.json").read_text())
-    train_command = train_command or run_config.get("command")
-    if not train_command:
-        raise ValueError(f"{str(run_dir)!r} recorded no training command; pass the one that made it")
+    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
 
     weights = assets_dir / f"{name}.safetensors"
     # final.safetensors holds the EMA weights; the last checkpoint, written at the same step, both.
@@ -65,10 +80,7 @@ def export_tokenizer(
         "config": run_config["model"],
         "training": run_config["training"],
         "data": data,
-        "steps": metrics[-1]["step"],
-        "wall_time_hours": round((metrics[-1]["time"] - metrics[0]["time"]) / 3600, 2),
-        "weights": "EMA" if use_ema else "trained (not the EMA)",
-        "final_training_log": {k: v for k, v in metrics[-1].items() if k != "time"},
+        **_training_summary(metrics, use_ema),
         "codebook_usage_training_window": shipped.codebook_usage(),
         "evaluation": {
             "data": description,
@@ -78,6 +90,68 @@ def export_tokenizer(
         "reproduce": [
             train_command,
             f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)} --evaluate-on {evaluate_on}"
+            + ("" if use_ema else " --no-ema"),
+        ],
+        "notes": notes,
+    }
+    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def export_generator(
+    run_dir: str | Path,
+    name: str,
+    data: str,
+    judge: str,
+    cfg_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0),
+    images_per_class: int = 25,
+    train_command: str | None = None,
+    notes: str = "",
+    assets_dir: Path = ASSETS_DIR,
+    use_ema: bool = True,
+) -> dict[str, Any]:
+    """Write `assets_dir/NAME.safetensors` (bf16) and its card: the judge's scores at each guidance scale in
+    `cfg_scales`, and the best of them (by class accuracy) as the model's recommended setting."""
+    from llamagen.evaluation.generation import evaluate_class_conditional
+    from llamagen.gpt.loading import load_gpt
+    from llamagen.pipeline import generator_metadata, load_pipeline
+
+    run_dir = Path(run_dir)
+    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    metadata = generator_metadata(final)
+    from llamagen.gpt import GPTConfig
+
+    config = GPTConfig.from_dict(run_config["model"])
+    trained = load_gpt(final if use_ema else run_dir / LATEST_CHECKPOINT, config=config, device="cpu")
+    stored = {key: json.dumps(value) if key == "class_names" else value for key, value in metadata.items()}
+    weights = assets_dir / f"{name}.safetensors"
+    save(trained, weights, weights_dtype=torch.bfloat16, metadata=stored)
+    pipe = load_pipeline(weights, device="cpu")  # evaluate what users get: the bf16 weights
+    scores = {
+        str(scale): evaluate_class_conditional(pipe, judge, images_per_class, cfg_scale=scale).as_dict()
+        for scale in cfg_scales
+    }
+    best = max(scores, key=lambda scale: scores[scale]["accuracy"]["class"])
+    card = {
+        "name": name,
+        "kind": "gpt",
+        "config": run_config["model"],
+        "training": run_config["training"],
+        "data": data,
+        **{key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")},
+        "class_names": metadata.get("class_names"),
+        **_training_summary(metrics, use_ema),
+        "evaluation": {
+            "judge": f"{judge}-judge",
+            "images_per_class": images_per_class,
+            "sampling": "top_k 0, top_p 1, temperature 1, seed 0",
+            "best_cfg_scale": float(best),
+            "by_cfg_scale": scores,
+        },
+        "reproduce": [
+            metadata.get("codes_command", ""),
+            train_command,
+            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --judge {judge}"
             + ("" if use_ema else " --no-ema"),
         ],
         "notes": notes,

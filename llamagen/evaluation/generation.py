@@ -1,0 +1,155 @@
+"""Scoring generated images with a judge: is the asked-for class there, and how close is the whole set to
+real images.
+
+- accuracy: the judge's reading of each image against its condition (shapes: shape, colour and both,
+  the class; digits: the digit);
+- FID in the judge's feature space against held-out real images, beside the floor that a second real set
+  of the same size reaches (FID is biased upwards for small sets, so only the gap above the floor means
+  anything);
+- precision and recall (Kynkäänniemi et al., 2019): the fraction of generated images inside the real
+  images' k-nearest-neighbour balls, and of real images inside the generated ones';
+- diversity: the mean pairwise feature distance among images of one condition, relative to real images'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from llamagen.data.shapes import COLOURS, Shapes
+from llamagen.evaluation.fid import frechet_distance
+from llamagen.evaluation.judges import Judge, held_out, labelled, load_judge
+
+NEIGHBOURS = 3  # k of the precision/recall balls (the paper's choice)
+
+
+@dataclass
+class GenerationScores:
+    accuracy: dict[str, float]  # per attribute, and "class" (every attribute the condition states)
+    fid: float  # in the judge's feature space, against held-out real images
+    fid_real_floor: float  # a second real set against the same held-out set
+    precision: float
+    recall: float
+    diversity: float  # within-condition spread of features, relative to real images' (1 = as varied)
+    images: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a.double(), b.double())
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall of `fake` against `real` features (N, D)."""
+
+    def radii(x: torch.Tensor) -> torch.Tensor:
+        return _pairwise(x, x).kthvalue(k + 1, dim=1).values  # the k-th neighbour, not counting itself
+
+    def covered(points: torch.Tensor, centres: torch.Tensor) -> float:
+        return float((_pairwise(points, centres) <= radii(centres)[None]).any(dim=1).double().mean())
+
+    return covered(fake, real), covered(real, fake)
+
+
+def within_group_spread(features: torch.Tensor, groups: torch.Tensor) -> float:
+    """Mean distance between two features of the same group, averaged over groups of two or more."""
+    spreads = []
+    for group in groups.unique():
+        members = features[groups == group]
+        if len(members) > 1:
+            distances = _pairwise(members, members)
+            spreads.append(float(distances.sum() / (len(members) * (len(members) - 1))))
+    return float(np.mean(spreads))
+
+
+def condition_labels(kind: str, class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The judge's attribute labels that a class id states: shapes (shape, colour), digits (digit)."""
+    if kind == "shapes":
+        return {"shape": class_ids // len(COLOURS), "colour": class_ids % len(COLOURS)}
+    return {"digit": class_ids}
+
+
+@torch.no_grad()
+def score_images(
+    judge: Judge, kind: str, images: torch.Tensor, stated: dict[str, torch.Tensor], groups: torch.Tensor
+) -> GenerationScores:
+    """Score generated `images` (N, 3, S, S) in [-1, 1] whose conditions state the attribute labels `stated`;
+    `groups` (N,) marks images of the same condition (for diversity)."""
+    judge.eval()
+    predicted = {name: [] for name in judge.config.heads}
+    features = []
+    for start in range(0, len(images), 256):
+        chunk = images[start : start + 256].to(next(judge.parameters()).device)
+        features.append(judge.embed(chunk).float().cpu())
+        for name, values in judge.predict(chunk).items():
+            predicted[name].append(values.cpu())
+    fake = torch.cat(features)
+    predicted = {name: torch.cat(values) for name, values in predicted.items()}
+    hits = {name: predicted[name] == labels for name, labels in stated.items()}
+    accuracy = {name: float(hit.float().mean()) for name, hit in hits.items()}
+    accuracy["class"] = float(torch.stack(list(hits.values())).all(dim=0).float().mean())
+
+    real = _embed(judge, held_out(kind)[0])
+    second, second_labels = _second_real_set(kind, len(images))
+    precision, recall = precision_recall(real, fake)
+    real_groups = _real_groups(kind, second_labels)
+    real_spread = within_group_spread(_embed(judge, second), real_groups)
+    return GenerationScores(
+        accuracy=accuracy,
+        fid=frechet_distance(real.numpy(), fake.numpy()),
+        fid_real_floor=frechet_distance(real.numpy(), _embed(judge, second).numpy()),
+        precision=precision,
+        recall=recall,
+        diversity=within_group_spread(fake, groups) / real_spread,
+        images=len(images),
+    )
+
+
+def _embed(judge: Judge, images: torch.Tensor) -> torch.Tensor:
+    device = next(judge.parameters()).device
+    return torch.cat([judge.embed(images[i : i + 256].to(device)).float().cpu() for i in range(0, len(images), 256)])
+
+
+# Seeds of real sets drawn only to measure the floor (the held-out set is seed 1000, training seed 0).
+_SECOND_REAL_SEED = 2000
+
+
+def _second_real_set(kind: str, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Real images that are neither the judge's training nor its held-out set (digits: the training split,
+    the only other real digits there are)."""
+    if kind == "shapes":
+        data = Shapes(seed=_SECOND_REAL_SEED, length=count)
+        return labelled([data[i] for i in range(count)])
+    from llamagen.data.digits import Digits
+
+    data = Digits("train")
+    return labelled([data[i] for i in range(min(count, len(data)))])
+
+
+def _real_groups(kind: str, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    if kind == "shapes":
+        return labels["shape"] * len(COLOURS) + labels["colour"]
+    return labels["digit"]
+
+
+def evaluate_class_conditional(
+    pipe, kind: str, images_per_class: int = 25, seed: int = 0, batch_classes: int | None = None, **sampling
+) -> GenerationScores:
+    """Generate `images_per_class` images of every class with `pipe` (`sampling`: cfg_scale, top_k, ...) and
+    score them with the embedded judge of `kind` ('shapes' or 'digits')."""
+    if pipe.model_type != "c2i":
+        raise ValueError("evaluate_class_conditional needs a class-conditional pipeline")
+    judge = load_judge(f"{kind}-judge", device=pipe.device)
+    classes = list(range(pipe.gpt.config.num_classes))
+    step = batch_classes or len(classes)
+    pixels = []
+    for start in range(0, len(classes), step):
+        output = pipe(class_labels=classes[start : start + step], seed=seed + start,
+                      num_images_per_condition=images_per_class, **sampling)  # fmt: skip
+        pixels.append(output.pixels)
+    class_ids = torch.tensor(classes).repeat_interleave(images_per_class)
+    return score_images(judge, kind, torch.cat(pixels), condition_labels(kind, class_ids), class_ids)

@@ -1,0 +1,209 @@
+"""Training the Llama image generator on extracted codes (Sec. 2.2 and 3.1 of the paper), resumable exactly.
+
+Next-token cross-entropy over the image tokens, the condition as prefix; AdamW with weight decay on
+matrices only (the original's `configure_optimizers`: every parameter of two or more dimensions,
+embeddings included), gradient clipping, bf16 autocast, a weight EMA, and condition dropout
+(`class_dropout_prob` of the model config) so that classifier-free guidance works at sampling time.
+Under torchrun the model is wrapped in DDP; every batch is a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from llamagen.checkpoints import save
+from llamagen.data.codes import CodesDataset, CodesInfo
+from llamagen.data.loading import step_loader
+from llamagen.gpt import GPT, GPTConfig
+from llamagen.training.common import TrainingRun, run_steps, update_ema, warmup_cosine
+from llamagen.training.distributed import Processes, start_processes
+
+
+@dataclass
+class GPTTrainingConfig:
+    steps: int = 10_000
+    batch_size: int = 64
+    lr: float = 1e-4  # the original's, with AdamW betas (0.9, 0.95) and weight decay 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    final_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999  # the original's
+    bf16: bool = True
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class GPTTrainingOutcome:
+    model: GPT  # the EMA weights
+    step: int
+    finished: bool  # False when a signal stopped the run first; --resume continues it
+    trained: GPT  # the weights themselves
+
+
+def generator_config_for(codes: CodesInfo, base: GPTConfig, text_encoder=None) -> GPTConfig:
+    """`base` (a preset) fitted to the codes: their vocabulary, grid and classes, or the text encoder's features."""
+    values = base.to_dict()
+    values.update(vocab_size=codes.codebook_size, block_size=codes.grid**2)
+    if codes.conditioning == "c2i":
+        values.update(model_type="c2i", num_classes=len(codes.class_names), cls_token_num=1)
+    else:
+        _require_text_encoder(text_encoder)
+        values.update(model_type="t2i", caption_dim=text_encoder.width, cls_token_num=text_encoder.context_length)
+    return GPTConfig.from_dict(values)
+
+
+def train_gpt(
+    model_config: GPTConfig,
+    training: GPTTrainingConfig,
+    codes_path: str | Path,
+    out_dir: str | Path,
+    text_encoder=None,
+    resume: bool = False,
+    show_progress: bool = True,
+    command: str | None = None,
+    device: str | torch.device | None = None,
+) -> GPTTrainingOutcome:
+    """Train (or, with `resume`, continue) a generator on a codes file; the EMA goes to `final.safetensors`.
+
+    `model_config` must match the codes (see `generator_config_for`); `text_encoder` (a frozen
+    `llamagen.text` encoder) turns the captions of text-conditional codes into prefix features.
+    """
+    processes = start_processes(device)
+    try:
+        return _train(model_config, training, Path(codes_path), Path(out_dir), text_encoder, resume,
+                      show_progress, command, processes)  # fmt: skip
+    finally:
+        processes.close()
+
+
+class _Parts:
+    """The model, its EMA and the optimizer; `wrapped` is the model as the step calls it (DDP under torchrun)."""
+
+    def __init__(self, model_config: GPTConfig, training: GPTTrainingConfig, processes: Processes):
+        torch.manual_seed(training.seed)
+        self.model = GPT(model_config).to(processes.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
+        others = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": matrices, "weight_decay": training.weight_decay}, {"params": others, "weight_decay": 0.0}],
+            lr=training.lr,
+            betas=(training.beta1, training.beta2),
+        )
+        self.wrapped = DistributedDataParallel(self.model) if processes.distributed else self.model
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _check_codes(model_config: GPTConfig, info: CodesInfo, text_encoder) -> None:
+    if model_config.vocab_size != info.codebook_size or model_config.block_size != info.grid**2:
+        raise ValueError(
+            f"the codes are {info.grid}x{info.grid} grids of a {info.codebook_size}-code tokenizer, but the "
+            f"generator has block_size {model_config.block_size} and vocab_size {model_config.vocab_size}"
+        )
+    if model_config.model_type != info.conditioning:
+        raise ValueError(f"a {model_config.model_type} generator cannot train on {info.conditioning} codes")
+    if info.conditioning == "c2i" and model_config.num_classes != len(info.class_names):
+        raise ValueError(f"the codes have {len(info.class_names)} classes, the model {model_config.num_classes}")
+    if info.conditioning == "t2i":
+        _require_text_encoder(text_encoder)
+    elif text_encoder is not None:
+        raise ValueError("the codes carry class labels, not captions: a text encoder has nothing to encode")
+
+
+def _require_text_encoder(text_encoder) -> None:
+    if text_encoder is None:
+        raise ValueError("the codes carry captions: train with a text encoder (--text-encoder)")
+
+
+def _train(model_config, training, codes_path, out_dir, text_encoder, resume, show_progress, command, processes):
+    dataset = CodesDataset(codes_path, seed=training.seed)
+    _check_codes(model_config, dataset.info, text_encoder)
+    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command)
+    parts = _Parts(model_config, training, processes)
+    if run.state is not None:
+        parts.load(run.state)
+    run.restore_rng()
+    if text_encoder is not None:
+        text_encoder = text_encoder.to(processes.device).eval()
+    batches = step_loader(
+        dataset, training.batch_size, run.start, training.steps, training.seed, 0, processes.rank, processes.world
+    )
+
+    def take_step(batch: dict, step: int) -> dict[str, float]:
+        losses = _train_step(parts, training, batch, step, text_encoder, processes.device)
+        update_ema(parts.ema, parts.model, training.ema_decay)
+        return losses
+
+    step = run_steps(run, batches, training.steps, training.batch_size, take_step, parts.state,
+                     training.log_every, training.checkpoint_every, show_progress)  # fmt: skip
+    finished = step >= training.steps
+    if finished and processes.is_main:
+        metadata = _generator_file_metadata(dataset.info, text_encoder)
+        save(parts.ema, run.out_dir / "final.safetensors", metadata=metadata)
+    return GPTTrainingOutcome(parts.ema, step, finished, parts.model.eval())
+
+
+def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:
+    """What a generator file records of its training, so that it alone rebuilds a pipeline: its class
+    names, the tokenizer that made its codes and the text encoder of its captions."""
+    metadata = {"class_names": json.dumps(info.class_names)}
+    if "tokenizer" in info.metadata:
+        metadata["tokenizer"] = info.metadata["tokenizer"]
+    if "command" in info.metadata:
+        metadata["codes_command"] = info.metadata["command"]
+    if text_encoder is not None:
+        metadata["text_encoder"] = text_encoder.source
+    return metadata
+
+
+def _train_step(parts: _Parts, training: GPTTrainingConfig, batch: dict, step: int, text_encoder, device):
+    lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    tokens = batch["tokens"].to(device)  # (B, block_size)
+    cond_mask = None
+    if text_encoder is None:
+        cond = batch["label"].to(device)
+    else:
+        with torch.no_grad():
+            cond, cond_mask = text_encoder.encode(batch["caption"])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=training.bf16):
+        logits = parts.wrapped(tokens[:, :-1], cond, cond_mask)  # (B, block_size, vocab), float32
+    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), training.grad_clip)
+    parts.optimizer.step()
+    accuracy = (logits.argmax(-1) == tokens).float().mean()
+    return {"loss": loss.item(), "token_accuracy": accuracy.item(), "grad_norm": grad_norm.item(), "lr": lr}
