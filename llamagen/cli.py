@@ -183,17 +183,17 @@ def _report_training(finished: bool, step: int, out: Path) -> None:
 
 def run_extract_codes(args: argparse.Namespace) -> None:
     from llamagen.data.codes import extract_codes, source_size
-    from llamagen.data.loading import open_dataset
+    from llamagen.data.loading import is_procedural, open_dataset
     from llamagen.tokenizer.loading import load_tokenizer
 
     if args.captions and args.data != "shapes":
         raise ValueError("--captions applies to the shapes data set (captions:FILE.jsonl always has them)")
-    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
     options = {"captioned": True} if args.captions else {}
     size = source_size(args.augment, args.image_size)
     dataset = open_dataset(args.data, size=size, seed=args.seed, **options)
-    if args.count is None and len(dataset) > 10**6:
+    if args.count is None and is_procedural(dataset):
         raise ValueError(f"{args.data} draws images without end: say how many with --count")
+    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
     condition = "caption" if args.captions or args.data.startswith("captions:") else "label"
     description = {"tokenizer": args.tokenizer, "data": args.data, "seed": args.seed, "command": _command_line()}
     path = extract_codes(tokenizer, dataset, args.out, args.image_size, args.augment, args.count,

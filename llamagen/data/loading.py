@@ -46,9 +46,14 @@ def _permutation(length: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(length, generator=generator)
 
 
+def is_procedural(dataset) -> bool:
+    """Whether every index of `dataset` is a fresh random draw (rendered shapes, photo crops): no epochs, no end."""
+    return not getattr(dataset, "shuffle_each_epoch", True)
+
+
 def sample_index(dataset, sample: int, seed: int) -> int:
     """The data set index that global sample number `sample` reads."""
-    if not getattr(dataset, "shuffle_each_epoch", True):
+    if is_procedural(dataset):
         return sample
     epoch, position = divmod(sample, len(dataset))
     return epoch * len(dataset) + int(_permutation(len(dataset), seed, epoch)[position])
@@ -89,4 +94,7 @@ def step_loader(dataset, batch_size: int, start: int, steps: int, seed: int, wor
         num_workers=workers,
         collate_fn=collate_images,
         persistent_workers=False,
+        # Its own generator: a DataLoader draws its workers' base seed when iterated, and drawing it from the
+        # global RNG would shift the dropout masks of a resumed run against those of an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -1,0 +1,206 @@
+"""Generator training: codes extraction, exact resume, torchrun, the checks made before any work, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llamagen import load_gpt
+from llamagen.data.codes import CodesDataset, augmented_views, extract_codes, source_size
+from llamagen.data.digits import Digits
+from llamagen.gpt import GPTConfig
+from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.training.common import load_training_state
+from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+TOKENIZER = vq_preset("VQ-4-tiny", codebook_size=64)  # 16x16 digits -> 4x4 codes
+SMALL = {"dim": 32, "n_layer": 2, "n_head": 2, "multiple_of": 8}
+
+
+def tokenizer() -> VQModel:
+    torch.manual_seed(0)
+    return VQModel(TOKENIZER).eval()
+
+
+@pytest.fixture(scope="module")
+def digit_codes(tmp_path_factory):
+    """Codes of 40 digits, five crops each, by a random tokenizer."""
+    path = tmp_path_factory.mktemp("codes") / "digits.safetensors"
+    data = Digits("train", size=source_size("crops", 16))
+    extract_codes(tokenizer(), data, path, 16, "crops", count=40, show_progress=False,
+                  description={"tokenizer": "digits-vq", "command": "llamagen extract-codes ..."})  # fmt: skip
+    return path
+
+
+def model_config(codes, **overrides) -> GPTConfig:
+    base = GPTConfig(**SMALL, **overrides)
+    return generator_config_for(CodesDataset(codes).info, base)
+
+
+def training(steps: int, **overrides) -> GPTTrainingConfig:
+    values = {"batch_size": 4, "warmup_steps": 0, "final_lr_ratio": 1.0, "lr": 1e-3, "log_every": 1,
+              "checkpoint_every": 2, "bf16": False, "ema_decay": 0.9}  # fmt: skip
+    return GPTTrainingConfig(steps=steps, **{**values, **overrides})
+
+
+def test_views_are_the_original_ten_crops():
+    images = torch.rand(2, 3, 18, 18) * 2 - 1
+    views = augmented_views(images, "ten-crop", 16)
+    assert views.shape == (2, 10, 3, 16, 16)
+    assert torch.equal(views[:, 0], images[..., :16, :16])  # top left
+    assert torch.equal(views[:, 4], images[..., 1:17, 1:17])  # centre
+    assert torch.equal(views[:, 5], views[:, 1].flip(-1))  # the mirror's top left is the top right, mirrored
+    assert augmented_views(images[..., :16, :16], "flip", 16).shape == (2, 2, 3, 16, 16)
+    assert source_size("ten-crop", 64) == 70 and source_size("flip", 64) == 64
+
+
+def test_codes_are_the_tokenizers_codes_of_each_view(digit_codes):
+    data = CodesDataset(digit_codes)
+    assert (data.info.images, data.info.views, data.info.grid, data.info.codebook_size) == (40, 5, 4, 64)
+    assert data.info.class_names == [str(d) for d in range(10)] and data.info.conditioning == "c2i"
+    image = Digits("train", size=18)[7]
+    centre = augmented_views(image["image"][None], "crops", 16)[:, 4]
+    assert torch.equal(data.codes[7, 4].long(), tokenizer().tokenize(centre)[0])
+    assert data.labels[7] == image["label"]
+    # Item k is image k mod N in a view drawn from (seed, k): later epochs see other views.
+    views = {tuple(data[7 + 40 * epoch]["tokens"].tolist()) for epoch in range(12)}
+    assert len(views) > 1 and data[7]["label"] == data[47]["label"]
+
+
+def test_extraction_refuses_what_it_cannot_condition_on(tmp_path):
+    from llamagen.data.photos import PhotoCrops
+
+    with pytest.raises(ValueError, match="have no labels"):
+        extract_codes(tokenizer(), PhotoCrops(size=16), tmp_path / "c.safetensors", 16, count=2, show_progress=False)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        extract_codes(tokenizer(), Digits(size=16), tmp_path / "c.safetensors", 16, "rotate", show_progress=False)
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_training_learns_and_resuming_continues_exactly(tmp_path, digit_codes):
+    config = model_config(digit_codes)
+    straight = train_gpt(config, training(8), digit_codes, tmp_path / "straight", show_progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+    half = train_gpt(config, training(4), digit_codes, tmp_path / "resumed", show_progress=False)
+    assert half.finished and load_training_state(tmp_path / "resumed")["step"] == 4
+    resumed = train_gpt(config, training(8), digit_codes, tmp_path / "resumed", resume=True, show_progress=False)
+    assert resumed.step == 8
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name  # the EMA
+    for name, value in straight.trained.state_dict().items():
+        assert torch.equal(value, resumed.trained.state_dict()[name]), name
+    records = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in records] == list(range(1, 9))
+
+
+def test_sigterm_saves_and_resume_finishes_like_an_uninterrupted_run(tmp_path, digit_codes, monkeypatch):
+    import llamagen.training.gpt as gpt_training
+
+    config = model_config(digit_codes)
+    straight = train_gpt(config, training(6), digit_codes, tmp_path / "straight", show_progress=False)
+
+    class Terminating(CodesDataset):
+        calls = 0
+
+        def __getitem__(self, index):
+            Terminating.calls += 1
+            if Terminating.calls == 13:  # the first sample of step 4 (batches of 4)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__getitem__(index)
+
+    monkeypatch.setattr(gpt_training, "CodesDataset", Terminating)
+    stopped = train_gpt(config, training(6), digit_codes, tmp_path / "resumed", show_progress=False)
+    assert (stopped.step, stopped.finished) == (3, False)
+    assert not (tmp_path / "resumed" / "final.safetensors").exists()
+    monkeypatch.setattr(gpt_training, "CodesDataset", CodesDataset)
+    resumed = train_gpt(config, training(6), digit_codes, tmp_path / "resumed", resume=True, show_progress=False)
+    for name, value in straight.trained.state_dict().items():
+        assert torch.equal(value, resumed.trained.state_dict()[name]), name
+
+
+def test_the_final_file_names_what_a_pipeline_needs(tmp_path, digit_codes):
+    from llamagen.pipeline import generator_metadata
+
+    train_gpt(model_config(digit_codes), training(2), digit_codes, tmp_path / "run", show_progress=False)
+    final = tmp_path / "run" / "final.safetensors"
+    assert generator_metadata(final) == {
+        "tokenizer": "digits-vq",
+        "codes_command": "llamagen extract-codes ...",
+        "class_names": [str(d) for d in range(10)],
+    }
+    gpt = load_gpt(final)
+    assert (gpt.config.vocab_size, gpt.config.block_size, gpt.config.num_classes) == (64, 16, 10)
+
+
+def test_mismatches_are_refused_before_any_work(tmp_path, digit_codes):
+    config = model_config(digit_codes)
+
+    def refused(model, match, **kwargs):
+        with pytest.raises(ValueError, match=match):
+            train_gpt(model, training(2), digit_codes, tmp_path / "refused", show_progress=False, **kwargs)
+        assert not (tmp_path / "refused").exists()
+
+    refused(GPTConfig(**{**config.to_dict(), "vocab_size": 128}), "4x4 grids of a 64-code tokenizer")
+    refused(GPTConfig(**{**config.to_dict(), "num_classes": 12}), "10 classes")
+    refused(GPTConfig(**{**config.to_dict(), "model_type": "t2i", "caption_dim": 8}), "t2i generator cannot")
+    refused(config, "a text encoder has nothing to encode", text_encoder=object())
+    with pytest.raises(ValueError, match="no codes file"):
+        train_gpt(config, training(2), tmp_path / "missing.safetensors", tmp_path / "x", show_progress=False)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a codes file")
+    with pytest.raises(ValueError, match="is not a codes file"):
+        CodesDataset(tmp_path / "junk.safetensors")
+    train_gpt(config, training(2), digit_codes, tmp_path / "run", show_progress=False)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train_gpt(config, training(2), digit_codes, tmp_path / "run", show_progress=False)
+    bigger = GPTConfig(**{**config.to_dict(), "dim": 64, "n_head": 4})
+    with pytest.raises(ValueError, match="another model config"):
+        train_gpt(bigger, training(4), digit_codes, tmp_path / "run", resume=True, show_progress=False)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_like_one(tmp_path, digit_codes):
+    """DDP over gloo with two CPU processes, each taking half of every batch, reaches the weights of one
+    process on whole batches (without dropout, whose masks each process draws for itself)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    no_dropout = {**SMALL, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
+                  "class_dropout_prob": 0.0}  # fmt: skip
+
+    def command(out):
+        return ["-m", "llamagen", "train", "gpt", "--codes", str(digit_codes), "--config", json.dumps(no_dropout),
+                "--out", str(out), "--steps", "4", "--batch-size", "4", "--log-every", "1", "--fp32",
+                "--lr", "1e-3"]  # fmt: skip
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    finished = subprocess.run([*launcher, *command(tmp_path / "ddp")], env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count("finished    4 steps") == 1
+    single = subprocess.run([sys.executable, *command(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    two = load_gpt(tmp_path / "ddp" / "final.safetensors").state_dict()
+    one = load_gpt(tmp_path / "one" / "final.safetensors").state_dict()
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_cli_extracts_trains_and_refuses_endless_data(tmp_path):
+    from llamagen.cli import main
+
+    codes = tmp_path / "codes.safetensors"
+    assert main(["extract-codes", "--data", "shapes", "--tokenizer", "shapes-vq", "--out", str(codes)]) == 2
+    assert not codes.exists()  # shapes never end: --count is required
+    assert main(["extract-codes", "--data", "digits", "--tokenizer", "digits-vq", "--image-size", "32",
+                 "--augment", "crops", "--out", str(codes)]) == 0  # fmt: skip
+    info = CodesDataset(codes).info
+    assert (info.images, info.views, info.grid) == (1500, 5, 8) and info.metadata["tokenizer"] == "digits-vq"
+    config = json.dumps({**SMALL, "n_layer": 1})
+    args = ["train", "gpt", "--codes", str(codes), "--config", config, "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-size", "2", "--fp32"]  # fmt: skip
+    assert main(args) == 0
+    assert load_gpt(tmp_path / "run" / "final.safetensors").config.block_size == 64
