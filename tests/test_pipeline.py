@@ -64,7 +64,7 @@ def test_tokens_decode_to_the_images(pipe):
 def test_refusals_name_the_problem(pipe):
     with pytest.raises(ValueError, match="unknown class 'tow'; did you mean 'two'"):
         pipe(class_labels=["tow"])
-    with pytest.raises(ValueError, match="class id 3 is outside 0..2"):
+    with pytest.raises(ValueError, match=r"class id 3 is outside 0\.\.2"):
         pipe(class_labels=[3])
     with pytest.raises(ValueError, match="class-conditional: give class_labels"):
         pipe(prompts=["a red circle"])
