@@ -85,44 +85,41 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    import torch
-
     from llamagen.checkpoints import write_atomically
-    from llamagen.gpt.loading import load_gpt
-    from llamagen.gpt.sampling import check_sampling_options, generate
-    from llamagen.pipeline import check_compatible, decode_tokens, image_grid
-    from llamagen.tokenizer.loading import load_tokenizer
+    from llamagen.pipeline import load_pipeline
 
     out = Path(args.out)
     check_output_path(out)
-    gpt = load_gpt(args.gpt, config=parse_config(args.gpt_config), device=args.device, dtype=args.dtype)
-    check_sampling_options(gpt.config.vocab_size, args.cfg_scale, args.temperature, args.top_k, args.top_p)
-    tokenizer = load_tokenizer(
-        args.tokenizer, config=parse_config(args.tokenizer_config), device=gpt.device, dtype=args.dtype
+    if not (args.class_ids or args.prompts):
+        raise ValueError("name at least one class with --class (or, for a text-to-image model, --prompt)")
+    pipe = load_pipeline(
+        args.gpt,
+        tokenizer=args.tokenizer,
+        text_encoder=args.text_encoder,
+        device=args.device,
+        dtype=args.dtype,
+        gpt_config=parse_config(args.gpt_config),
+        tokenizer_config=parse_config(args.tokenizer_config),
     )
-    check_compatible(tokenizer, gpt)
-    if gpt.config.model_type != "c2i":
-        raise ValueError("this generator is text-conditional; prompts join the command with the text encoder")
-    if not args.class_ids:
-        raise ValueError("name at least one class with --class")
-    labels = torch.tensor(args.class_ids, device=gpt.device).repeat_interleave(args.images_per_class)
-    generator = torch.Generator(gpt.device).manual_seed(args.seed)
-    tokens = generate(
-        gpt,
-        labels,
+    output = pipe(
+        class_labels=args.class_ids,
+        prompts=args.prompts,
         cfg_scale=args.cfg_scale,
         cfg_interval=args.cfg_interval,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        generator=generator,
+        seed=args.seed,
+        num_images_per_condition=args.images_per_class,
         compile=args.compile,
     )
-    grid = image_grid(
-        decode_tokens(tokenizer, tokens), columns=args.images_per_class if len(args.class_ids) > 1 else None
-    )
+    conditions = len(output.conditions) // args.images_per_class
+    grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
     write_atomically(out, lambda temporary: grid.save(temporary, format=_format_of(out)))
-    print(f"wrote       {out}: {len(labels)} images of classes {args.class_ids} ({grid.width}x{grid.height} grid)")
+    for note in output.notes:
+        print(f"note        {note}")
+    shown = ", ".join(dict.fromkeys(output.conditions))
+    print(f"wrote       {out}: {len(output.images)} images of {shown} ({grid.width}x{grid.height} grid)")
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> None:
@@ -273,11 +270,27 @@ def run_export_gpt(args: argparse.Namespace) -> None:
 
     card = export_generator(args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales),
                             args.images_per_class, args.train_command, args.notes, use_ema=not args.no_ema)  # fmt: skip
-    evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
-    for scale, scores in evaluation["by_cfg_scale"].items():
-        accuracy = ", ".join(f"{k} {v:.1%}" for k, v in scores["accuracy"].items())
-        print(f"cfg {scale:<7} {accuracy}; FID {scores['fid']:.2f} (real {scores['fid_real_floor']:.2f})")
+    for row in card["evaluation"]["by_cfg_scale"]:
+        _print_guidance_row(row)
+
+
+def _print_guidance_row(row: dict) -> None:
+    accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items() if k.startswith("accuracy_"))
+    print(
+        f"cfg {row['cfg_scale']:<5g} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
+        f"precision {row['precision']:.2f}, recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
+    )
+
+
+def run_sweep_cfg(args: argparse.Namespace) -> None:
+    from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
+    from llamagen.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    rows = sweep_guidance(pipe, args.judge, tuple(args.scales), args.images_per_class, args.seed,
+                          progress=_print_guidance_row, top_k=args.top_k)  # fmt: skip
+    print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
 def run_train_judge(args: argparse.Namespace) -> None:
@@ -355,14 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser(
         "generate",
-        help="generate class-conditional images",
+        help="generate images of classes or captions",
         description="Samples image tokens with the generator (classifier-free guidance, top-k/top-p, temperature) "
-        "and decodes them with the tokenizer into one PNG grid, a row per class.",
+        "and decodes them with the tokenizer into one PNG grid, a row per class or prompt. An embedded "
+        "generator (shapes-c2i, digits-c2i, ...) brings its own tokenizer and text encoder.",
     )
-    gen.add_argument("--tokenizer", required=True, help="a .pt or .safetensors tokenizer, or an embedded name")
     gen.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
-    gen.add_argument("--class", dest="class_ids", type=int, nargs="+", help="class ids (ImageNet: 0-999)")
-    gen.add_argument("--images-per-class", type=int, default=1)
+    gen.add_argument("--tokenizer", help="a .pt or .safetensors tokenizer, or an embedded name (default: the "
+                     "generator's own, for generators trained here)")  # fmt: skip
+    gen.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    gen.add_argument(
+        "--class", dest="class_ids", nargs="+", help="class ids or names ('red star'; ImageNet: 0-999 or names)"
+    )
+    gen.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
+    gen.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
     gen.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale: 1 none, 0 unconditional")
     gen.add_argument("--cfg-interval", type=int, default=-1, help="guide tokens 0..N+1 only (-1: all)")
     gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0: all)")
@@ -544,6 +563,22 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
     cb.add_argument("--batch-size", type=int, help="(default: 32)")
     cb.set_defaults(run=run_sweep_codebook)
+    cfg = sweep.add_parser(
+        "cfg",
+        help="accuracy, FID, precision, recall and diversity against the guidance scale",
+        description="Generates --images-per-class images of every class at each scale (the same seeds at every "
+        "scale) and scores them with the embedded judge; one CSV row per scale (the notebooks read it).",
+    )
+    cfg.add_argument("--model", required=True, help="a class-conditional generator: embedded name or file")
+    cfg.add_argument("--tokenizer", help="for published generators: their tokenizer")
+    cfg.add_argument("--judge", required=True, choices=["shapes", "digits"])
+    cfg.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0])
+    cfg.add_argument("--images-per-class", type=int, default=25)
+    cfg.add_argument("--top-k", type=int, default=0)
+    cfg.add_argument("--seed", type=int, default=0)
+    cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
+    add_device_options(cfg)
+    cfg.set_defaults(run=run_sweep_cfg)
     return parser
 
 

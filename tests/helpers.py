@@ -3,6 +3,7 @@
 import torch
 
 from llamagen.gpt import GPT, GPTConfig
+from llamagen.tokenizer import VQModel, vq_preset
 
 SMALL = {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "block_size": 16, "multiple_of": 32}
 
@@ -34,3 +35,9 @@ def cached_logits(model: GPT, tokens, cond, cond_mask):
         steps.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
     model.clear_cache()
     return torch.stack(steps, 1)
+
+
+def small_tokenizer(codebook_size: int = 64) -> VQModel:
+    """A random downsample-4 tokenizer: 16x16 images for a 16-token generator."""
+    torch.manual_seed(0)
+    return VQModel(vq_preset("VQ-4-tiny", codebook_size=codebook_size)).eval()

@@ -45,7 +45,7 @@ def test_a_grid_of_the_right_size_is_written(small_pair, tmp_path, capsys):
     grid = Image.open(tmp_path / "grid.png")
     # 2 rows (classes) x 3 columns of 32x32 images (8x8 tokens x downsample 4), 2-pixel borders.
     assert grid.format == "PNG" and grid.size == (3 * 34 + 2, 2 * 34 + 2)
-    assert "6 images of classes [1, 7]" in capsys.readouterr().out
+    assert "6 images of class 1, class 7" in capsys.readouterr().out
 
 
 def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
@@ -60,7 +60,8 @@ def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--class", "10"], "class ids must be in [0, 9]"),
+        (["--class", "10"], "class id 10 is outside 0..9"),
+        (["--class", "red star"], "this generator has no class names"),
         (["--class", "1", "--top-k", "513"], "top_k must be in [0, 512]"),
         (["--class", "1", "--cfg-scale", "-2"], "cfg_scale must be >= 0"),
         (["--class", "1", "--top-p", "0"], "top_p must be in (0, 1]"),

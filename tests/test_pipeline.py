@@ -2,27 +2,17 @@
 
 import pytest
 import torch
+from helpers import small, small_tokenizer
 
 from llamagen import save
-from llamagen.gpt import GPT, GPTConfig
+from llamagen.gpt import GPT
 from llamagen.pipeline import Pipeline, imagenet_class_names, load_pipeline
-from llamagen.tokenizer import VQModel, vq_preset
 
 NAMES = ["zero", "one", "two"]
 
 
 def small_gpt(**overrides) -> GPT:
-    torch.manual_seed(0)
-    values = {"dim": 32, "n_layer": 2, "n_head": 2, "multiple_of": 8, "vocab_size": 64, "block_size": 16,
-              "num_classes": 3, **overrides}  # fmt: skip
-    gpt = GPT(GPTConfig(**values)).eval()
-    torch.nn.init.normal_(gpt.output.weight, std=0.5)  # not the uniform start: conditions must matter
-    return gpt
-
-
-def small_tokenizer(codebook_size: int = 64) -> VQModel:
-    torch.manual_seed(0)
-    return VQModel(vq_preset("VQ-4-tiny", codebook_size=codebook_size)).eval()
+    return small(**{"vocab_size": 64, "num_classes": 3, **overrides})
 
 
 @pytest.fixture(scope="module")

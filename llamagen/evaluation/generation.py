@@ -13,6 +13,7 @@ real images.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -93,7 +94,7 @@ def score_images(
     accuracy = {name: float(hit.float().mean()) for name, hit in hits.items()}
     accuracy["class"] = float(torch.stack(list(hits.values())).all(dim=0).float().mean())
 
-    real = _embed(judge, held_out(kind)[0])
+    real = _embed(judge, _held_out_images(kind))
     second, second_labels = _second_real_set(kind, len(images))
     precision, recall = precision_recall(real, fake)
     real_groups = _real_groups(kind, second_labels)
@@ -114,10 +115,17 @@ def _embed(judge: Judge, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([judge.embed(images[i : i + 256].to(device)).float().cpu() for i in range(0, len(images), 256)])
 
 
+@functools.lru_cache(maxsize=2)
+def _held_out_images(kind: str) -> torch.Tensor:
+    """The judge's held-out real images, rendered once per process (a sweep scores many sets against them)."""
+    return held_out(kind)[0]
+
+
 # Seeds of real sets drawn only to measure the floor (the held-out set is seed 1000, training seed 0).
 _SECOND_REAL_SEED = 2000
 
 
+@functools.lru_cache(maxsize=2)
 def _second_real_set(kind: str, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Real images that are neither the judge's training nor its held-out set (digits: the training split,
     the only other real digits there are)."""

@@ -111,8 +111,8 @@ def export_generator(
     use_ema: bool = True,
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (bf16) and its card: the judge's scores at each guidance scale in
-    `cfg_scales`, and the best of them (by class accuracy) as the model's recommended setting."""
-    from llamagen.evaluation.generation import evaluate_class_conditional
+    `cfg_scales`, and the best of them (by class accuracy, then FID) as the model's recommended setting."""
+    from llamagen.analysis.guidance import best_scale, sweep_guidance
     from llamagen.gpt.loading import load_gpt
     from llamagen.pipeline import generator_metadata, load_pipeline
 
@@ -127,11 +127,7 @@ def export_generator(
     weights = assets_dir / f"{name}.safetensors"
     save(trained, weights, weights_dtype=torch.bfloat16, metadata=stored)
     pipe = load_pipeline(weights, device="cpu")  # evaluate what users get: the bf16 weights
-    scores = {
-        str(scale): evaluate_class_conditional(pipe, judge, images_per_class, cfg_scale=scale).as_dict()
-        for scale in cfg_scales
-    }
-    best = max(scores, key=lambda scale: scores[scale]["accuracy"]["class"])
+    rows = sweep_guidance(pipe, judge, cfg_scales, images_per_class)
     card = {
         "name": name,
         "kind": "gpt",
@@ -145,8 +141,8 @@ def export_generator(
             "judge": f"{judge}-judge",
             "images_per_class": images_per_class,
             "sampling": "top_k 0, top_p 1, temperature 1, seed 0",
-            "best_cfg_scale": float(best),
-            "by_cfg_scale": scores,
+            "best_cfg_scale": best_scale(rows),
+            "by_cfg_scale": rows,
         },
         "reproduce": [
             metadata.get("codes_command", ""),

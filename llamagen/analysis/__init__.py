@@ -1,0 +1,1 @@
+"""Studies over trained models: guidance sweeps (and, later, codebook geometry and prefix attention)."""
