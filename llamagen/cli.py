@@ -226,6 +226,21 @@ def run_train_gpt(args: argparse.Namespace) -> None:
     _report_training(outcome.finished, outcome.step, Path(args.out))
 
 
+def run_train_clip(args: argparse.Namespace) -> None:
+    from llamagen.data.loading import open_dataset
+    from llamagen.text import ClipConfig
+    from llamagen.training.clip import ClipTrainingConfig, train_clip
+
+    config = ClipConfig.coerce(parse_config(args.config))
+    training = ClipTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, bf16=not args.fp32,
+                                  seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    options = {"captioned": True} if args.data == "shapes" else {}
+    dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
+    _, step, finished = train_clip(config, training, dataset, args.out, resume=args.resume, command=_command_line(),
+                                   device=args.device)  # fmt: skip
+    _report_training(finished, step, Path(args.out))
+
+
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
     from llamagen.images import load_image
@@ -532,6 +547,25 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     gpt.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
     gpt.set_defaults(run=run_train_gpt)
+    clip = train.add_parser(
+        "clip",
+        help="train a small CLIP on captioned images (open_clip's architecture and contrastive loss)",
+        description="For text-to-image on shapes: the captions leave out the held-out (shape, colour) pairs. "
+        "The weights go to OUT/final.safetensors, usable as --text-encoder. One process.",
+    )
+    clip.add_argument("--config", default="shapes-clip", help="a preset, JSON file or inline JSON of ClipConfig")
+    clip.add_argument("--data", default="shapes", help="shapes or captions:FILE.jsonl")
+    clip.add_argument("--out", required=True, help="the run's folder")
+    clip.add_argument("--steps", type=int, default=3000)
+    clip.add_argument("--batch-size", type=int, default=128)
+    clip.add_argument("--lr", type=float, default=5e-4)
+    clip.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--log-every", type=int, default=50)
+    clip.add_argument("--checkpoint-every", type=int, default=500)
+    clip.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    clip.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    clip.set_defaults(run=run_train_clip)
     judge = train.add_parser(
         "judge",
         help="train a judge: a classifier of real shapes or digits that scores generated images",

@@ -196,8 +196,8 @@ def _train_step(parts: _Parts, training: GPTTrainingConfig, batch: dict, step: i
     if text_encoder is None:
         cond = batch["label"].to(device)
     else:
-        with torch.no_grad():
-            cond, cond_mask = text_encoder.encode(batch["caption"])
+        encoded = text_encoder.encode(list(batch["caption"]))
+        cond, cond_mask = encoded.features, encoded.mask
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=training.bf16):
         logits = parts.wrapped(tokens[:, :-1], cond, cond_mask)  # (B, block_size, vocab), float32
     loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
