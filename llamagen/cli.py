@@ -232,8 +232,15 @@ def run_train_clip(args: argparse.Namespace) -> None:
     from llamagen.training.clip import ClipTrainingConfig, train_clip
 
     config = ClipConfig.coerce(parse_config(args.config))
-    training = ClipTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, bf16=not args.fp32,
-                                  seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    training = ClipTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
     options = {"captioned": True} if args.data == "shapes" else {}
     dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
     _, step, finished = train_clip(config, training, dataset, args.out, resume=args.resume, command=_command_line(),
