@@ -1,0 +1,135 @@
+"""Text encoders and text-to-image: left-padded per-token features, truncation said, CLIP training that resumes
+exactly, loading (the project's files, local open_clip checkpoints), and a text-to-image run end to end."""
+
+import json
+
+import pytest
+import torch
+
+from llamagen import save
+from llamagen.text import ClipConfig, ClipTextEncoder, load_text_encoder
+
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def tiny_encoder(seed: int = 0) -> ClipTextEncoder:
+    torch.manual_seed(seed)
+    return ClipTextEncoder.from_config(ClipConfig.from_dict(TINY)).eval()
+
+
+def test_features_are_the_towers_per_token_features_moved_to_the_end():
+    encoder = tiny_encoder()
+    encoded = encoder.encode(["a red star", "a picture of a large blue circle"])
+    assert encoded.features.shape == (2, 12, 32) and encoded.mask.dtype == torch.bool
+    ids, lengths, notes = encoder.token_ids(["a red star"])
+    assert lengths.tolist() == [5] and notes == []  # start, a, red, star, end
+    alone = encoder.token_features(ids)[0, :5]
+    torch.testing.assert_close(encoded.features[0, -5:], alone)
+    assert encoded.mask[0].tolist() == [False] * 7 + [True] * 5
+    assert encoded.features[0, :7].abs().max() == 0
+    # A prompt's features do not depend on the others in its batch.
+    torch.testing.assert_close(encoder.encode(["a red star"]).features[0], encoded.features[0])
+
+
+def test_a_long_prompt_is_cut_and_the_cut_is_said():
+    encoder = tiny_encoder()
+    encoded = encoder.encode(["a red star " * 10])
+    assert encoded.mask.all() and len(encoded.notes) == 1
+    assert "prompt 0 has 32 tokens" in encoded.notes[0] and "cut to 12" in encoded.notes[0]
+    ids, _, _ = encoder.token_ids(["a red star " * 10])
+    assert ids[0, -1] == encoder.tokenizer.eot_token_id  # still ends with the end-of-text token
+
+
+def test_saved_encoders_load_strictly_and_by_kind(tmp_path):
+    encoder = tiny_encoder()
+    save(encoder, tmp_path / "clip.safetensors")
+    loaded = load_text_encoder(tmp_path / "clip.safetensors")
+    torch.testing.assert_close(loaded.encode(["a cat"]).features, encoder.encode(["a cat"]).features)
+    from helpers import small_tokenizer
+
+    save(small_tokenizer(), tmp_path / "vq.safetensors")
+    with pytest.raises(ValueError, match="is a 'vq' checkpoint, not a CLIP text encoder"):
+        load_text_encoder(tmp_path / "vq.safetensors")
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        load_text_encoder("open_clip:ViT-B-32:/nowhere/model.bin")
+    with pytest.raises(ValueError, match="unknown open_clip architecture 'ViT-Q-99'"):
+        load_text_encoder("open_clip:ViT-Q-99:/nowhere/model.bin")
+
+
+def test_a_local_open_clip_checkpoint_loads_without_download(tmp_path):
+    """A real model's checkpoint as open_clip writes it (here a registered tiny architecture): its per-token
+    features and CLIP embeddings come through, images resized and normalised as open_clip expects."""
+    import open_clip
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "llamagen-test-tiny.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(tmp_path / "configs")
+    torch.manual_seed(1)
+    model = open_clip.create_model("llamagen-test-tiny")
+    torch.save(model.state_dict(), tmp_path / "open_clip_model.bin")
+    encoder = load_text_encoder(f"open_clip:llamagen-test-tiny:{tmp_path / 'open_clip_model.bin'}")
+    ids, _, _ = encoder.token_ids(["a dog"])
+    reference = model.encode_text(ids, normalize=True)
+    torch.testing.assert_close(encoder.embed_text(["a dog"]), reference)
+    assert encoder.published and encoder.embed_images(torch.zeros(1, 3, 40, 40)).shape == (1, 16)
+
+
+def test_clip_training_resumes_exactly(tmp_path):
+    from llamagen.data.shapes import Shapes
+    from llamagen.training.clip import ClipTrainingConfig, train_clip
+
+    def training(steps):
+        return ClipTrainingConfig(steps=steps, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2,
+                                  bf16=False, final_lr_ratio=1.0, lr=1e-3)  # fmt: skip
+
+    config, data = ClipConfig.from_dict(TINY), Shapes(size=16, captioned=True)
+    straight, _, _ = train_clip(config, training(4), data, tmp_path / "straight", show_progress=False)
+    train_clip(config, training(2), data, tmp_path / "resumed", show_progress=False)
+    resumed, step, finished = train_clip(config, training(4), data, tmp_path / "resumed", resume=True,
+                                         show_progress=False)  # fmt: skip
+    assert (step, finished) == (4, True)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    loaded = load_text_encoder(tmp_path / "straight" / "final.safetensors")
+    torch.testing.assert_close(loaded.encode(["a red star"]).features, straight.encode(["a red star"]).features)
+
+
+def test_text_to_image_from_codes_to_pipeline(tmp_path):
+    """Captioned codes, a text-conditional generator trained on them through a CLIP, and the pipeline's prompts."""
+    from helpers import small_tokenizer
+
+    from llamagen.data.codes import CodesDataset, extract_codes
+    from llamagen.data.shapes import Shapes
+    from llamagen.gpt import GPTConfig
+    from llamagen.pipeline import load_pipeline
+    from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+    save(small_tokenizer(), tmp_path / "vq.safetensors")
+    save(tiny_encoder(), tmp_path / "clip.safetensors")
+    encoder = load_text_encoder(tmp_path / "clip.safetensors")
+    codes = tmp_path / "codes.safetensors"
+    extract_codes(small_tokenizer(), Shapes(size=16, captioned=True), codes, 16, count=12, condition="caption",
+                  description={"tokenizer": str(tmp_path / "vq.safetensors")}, show_progress=False)  # fmt: skip
+    info = CodesDataset(codes).info
+    assert info.conditioning == "t2i" and len(info.captions) == 12 and info.class_names == []
+    config = generator_config_for(info, GPTConfig(dim=32, n_layer=1, n_head=2, multiple_of=8), encoder)
+    assert (config.model_type, config.cls_token_num, config.caption_dim) == ("t2i", 12, 32)
+    with pytest.raises(ValueError, match="train with a text encoder"):
+        train_gpt(config, GPTTrainingConfig(steps=2, batch_size=4), codes, tmp_path / "no-encoder", show_progress=False)
+    training = GPTTrainingConfig(steps=2, batch_size=4, bf16=False, log_every=1)
+    train_gpt(config, training, codes, tmp_path / "run", text_encoder=encoder, show_progress=False)
+
+    pipe = load_pipeline(tmp_path / "run" / "final.safetensors")  # the file names its tokenizer and encoder
+    output = pipe(prompts=["a red star", "a blue circle on the left"], num_images_per_condition=2, seed=1)
+    assert output.pixels.shape == (4, 3, 16, 16) and output.conditions[2] == "a blue circle on the left"
+    again = pipe(prompts=["a red star", "a blue circle on the left"], num_images_per_condition=2, seed=1)
+    assert torch.equal(output.tokens, again.tokens)
+    assert pipe(prompts=["a red star " * 10]).notes  # cut, and said so
+    with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are empty"):
+        pipe(prompts=["a red star", "  "])
+    with pytest.raises(ValueError, match="text-conditional: give prompts"):
+        pipe(class_labels=[1])
