@@ -1,0 +1,5 @@
+import sys
+
+from llamagen.cli import main
+
+sys.exit(main())

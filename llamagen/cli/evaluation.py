@@ -1,0 +1,167 @@
+"""`llamagen eval tokenizer`, `llamagen export tokenizer|gpt` and `llamagen sweep codebook|cfg`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llamagen.cli.common import add_device_options, parse_config
+
+
+def run_eval_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
+    from llamagen.images import load_image
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=args.device, dtype=args.dtype)
+    images = [load_image(path) for path in args.images] if args.images else held_out_images(args.data, args.size)[0]
+    features = None
+    if args.inception:
+        from llamagen.evaluation.fid import InceptionFeatures
+
+        features = InceptionFeatures(args.inception)
+    save_images = Path(args.save_images) if args.save_images else None
+    for field, value in (
+        evaluate_tokenizer(tokenizer, images, features=features, save_images=save_images).as_dict().items()
+    ):
+        print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
+
+
+def run_export_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_tokenizer
+
+    card = export_tokenizer(
+        args.run_dir,
+        args.name,
+        args.data,
+        args.train_command,
+        args.notes,
+        evaluate_on=args.evaluate_on,
+        use_ema=not args.no_ema,
+    )
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    print(
+        f"held-out    PSNR {evaluation['psnr']:.2f} dB, SSIM {evaluation['ssim']:.3f}, "
+        f"usage in training {card['codebook_usage_training_window']:.1%}"
+    )
+
+
+def run_export_gpt(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_generator
+
+    card = export_generator(args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales),
+                            args.images_per_class, args.train_command, args.notes, use_ema=not args.no_ema)  # fmt: skip
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    for row in card["evaluation"]["by_cfg_scale"]:
+        _print_guidance_row(row)
+
+
+def _print_guidance_row(row: dict) -> None:
+    accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items() if k.startswith("accuracy_"))
+    print(
+        f"cfg {row['cfg_scale']:<5g} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
+        f"precision {row['precision']:.2f}, recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
+    )
+
+
+def run_sweep_codebook(args: argparse.Namespace) -> None:
+    from llamagen.training.sweep import SweepSettings, sweep_codebook
+
+    chosen = {"dimensions": args.dims, "sizes": args.sizes, "steps": args.steps, "batch_size": args.batch_size}
+    settings = SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    results = sweep_codebook(settings, args.out, args.work_dir)
+    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
+    for name, run in results["runs"].items():
+        print(f"{name:<18} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
+
+
+def run_sweep_cfg(args: argparse.Namespace) -> None:
+    from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
+    from llamagen.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    rows = sweep_guidance(pipe, args.judge, tuple(args.scales), args.images_per_class, args.seed,
+                          progress=_print_guidance_row, top_k=args.top_k)  # fmt: skip
+    print(f"wrote       {write_rows_csv(rows, args.out)}")
+
+
+def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
+    """The `eval` group: tokenizer."""
+    ev = evaluate.add_parser(
+        "tokenizer",
+        help="PSNR, SSIM, codebook usage, perplexity and dead codes on images the tokenizer never saw",
+        description="By default on 256x256 crops of the held-out photos (china and flower from scikit-learn, "
+        "grace_hopper from Matplotlib); --data picks another held-out set; or on the image files given.",
+    )
+    ev.add_argument("--tokenizer", required=True)
+    ev.add_argument("images", nargs="*", help="image files (default: the held-out photo crops)")
+    ev.add_argument("--data", default="photos", help="held-out images: photos, photo-tiles, shapes or digits")
+    ev.add_argument("--size", type=int, help="image size of the held-out set (default: its own)")
+    ev.add_argument("--config")
+    ev.add_argument("--save-images", help="write the originals and reconstructions as PNGs under this folder")
+    ev.add_argument(
+        "--inception",
+        help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth) for the "
+        "reconstruction FID; without them a fixed random network's features stand in (see llamagen.evaluation.fid)",
+    )
+    add_device_options(ev)
+    ev.set_defaults(run=run_eval_tokenizer)
+
+
+def add_export_commands(export: argparse._SubParsersAction) -> None:
+    """The `export` group: tokenizer, gpt."""
+    ex = export.add_parser("tokenizer", help="bf16 weights and a model card in llamagen/assets, loadable by name")
+    ex.add_argument("run_dir", metavar="RUN", help="the training run's folder")
+    ex.add_argument("--name", required=True)
+    ex.add_argument("--data", required=True, help="what it was trained on, for the card")
+    ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    ex.add_argument("--notes", default="", help="anything a reader of the card should know")
+    ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
+    ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
+    ex.set_defaults(run=run_export_tokenizer)
+    exg = export.add_parser("gpt", help="bf16 weights and a model card scored by a judge, loadable by name")
+    exg.add_argument("run_dir", metavar="RUN", help="the training run's folder")
+    exg.add_argument("--name", required=True)
+    exg.add_argument("--data", required=True, help="what it was trained on, for the card")
+    exg.add_argument("--judge", required=True, choices=["shapes", "digits"], help="the judge that scores samples")
+    exg.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    exg.add_argument("--images-per-class", type=int, default=25)
+    exg.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    exg.add_argument("--notes", default="", help="anything a reader of the card should know")
+    exg.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
+    exg.set_defaults(run=run_export_gpt)
+
+
+def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
+    """The `sweep` group: codebook, cfg."""
+    cb = sweep.add_parser(
+        "codebook",
+        help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
+        description="Trains one small tokenizer per combination on the same photo crops for the same steps and "
+        "writes usage, perplexity, PSNR and usage over training to --out (JSON) and a CSV beside it after every "
+        "run. Started again, it skips the runs already recorded.",
+    )
+    cb.add_argument("--out", default="notebooks/data/codebook_sweep.json")
+    cb.add_argument("--work-dir", default="runs/codebook-sweep", help="where the runs' checkpoints go")
+    cb.add_argument("--dims", type=int, nargs="+", help="codebook dimensions (default: 4 8 16 32 64 256)")
+    cb.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 1024 4096 16384)")
+    cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
+    cb.add_argument("--batch-size", type=int, help="(default: 32)")
+    cb.set_defaults(run=run_sweep_codebook)
+    cfg = sweep.add_parser(
+        "cfg",
+        help="accuracy, FID, precision, recall and diversity against the guidance scale",
+        description="Generates --images-per-class images of every class at each scale (the same seeds at every "
+        "scale) and scores them with the embedded judge; one CSV row per scale (the notebooks read it).",
+    )
+    cfg.add_argument("--model", required=True, help="a class-conditional generator: embedded name or file")
+    cfg.add_argument("--tokenizer", help="for published generators: their tokenizer")
+    cfg.add_argument("--judge", required=True, choices=["shapes", "digits"])
+    cfg.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0])
+    cfg.add_argument("--images-per-class", type=int, default=25)
+    cfg.add_argument("--top-k", type=int, default=0)
+    cfg.add_argument("--seed", type=int, default=0)
+    cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
+    add_device_options(cfg)
+    cfg.set_defaults(run=run_sweep_cfg)

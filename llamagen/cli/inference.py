@@ -1,0 +1,150 @@
+"""`llamagen reconstruct` and `llamagen generate`: images from a tokenizer or a generator."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llamagen.cli.common import add_device_options, check_output_path, format_of, parse_config
+from llamagen.images import DEFAULT_MAX_MEGAPIXELS
+
+
+def run_reconstruct(args: argparse.Namespace) -> None:
+    # Imported here so that `llamagen --help` answers at once.
+    from llamagen.checkpoints import write_atomically
+    from llamagen.data.photos import load_photo
+    from llamagen.images import load_image
+    from llamagen.reconstruction import reconstruct
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    out = Path(args.out)
+    check_output_path(out)
+    image = load_photo(args.sample) if args.sample else load_image(args.image, args.max_megapixels)
+    tokenizer = load_tokenizer(
+        args.tokenizer,
+        config=parse_config(args.config),
+        device=args.device,
+        dtype=args.dtype,
+        prefer_ema=args.ema,
+    )
+    result = reconstruct(tokenizer, image)
+    write_atomically(out, lambda temporary: result.side_by_side().save(temporary, format=format_of(out)))
+
+    config = tokenizer.config
+    h, w = result.codes.shape
+    print(
+        f"tokenizer   {args.tokenizer}: {config.codebook_size} codes x {config.codebook_embed_dim} dims, "
+        f"downsample {config.downsample_factor}, on {tokenizer.device} in {str(tokenizer.dtype).removeprefix('torch.')}"
+    )
+    print(f"image       {args.sample or args.image}: {image.width}x{image.height} pixels")
+    print(
+        f"tokens      {w}x{h} = {h * w}; {result.distinct_codes} distinct codes "
+        f"({100 * result.distinct_codes / config.codebook_size:.1f}% of the codebook)"
+    )
+    print(f"PSNR        {result.psnr:.2f} dB")
+    print(f"SSIM        {result.ssim:.4f} (data range 255)")
+    print(f"bits/pixel  {result.bits_per_pixel:.4f}")
+    print(f"wrote       {out} (original | reconstruction)")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from llamagen.checkpoints import write_atomically
+    from llamagen.pipeline import load_pipeline
+
+    out = Path(args.out)
+    check_output_path(out)
+    if not (args.class_ids or args.prompts):
+        raise ValueError("name at least one class with --class (or, for a text-to-image model, --prompt)")
+    pipe = load_pipeline(
+        args.gpt,
+        tokenizer=args.tokenizer,
+        text_encoder=args.text_encoder,
+        device=args.device,
+        dtype=args.dtype,
+        gpt_config=parse_config(args.gpt_config),
+        tokenizer_config=parse_config(args.tokenizer_config),
+    )
+    output = pipe(
+        class_labels=args.class_ids,
+        prompts=args.prompts,
+        cfg_scale=args.cfg_scale,
+        cfg_interval=args.cfg_interval,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_images_per_condition=args.images_per_class,
+        compile=args.compile,
+    )
+    conditions = len(output.conditions) // args.images_per_class
+    grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
+    write_atomically(out, lambda temporary: grid.save(temporary, format=format_of(out)))
+    for note in output.notes:
+        print(f"note        {note}")
+    shown = ", ".join(dict.fromkeys(output.conditions))
+    print(f"wrote       {out}: {len(output.images)} images of {shown} ({grid.width}x{grid.height} grid)")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """The top-level `reconstruct` and `generate`."""
+    rec = commands.add_parser(
+        "reconstruct",
+        help="tokenize an image, decode it back, and measure the loss",
+        description="Writes the original beside its reconstruction and prints PSNR, SSIM, bits per pixel "
+        "and the number of distinct codes used. Sizes the downsample factor does not divide are padded "
+        "and cropped back.",
+    )
+    source = rec.add_mutually_exclusive_group(required=True)
+    source.add_argument("image", nargs="?", help="an image file (any format and mode PIL reads)")
+    source.add_argument("--sample", help="a bundled photo instead of a file (astronaut, coffee, camera, ...)")
+    rec.add_argument("--tokenizer", required=True, help="a .pt or .safetensors checkpoint, or an embedded model's name")
+    rec.add_argument(
+        "--config",
+        help="for published .pt files: a preset (VQ-16, VQ-8), a JSON file or inline JSON of VQConfig fields; "
+        "by default read off the weights' shapes",
+    )
+    rec.add_argument("--out", required=True, help="where to write original | reconstruction (e.g. out.png)")
+    add_device_options(rec)
+    rec.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    rec.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help=f"refuse larger images (default {DEFAULT_MAX_MEGAPIXELS:g}; memory grows with the pixel count)",
+    )
+    rec.set_defaults(run=run_reconstruct)
+
+    gen = commands.add_parser(
+        "generate",
+        help="generate images of classes or captions",
+        description="Samples image tokens with the generator (classifier-free guidance, top-k/top-p, temperature) "
+        "and decodes them with the tokenizer into one PNG grid, a row per class or prompt. An embedded "
+        "generator (shapes-c2i, digits-c2i, ...) brings its own tokenizer and text encoder.",
+    )
+    gen.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
+    gen.add_argument("--tokenizer", help="a .pt or .safetensors tokenizer, or an embedded name (default: the "
+                     "generator's own, for generators trained here)")  # fmt: skip
+    gen.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    gen.add_argument(
+        "--class", dest="class_ids", nargs="+", help="class ids or names ('red star'; ImageNet: 0-999 or names)"
+    )
+    gen.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
+    gen.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
+    gen.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale: 1 none, 0 unconditional")
+    gen.add_argument("--cfg-interval", type=int, default=-1, help="guide tokens 0..N+1 only (-1: all)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
+    gen.add_argument(
+        "--gpt-config",
+        help="preset, JSON file or inline JSON; for published files, overrides of "
+        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
+    )
+    gen.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
+    add_device_options(gen)
+    gen.add_argument(
+        "--compile", action="store_true", help="compile the decoding step: faster per token, after a compilation"
+    )
+    gen.set_defaults(run=run_generate)

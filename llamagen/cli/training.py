@@ -1,0 +1,268 @@
+"""`llamagen extract-codes` and `llamagen train tokenizer|gpt|clip|judge`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from llamagen.cli.common import command_line, parse_config, report_training
+
+
+def run_extract_codes(args: argparse.Namespace) -> None:
+    from llamagen.data.codes import extract_codes, source_size
+    from llamagen.data.loading import is_procedural, open_dataset
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    if args.captions and args.data != "shapes":
+        raise ValueError("--captions applies to the shapes data set (captions:FILE.jsonl always has them)")
+    options = {"captioned": True} if args.captions else {}
+    size = source_size(args.augment, args.image_size)
+    dataset = open_dataset(args.data, size=size, seed=args.seed, **options)
+    if args.count is None and is_procedural(dataset):
+        raise ValueError(f"{args.data} draws images without end: say how many with --count")
+    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+    condition = "caption" if args.captions or args.data.startswith("captions:") else "label"
+    description = {"tokenizer": args.tokenizer, "data": args.data, "seed": args.seed, "command": command_line()}
+    path = extract_codes(tokenizer, dataset, args.out, args.image_size, args.augment, args.count,
+                         condition=condition, description=description)  # fmt: skip
+    print(f"wrote       {path}")
+
+
+def run_train_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.data.loading import open_dataset
+    from llamagen.tokenizer import VQConfig
+    from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+
+    model_config = VQConfig.coerce(parse_config(args.config))
+    if args.entropy_loss is not None:
+        model_config = dataclasses.replace(model_config, entropy_loss_ratio=args.entropy_loss)
+    training = TokenizerTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        perceptual_weight=args.perceptual_weight,
+        disc_start=args.disc_start,
+        disc_weight=args.disc_weight,
+        restart_dead_codes_every=args.restart_dead_codes,
+    )
+    lpips = None
+    if args.lpips_vgg or args.lpips_lin:
+        if not (args.lpips_vgg and args.lpips_lin):
+            raise ValueError("LPIPS needs both --lpips-vgg and --lpips-lin")
+        from llamagen.evaluation.lpips import load_lpips
+
+        lpips = load_lpips(args.lpips_vgg, args.lpips_lin)
+    if args.hue_jitter and args.data != "photos":
+        raise ValueError("--hue-jitter applies to the photos data set only")
+    options = {"hue_jitter": True} if args.hue_jitter else {}
+    dataset = open_dataset(args.data, size=args.image_size, seed=args.seed, **options)
+    outcome = train_tokenizer(
+        model_config,
+        training,
+        dataset,
+        args.out,
+        resume=args.resume,
+        command=command_line(),
+        workers=args.workers,
+        device=args.device,
+        lpips=lpips,
+    )
+    report_training(outcome.finished, outcome.step, Path(args.out))
+
+
+def run_train_gpt(args: argparse.Namespace) -> None:
+    from llamagen.data.codes import CodesDataset
+    from llamagen.gpt import GPTConfig
+    from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+    info = CodesDataset(args.codes).info
+    text_encoder = None
+    if args.text_encoder:
+        from llamagen.text import load_text_encoder
+
+        text_encoder = load_text_encoder(args.text_encoder)
+    model_config = generator_config_for(info, GPTConfig.coerce(parse_config(args.config)), text_encoder)
+    training = GPTTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    outcome = train_gpt(model_config, training, args.codes, args.out, text_encoder, resume=args.resume,
+                        command=command_line(), device=args.device)  # fmt: skip
+    report_training(outcome.finished, outcome.step, Path(args.out))
+
+
+def run_train_clip(args: argparse.Namespace) -> None:
+    from llamagen.data.loading import open_dataset
+    from llamagen.text import ClipConfig
+    from llamagen.training.clip import ClipTrainingConfig, train_clip
+
+    config = ClipConfig.coerce(parse_config(args.config))
+    training = ClipTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        bf16=not args.fp32,
+        seed=args.seed,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    options = {"captioned": True} if args.data == "shapes" else {}
+    dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
+    _, step, finished = train_clip(config, training, dataset, args.out, resume=args.resume, command=command_line(),
+                                   device=args.device)  # fmt: skip
+    report_training(finished, step, Path(args.out))
+
+
+def run_train_judge(args: argparse.Namespace) -> None:
+    from llamagen.training.judge import JudgeTraining, save_judge, train_judge
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must name a .safetensors file, got {str(out)!r}")
+    training = JudgeTraining(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    started = time.time()
+    judge, accuracy = train_judge(args.kind, training)
+    save_judge(judge, args.kind, training, accuracy, out, command_line(), (time.time() - started) / 60)
+    print(
+        f"wrote       {out} and its card; held-out accuracy " + ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())
+    )
+
+
+def add_extract_codes(commands: argparse._SubParsersAction) -> None:
+    """The top-level `extract-codes`."""
+    ext = commands.add_parser(
+        "extract-codes",
+        help="tokenize a data set once, for generator training",
+        description="Writes the codes of every image (or the first --count of a rendered data set), with their "
+        "labels or captions, to one safetensors file. --augment: none; flip (the image and its mirror); crops "
+        "(the five crops of an image enlarged 1.1x, as the original); ten-crop (those and their mirrors, the "
+        "original's ten). Mirrors are wrong for digits and for captions that name a side.",
+    )
+    ext.add_argument("--data", required=True, help="shapes, digits, photos, folder:PATH or captions:FILE.jsonl")
+    ext.add_argument("--tokenizer", required=True, help="an embedded tokenizer's name or a checkpoint")
+    ext.add_argument("--image-size", type=int, default=64)
+    ext.add_argument("--augment", default="none", choices=["none", "flip", "crops", "ten-crop"])
+    ext.add_argument("--count", type=int, help="how many images (required for rendered data sets)")
+    ext.add_argument("--captions", action="store_true", help="shapes: keep captions (text-to-image), not labels")
+    ext.add_argument("--seed", type=int, default=0)
+    ext.add_argument("--out", required=True, help="the codes file to write (.safetensors)")
+    ext.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    ext.set_defaults(run=run_extract_codes)
+
+
+def add_train_commands(train: argparse._SubParsersAction) -> None:
+    """The `train` group: tokenizer, gpt, clip, judge."""
+    tok = train.add_parser(
+        "tokenizer",
+        help="train a VQ tokenizer (one process, or several under torchrun)",
+        description="Data: photos (random crops of the scikit-image photos), shapes (rendered), digits "
+        "(scikit-learn's), folder:PATH (one sub-folder per class, as ImageNet) or captions:FILE.jsonl. Under "
+        "`torchrun --nproc-per-node N -m llamagen train tokenizer ...` each process takes 1/N of every batch "
+        "(DDP: gloo on the CPU, NCCL on GPUs). Checkpoints to OUT/latest.pt every --checkpoint-every steps "
+        "(atomically); --resume continues exactly; SIGINT or SIGTERM saves and exits. Metrics go to "
+        "OUT/metrics.jsonl, the EMA weights to OUT/final.safetensors.",
+    )
+    tok.add_argument("--config", default="VQ-8-small", help="a preset, a JSON file or inline JSON of VQConfig fields")
+    tok.add_argument("--out", required=True, help="the run's folder")
+    tok.add_argument("--data", default="photos", help="photos, shapes, digits, folder:PATH or captions:FILE.jsonl")
+    tok.add_argument("--image-size", type=int, default=64)
+    tok.add_argument("--hue-jitter", action="store_true", help="photos: turn the hue of half the crops at random")
+    tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")
+    tok.add_argument("--steps", type=int, default=10_000)
+    tok.add_argument("--batch-size", type=int, default=16)
+    tok.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
+    tok.add_argument(
+        "--entropy-loss",
+        type=float,
+        help="weight of the entropy loss, which spreads codes over the codebook "
+        "(default: the config's, 0 in the presets)",
+    )
+    tok.add_argument(
+        "--restart-dead-codes",
+        type=int,
+        metavar="N",
+        help="every N steps, move codebook entries unused in the "
+        "usage window onto poorly represented latents (not in the original; against collapse)",
+    )
+    tok.add_argument("--ema-decay", type=float, default=0.999)
+    tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
+    tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
+    tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
+    tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
+    tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
+    tok.add_argument("--seed", type=int, default=0)
+    tok.add_argument("--log-every", type=int, default=50)
+    tok.add_argument("--checkpoint-every", type=int, default=500)
+    tok.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tok.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    tok.set_defaults(run=run_train_tokenizer)
+    gpt = train.add_parser(
+        "gpt",
+        help="train a generator on extracted codes (one process, or several under torchrun)",
+        description="Class- or text-conditional, as the codes file says (see `llamagen extract-codes`). "
+        "The model is the --config preset fitted to the codes: their vocabulary, grid and classes, or the "
+        "text encoder's width and context. Checkpoints, --resume, signals and logs as for the tokenizer.",
+    )
+    gpt.add_argument("--codes", required=True, help="a codes file written by `llamagen extract-codes`")
+    gpt.add_argument("--config", default="GPT-S", help="a preset, a JSON file or inline JSON of GPTConfig fields")
+    gpt.add_argument("--text-encoder", help="for captioned codes: an embedded CLIP's name or a checkpoint")
+    gpt.add_argument("--out", required=True, help="the run's folder")
+    gpt.add_argument("--steps", type=int, default=10_000)
+    gpt.add_argument("--batch-size", type=int, default=64)
+    gpt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
+    gpt.add_argument("--weight-decay", type=float, default=0.05, help="on matrices only (default 0.05)")
+    gpt.add_argument("--ema-decay", type=float, default=0.9999)
+    gpt.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    gpt.add_argument("--seed", type=int, default=0)
+    gpt.add_argument("--log-every", type=int, default=50)
+    gpt.add_argument("--checkpoint-every", type=int, default=500)
+    gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    gpt.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    gpt.set_defaults(run=run_train_gpt)
+    clip = train.add_parser(
+        "clip",
+        help="train a small CLIP on captioned images (open_clip's architecture and contrastive loss)",
+        description="For text-to-image on shapes: the captions leave out the held-out (shape, colour) pairs. "
+        "The weights go to OUT/final.safetensors, usable as --text-encoder. One process.",
+    )
+    clip.add_argument("--config", default="shapes-clip", help="a preset, JSON file or inline JSON of ClipConfig")
+    clip.add_argument("--data", default="shapes", help="shapes or captions:FILE.jsonl")
+    clip.add_argument("--out", required=True, help="the run's folder")
+    clip.add_argument("--steps", type=int, default=3000)
+    clip.add_argument("--batch-size", type=int, default=128)
+    clip.add_argument("--lr", type=float, default=5e-4)
+    clip.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--log-every", type=int, default=50)
+    clip.add_argument("--checkpoint-every", type=int, default=500)
+    clip.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    clip.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    clip.set_defaults(run=run_train_clip)
+    judge = train.add_parser(
+        "judge",
+        help="train a judge: a classifier of real shapes or digits that scores generated images",
+        description="Writes the weights (bf16) to --out and a card with the held-out accuracy beside it; "
+        "--out llamagen/assets/NAME.safetensors makes it an embedded model.",
+    )
+    judge.add_argument("kind", choices=["shapes", "digits"])
+    judge.add_argument("--out", required=True, help="a .safetensors file")
+    judge.add_argument("--steps", type=int, default=1500)
+    judge.add_argument("--batch-size", type=int, default=64)
+    judge.add_argument("--lr", type=float, default=2e-3)
+    judge.add_argument("--seed", type=int, default=0)
+    judge.set_defaults(run=run_train_judge)
