@@ -189,6 +189,34 @@ def test_two_processes_under_torchrun_train_like_one(tmp_path, digit_codes):
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
+def test_fsdp_under_torchrun_trains_and_resumes_like_one_process(tmp_path, digit_codes):
+    """FSDP2 over two CPU processes, stopped after 2 steps and resumed to 4 (its checkpoint gathered from the
+    shards and scattered back), ends at the weights one process reaches in 4 steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    no_dropout = {**SMALL, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
+                  "class_dropout_prob": 0.0}  # fmt: skip
+
+    def command(out, steps, *extra):
+        return ["-m", "llamagen", "train", "gpt", "--codes", str(digit_codes), "--config", json.dumps(no_dropout),
+                "--out", str(out), "--steps", str(steps), "--batch-size", "4", "--log-every", "1", "--fp32",
+                "--lr", "1e-3", "--ema-decay", "0", *extra]  # fmt: skip
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for steps, extra in ((2, ()), (4, ("--resume",))):  # within the warm-up the learning rate ignores --steps
+        sharded = subprocess.run([*launcher, *command(tmp_path / "fsdp", steps, "--fsdp", *extra)], env=env,
+                                 capture_output=True, text=True)  # fmt: skip
+        assert sharded.returncode == 0, sharded.stderr[-3000:]
+    single = subprocess.run([sys.executable, *command(tmp_path / "one", 4)], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    two = load_gpt(tmp_path / "fsdp" / "final.safetensors").state_dict()
+    one = load_gpt(tmp_path / "one" / "final.safetensors").state_dict()
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    with pytest.raises(ValueError, match="a weight EMA would need a whole copy"):
+        GPTTrainingConfig(fsdp=True, ema_decay=0.999)
+
+
 def test_cli_extracts_trains_and_refuses_endless_data(tmp_path):
     from llamagen.cli import main
 

@@ -99,6 +99,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
+        fsdp=args.fsdp,
     )
     outcome = train_gpt(model_config, training, args.codes, args.out, text_encoder, resume=args.resume,
                         command=command_line(), device=args.device)  # fmt: skip
@@ -226,8 +227,11 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     gpt.add_argument("--batch-size", type=int, default=64)
     gpt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
     gpt.add_argument("--weight-decay", type=float, default=0.05, help="on matrices only (default 0.05)")
-    gpt.add_argument("--ema-decay", type=float, default=0.9999)
+    gpt.add_argument("--ema-decay", type=float, default=0.9999, help="0: keep no EMA (required with --fsdp)")
     gpt.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    gpt.add_argument(
+        "--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2), not DDP"
+    )
     gpt.add_argument("--seed", type=int, default=0)
     gpt.add_argument("--log-every", type=int, default=50)
     gpt.add_argument("--checkpoint-every", type=int, default=500)

@@ -130,7 +130,8 @@ class GPT(nn.Module):
         rope = self.freqs_cis[:length]
         for layer in self.layers:
             h = layer(h, rope, mask)
-        return self.output(self.norm(h)).float()[:, self.prefix_length - 1 :]
+        # Only the positions that predict image tokens: the last prefix position and every image token.
+        return self.output(self.norm(h[:, self.prefix_length - 1 :])).float()
 
     # --- cached decoding ---------------------------------------------------------------------
 

@@ -38,8 +38,9 @@ class GPTTrainingConfig:
     warmup_steps: int = 100
     final_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    ema_decay: float = 0.9999  # the original's
+    ema_decay: float = 0.9999  # the original's; 0 keeps no EMA (the final file holds the trained weights)
     bf16: bool = True
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
@@ -50,14 +51,19 @@ class GPTTrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.fsdp and self.ema_decay > 0:
+            raise ValueError(
+                "FSDP shards the weights over the processes, and a weight EMA would need a whole copy in each: "
+                "train with ema_decay=0 (--ema-decay 0)"
+            )
 
 
 @dataclass
 class GPTTrainingOutcome:
-    model: GPT  # the EMA weights
+    model: GPT | None  # what final.safetensors holds: the EMA, or the trained weights (FSDP: None but on rank 0)
     step: int
     finished: bool  # False when a signal stopped the run first; --resume continues it
-    trained: GPT  # the weights themselves
+    trained: GPT  # the weights themselves (FSDP: this process's shards)
 
 
 def generator_config_for(codes: CodesInfo, base: GPTConfig, text_encoder=None) -> GPTConfig:
@@ -97,12 +103,22 @@ def train_gpt(
 
 
 class _Parts:
-    """The model, its EMA and the optimizer; `wrapped` is the model as the step calls it (DDP under torchrun)."""
+    """The model, its EMA (None when ema_decay is 0) and the optimizer; `wrapped` is the model as the step
+    calls it: DDP under torchrun, or the model itself, sharded in place, under FSDP."""
 
     def __init__(self, model_config: GPTConfig, training: GPTTrainingConfig, processes: Processes):
         torch.manual_seed(training.seed)
+        self.config, self.processes, self.sharded = model_config, processes, training.fsdp
         self.model = GPT(model_config).to(processes.device).train()
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if training.ema_decay > 0 else None
+        if self.sharded:
+            if not processes.distributed:
+                raise ValueError("FSDP shards the model over torchrun's processes: run it under torchrun")
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in self.model.layers:  # each block gathers its weights only while it runs
+                fully_shard(layer)
+            fully_shard(self.model)
         matrices = [p for p in self.model.parameters() if p.dim() >= 2]
         others = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -110,19 +126,54 @@ class _Parts:
             lr=training.lr,
             betas=(training.beta1, training.beta2),
         )
-        self.wrapped = DistributedDataParallel(self.model) if processes.distributed else self.model
+        use_ddp = processes.distributed and not self.sharded
+        self.wrapped = DistributedDataParallel(self.model) if use_ddp else self.model
 
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
+        """The whole training state (under FSDP gathered from every process: all of them must call this)."""
+        if self.sharded:
+            from torch.distributed.checkpoint import state_dict as dcp
+
+            whole = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return {
+                "model": dcp.get_model_state_dict(self.model, options=whole),
+                "optimizer": dcp.get_optimizer_state_dict(self.model, self.optimizer, options=whole),
+            }
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            from torch.distributed.checkpoint import state_dict as dcp
+
+            whole = dcp.StateDictOptions(full_state_dict=True)
+            dcp.set_model_state_dict(self.model, state["model"], options=whole)
+            dcp.set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=whole)
+            return
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError("the checkpoint was trained without an EMA (ema_decay 0): resume with --ema-decay 0")
+            self.ema.load_state_dict(state["ema"])
+
+    def update_ema(self, decay: float) -> None:
+        if self.ema is not None:
+            update_ema(self.ema, self.model, decay)
+
+    def final(self) -> GPT | None:
+        """The weights to ship: the EMA, or the trained weights (under FSDP gathered into a whole model on the
+        first process, None on the others; every process must call this)."""
+        if not self.sharded:
+            return (self.ema if self.ema is not None else self.model).eval()
+        whole = self.state()["model"]
+        if not self.processes.is_main:
+            return None
+        model = GPT(self.config)
+        model.load_state_dict(whole)
+        return model.eval()
 
 
 def _check_codes(model_config: GPTConfig, info: CodesInfo, text_encoder) -> None:
@@ -162,16 +213,17 @@ def _train(model_config, training, codes_path, out_dir, text_encoder, resume, sh
 
     def take_step(batch: dict, step: int) -> dict[str, float]:
         losses = _train_step(parts, training, batch, step, text_encoder, processes.device)
-        update_ema(parts.ema, parts.model, training.ema_decay)
+        parts.update_ema(training.ema_decay)
         return losses
 
     step = run_steps(run, batches, training.steps, training.batch_size, take_step, parts.state,
                      training.log_every, training.checkpoint_every, show_progress)  # fmt: skip
     finished = step >= training.steps
+    final = parts.final()
     if finished and processes.is_main:
         metadata = _generator_file_metadata(dataset.info, text_encoder)
-        save(parts.ema, run.out_dir / "final.safetensors", metadata=metadata)
-    return GPTTrainingOutcome(parts.ema, step, finished, parts.model.eval())
+        save(final, run.out_dir / "final.safetensors", metadata=metadata)
+    return GPTTrainingOutcome(final, step, finished, parts.model.eval())
 
 
 def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:
@@ -204,6 +256,8 @@ def _train_step(parts: _Parts, training: GPTTrainingConfig, batch: dict, step: i
     parts.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), training.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # under FSDP the norm is a distributed tensor
+        grad_norm = grad_norm.full_tensor()
     parts.optimizer.step()
     accuracy = (logits.argmax(-1) == tokens).float().mean()
     return {"loss": loss.item(), "token_accuracy": accuracy.item(), "grad_norm": grad_norm.item(), "lr": lr}
