@@ -133,3 +133,40 @@ def test_text_to_image_from_codes_to_pipeline(tmp_path):
         pipe(prompts=["a red star", "  "])
     with pytest.raises(ValueError, match="text-conditional: give prompts"):
         pipe(class_labels=[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_folder(tmp_path_factory):
+    """A FLAN-T5 stand-in as save_pretrained writes one: a 1-layer encoder and a sentencepiece tokenizer
+    trained here on a few sentences (the real model is 2048 wide; its folder loads the same way)."""
+    import sentencepiece
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    folder = tmp_path_factory.mktemp("t5")
+    sentences = ["a red star in the corner", "a picture of a blue circle", "green square on a white background"]
+    (folder / "text.txt").write_text("\n".join(sentences * 20))
+    sentencepiece.SentencePieceTrainer.train(input=str(folder / "text.txt"), model_prefix=str(folder / "spiece"),
+                                             vocab_size=30, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                             minloglevel=2)  # fmt: skip
+    T5Tokenizer(vocab_file=str(folder / "spiece.model"), extra_ids=0).save_pretrained(folder / "flan-t5")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=30, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
+        folder / "flan-t5"
+    )
+    return folder / "flan-t5"
+
+
+def test_flan_t5_features_are_left_padded_to_120(tiny_t5_folder):
+    encoder = load_text_encoder(f"t5:{tiny_t5_folder}")
+    assert (encoder.context_length, encoder.width) == (120, 16)
+    encoded = encoder.encode(["a red star", "a blue circle " * 60])
+    assert encoded.features.shape == (2, 120, 16)
+    ids = encoder.tokenizer("a red star", return_tensors="pt")["input_ids"]
+    alone = encoder.model(input_ids=ids).last_hidden_state[0]
+    n = ids.shape[1]
+    assert encoded.mask[0].sum() == n and encoded.mask[0, -n:].all()
+    torch.testing.assert_close(encoded.features[0, -n:], alone, rtol=1e-4, atol=1e-5)
+    assert encoded.features[0, :-n].abs().max() == 0
+    assert len(encoded.notes) == 1 and encoded.notes[0].startswith("prompt 1 has")
+    with pytest.raises(FileNotFoundError, match="no FLAN-T5 folder"):
+        load_text_encoder("t5:/nowhere/flan-t5-xl")

@@ -1,4 +1,5 @@
-"""Caption encoders: an open_clip text tower (the project's small CLIPs, or a local open_clip checkpoint)."""
+"""Caption encoders: an open_clip text tower (the project's small CLIPs, or a local open_clip checkpoint), and
+FLAN-T5 for the published text-to-image checkpoints."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import os
 import torch
 
 from llamagen.text.clip import ClipConfig, ClipTextEncoder, TextEncoding
+from llamagen.text.t5 import T5_PREFIX, T5TextEncoder  # transformers is imported only when one is built
 
 OPEN_CLIP_PREFIX = "open_clip:"
 
-__all__ = ["ClipConfig", "ClipTextEncoder", "TextEncoding", "load_text_encoder"]
+__all__ = ["ClipConfig", "ClipTextEncoder", "T5TextEncoder", "TextEncoding", "load_text_encoder"]
 
 
-def load_text_encoder(source: str | os.PathLike, device: str | torch.device | None = None) -> ClipTextEncoder:
+def load_text_encoder(source: str | os.PathLike, device: str | torch.device | None = None):
     """A text encoder in eval mode, strictly loaded.
 
     `source`: an embedded CLIP's name ('shapes-clip'), a `.safetensors` file written by `llamagen train clip`,
@@ -24,6 +26,8 @@ def load_text_encoder(source: str | os.PathLike, device: str | torch.device | No
     from llamagen.devices import resolve_device
 
     text = str(source)
+    if text.startswith(T5_PREFIX):
+        return T5TextEncoder(text.removeprefix(T5_PREFIX)).to(resolve_device(device)).requires_grad_(False)
     if text.startswith(OPEN_CLIP_PREFIX):
         import open_clip
 

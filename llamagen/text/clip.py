@@ -4,8 +4,7 @@ The features of every token are taken, not the pooled embedding: token embedding
 embedding, the causal text transformer, then `ln_final` (what open_clip's `encode_text` computes before it
 pools). CLIP pads on the right; its causal mask means padding never changes the real tokens' features.
 The rows are then shifted so that the real tokens end at the last position (left padding, as the
-original's T5 captions): the generator predicts the first image token from the last prefix position,
-which must be a real token, not padding.
+original's T5 captions; see `padding.left_align`).
 
 The same class wraps the small CLIP the project trains on shapes (`SHAPES_CLIP`, open_clip's architecture
 at a custom size) and any local open_clip checkpoint of a real model.
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamagen.configs import ModelConfig
+from llamagen.text.padding import left_align
 
 
 @dataclass
@@ -121,14 +121,8 @@ class ClipTextEncoder(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         ids, lengths, notes = self.token_ids(list(prompts))
-        features = self.token_features(ids.to(self.device)).float()
-        # Left padding: move each row's real tokens to the end, zeros before them.
-        length = self.context_length
-        positions = torch.arange(length, device=features.device)
-        source = (positions[None, :] - (length - lengths.to(features.device))[:, None]) % length
-        shifted = features.gather(1, source[..., None].expand(-1, -1, features.shape[-1]))
-        mask = positions[None, :] >= (length - lengths.to(features.device))[:, None]
-        return TextEncoding(shifted * mask[..., None], mask, notes)
+        features, mask = left_align(self.token_features(ids.to(self.device)).float(), lengths)
+        return TextEncoding(features, mask, notes)
 
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         """(B, embed_dim) unit-length CLIP text embeddings (for CLIP score and contrastive training)."""
