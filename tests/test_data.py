@@ -72,6 +72,26 @@ def test_captioned_shapes_never_show_the_held_out_pairs():
     assert {(a["shape"], a["colour"]) for a in (plain[i]["attributes"] for i in range(600))} >= HELD_OUT_PAIRS
 
 
+def test_captions_say_which_attributes_they_state():
+    data = Shapes(size=16, seed=4)
+    phrases = {"size": ("small", "large"), "background": ("black", "gray", "white")}
+    for item in (data[i] for i in range(200)):
+        stated = item["stated"].split(",")
+        assert stated[:2] == ["shape", "colour"]
+        for name, words in phrases.items():
+            assert (name in stated) == any(word in item["caption"] for word in words), (item["caption"], stated)
+
+
+def test_held_out_pairs_alone_can_be_drawn():
+    from llamagen.data.shapes import HELD_OUT_PAIRS
+
+    data = Shapes(size=16, seed=5, only_held_out_pairs=True)
+    pairs = {(a["shape"], a["colour"]) for a in (data[i]["attributes"] for i in range(100))}
+    assert pairs == set(HELD_OUT_PAIRS)
+    with pytest.raises(ValueError, match="draws nothing else"):
+        Shapes(captioned=True, only_held_out_pairs=True)
+
+
 def test_captions_vary_and_sometimes_leave_things_out():
     captions = [Shapes(size=16, seed=2)[i]["caption"] for i in range(300)]
     assert len(set(captions)) > 150

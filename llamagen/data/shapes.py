@@ -150,11 +150,18 @@ def render(attributes: ShapeAttributes, size: int = 64, jitter: tuple[float, flo
     return image.reduce(SUPERSAMPLE)
 
 
-def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> str:
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    stated: tuple[str, ...]  # the attributes the text names: shape and colour always, the others sometimes
+
+
+def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> Caption:
     """One of several phrasings; size, position and background are each left out a third of the time."""
-    size = f"{attributes.size} " if rng.random() >= 1 / 3 else ""
-    where = f" {_POSITION_PHRASES[attributes.position]}" if rng.random() >= 1 / 3 else ""
-    background = attributes.background if rng.random() >= 1 / 3 else ""
+    says_size, says_position, says_background = (rng.random() >= 1 / 3 for _ in range(3))
+    size = f"{attributes.size} " if says_size else ""
+    where = f" {_POSITION_PHRASES[attributes.position]}" if says_position else ""
+    background = attributes.background if says_background else ""
     thing = f"{size}{attributes.colour} {attributes.shape}"
     article = "an" if thing[0] in "aeiou" else "a"
     templates = [
@@ -163,23 +170,37 @@ def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> str:
         (f"{background} background with " if background else "") + f"{article} {thing}{where}",
         f"{thing}{where}" + (f", on {background}" if background else ""),
     ]
-    return templates[int(rng.integers(len(templates)))]
+    optional = (("size", says_size), ("position", says_position), ("background", says_background))
+    stated = ("shape", "colour", *(name for name, says in optional if says))
+    return Caption(templates[int(rng.integers(len(templates)))], stated)
 
 
 class Shapes(torch.utils.data.Dataset):
     """Random shapes; sample `k` is a pure function of (`seed`, `k`) for any k >= 0.
 
     With `captioned`, the held-out (shape, colour) pairs are never drawn, as text-to-image training needs.
-    Items are dicts: image (3, size, size) float32 in [-1, 1], label (class id), caption, attributes.
+    With `only_held_out_pairs`, only those pairs are drawn: the captions that measure composition.
+    Items are dicts: image (3, size, size) float32 in [-1, 1], label (class id), caption, stated (the attributes
+    the caption names, comma-separated), attributes and attribute_ids.
     """
 
     shuffle_each_epoch: ClassVar[bool] = False  # each index is already a fresh random draw
     class_names: ClassVar[tuple[str, ...]] = CLASS_NAMES
 
-    def __init__(self, size: int = 64, seed: int = 0, length: int = 1_000_000, captioned: bool = False):
+    def __init__(
+        self,
+        size: int = 64,
+        seed: int = 0,
+        length: int = 1_000_000,
+        captioned: bool = False,
+        only_held_out_pairs: bool = False,
+    ):
         if size < 8:
             raise ValueError(f"images must be at least 8 pixels wide, got {size}")
+        if captioned and only_held_out_pairs:
+            raise ValueError("captioned leaves the held-out pairs out; only_held_out_pairs draws nothing else")
         self.size, self.seed, self.length, self.captioned = size, seed, length, captioned
+        self.only_held_out_pairs = only_held_out_pairs
 
     def __len__(self) -> int:
         return self.length
@@ -189,7 +210,8 @@ class Shapes(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         while True:
             shape, colour = SHAPES[rng.integers(len(SHAPES))], tuple(COLOURS)[rng.integers(len(COLOURS))]
-            if not (self.captioned and (shape, colour) in HELD_OUT_PAIRS):
+            held_out = (shape, colour) in HELD_OUT_PAIRS
+            if not (self.captioned and held_out) and (held_out or not self.only_held_out_pairs):
                 break
         attributes = ShapeAttributes(
             shape=shape,
@@ -204,11 +226,13 @@ class Shapes(torch.utils.data.Dataset):
         attributes, rng = self._draw(index)
         jitter = tuple(rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=2))
         image = render(attributes, self.size, jitter)
+        described = caption(attributes, rng)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         return {
             "image": pixels.float() / 127.5 - 1.0,
             "label": attributes.class_id,
-            "caption": caption(attributes, rng),
+            "caption": described.text,
+            "stated": ",".join(described.stated),
             "attributes": dataclasses.asdict(attributes),
             "attribute_ids": attributes.indices(),
         }
