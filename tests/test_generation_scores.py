@@ -84,3 +84,42 @@ def test_guidance_sweep_rows_and_csv(tmp_path):
     path = write_rows_csv(rows, tmp_path / "sweep.csv")
     read = list(csv.DictReader(path.open()))
     assert [float(row["cfg_scale"]) for row in read] == [1.0, 3.0]
+
+
+class RealImagesPipe:
+    """Stands in for a perfect text-to-image pipeline: for each caption, the real image it was written for."""
+
+    model_type, device = "t2i", torch.device("cpu")
+
+    def __init__(self, items, text_encoder=None):
+        self.by_caption = {item["caption"]: item["image"] for item in items}
+        self.text_encoder = text_encoder
+
+    def __call__(self, prompts, seed, **sampling):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(pixels=torch.stack([self.by_caption[prompt] for prompt in prompts]))
+
+
+def test_text_to_image_scores_read_only_what_the_caption_states():
+    from llamagen.evaluation.generation import caption_sets, evaluate_text_conditional
+
+    sets = caption_sets(150)
+    seen, unseen = sets["seen"], sets["held_out_pairs"]
+    assert all("shape" in item["stated"] for item in seen)
+    assert not {(i["attributes"]["shape"], i["attributes"]["colour"]) for i in seen} & {
+        (i["attributes"]["shape"], i["attributes"]["colour"]) for i in unseen
+    }
+    scores = evaluate_text_conditional(RealImagesPipe(seen + unseen), seen)
+    assert scores["images"] == 150 and set(scores["accuracy"]) == {
+        "shape", "colour", "size", "position", "background", "all_stated"
+    }  # fmt: skip
+    assert min(scores["accuracy"].values()) >= 0.97  # real images, judged on what their captions say
+    from llamagen.text import ClipConfig, ClipTextEncoder
+
+    clip = ClipTextEncoder.from_config(ClipConfig.preset("shapes-clip")).eval()  # random: the plumbing only
+    with_clip = evaluate_text_conditional(RealImagesPipe(seen, clip), seen[:20])
+    assert 0 <= with_clip["clip_score"] <= 100
+    # Images of other captions (a shifted list) are judged wrong on what those captions state.
+    shifted = RealImagesPipe([{**a, "image": b["image"]} for a, b in zip(seen, seen[1:] + seen[:1], strict=True)])
+    assert evaluate_text_conditional(shifted, seen)["accuracy"]["all_stated"] < 0.2

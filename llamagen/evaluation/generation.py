@@ -161,3 +161,46 @@ def evaluate_class_conditional(
         pixels.append(output.pixels)
     class_ids = torch.tensor(classes).repeat_interleave(images_per_class)
     return score_images(judge, kind, torch.cat(pixels), condition_labels(kind, class_ids), class_ids)
+
+
+def caption_sets(count: int, seed: int = 0) -> dict[str, list[dict]]:
+    """Shapes whose captions measure a text-to-image model: "seen", drawn as its training captions were
+    (the first `count` of the training stream, seed 0), and "held_out_pairs", captions of the (shape, colour)
+    pairs training never showed."""
+    seen = Shapes(seed=seed, length=count, captioned=True)
+    unseen = Shapes(seed=_SECOND_REAL_SEED, length=count, only_held_out_pairs=True)
+    return {"seen": [seen[i] for i in range(count)], "held_out_pairs": [unseen[i] for i in range(count)]}
+
+
+@torch.no_grad()
+def evaluate_text_conditional(pipe, items: list[dict], seed: int = 0, batch: int = 200, **sampling) -> dict:
+    """Generate one image per caption of shapes `items` and judge each attribute where the caption states it.
+
+    Returns {"accuracy": {attribute: share right among captions stating it, "all_stated": every stated one
+    right}, "clip_score": mean 100 x cosine of image and caption in the pipeline's CLIP, "images": n}.
+    """
+    if pipe.model_type != "t2i":
+        raise ValueError("evaluate_text_conditional needs a text-conditional pipeline")
+    judge = load_judge("shapes-judge", device=pipe.device)
+    pixels, scores = [], []
+    for start in range(0, len(items), batch):
+        prompts = [item["caption"] for item in items[start : start + batch]]
+        output = pipe(prompts=prompts, seed=seed + start, **sampling)
+        pixels.append(output.pixels)
+        if hasattr(pipe.text_encoder, "clip_score"):
+            scores.append(pipe.text_encoder.clip_score(output.pixels, prompts).cpu())
+    images = torch.cat(pixels)
+    predicted = {name: torch.cat([judge.predict(images[i : i + 256].to(pipe.device))[name].cpu()
+                                  for i in range(0, len(images), 256)]) for name in judge.config.heads}  # fmt: skip
+    accuracy, every = {}, torch.ones(len(items), dtype=torch.bool)
+    for name in judge.config.heads:
+        stated = torch.tensor([name in item["stated"].split(",") for item in items])
+        right = predicted[name] == torch.tensor([item["attribute_ids"][name] for item in items])
+        if stated.any():
+            accuracy[name] = float(right[stated].float().mean())
+        every &= right | ~stated
+    accuracy["all_stated"] = float(every.float().mean())
+    result = {"accuracy": accuracy, "images": len(items)}
+    if scores:
+        result["clip_score"] = float(torch.cat(scores).mean())
+    return result
