@@ -123,6 +123,22 @@ def test_sigterm_saves_and_resume_finishes_like_an_uninterrupted_run(tmp_path, d
         assert torch.equal(value, resumed.trained.state_dict()[name]), name
 
 
+def test_tokenizing_on_the_fly_trains_as_extracted_codes_do(tmp_path):
+    """The same images in the same order, tokenized while training instead of beforehand: the same weights."""
+    from llamagen.data.codes import CodesOnTheFly
+
+    extract_codes(tokenizer(), Digits(size=16), tmp_path / "codes.safetensors", 16, show_progress=False)
+    on_the_fly = CodesOnTheFly(Digits(size=16), tokenizer(), 16, "label", {"tokenizer": "digits-vq"})
+    assert on_the_fly.info.grid == 4 and on_the_fly.info.class_names == [str(d) for d in range(10)]
+    config = model_config(tmp_path / "codes.safetensors")
+    extracted = train_gpt(config, training(3), tmp_path / "codes.safetensors", tmp_path / "a", show_progress=False)
+    live = train_gpt(config, training(3), on_the_fly, tmp_path / "b", show_progress=False)
+    for name, value in extracted.trained.state_dict().items():
+        assert torch.equal(value, live.trained.state_dict()[name]), name
+    with pytest.raises(ValueError, match="not a multiple of the tokenizer's downsampling 4"):
+        CodesOnTheFly(Digits(size=18), tokenizer(), 18)
+
+
 def test_the_final_file_names_what_a_pipeline_needs(tmp_path, digit_codes):
     from llamagen.pipeline import generator_metadata
 
@@ -232,3 +248,7 @@ def test_cli_extracts_trains_and_refuses_endless_data(tmp_path):
             "--batch-size", "2", "--fp32"]  # fmt: skip
     assert main(args) == 0
     assert load_gpt(tmp_path / "run" / "final.safetensors").config.block_size == 64
+    live = ["train", "gpt", "--data", "digits", "--tokenizer", "digits-vq", "--image-size", "32", "--config", config,
+            "--out", str(tmp_path / "live"), "--steps", "2", "--batch-size", "2", "--fp32"]  # fmt: skip
+    assert main(live) == 0
+    assert main([*live[:2], "--codes", str(codes), *live[2:]]) == 2  # both sources: refused

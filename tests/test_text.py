@@ -115,7 +115,7 @@ def test_text_to_image_from_codes_to_pipeline(tmp_path):
     extract_codes(small_tokenizer(), Shapes(size=16, captioned=True), codes, 16, count=12, condition="caption",
                   description={"tokenizer": str(tmp_path / "vq.safetensors")}, show_progress=False)  # fmt: skip
     info = CodesDataset(codes).info
-    assert info.conditioning == "t2i" and len(info.captions) == 12 and info.class_names == []
+    assert info.conditioning == "t2i" and info.images == 12 and info.class_names == []
     config = generator_config_for(info, GPTConfig(dim=32, n_layer=1, n_head=2, multiple_of=8), encoder)
     assert (config.model_type, config.cls_token_num, config.caption_dim) == ("t2i", 12, 32)
     with pytest.raises(ValueError, match="train with a text encoder"):

@@ -10,21 +10,31 @@ from pathlib import Path
 from llamagen.cli.common import command_line, parse_config, report_training
 
 
-def run_extract_codes(args: argparse.Namespace) -> None:
-    from llamagen.data.codes import extract_codes, source_size
-    from llamagen.data.loading import is_procedural, open_dataset
-    from llamagen.tokenizer.loading import load_tokenizer
+def _conditioned_data(args: argparse.Namespace, size: int):
+    """(data set, "label" or "caption") for --data, --captions and --seed: what a generator is conditioned on."""
+    from llamagen.data.loading import open_dataset
 
     if args.captions and args.data != "shapes":
         raise ValueError("--captions applies to the shapes data set (captions:FILE.jsonl always has them)")
     options = {"captioned": True} if args.captions else {}
-    size = source_size(args.augment, args.image_size)
     dataset = open_dataset(args.data, size=size, seed=args.seed, **options)
+    return dataset, "caption" if args.captions or args.data.startswith("captions:") else "label"
+
+
+def _codes_description(args: argparse.Namespace) -> dict:
+    return {"tokenizer": args.tokenizer, "data": args.data, "seed": args.seed, "command": command_line()}
+
+
+def run_extract_codes(args: argparse.Namespace) -> None:
+    from llamagen.data.codes import extract_codes, source_size
+    from llamagen.data.loading import is_procedural
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    dataset, condition = _conditioned_data(args, source_size(args.augment, args.image_size))
     if args.count is None and is_procedural(dataset):
         raise ValueError(f"{args.data} draws images without end: say how many with --count")
     tokenizer = load_tokenizer(args.tokenizer, device=args.device)
-    condition = "caption" if args.captions or args.data.startswith("captions:") else "label"
-    description = {"tokenizer": args.tokenizer, "data": args.data, "seed": args.seed, "command": command_line()}
+    description = _codes_description(args)
     path = extract_codes(tokenizer, dataset, args.out, args.image_size, args.augment, args.count,
                          condition=condition, description=description)  # fmt: skip
     print(f"wrote       {path}")
@@ -78,11 +88,22 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
 
 
 def run_train_gpt(args: argparse.Namespace) -> None:
-    from llamagen.data.codes import CodesDataset
+    from llamagen.data.codes import CodesDataset, CodesOnTheFly
     from llamagen.gpt import GPTConfig
+    from llamagen.tokenizer.loading import load_tokenizer
     from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
 
-    info = CodesDataset(args.codes).info
+    if bool(args.codes) == bool(args.data):
+        raise ValueError("train on extracted codes (--codes FILE) or on images tokenized as they come (--data)")
+    if args.codes:
+        codes = CodesDataset(args.codes, seed=args.seed)
+    else:
+        if not args.tokenizer:
+            raise ValueError("--data needs the --tokenizer that turns its images into codes")
+        dataset, condition = _conditioned_data(args, args.image_size)
+        tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+        codes = CodesOnTheFly(dataset, tokenizer, args.image_size, condition, _codes_description(args))
+    info = codes.info
     text_encoder = None
     if args.text_encoder:
         from llamagen.text import load_text_encoder
@@ -101,7 +122,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         fsdp=args.fsdp,
     )
-    outcome = train_gpt(model_config, training, args.codes, args.out, text_encoder, resume=args.resume,
+    outcome = train_gpt(model_config, training, codes, args.out, text_encoder, resume=args.resume,
                         command=command_line(), device=args.device)  # fmt: skip
     report_training(outcome.finished, outcome.step, Path(args.out))
 
@@ -216,10 +237,15 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
         "gpt",
         help="train a generator on extracted codes (one process, or several under torchrun)",
         description="Class- or text-conditional, as the codes file says (see `llamagen extract-codes`). "
-        "The model is the --config preset fitted to the codes: their vocabulary, grid and classes, or the "
+        "--data with --tokenizer tokenizes images as they come instead. The model is the --config preset "
+        "fitted to the codes: their vocabulary, grid and classes, or the "
         "text encoder's width and context. Checkpoints, --resume, signals and logs as for the tokenizer.",
     )
-    gpt.add_argument("--codes", required=True, help="a codes file written by `llamagen extract-codes`")
+    gpt.add_argument("--codes", help="a codes file written by `llamagen extract-codes`")
+    gpt.add_argument("--data", help="instead of --codes: images tokenized as they come (shapes, digits, ...)")
+    gpt.add_argument("--tokenizer", help="with --data: the tokenizer (an embedded name or a checkpoint)")
+    gpt.add_argument("--image-size", type=int, default=64, help="with --data (default 64)")
+    gpt.add_argument("--captions", action="store_true", help="with --data shapes: captions (text-to-image)")
     gpt.add_argument("--config", default="GPT-S", help="a preset, a JSON file or inline JSON of GPTConfig fields")
     gpt.add_argument("--text-encoder", help="for captioned codes: an embedded CLIP's name or a checkpoint")
     gpt.add_argument("--out", required=True, help="the run's folder")

@@ -122,12 +122,8 @@ class CodesInfo:
     grid: int  # codes per side
     codebook_size: int
     class_names: list[str]
-    captions: list[str]
+    conditioning: str  # "c2i" (class labels) or "t2i" (captions)
     metadata: dict[str, str]
-
-    @property
-    def conditioning(self) -> str:
-        return "t2i" if self.captions else "c2i"
 
 
 class CodesDataset(torch.utils.data.Dataset):
@@ -161,7 +157,7 @@ class CodesDataset(torch.utils.data.Dataset):
             grid=grid,
             codebook_size=int(metadata.get("codebook_size", 0)),
             class_names=json.loads(metadata.get("class_names", "[]")),
-            captions=self.captions,
+            conditioning="t2i" if self.captions else "c2i",
             metadata=metadata,
         )
         if self.labels is None and not self.captions:
@@ -179,3 +175,50 @@ class CodesDataset(torch.utils.data.Dataset):
         else:
             item["label"] = int(self.labels[image])
         return item
+
+    def tokens(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """A batch's (B, h*w) tokens on `device`."""
+        return batch["tokens"].to(device)
+
+
+class CodesOnTheFly(torch.utils.data.Dataset):
+    """Images tokenized while the generator trains on them, instead of codes extracted beforehand: slower per
+    step, but no codes file, and every epoch sees the data set's own augmentation (fresh photo crops).
+
+    Items are {"image", "label" or "caption"}; the training step turns a batch's images into tokens with
+    `tokens(batch, device)`.
+    """
+
+    def __init__(self, dataset, tokenizer, image_size: int, condition: str = "label", description=None):
+        if condition not in ("label", "caption"):
+            raise ValueError(f"condition must be 'label' or 'caption', got {condition!r}")
+        factor = tokenizer.config.downsample_factor
+        if image_size % factor:
+            raise ValueError(f"image size {image_size} is not a multiple of the tokenizer's downsampling {factor}")
+        self.dataset, self.tokenizer, self.condition = dataset, tokenizer.eval(), condition
+        self.shuffle_each_epoch = getattr(dataset, "shuffle_each_epoch", True)
+        self.info = CodesInfo(
+            images=len(dataset),
+            views=1,
+            grid=image_size // factor,
+            codebook_size=tokenizer.config.codebook_size,
+            class_names=list(getattr(dataset, "class_names", ())) if condition == "label" else [],
+            conditioning="c2i" if condition == "label" else "t2i",
+            metadata={key: str(value) for key, value in (description or {}).items()},
+        )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        if self.condition not in item:
+            raise ValueError(f"the data set's items have no {self.condition}s (they have {', '.join(item)})")
+        return {"image": item["image"], self.condition: item[self.condition]}
+
+    @torch.no_grad()
+    def tokens(self, batch: dict, device: torch.device) -> torch.Tensor:
+        self.tokenizer.to(device)
+        return self.tokenizer.tokenize(batch["image"].to(device)).flatten(1)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from llamagen.checkpoints import save
-from llamagen.data.codes import CodesDataset, CodesInfo
+from llamagen.data.codes import CodesDataset, CodesInfo, CodesOnTheFly
 from llamagen.data.loading import step_loader
 from llamagen.gpt import GPT, GPTConfig
 from llamagen.training.common import TrainingRun, run_steps, update_ema, warmup_cosine
@@ -81,7 +81,7 @@ def generator_config_for(codes: CodesInfo, base: GPTConfig, text_encoder=None) -
 def train_gpt(
     model_config: GPTConfig,
     training: GPTTrainingConfig,
-    codes_path: str | Path,
+    codes: str | Path | CodesDataset | CodesOnTheFly,
     out_dir: str | Path,
     text_encoder=None,
     resume: bool = False,
@@ -89,14 +89,16 @@ def train_gpt(
     command: str | None = None,
     device: str | torch.device | None = None,
 ) -> GPTTrainingOutcome:
-    """Train (or, with `resume`, continue) a generator on a codes file; the EMA goes to `final.safetensors`.
+    """Train (or, with `resume`, continue) a generator; the EMA goes to `final.safetensors`.
+
+    `codes`: a codes file (or its `CodesDataset`), or a `CodesOnTheFly` that tokenizes images as they come.
 
     `model_config` must match the codes (see `generator_config_for`); `text_encoder` (a frozen
     `llamagen.text` encoder) turns the captions of text-conditional codes into prefix features.
     """
     processes = start_processes(device)
     try:
-        return _train(model_config, training, Path(codes_path), Path(out_dir), text_encoder, resume,
+        return _train(model_config, training, codes, Path(out_dir), text_encoder, resume,
                       show_progress, command, processes)  # fmt: skip
     finally:
         processes.close()
@@ -197,8 +199,8 @@ def _require_text_encoder(text_encoder) -> None:
         raise ValueError("the codes carry captions: train with a text encoder (--text-encoder)")
 
 
-def _train(model_config, training, codes_path, out_dir, text_encoder, resume, show_progress, command, processes):
-    dataset = CodesDataset(codes_path, seed=training.seed)
+def _train(model_config, training, codes, out_dir, text_encoder, resume, show_progress, command, processes):
+    dataset = codes if isinstance(codes, CodesDataset | CodesOnTheFly) else CodesDataset(codes, seed=training.seed)
     _check_codes(model_config, dataset.info, text_encoder)
     run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command)
     parts = _Parts(model_config, training, processes)
@@ -212,7 +214,8 @@ def _train(model_config, training, codes_path, out_dir, text_encoder, resume, sh
     )
 
     def take_step(batch: dict, step: int) -> dict[str, float]:
-        losses = _train_step(parts, training, batch, step, text_encoder, processes.device)
+        tokens = dataset.tokens(batch, processes.device)  # (B, block_size)
+        losses = _train_step(parts, training, tokens, batch, step, text_encoder, processes.device)
         parts.update_ema(training.ema_decay)
         return losses
 
@@ -239,11 +242,10 @@ def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, st
     return metadata
 
 
-def _train_step(parts: _Parts, training: GPTTrainingConfig, batch: dict, step: int, text_encoder, device):
+def _train_step(parts: _Parts, training: GPTTrainingConfig, tokens, batch: dict, step: int, text_encoder, device):
     lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
-    tokens = batch["tokens"].to(device)  # (B, block_size)
     cond_mask = None
     if text_encoder is None:
         cond = batch["label"].to(device)
