@@ -78,7 +78,11 @@ def test_guidance_sweep_rows_and_csv(tmp_path):
     # A random 10-class model (the plumbing only): 8x8 codes x downsample 4 are the digits judge's 32x32.
     pipe = Pipeline(small(vocab_size=64, num_classes=10, block_size=64), small_tokenizer())
     rows = sweep_guidance(pipe, "digits", scales=(1.0, 3.0), images_per_class=2)
-    assert [row["cfg_scale"] for row in rows] == [1.0, 3.0]
+    assert [row["cfg_scale"] for row in rows] == [1.0, 3.0] and "inception_fid" not in rows[0]
+    from llamagen.evaluation.fid import RandomFeatures  # stands in for Inception-v3: any feature network fits
+
+    with_features = sweep_guidance(pipe, "digits", scales=(1.0,), images_per_class=2, inception=RandomFeatures())
+    assert with_features[0]["inception_fid"] > 0
     assert set(rows[0]) >= {"accuracy_digit", "accuracy_class", "fid", "fid_real_floor", "precision", "recall"}
     assert best_scale(rows) in (1.0, 3.0)
     path = write_rows_csv(rows, tmp_path / "sweep.csv")

@@ -19,14 +19,24 @@ DEFAULT_SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def sweep_guidance(
-    pipe, kind: str, scales=DEFAULT_SCALES, images_per_class: int = 25, seed: int = 0, progress=None, **sampling
+    pipe,
+    kind: str,
+    scales=DEFAULT_SCALES,
+    images_per_class: int = 25,
+    seed: int = 0,
+    progress=None,
+    inception=None,
+    **sampling,
 ) -> list[dict]:
     """One row of scores per guidance scale: cfg_scale, accuracy_* per attribute, fid, fid_real_floor,
-    precision, recall, diversity, images."""
+    precision, recall, diversity, images (and inception_fid with Inception features)."""
     rows = []
     for scale in scales:
-        scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, cfg_scale=scale, **sampling)
+        scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception,
+                                            cfg_scale=scale, **sampling)  # fmt: skip
         flat = scores.as_dict()
+        if inception is None:
+            flat.pop("inception_fid")
         accuracy = flat.pop("accuracy")
         rows.append({"cfg_scale": scale, **{f"accuracy_{k}": v for k, v in accuracy.items()}, **flat})
         if progress is not None:

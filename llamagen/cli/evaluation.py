@@ -80,9 +80,14 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
     from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
 
+    inception = None
+    if args.inception:
+        from llamagen.evaluation.fid import InceptionFeatures
+
+        inception = InceptionFeatures(args.inception)
     pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
     rows = sweep_guidance(pipe, args.judge, tuple(args.scales), args.images_per_class, args.seed,
-                          progress=_print_guidance_row, top_k=args.top_k)  # fmt: skip
+                          progress=_print_guidance_row, inception=inception, top_k=args.top_k)  # fmt: skip
     print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
@@ -162,6 +167,7 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cfg.add_argument("--images-per-class", type=int, default=25)
     cfg.add_argument("--top-k", type=int, default=0)
     cfg.add_argument("--seed", type=int, default=0)
+    cfg.add_argument("--inception", help="torchvision's Inception-v3 weights: adds the usual FID to each row")
     cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
     add_device_options(cfg)
     cfg.set_defaults(run=run_sweep_cfg)

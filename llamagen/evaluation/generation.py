@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llamagen.data.shapes import COLOURS, Shapes
-from llamagen.evaluation.fid import frechet_distance
+from llamagen.evaluation.fid import InceptionFeatures, frechet_distance, image_features
 from llamagen.evaluation.judges import Judge, held_out, labelled, load_judge
 
 NEIGHBOURS = 3  # k of the precision/recall balls (the paper's choice)
@@ -35,6 +35,7 @@ class GenerationScores:
     recall: float
     diversity: float  # within-condition spread of features, relative to real images' (1 = as varied)
     images: int
+    inception_fid: float | None = None  # against the held-out real images, when Inception weights are given
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +77,15 @@ def condition_labels(kind: str, class_ids: torch.Tensor) -> dict[str, torch.Tens
 
 @torch.no_grad()
 def score_images(
-    judge: Judge, kind: str, images: torch.Tensor, stated: dict[str, torch.Tensor], groups: torch.Tensor
+    judge: Judge,
+    kind: str,
+    images: torch.Tensor,
+    stated: dict[str, torch.Tensor],
+    groups: torch.Tensor,
+    inception: InceptionFeatures | None = None,
 ) -> GenerationScores:
     """Score generated `images` (N, 3, S, S) in [-1, 1] whose conditions state the attribute labels `stated`;
-    `groups` (N,) marks images of the same condition (for diversity)."""
+    `groups` (N,) marks images of the same condition (for diversity); `inception` adds the usual FID."""
     judge.eval()
     predicted = {name: [] for name in judge.config.heads}
     features = []
@@ -107,6 +113,11 @@ def score_images(
         recall=recall,
         diversity=within_group_spread(fake, groups) / real_spread,
         images=len(images),
+        inception_fid=None
+        if inception is None
+        else frechet_distance(
+            image_features(inception, _held_out_images(kind)), image_features(inception, images.float())
+        ),
     )
 
 
@@ -145,10 +156,16 @@ def _real_groups(kind: str, labels: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def evaluate_class_conditional(
-    pipe, kind: str, images_per_class: int = 25, seed: int = 0, batch_classes: int | None = None, **sampling
+    pipe,
+    kind: str,
+    images_per_class: int = 25,
+    seed: int = 0,
+    batch_classes: int | None = None,
+    inception: InceptionFeatures | None = None,
+    **sampling,
 ) -> GenerationScores:
     """Generate `images_per_class` images of every class with `pipe` (`sampling`: cfg_scale, top_k, ...) and
-    score them with the embedded judge of `kind` ('shapes' or 'digits')."""
+    score them with the embedded judge of `kind` ('shapes' or 'digits'), and Inception when given."""
     if pipe.model_type != "c2i":
         raise ValueError("evaluate_class_conditional needs a class-conditional pipeline")
     judge = load_judge(f"{kind}-judge", device=pipe.device)
@@ -160,7 +177,7 @@ def evaluate_class_conditional(
                       num_images_per_condition=images_per_class, **sampling)  # fmt: skip
         pixels.append(output.pixels)
     class_ids = torch.tensor(classes).repeat_interleave(images_per_class)
-    return score_images(judge, kind, torch.cat(pixels), condition_labels(kind, class_ids), class_ids)
+    return score_images(judge, kind, torch.cat(pixels), condition_labels(kind, class_ids), class_ids, inception)
 
 
 def caption_sets(count: int, seed: int = 0) -> dict[str, list[dict]]:
