@@ -140,14 +140,15 @@ def export_generator(
         "evaluation": {
             "judge": f"{judge}-judge",
             "images_per_class": images_per_class,
-            "sampling": "top_k 0, top_p 1, temperature 1, seed 0",
+            "sampling": "top_k 0, top_p 1, temperature 1, seed 0, every class in one batch",
             "best_cfg_scale": best_scale(rows),
             "by_cfg_scale": rows,
         },
         "reproduce": [
             metadata.get("codes_command", ""),
             train_command,
-            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --judge {judge}"
+            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --judge {judge} "
+            f"--cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} --images-per-class {images_per_class}"
             + ("" if use_ema else " --no-ema"),
         ],
         "notes": notes,
