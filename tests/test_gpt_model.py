@@ -161,3 +161,36 @@ def test_bf16_keeps_rope_in_float32_and_cached_decoding_consistent():
     full = model(tokens, cond)
     assert full.dtype == torch.float32
     torch.testing.assert_close(cached_logits(model, tokens, cond, None), full, atol=0.1, rtol=0.05)
+
+
+def test_attention_weights_are_what_the_layer_computes():
+    """The explicit probabilities reproduce the fused kernel's output (so studies of them study the model)."""
+
+    for model_type in ("c2i", "t2i"):
+        model = small(model_type=model_type, cls_token_num=4, n_kv_head=2)
+        cond, mask = condition(model)
+        tokens = torch.randint(0, model.config.vocab_size, (3, 8))
+        inputs = []
+        hook = model.layers[1].attention.register_forward_pre_hook(lambda m, args, seen=inputs: seen.append(args[:3]))
+        model(tokens, cond, mask)
+        hook.remove()
+        x, rope, attn_mask = inputs[0]
+        attention = model.layers[1].attention
+        weights = attention.attention_weights(x, rope, attn_mask)
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+        _, _, v = attention._project(x, rope)
+        v = v.repeat_interleave(attention.n_head // attention.n_kv_head, dim=1)
+        mixed = (weights @ v).transpose(1, 2).reshape(3, x.shape[1], -1)
+        torch.testing.assert_close(attention.wo(mixed), attention(x, rope, attn_mask), rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_attention_shares():
+    from llamagen.analysis.attention import prefix_attention
+
+    model = small(model_type="t2i", cls_token_num=4)
+    cond, mask = condition(model)
+    tokens = torch.randint(0, model.config.vocab_size, (3, model.config.block_size))
+    shares = prefix_attention(model, tokens, cond, mask)
+    assert shares.shape == (2, 3, model.config.block_size)
+    torch.testing.assert_close(shares[:, :, 0], torch.ones(2, 3))  # the last prefix position sees only the prefix
+    assert (shares >= 0).all() and (shares <= 1 + 1e-6).all() and (shares[:, :, 1:] < 1).all()

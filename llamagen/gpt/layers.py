@@ -114,11 +114,7 @@ class Attention(nn.Module):
         attention is allowed, or None for plain causal attention. With `cache_start`, the keys and values
         are written to the cache at that position and the queries attend to everything cached before too."""
         b, s, _ = x.shape
-        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(b, s, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, s, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
-        v = v.view(b, s, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = self._project(x, rope)
         if cache_start is not None:
             k, v = self.kv_cache.update(cache_start, k, v)
         if s == 1 and cache_start is not None:
@@ -133,7 +129,26 @@ class Attention(nn.Module):
                 dropout_p=self.attn_dropout_p if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
-        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, q_size)))
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, self.n_head * self.head_dim)))
+
+    def _project(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, S, dim) -> q (B, H, S, D), k and v (B, H_kv, S, D), RoPE applied to q and k."""
+        b, s, _ = x.shape
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(b, s, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(b, s, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        return q, k, v.view(b, s, self.n_kv_head, self.head_dim).transpose(1, 2)
+
+    def attention_weights(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The (B, H, S, S) float32 attention probabilities of a whole-sequence forward: what the fused kernel
+        computes without showing (for studying how the condition is used, `llamagen.analysis.attention`)."""
+        q, k, _ = self._project(x, rope)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(self.head_dim)
+        s = x.shape[1]
+        allowed = torch.ones(s, s, dtype=torch.bool, device=x.device).tril() if mask is None else mask
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
 
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):

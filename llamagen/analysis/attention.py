@@ -1,0 +1,32 @@
+"""How much of the condition the generator uses: the attention its image-token predictions pay to the prefix.
+
+The condition enters only as prefix tokens (Sec. 2.2), so the share of attention that the queries predicting
+image tokens give to the prefix positions, layer by layer, shows where and how much the model reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def prefix_attention(gpt, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None):
+    """(n_layer, B, block_size): for each layer and each image token j, the share of attention (averaged over
+    heads) that the query predicting token j gives to the prefix, in a whole-sequence forward of `tokens`.
+
+    The query predicting token 0 is the last prefix position, which sees nothing else: its share is 1.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(module, args):
+        x, rope, mask = args[:3]
+        captured.append(module.attention_weights(x, rope, mask))
+
+    hooks = [layer.attention.register_forward_pre_hook(capture) for layer in gpt.layers]
+    try:
+        gpt(tokens[:, :-1], cond, cond_mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prefix = gpt.prefix_length
+    return torch.stack([weights[:, :, prefix - 1 :, :prefix].sum(-1).mean(1) for weights in captured])
