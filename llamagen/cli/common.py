@@ -57,6 +57,16 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="float32 (default) or bf16")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training loop shares: precision, seed, logging, checkpoints, resuming, device."""
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+
+
 def report_training(finished: bool, step: int, out: Path) -> None:
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun the first process reports

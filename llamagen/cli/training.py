@@ -7,7 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from llamagen.cli.common import command_line, parse_config, report_training
+from llamagen.cli.common import add_run_options, command_line, parse_config, report_training
 
 
 def _conditioned_data(args: argparse.Namespace, size: int):
@@ -221,17 +221,12 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
         "usage window onto poorly represented latents (not in the original; against collapse)",
     )
     tok.add_argument("--ema-decay", type=float, default=0.999)
-    tok.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
     tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
     tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
     tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
     tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
-    tok.add_argument("--seed", type=int, default=0)
-    tok.add_argument("--log-every", type=int, default=50)
-    tok.add_argument("--checkpoint-every", type=int, default=500)
-    tok.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tok.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    add_run_options(tok)
     tok.set_defaults(run=run_train_tokenizer)
     gpt = train.add_parser(
         "gpt",
@@ -254,15 +249,10 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     gpt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
     gpt.add_argument("--weight-decay", type=float, default=0.05, help="on matrices only (default 0.05)")
     gpt.add_argument("--ema-decay", type=float, default=0.9999, help="0: keep no EMA (required with --fsdp)")
-    gpt.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     gpt.add_argument(
         "--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2), not DDP"
     )
-    gpt.add_argument("--seed", type=int, default=0)
-    gpt.add_argument("--log-every", type=int, default=50)
-    gpt.add_argument("--checkpoint-every", type=int, default=500)
-    gpt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    gpt.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    add_run_options(gpt)
     gpt.set_defaults(run=run_train_gpt)
     clip = train.add_parser(
         "clip",
@@ -276,12 +266,7 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     clip.add_argument("--steps", type=int, default=3000)
     clip.add_argument("--batch-size", type=int, default=128)
     clip.add_argument("--lr", type=float, default=5e-4)
-    clip.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    clip.add_argument("--seed", type=int, default=0)
-    clip.add_argument("--log-every", type=int, default=50)
-    clip.add_argument("--checkpoint-every", type=int, default=500)
-    clip.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    clip.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
+    add_run_options(clip)
     clip.set_defaults(run=run_train_clip)
     judge = train.add_parser(
         "judge",

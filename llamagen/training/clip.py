@@ -20,7 +20,7 @@ import torch
 from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.text.clip import ClipConfig, ClipTextEncoder
-from llamagen.training.common import TrainingRun, run_steps, warmup_cosine
+from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, warmup_cosine
 from llamagen.training.distributed import start_processes
 
 
@@ -39,9 +39,7 @@ class ClipTrainingConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_loop_settings(self)
         if self.batch_size < 2:
             raise ValueError("a contrastive batch needs at least 2 pairs")
 

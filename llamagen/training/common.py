@@ -21,6 +21,16 @@ from llamagen.training.distributed import Processes
 LATEST_CHECKPOINT = "latest.pt"
 
 
+def check_loop_settings(settings) -> None:
+    """Refuse training settings no loop can run: counts below 1, an EMA decay outside [0, 1)."""
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    decay = getattr(settings, "ema_decay", 0.0)
+    if not 0 <= decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (the usage window) are copied."""

@@ -23,7 +23,7 @@ from llamagen.checkpoints import save
 from llamagen.data.codes import CodesDataset, CodesInfo, CodesOnTheFly
 from llamagen.data.loading import step_loader
 from llamagen.gpt import GPT, GPTConfig
-from llamagen.training.common import TrainingRun, run_steps, update_ema, warmup_cosine
+from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, update_ema, warmup_cosine
 from llamagen.training.distributed import Processes, start_processes
 
 
@@ -46,11 +46,7 @@ class GPTTrainingConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_loop_settings(self)
         if self.fsdp and self.ema_decay > 0:
             raise ValueError(
                 "FSDP shards the weights over the processes, and a weight EMA would need a whole copy in each: "

@@ -24,7 +24,7 @@ from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
-from llamagen.training.common import TrainingRun, run_steps, update_ema, warmup_cosine
+from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, update_ema, warmup_cosine
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from llamagen.training.distributed import Processes, start_processes
 
@@ -61,11 +61,7 @@ class TokenizerTrainingConfig:
     restart_dead_codes_every: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_loop_settings(self)
         if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
             raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
         if self.disc_start is not None and self.disc_start < 0:
