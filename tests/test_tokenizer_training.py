@@ -306,3 +306,12 @@ def test_training_that_cannot_work_is_refused_before_it_starts(tmp_path, capsys,
     assert main(["train", "tokenizer", "--out", str(tmp_path / "run"), "--steps", "2", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_training_hours_leave_out_the_pause_between_legs():
+    from llamagen.training.export import training_hours
+
+    # Log lines every 60 s, then a night between the two legs of a resumed run, then 60 s again.
+    times = [0, 60, 120, 180, 180 + 36_000, 180 + 36_060]
+    assert training_hours([{"time": t} for t in times]) == pytest.approx(240 / 3600)
+    assert training_hours([{"time": 5}]) == 0.0

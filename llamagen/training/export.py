@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,20 @@ def _finished_run(run_dir: Path, train_command: str | None) -> tuple[Path, list[
     return final, metrics, run_config, train_command
 
 
+def training_hours(metrics: list[dict]) -> float:
+    """Hours spent training: the gaps between log lines summed, leaving out the pauses between the legs of a
+    resumed run (a gap over ten times the median one)."""
+    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(metrics)]
+    if not gaps:
+        return 0.0
+    usual = statistics.median(gaps)
+    return sum(gap for gap in gaps if gap <= 10 * usual) / 3600
+
+
 def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
     return {
         "steps": metrics[-1]["step"],
-        "wall_time_hours": round((metrics[-1]["time"] - metrics[0]["time"]) / 3600, 2),
+        "wall_time_hours": round(training_hours(metrics), 2),
         "weights": "EMA" if use_ema else "trained (not the EMA)",
         "final_training_log": {k: v for k, v in metrics[-1].items() if k != "time"},
     }
