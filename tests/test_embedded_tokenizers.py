@@ -34,3 +34,11 @@ def test_digits_vq_keeps_what_the_judge_reads():
 
     on_originals = accuracies(load_judge("digits-judge", device="cpu"), *held_out("digits"))["digit"]
     assert judge_reconstructions(load_tokenizer("digits-vq", device="cpu"), "digits")["digit"] >= on_originals - 0.01
+
+
+def test_shapes_vq_keeps_the_shape_and_colour_the_judge_reads():
+    """A class-conditional generator cannot be judged right more often than its tokenizer keeps the class."""
+    from llamagen.evaluation.judges import judge_reconstructions
+
+    judged = judge_reconstructions(load_tokenizer("shapes-vq", device="cpu"), "shapes")
+    assert judged["shape"] >= 0.99 and judged["colour"] >= 0.99
