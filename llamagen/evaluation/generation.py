@@ -104,11 +104,12 @@ def score_images(
     second, second_labels = _second_real_set(kind, len(images))
     precision, recall = precision_recall(real, fake)
     real_groups = _real_groups(kind, second_labels)
-    real_spread = within_group_spread(_embed(judge, second), real_groups)
+    second_features = _embed(judge, second)
+    real_spread = within_group_spread(second_features, real_groups)
     return GenerationScores(
         accuracy=accuracy,
         fid=frechet_distance(real.numpy(), fake.numpy()),
-        fid_real_floor=frechet_distance(real.numpy(), _embed(judge, second).numpy()),
+        fid_real_floor=frechet_distance(real.numpy(), second_features.numpy()),
         precision=precision,
         recall=recall,
         diversity=within_group_spread(fake, groups) / real_spread,

@@ -20,7 +20,7 @@ import torch
 from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.text.clip import ClipConfig, ClipTextEncoder
-from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, warmup_cosine
+from llamagen.training.common import TrainingRun, adamw_decaying_matrices, check_loop_settings, run_steps, warmup_cosine
 from llamagen.training.distributed import start_processes
 
 
@@ -65,13 +65,8 @@ def train_clip(
     torch.manual_seed(training.seed)
     encoder = ClipTextEncoder.from_config(config, source=str(Path(out_dir) / "final.safetensors"))
     encoder = encoder.to(processes.device).train()
-    matrices = [p for p in encoder.parameters() if p.dim() >= 2]
-    others = [p for p in encoder.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": training.weight_decay}, {"params": others, "weight_decay": 0.0}],
-        lr=training.lr,
-        betas=(0.9, 0.98),  # open_clip's defaults for ViTs
-    )
+    # open_clip's defaults for ViTs: betas (0.9, 0.98)
+    optimizer = adamw_decaying_matrices(encoder, training.lr, (0.9, 0.98), training.weight_decay)
     if run.state is not None:
         encoder.load_state_dict(run.state["model"])
         optimizer.load_state_dict(run.state["optimizer"])

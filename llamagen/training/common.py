@@ -31,6 +31,15 @@ def check_loop_settings(settings) -> None:
         raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
 
 
+def adamw_decaying_matrices(module: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
+    """AdamW with weight decay on the parameters of two or more dimensions (matrices, embeddings) only, as
+    the original's `configure_optimizers` and open_clip's training do; norms and biases are not decayed."""
+    matrices = [p for p in module.parameters() if p.dim() >= 2]
+    others = [p for p in module.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (the usage window) are copied."""

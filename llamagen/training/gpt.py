@@ -23,7 +23,14 @@ from llamagen.checkpoints import save
 from llamagen.data.codes import CodesDataset, CodesInfo, CodesOnTheFly
 from llamagen.data.loading import step_loader
 from llamagen.gpt import GPT, GPTConfig
-from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, update_ema, warmup_cosine
+from llamagen.training.common import (
+    TrainingRun,
+    adamw_decaying_matrices,
+    check_loop_settings,
+    run_steps,
+    update_ema,
+    warmup_cosine,
+)
 from llamagen.training.distributed import Processes, start_processes
 
 
@@ -117,12 +124,8 @@ class _Parts:
             for layer in self.model.layers:  # each block gathers its weights only while it runs
                 fully_shard(layer)
             fully_shard(self.model)
-        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
-        others = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": matrices, "weight_decay": training.weight_decay}, {"params": others, "weight_decay": 0.0}],
-            lr=training.lr,
-            betas=(training.beta1, training.beta2),
+        self.optimizer = adamw_decaying_matrices(
+            self.model, training.lr, (training.beta1, training.beta2), training.weight_decay
         )
         use_ddp = processes.distributed and not self.sharded
         self.wrapped = DistributedDataParallel(self.model) if use_ddp else self.model
