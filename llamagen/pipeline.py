@@ -117,8 +117,11 @@ class Pipeline:
     def class_name(self, index: int) -> str:
         return self.class_names[index] if self.class_names else f"class {index}"
 
-    def _conditions(self, class_labels, prompts) -> tuple[torch.Tensor, torch.Tensor | None, list[str], list[str]]:
-        """(cond, cond_mask, the description of each condition, notes) for one image per condition."""
+    def encode_conditions(
+        self, class_labels=None, prompts=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[str], list[str]]:
+        """(cond, cond_mask, the description of each condition, notes) for one image per condition: the class
+        ids, or the text encoder's features and mask, as the generator takes them."""
         if (class_labels is None) == (prompts is None):
             raise ValueError("give either class_labels or prompts")
         if self.model_type == "c2i":
@@ -159,7 +162,7 @@ class Pipeline:
         check_sampling_options(self.gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
         if num_images_per_condition < 1:
             raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
-        cond, cond_mask, described, notes = self._conditions(class_labels, prompts)
+        cond, cond_mask, described, notes = self.encode_conditions(class_labels, prompts)
         cond = cond.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
         if cond_mask is not None:
             cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)

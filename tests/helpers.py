@@ -3,6 +3,7 @@
 import torch
 
 from llamagen.gpt import GPT, GPTConfig
+from llamagen.text import ClipConfig, ClipTextEncoder
 from llamagen.tokenizer import VQModel, vq_preset
 
 SMALL = {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "block_size": 16, "multiple_of": 32}
@@ -41,3 +42,16 @@ def small_tokenizer(codebook_size: int = 64) -> VQModel:
     """A random downsample-4 tokenizer: 16x16 images for a 16-token generator."""
     torch.manual_seed(0)
     return VQModel(vq_preset("VQ-4-tiny", codebook_size=codebook_size)).eval()
+
+
+# A CLIP small enough to build in a moment: 12 caption tokens of width 32.
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def tiny_encoder(seed: int = 0) -> ClipTextEncoder:
+    torch.manual_seed(seed)
+    return ClipTextEncoder.from_config(ClipConfig.from_dict(TINY_CLIP)).eval()

@@ -5,20 +5,10 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_CLIP, tiny_encoder
 
 from llamagen import save
-from llamagen.text import ClipConfig, ClipTextEncoder, load_text_encoder
-
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def tiny_encoder(seed: int = 0) -> ClipTextEncoder:
-    torch.manual_seed(seed)
-    return ClipTextEncoder.from_config(ClipConfig.from_dict(TINY)).eval()
+from llamagen.text import ClipConfig, load_text_encoder
 
 
 def test_features_are_the_towers_per_token_features_moved_to_the_end():
@@ -66,7 +56,7 @@ def test_a_local_open_clip_checkpoint_loads_without_download(tmp_path):
     import open_clip
 
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "llamagen-test-tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "configs" / "llamagen-test-tiny.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "configs")
     torch.manual_seed(1)
     model = open_clip.create_model("llamagen-test-tiny")
@@ -86,7 +76,7 @@ def test_clip_training_resumes_exactly(tmp_path):
         return ClipTrainingConfig(steps=steps, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2,
                                   bf16=False, final_lr_ratio=1.0, lr=1e-3)  # fmt: skip
 
-    config, data = ClipConfig.from_dict(TINY), Shapes(size=16, captioned=True)
+    config, data = ClipConfig.from_dict(TINY_CLIP), Shapes(size=16, captioned=True)
     straight, _, _ = train_clip(config, training(4), data, tmp_path / "straight", show_progress=False)
     train_clip(config, training(2), data, tmp_path / "resumed", show_progress=False)
     resumed, step, finished = train_clip(config, training(4), data, tmp_path / "resumed", resume=True,

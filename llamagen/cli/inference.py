@@ -1,4 +1,4 @@
-"""`llamagen reconstruct` and `llamagen generate`: images from a tokenizer or a generator."""
+"""`llamagen reconstruct`, `llamagen generate` and `llamagen demo`: images from a tokenizer or a generator."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """The top-level `reconstruct` and `generate`."""
+    """The top-level `reconstruct`, `generate` and `demo`."""
     rec = commands.add_parser(
         "reconstruct",
         help="tokenize an image, decode it back, and measure the loss",
@@ -148,3 +148,32 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--compile", action="store_true", help="compile the decoding step: faster per token, after a compilation"
     )
     gen.set_defaults(run=run_generate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the Gradio apps: generate, reconstruct, compare conditioning, codebook",
+        description="Serves the apps with the embedded models, and with the published or local checkpoints a "
+        "JSON file names (see llamagen.apps.models), until Ctrl+C.",
+    )
+    demo.add_argument("--models", help="a JSON file of more generators and tokenizers, and their device and dtype")
+    demo.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine)")
+    demo.add_argument("--port", type=int, default=7860)
+    add_device_options(demo)
+    demo.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from llamagen.apps import launch
+    from llamagen.apps.models import ModelRegistry
+
+    registry = ModelRegistry.embedded()
+    if args.models:
+        registry.add_from_file(args.models)
+    if args.device or args.dtype:
+        registry.device, registry.dtype = args.device or registry.device, args.dtype or registry.dtype
+    app, url = launch(registry, args.host, args.port)
+    print(f"LlamaGen explorer: {url}  (Ctrl+C stops it)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()

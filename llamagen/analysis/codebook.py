@@ -1,0 +1,84 @@
+"""The codebook as a set of points: usage on some images, a 2-D map, neighbours, and what each code draws.
+
+The paper's tokenizer keeps its 16,384 codes in 8 dimensions on the unit sphere (Sec. 2.1), so the codes the
+quantizer compares are the l2-normalised rows; everything here reads `quantizer.codebook()`, the vectors as
+the quantizer sees them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from llamagen.images import pil_to_tensor
+from llamagen.reconstruction import pad_to_multiple
+from llamagen.tokenizer.model import VQModel
+
+PROJECTIONS = ("pca", "umap")
+
+
+def codebook_vectors(tokenizer: VQModel) -> torch.Tensor:
+    """(K, D) float32 on the CPU: the codebook entries as the quantizer compares them."""
+    return tokenizer.quantize.codebook().detach().float().cpu()
+
+
+@torch.no_grad()
+def code_counts(tokenizer: VQModel, images) -> torch.Tensor:
+    """(K,) int64: how often each code is chosen over PIL images (any sizes; each is padded to the grid)."""
+    counts = torch.zeros(tokenizer.config.codebook_size, dtype=torch.long)
+    for image in images:
+        pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor)
+        codes = tokenizer.tokenize(pixels.to(tokenizer.device)).flatten().cpu()
+        counts += torch.bincount(codes, minlength=counts.numel())
+    return counts
+
+
+def project_2d(vectors: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(K, D) -> (K, 2) float32: principal components, or UMAP (umap-learn; slow the first time: numba compiles)."""
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+    points = vectors.double()
+    if method == "pca":
+        centred = points - points.mean(0)
+        _, _, components = torch.linalg.svd(centred, full_matrices=False)
+        return (centred @ components[:2].T).float().numpy()
+    import umap  # an optional dependency, for the notebooks
+
+    return umap.UMAP(n_components=2, random_state=seed).fit_transform(points.numpy()).astype(np.float32)
+
+
+def nearest_codes(tokenizer: VQModel, code: int, count: int) -> list[int]:
+    """The `count` codes closest to `code` in the codebook (Euclidean, as the quantizer measures), nearest first."""
+    vectors = codebook_vectors(tokenizer)
+    check_code(tokenizer, code)
+    if not 1 <= count < len(vectors):
+        raise ValueError(f"count must be in 1..{len(vectors) - 1}, got {count}")
+    distances = (vectors - vectors[code]).pow(2).sum(1)
+    distances[code] = float("inf")
+    return distances.topk(count, largest=False).indices.tolist()
+
+
+def check_code(tokenizer: VQModel, code: int) -> None:
+    size = tokenizer.config.codebook_size
+    if not 0 <= code < size:
+        raise ValueError(f"code {code} is outside the codebook (0..{size - 1})")
+
+
+@torch.no_grad()
+def code_patch(tokenizer: VQModel, code: int, tiles: int = 3) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]: a `tiles` x `tiles` grid of one code, decoded; what the code draws on its own."""
+    check_code(tokenizer, code)
+    codes = torch.full((1, tiles, tiles), code, dtype=torch.long, device=tokenizer.device)
+    return tokenizer.detokenize(codes)[0].float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
+def replace_code(tokenizer: VQModel, codes: torch.Tensor, row: int, column: int, code: int) -> torch.Tensor:
+    """Token surgery: (h, w) codes with one cell replaced, decoded -> (3, H, W) in [-1, 1]."""
+    check_code(tokenizer, code)
+    height, width = codes.shape
+    if not (0 <= row < height and 0 <= column < width):
+        raise ValueError(f"cell ({row}, {column}) is outside the {height}x{width} grid of codes")
+    edited = codes.clone()
+    edited[row, column] = code
+    return tokenizer.detokenize(edited[None].to(tokenizer.device))[0].float().clamp(-1, 1).cpu()

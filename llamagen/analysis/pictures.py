@@ -1,0 +1,91 @@
+"""Pictures of what the models do, as PIL images: code maps, error maps, prefix attention, the codebook.
+
+Drawn with Matplotlib's object API (a `Figure`, never pyplot), so nothing global changes and the apps can
+draw from several threads.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+
+# The error map saturates at this many levels of 255: small errors stay visible, and one scale for every
+# image makes two maps comparable.
+ERROR_MAP_CEILING = 64
+
+
+def _colour(values: np.ndarray, cmap: str) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB through a Matplotlib colour map."""
+    return (colormaps[cmap](np.clip(values, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
+
+
+def code_map(codes: torch.Tensor, codebook_size: int, cell: int = 16) -> Image.Image:
+    """(h, w) code indices -> a picture with one `cell`-pixel square per token, coloured by index.
+
+    Neighbouring indices get neighbouring colours (turbo), so repeated codes and regions of one code show.
+    """
+    indices = codes.detach().cpu().numpy().astype(np.float64)
+    pixels = _colour(indices / max(codebook_size - 1, 1), "turbo")
+    return Image.fromarray(pixels).resize((codes.shape[1] * cell, codes.shape[0] * cell), Image.NEAREST)
+
+
+def error_map(original: Image.Image, reconstruction: Image.Image) -> Image.Image:
+    """Per-pixel error (mean absolute difference over RGB) as a heat map, black = exact, white-hot = 64+ levels."""
+    a = np.asarray(original.convert("RGB"), dtype=np.float64)
+    b = np.asarray(reconstruction.convert("RGB"), dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in size: {original.size} and {reconstruction.size}")
+    return Image.fromarray(_colour(np.abs(a - b).mean(-1) / ERROR_MAP_CEILING, "inferno"))
+
+
+def figure_image(figure: Figure) -> Image.Image:
+    """A Matplotlib figure rendered to an RGB PIL image."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def prefix_attention_figure(shares: torch.Tensor, grid: int) -> Image.Image:
+    """(n_layer, block_size) shares of attention paid to the prefix -> one grid x grid map per layer, plus the
+    mean share per layer; the colour scale (0 to 1) is the same for every layer."""
+    layers = shares.shape[0]
+    figure = Figure(figsize=(1.6 * (layers + 1), 2.2))
+    axes = figure.subplots(1, layers + 1)
+    for layer, ax in enumerate(axes[:-1]):
+        ax.imshow(shares[layer].float().view(grid, grid).numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    means = shares.float().mean(1).numpy()
+    axes[-1].bar(np.arange(layers), means, color="#4063d8")
+    axes[-1].set_ylim(0, 1)
+    axes[-1].set_title("mean share", fontsize=8)
+    axes[-1].set_xlabel("layer", fontsize=8)
+    axes[-1].tick_params(labelsize=7)
+    figure.suptitle("attention of each image token's prediction to the condition prefix", fontsize=9)
+    return figure_image(figure)
+
+
+def codebook_figure(points: np.ndarray, counts: torch.Tensor, selected: int | None = None) -> Image.Image:
+    """(K, 2) projected codes coloured by log usage (grey: unused); `selected` circled."""
+    counts = counts.numpy()
+    used = counts > 0
+    figure = Figure(figsize=(6.0, 5.0))
+    ax = figure.subplots()
+    ax.scatter(*points[~used].T, s=3, c="#c8c8c8", label=f"unused ({(~used).sum()})", linewidths=0)
+    dots = ax.scatter(*points[used].T, s=5, c=np.log10(counts[used]), cmap="plasma", linewidths=0,
+                      label=f"used ({used.sum()})")  # fmt: skip
+    figure.colorbar(dots, ax=ax, label="log10 uses")
+    if selected is not None:
+        ax.scatter(*points[selected], s=160, facecolors="none", edgecolors="#00a000", linewidths=2,
+                   label=f"code {selected}")  # fmt: skip
+    ax.legend(loc="upper right", fontsize=8, markerscale=2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return figure_image(figure)

@@ -1,0 +1,58 @@
+"""The Gradio apps: Generate, Reconstruct, Compare conditioning and Codebook, one tab each, in one page.
+
+The tabs only call the library (the pipeline, the tokenizer, `llamagen.analysis`); they hold no model logic.
+`build_app(registry)` makes the page; `launch(registry, host, port)` serves it in the background, with a queue
+that lets two requests run at once (the CPU here has two cores; requests for one generator take turns anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llamagen.apps.models import ModelRegistry
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+CONCURRENCY = 2
+QUEUE_SIZE = 64
+CACHE_DIR = Path(".cache")
+
+
+def _quiet_environment() -> None:
+    # No analytics or version checks (there is no network at run time), and Gradio's temporary files in the
+    # project's cache folder instead of the system's.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_TEMP_DIR", str((CACHE_DIR / "gradio").resolve()))
+
+
+def build_app(registry: ModelRegistry):
+    """The page: one tab per app, all served from `registry`'s models."""
+    _quiet_environment()
+    import gradio as gr
+
+    from llamagen.apps import codebook_tab, conditioning_tab, generate_tab, reconstruct_tab
+
+    with gr.Blocks(title="LlamaGen explorer") as app:
+        gr.Markdown(
+            "# LlamaGen explorer\nA Llama decoder predicting image tokens one by one (arXiv 2406.06525), "
+            "with the small models this project trains and any published checkpoint you add."
+        )
+        with gr.Tab("Generate", id="generate"):
+            generate_tab.build(registry)
+        with gr.Tab("Reconstruct", id="reconstruct"):
+            reconstruct_tab.build(registry)
+        with gr.Tab("Compare conditioning", id="conditioning"):
+            conditioning_tab.build(registry)
+        with gr.Tab("Codebook", id="codebook"):
+            codebook_tab.build(registry)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return app
+
+
+def launch(registry: ModelRegistry, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """Serve the apps in the background; returns the Gradio app (`.close()` stops it) and its address."""
+    app = build_app(registry)
+    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                           ssr_mode=False, show_error=True)  # fmt: skip
+    return app, url

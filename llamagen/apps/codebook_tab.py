@@ -1,0 +1,92 @@
+"""The Codebook tab: the codes in 2-D, coloured by how often a set of images uses them; a code's patch.
+
+The paper keeps 16,384 codes of 8 dimensions on the unit sphere (Sec. 2.1, Table 2); this shows how they
+spread and which of them a set of images actually uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import gradio as gr
+import torch
+
+from llamagen.analysis.codebook import code_counts, code_patch, codebook_vectors, nearest_codes, project_2d
+from llamagen.analysis.pictures import codebook_figure
+from llamagen.apps.common import IMAGE_FORMAT, number_in_range, shown_errors
+from llamagen.apps.models import ModelRegistry
+from llamagen.images import tensor_to_pil
+
+IMAGE_SETS = ("held-out photos", "training photos", "shapes (64)", "digits (64)")
+NEIGHBOURS = 8
+PATCH_PIXELS = 96
+
+
+def image_set(name: str) -> list:
+    """The PIL images of one of IMAGE_SETS."""
+    if name == "held-out photos" or name == "training photos":
+        from llamagen.data.photos import HELD_OUT_PHOTOS, RGB_PHOTOS, load_photo
+
+        return [load_photo(photo) for photo in (HELD_OUT_PHOTOS if name == "held-out photos" else RGB_PHOTOS)]
+    if name == "shapes (64)":
+        from llamagen.data.shapes import Shapes
+
+        data = Shapes(size=64, seed=0)
+    elif name == "digits (64)":
+        from llamagen.data.digits import Digits
+
+        data = Digits(size=32)
+    else:
+        raise ValueError(f"unknown image set {name!r}; choose one of {', '.join(IMAGE_SETS)}")
+    return tensor_to_pil(torch.stack([data[i]["image"] for i in range(64)]))
+
+
+def _patch(tokenizer, code: int):
+    return tensor_to_pil(code_patch(tokenizer, code)[None])[0].resize((PATCH_PIXELS, PATCH_PIXELS), 0)
+
+
+@shown_errors
+def codebook_map(registry: ModelRegistry, tokenizer_name, images_name, code):
+    """The projected codebook coloured by usage on an image set, the chosen code's patch and its neighbours."""
+    tokenizer = registry.tokenizer(tokenizer_name)
+    size = tokenizer.config.codebook_size
+    code = number_in_range("code", code, 0, size - 1, integer=True)
+    if images_name not in IMAGE_SETS:
+        raise ValueError(f"unknown image set {images_name!r}; choose one of {', '.join(IMAGE_SETS)}")
+    counts = registry.cached(("counts", tokenizer_name, images_name),
+                             lambda: code_counts(tokenizer, image_set(images_name)))  # fmt: skip
+    points = registry.cached(("pca", tokenizer_name), lambda: project_2d(codebook_vectors(tokenizer)))
+    used = int((counts > 0).sum())
+    shares = counts[counts > 0].double() / counts.sum()
+    perplexity = math.exp(-(shares * shares.log()).sum().item())
+    neighbours = nearest_codes(tokenizer, code, min(NEIGHBOURS, size - 1))
+    summary = (
+        f"{images_name}: {int(counts.sum())} tokens use {used} of {size} codes ({100 * used / size:.1f}%), "
+        f"perplexity {perplexity:.1f}. Code {code} is used {int(counts[code])} times; its nearest codes: "
+        + ", ".join(map(str, neighbours))
+    )
+    return (
+        codebook_figure(points, counts, code),
+        _patch(tokenizer, code),
+        [(_patch(tokenizer, n), f"code {n}") for n in neighbours],
+        summary,
+    )
+
+
+def build(registry: ModelRegistry) -> None:
+    tokenizers = list(registry.tokenizers)
+    with gr.Row():
+        tokenizer = gr.Dropdown(tokenizers, value=tokenizers[0] if tokenizers else None, label="Tokenizer")
+        images = gr.Dropdown(list(IMAGE_SETS), value=IMAGE_SETS[0], label="Usage measured on")
+        code = gr.Number(0, precision=0, label="Code")
+        run = gr.Button("Map the codebook", variant="primary", elem_id="codebook-button")
+    summary = gr.Markdown(elem_id="codebook-summary")
+    with gr.Row():
+        scatter = gr.Image(label="Codebook, first two principal components", type="pil", format=IMAGE_FORMAT,
+                           scale=3, elem_id="codebook-map")  # fmt: skip
+        with gr.Column(scale=2):
+            patch = gr.Image(label="The code, tiled 3x3 and decoded", type="pil", format=IMAGE_FORMAT)
+            neighbours = gr.Gallery(label="Its nearest codes", format=IMAGE_FORMAT, columns=4)
+    outputs = [scatter, patch, neighbours, summary]
+    run.click(functools.partial(codebook_map, registry), [tokenizer, images, code], outputs, api_name="codebook")

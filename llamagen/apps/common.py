@@ -1,0 +1,58 @@
+"""What every tab shares: turning library errors into messages in the page, and checks on inputs.
+
+Requests arrive from the page and from API clients alike, so every value is checked here even where the
+page's sliders already bound it: a client can send anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import gradio as gr
+from PIL import Image
+
+from llamagen.images import check_image_size, to_rgb
+
+# Pixels matter in every image the apps show: PNG, never Gradio's default lossy WebP.
+IMAGE_FORMAT = "png"
+# An uploaded image is tokenized whole; on a CPU a larger one takes too long for a page to wait on.
+MAX_UPLOAD_MEGAPIXELS = 1.0
+MAX_IMAGES_PER_REQUEST = 16
+MAX_CFG_SCALE = 20.0
+
+
+def shown_errors(handler):
+    """Report a bad request as a message in the page (gr.Error) instead of a stack trace."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error)) from error
+
+    return wrapped
+
+
+def number_in_range(name: str, value, low: float, high: float, integer: bool = False) -> float | int:
+    """A finite number in [low, high] (an integer when asked), or a ValueError that names the input."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a number, got {value!r}") from error
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def uploaded_image(image: Image.Image | None) -> Image.Image:
+    """An uploaded image as RGB, refused when missing or too large to tokenize at interactive speed."""
+    if image is None:
+        raise ValueError("no image: upload one or pick a sample")
+    check_image_size(image.width, image.height, MAX_UPLOAD_MEGAPIXELS, "the uploaded image")
+    return to_rgb(image)

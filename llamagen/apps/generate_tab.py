@@ -1,0 +1,120 @@
+"""The Generate tab: a condition and the sampling options in, images and their token grids out."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import gradio as gr
+
+from llamagen.analysis.pictures import code_map
+from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, MAX_IMAGES_PER_REQUEST, number_in_range, shown_errors
+from llamagen.apps.models import ModelRegistry
+from llamagen.pipeline import Pipeline
+
+
+def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, top_k, top_p, temperature, seed) -> dict:
+    """The pipeline's sampling arguments from the page's (or a client's) values, each checked."""
+    return {
+        "cfg_scale": number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE),
+        "cfg_interval": number_in_range("guidance interval", cfg_interval, -1, pipe.gpt.config.block_size, True),
+        "top_k": number_in_range("top-k", top_k, 0, pipe.gpt.config.vocab_size, True),
+        "top_p": number_in_range("top-p", top_p, 1e-6, 1.0),
+        "temperature": number_in_range("temperature", temperature, 0.0, 10.0),
+        "seed": number_in_range("seed", seed, 0, 2**63 - 1, True),
+    }
+
+
+def condition_of(pipe: Pipeline, classes, prompt) -> dict:
+    """class_labels= or prompts= for the pipeline, from the class picker or the prompt box."""
+    if pipe.model_type == "t2i":
+        if not prompt or not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image to generate")
+        return {"prompts": [prompt]}
+    labels = [classes] if isinstance(classes, str | int) else list(classes or [])
+    if not labels:
+        raise ValueError("pick at least one class")
+    return {"class_labels": labels}
+
+
+def token_grid_picture(pipe: Pipeline, tokens):
+    grid = pipe.gpt.config.grid_size
+    return code_map(tokens.view(grid, grid), pipe.gpt.config.vocab_size, cell=max(4, 128 // grid))
+
+
+@shown_errors
+def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature,
+             seed, count, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
+    """Images, their token grids as pictures, one picture of them all, and how long it took."""
+    with registry.pipeline(model) as pipe:
+        condition = condition_of(pipe, classes, prompt)
+        options = sampling_options(pipe, cfg_scale, cfg_interval, top_k, top_p, temperature, seed)
+        conditions = len(condition.get("class_labels") or condition["prompts"])
+        count = number_in_range("number of images", count, 1, MAX_IMAGES_PER_REQUEST, True)
+        if conditions * count > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"{conditions} classes x {count} images is over the limit of {MAX_IMAGES_PER_REQUEST}")
+        started = time.perf_counter()
+        output = pipe(**condition, **options, num_images_per_condition=count,
+                      progress=lambda done, total: progress((done, total), desc="tokens"))  # fmt: skip
+        seconds = time.perf_counter() - started
+        token_grids = [token_grid_picture(pipe, tokens) for tokens in output.tokens]
+    total = len(output.images)
+    summary = (
+        f"{total} image{'s' * (total > 1)} of {pipe.image_size}x{pipe.image_size} pixels "
+        f"({pipe.gpt.config.block_size} tokens each) in {seconds:.2f} s: **{seconds / total:.2f} s per image**"
+        + "".join(f"\n\n{note}" for note in output.notes)
+    )
+    captions = output.conditions
+    return (
+        list(zip(output.images, captions, strict=True)),
+        list(zip(token_grids, captions, strict=True)),
+        output.grid(columns=min(total, math.ceil(math.sqrt(total)) if conditions == 1 else count)),
+        summary,
+    )
+
+
+def class_choices(registry: ModelRegistry, model) -> list[str] | None:
+    """The generator's class names (ids where it has none), or None for a text-conditional generator."""
+    with registry.pipeline(model) as pipe:
+        if pipe.model_type == "t2i":
+            return None
+        return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
+
+
+@shown_errors
+def model_inputs(registry: ModelRegistry, model):
+    """The class picker or the prompt box, whichever the chosen generator takes."""
+    names = class_choices(registry, model)
+    return gr.Dropdown(choices=names or [], value=(names or [])[:1], visible=names is not None), gr.Textbox(
+        visible=names is None
+    )
+
+
+def build(registry: ModelRegistry) -> None:
+    models = list(registry.generators)
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(models, value=models[0] if models else None, label="Generator")
+            names = class_choices(registry, models[0]) if models else []
+            classes = gr.Dropdown(names or [], value=(names or [])[:1], multiselect=True, label="Classes",
+                                  visible=names is not None)  # fmt: skip
+            prompt = gr.Textbox(label="Prompt", visible=names is None, placeholder="a small red star at the top left")
+            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale (1 = none)")
+            cfg_interval = gr.Number(-1, precision=0, label="Guidance interval (-1: every token)")
+            with gr.Row():
+                top_k = gr.Number(0, precision=0, label="Top-k (0: all)")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed")
+                count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")
+            run = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Images", format=IMAGE_FORMAT, columns=4, elem_id="generate-gallery")
+            grids = gr.Gallery(label="Token grids (colour = code index)", format=IMAGE_FORMAT, columns=4)
+            sheet = gr.Image(label="All images (download)", format=IMAGE_FORMAT, type="pil")
+            timing = gr.Markdown(elem_id="generate-timing")
+    inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
+    run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate")
+    model.change(functools.partial(model_inputs, registry), model, [classes, prompt], api_name="model_inputs")

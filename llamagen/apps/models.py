@@ -1,0 +1,112 @@
+"""Which models the apps offer, loaded once on first use and shared by every request.
+
+The embedded generators and tokenizers are always there; a JSON file adds published or locally trained ones:
+
+    {"device": "cuda", "dtype": "bf16",
+     "generators": {"GPT-B ImageNet": {"gpt": "c2i_B_256.pt", "tokenizer": "vq_ds16_c2i.pt"}},
+     "tokenizers": {"VQ-16 ImageNet": "vq_ds16_c2i.pt"}}
+
+A generator entry takes the arguments of `llamagen.pipeline.load_pipeline` (gpt, tokenizer, text_encoder,
+gpt_config, tokenizer_config); a tokenizer entry is a source for `load_tokenizer`, or {"source", "config"}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamagen.checkpoints import embedded_models
+from llamagen.pipeline import Pipeline, load_pipeline
+from llamagen.tokenizer import VQModel
+
+_GENERATOR_KEYS = {"gpt", "tokenizer", "text_encoder", "gpt_config", "tokenizer_config"}
+
+
+def _embedded_of_kind(kind: str) -> list[str]:
+    names = []
+    for name, weights in embedded_models().items():
+        card = json.loads(weights.with_suffix(".json").read_text())
+        if card.get("kind") == kind:
+            names.append(name)
+    return names
+
+
+@dataclass
+class ModelRegistry:
+    """Named generators (arguments of `load_pipeline`) and tokenizers (arguments of `load_tokenizer`)."""
+
+    generators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokenizers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        self._loaded: dict[tuple, Any] = {}
+        self._lock = threading.RLock()  # re-entrant: what is cached may itself load a model
+        self._in_use: dict[str, threading.Lock] = {}
+
+    @classmethod
+    def embedded(cls) -> ModelRegistry:
+        """The models the project ships: every embedded generator and tokenizer."""
+        return cls(
+            generators={name: {"gpt": name} for name in _embedded_of_kind("gpt")},
+            tokenizers={name: {"source": name} for name in _embedded_of_kind("vq")},
+        )
+
+    def add_from_file(self, path: str | Path) -> ModelRegistry:
+        """Add the models (and take the device and dtype) a JSON file names; see the module docstring."""
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read the models file {str(path)!r}: {error}") from error
+        if not isinstance(spec, dict) or set(spec) - {"device", "dtype", "generators", "tokenizers"}:
+            raise ValueError(f"{str(path)!r}: expected an object with device, dtype, generators and tokenizers")
+        for name, entry in spec.get("generators", {}).items():
+            if not isinstance(entry, dict) or "gpt" not in entry or set(entry) - _GENERATOR_KEYS:
+                raise ValueError(
+                    f"{str(path)!r}: generator {name!r} needs 'gpt' and takes only {sorted(_GENERATOR_KEYS)}"
+                )
+            self.generators[name] = entry
+        for name, entry in spec.get("tokenizers", {}).items():
+            self.tokenizers[name] = entry if isinstance(entry, dict) else {"source": entry}
+        self.device = spec.get("device", self.device)
+        self.dtype = spec.get("dtype", self.dtype)
+        return self
+
+    @contextlib.contextmanager
+    def pipeline(self, name: str) -> Iterator[Pipeline]:
+        """The named generator's pipeline, held for this request alone: a generator keeps one KV cache, so
+        requests for the same generator take turns while requests for different ones run side by side."""
+        if name not in self.generators:
+            raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(self.generators)}")
+        load = functools.partial(load_pipeline, **self.generators[name], device=self.device, dtype=self.dtype)
+        pipe = self.cached(("generator", name), load)
+        with self._lock:
+            in_use = self._in_use.setdefault(name, threading.Lock())
+        with in_use:
+            yield pipe
+
+    def tokenizer(self, name: str) -> VQModel:
+        if name not in self.tokenizers:
+            raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(self.tokenizers)}")
+        from llamagen.tokenizer.loading import load_tokenizer
+
+        entry = self.tokenizers[name]
+        load = functools.partial(load_tokenizer, entry["source"], entry.get("config"), self.device, self.dtype)
+        return self.cached(("tokenizer", name), load)
+
+    def cached(self, key: tuple, make):
+        """make(), computed once per key and kept (models, and what the apps derive from them).
+
+        One lock for all: two requests for a model not yet loaded must not load it twice."""
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = make()
+            return self._loaded[key]

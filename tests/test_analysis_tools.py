@@ -1,0 +1,102 @@
+"""What the apps and notebooks draw on: codebook statistics and geometry, token surgery, class blends, pictures."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import small, small_tokenizer
+from PIL import Image
+
+from llamagen.analysis.codebook import (
+    code_counts,
+    code_patch,
+    codebook_vectors,
+    nearest_codes,
+    project_2d,
+    replace_code,
+)
+from llamagen.analysis.interpolation import blended_class_generator
+from llamagen.analysis.pictures import code_map, codebook_figure, error_map, prefix_attention_figure
+from llamagen.gpt.sampling import generate
+from llamagen.images import pil_to_tensor
+
+
+def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_code_counts_are_the_tokenizers_codes():
+    tokenizer = small_tokenizer()
+    images = [random_image(16, 16, seed) for seed in range(3)] + [random_image(10, 7)]  # the last one is padded
+    counts = code_counts(tokenizer, images)
+    assert counts.sum() == 3 * 16 + 3 * 2  # 4x4 tokens each, and 3x2 for the padded 10x7 image
+    expected = torch.bincount(tokenizer.tokenize(pil_to_tensor(images[0])).flatten(), minlength=64)
+    assert torch.equal(code_counts(tokenizer, images[:1]), expected)
+
+
+def test_nearest_codes_are_sorted_by_distance_and_exclude_the_code():
+    tokenizer = small_tokenizer()
+    vectors = codebook_vectors(tokenizer)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(64), atol=1e-5)  # the preset's codebook is l2-normalised
+    neighbours = nearest_codes(tokenizer, 5, 6)
+    distances = (vectors[neighbours] - vectors[5]).pow(2).sum(1)
+    assert 5 not in neighbours and torch.all(distances[1:] >= distances[:-1])
+    others = torch.tensor([i for i in range(64) if i not in neighbours and i != 5])
+    assert (vectors[others] - vectors[5]).pow(2).sum(1).min() >= distances.max()
+    with pytest.raises(ValueError, match="outside the codebook"):
+        nearest_codes(tokenizer, 64, 3)
+
+
+def test_pca_projection_keeps_the_two_largest_directions():
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(500, 8, generator=generator) * torch.tensor([5.0, 3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    points = project_2d(vectors)
+    assert points.shape == (500, 2)
+    assert np.var(points, axis=0) == pytest.approx([25.0, 9.0], rel=0.2)
+    with pytest.raises(ValueError, match="unknown projection"):
+        project_2d(vectors, "tsne")
+
+
+def test_token_surgery_changes_the_decoded_image_and_a_no_op_edit_does_not():
+    tokenizer = small_tokenizer()
+    codes = tokenizer.tokenize(pil_to_tensor(random_image(16, 16)))[0]
+    unchanged = replace_code(tokenizer, codes, 1, 2, int(codes[1, 2]))
+    assert torch.equal(unchanged, tokenizer.detokenize(codes[None])[0].clamp(-1, 1))
+    other = (int(codes[1, 2]) + 1) % 64
+    edited = replace_code(tokenizer, codes, 1, 2, other)
+    assert not torch.equal(edited, unchanged)
+    with pytest.raises(ValueError, match="outside the 4x4 grid"):
+        replace_code(tokenizer, codes, 4, 0, other)
+    assert code_patch(tokenizer, other).shape == (3, 12, 12)  # 3x3 tiles of a downsample-4 tokenizer
+
+
+def test_a_blend_at_the_ends_is_the_class_itself():
+    gpt = small()
+    view = blended_class_generator(gpt, 1, 3, [0.0, 0.5, 1.0])
+    assert view.config.num_classes == 3 and gpt.config.num_classes == 5  # the original is untouched
+    options = {"cfg_scale": 2.0, "top_k": 5}
+    for blend, label in ((0, 1), (2, 3)):
+        ours = generate(view, torch.tensor([blend]), generator=torch.Generator().manual_seed(7), **options)
+        theirs = generate(gpt, torch.tensor([label]), generator=torch.Generator().manual_seed(7), **options)
+        assert torch.equal(ours, theirs)
+    table = gpt.cls_embedding.embedding_table.weight
+    middle = view.cls_embedding.embedding_table.weight[1]
+    assert torch.allclose(middle, (table[1] + table[3]) / 2)
+    with pytest.raises(ValueError, match="outside 0..4"):
+        blended_class_generator(gpt, 1, 5, [0.5])
+
+
+def test_pictures_have_the_expected_sizes_and_colours():
+    codes = torch.tensor([[0, 63], [63, 0]])
+    picture = np.asarray(code_map(codes, 64, cell=8))
+    assert picture.shape == (16, 16, 3)
+    assert np.array_equal(picture[0, 0], picture[8, 8]) and not np.array_equal(picture[0, 0], picture[0, 8])
+    image = random_image(20, 10)
+    errors = np.asarray(error_map(image, image))
+    assert errors.shape == (10, 20, 3) and len(np.unique(errors.reshape(-1, 3), axis=0)) == 1  # one colour: exact
+    with pytest.raises(ValueError, match="differ in size"):
+        error_map(image, random_image(10, 10))
+    assert prefix_attention_figure(torch.rand(2, 16), grid=4).size[0] > 200
+    counts = torch.zeros(64, dtype=torch.long)
+    counts[:10] = torch.arange(1, 11)
+    assert codebook_figure(np.random.default_rng(0).normal(size=(64, 2)), counts, selected=3).size[0] > 200

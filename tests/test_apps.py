@@ -1,0 +1,242 @@
+"""The Gradio apps through their API, as `gradio_client` calls them: every endpoint, bad inputs included, and
+eight generate calls at once. The app runs in this process with the embedded models and a tiny
+text-to-image generator that a models file adds."""
+
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from helpers import small, small_tokenizer, tiny_encoder
+from PIL import Image
+
+from llamagen import save
+from llamagen.analysis.codebook import code_counts
+from llamagen.pipeline import load_pipeline
+from llamagen.reconstruction import reconstruct
+
+gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow
+
+SAMPLING = {"cfg_scale": 4.0, "cfg_interval": -1, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+
+
+@pytest.fixture(scope="module")
+def models_file(tmp_path_factory):
+    """A models file naming a tiny random text-to-image generator (its tokenizer and CLIP beside it)."""
+    folder = tmp_path_factory.mktemp("models")
+    save(small_tokenizer(codebook_size=97), folder / "vq.safetensors")
+    save(tiny_encoder(), folder / "clip.safetensors")
+    metadata = {"tokenizer": str(folder / "vq.safetensors"), "text_encoder": str(folder / "clip.safetensors")}
+    save(small(model_type="t2i", caption_dim=32, cls_token_num=12), folder / "t2i.safetensors", metadata=metadata)
+    spec = {"generators": {"tiny-t2i": {"gpt": str(folder / "t2i.safetensors")}}, "device": "cpu"}
+    (folder / "models.json").write_text(json.dumps(spec))
+    return folder / "models.json"
+
+
+@pytest.fixture(scope="module")
+def client(models_file, tmp_path_factory):
+    from llamagen.apps import launch
+    from llamagen.apps.models import ModelRegistry
+
+    registry = ModelRegistry.embedded().add_from_file(models_file)
+    app, url = launch(registry, port=_free_port())
+    try:
+        yield gradio_client.Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    finally:
+        app.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def png(path) -> np.ndarray:
+    """The pixels of a PNG file the app sent (refusing anything else: the apps must not send lossy WebP)."""
+    with open(path, "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def generate_call(client, seed: int, classes=("3",), count: int = 2, model="digits-c2i", prompt=""):
+    options = SAMPLING.values()
+    return client.predict(model, list(classes), prompt, *options, seed, count, api_name="/generate")
+
+
+def expected_images(seed: int, classes=("3",), count: int = 2) -> list[np.ndarray]:
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    output = pipe(class_labels=list(classes), seed=seed, num_images_per_condition=count, **SAMPLING)
+    return [np.asarray(image) for image in output.images]
+
+
+def test_generate_sends_the_pipelines_images_as_png(client):
+    gallery, grids, sheet, timing = generate_call(client, seed=5, classes=("3", "7"), count=2)
+    images = [png(item["image"]) for item in gallery]
+    assert [item["caption"] for item in gallery] == ["3", "3", "7", "7"]
+    for got, expected in zip(images, expected_images(5, ("3", "7"), 2), strict=True):
+        assert got.shape == (32, 32, 3) and got.std() > 5 and np.array_equal(got, expected)
+    assert len(grids) == 4 and png(grids[0]["image"]).shape == (128, 128, 3)  # 8x8 tokens, 16 pixels each
+    assert png(sheet).shape == (2 + 2 * 34, 2 + 2 * 34, 3)  # a row per class, 2-pixel padding
+    assert re.search(r"4 images of 32x32 pixels \(64 tokens each\) in [\d.]+ s: \*\*[\d.]+ s per image", timing)
+
+
+def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
+    gallery, _, _, _ = generate_call(client, seed=0, classes=(), count=3, model="tiny-t2i", prompt="a red star")
+    assert len(gallery) == 3 and png(gallery[0]["image"]).shape == (16, 16, 3)
+    assert gallery[0]["caption"] == "a red star"
+    with pytest.raises(Exception, match="the prompt is empty"):
+        generate_call(client, seed=0, classes=(), model="tiny-t2i", prompt="   ")
+    classes, prompt = client.predict("tiny-t2i", api_name="/model_inputs")
+    assert classes["visible"] is False and prompt["visible"] is True
+    # Back to the class-conditional generator: this client's session checks classes against its choices again.
+    classes, prompt = client.predict("digits-c2i", api_name="/model_inputs")
+    assert classes["visible"] is True and prompt["visible"] is False and len(classes["choices"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"classes": ()}, "pick at least one class"),
+        ({"classes": ("3",) * 9}, "9 classes x 2 images is over the limit of 16"),
+        ({"classes": ("eleven",)}, "not in the list of choices"),
+        ({"cfg_interval": 1000}, "guidance interval must be between -1 and 64"),
+        ({"top_k": -1}, "top-k must be between 0 and"),
+        ({"top_k": 10**6}, "top-k must be between 0 and"),
+        ({"seed": -3}, "seed must be between"),
+        # Gradio itself refuses values outside a slider's bounds, with a message that says so.
+        ({"cfg_scale": 99.0}, "Value 99.0 is greater than maximum value 20.0"),
+        ({"top_p": 0.0}, "Value 0.0 is less than minimum value 0.05"),
+        ({"temperature": -1.0}, "Value -1.0 is less than minimum value 0.0"),
+        ({"count": 0}, "Value 0 is less than minimum value 1"),
+    ],
+)
+def test_generate_refuses_out_of_range_values_sent_through_the_api(client, change, message):
+    values = {"classes": ["3"], **SAMPLING, "seed": 0, "count": 2, **change}
+    args = ["digits-c2i", list(values.pop("classes")), "", *[values[k] for k in SAMPLING], values["seed"]]
+    with pytest.raises(Exception, match=re.escape(message)):
+        client.predict(*args, values["count"], api_name="/generate")
+
+
+def test_eight_concurrent_generate_calls_all_complete_correctly(client):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda seed: generate_call(client, seed, count=1), range(8)))
+    for seed, (gallery, _, _, _) in enumerate(results):
+        assert np.array_equal(png(gallery[0]["image"]), expected_images(seed, count=1)[0])
+
+
+def test_reconstruct_reports_the_librarys_numbers(client, tmp_path):
+    sample = client.predict("shapes 1", api_name="/sample")
+    original, reconstruction, errors, codes, numbers = client.predict(
+        "shapes-vq", gradio_client.handle_file(sample), api_name="/reconstruct"
+    )
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    expected = reconstruct(load_tokenizer("shapes-vq", device="cpu"), Image.open(sample).convert("RGB"))
+    assert np.array_equal(png(reconstruction), np.asarray(expected.reconstruction))
+    assert f"{expected.psnr:.2f} dB" in numbers and f"{expected.ssim:.4f}" in numbers
+    assert "8x8 = 64" in numbers and f"{expected.distinct_codes} (" in numbers
+    assert png(errors).shape == (64, 64, 3) and png(codes).shape == (256, 256, 3)  # 8 cells of 32 pixels
+
+
+def test_token_surgery_edits_one_cell(client):
+    sample = client.predict("shapes 1", api_name="/sample")
+    image = gradio_client.handle_file(sample)
+    _, reconstruction, _, _, _ = client.predict("shapes-vq", image, api_name="/reconstruct")
+    edited, note = client.predict("shapes-vq", image, 2, 5, "nearest neighbour", 1, api_name="/edit_token")
+    old, new = map(int, re.search(r"code (\d+) -> (\d+)", note).groups())
+    assert "cell (row 2, column 5), pixels 40..47 across and 16..23 down" in note and old != new
+    difference = np.abs(png(edited).astype(int) - png(reconstruction).astype(int)).sum(-1)
+    assert difference.any()
+    inside = difference[16:24, 40:48].mean()
+    assert inside > difference[:, :24].mean()  # the edit shows most where the cell is
+    same, note = client.predict("shapes-vq", image, 2, 5, "code index", old, api_name="/edit_token")
+    assert np.array_equal(png(same), png(reconstruction)) and f"code {old} -> {old}" in note
+    with pytest.raises(Exception, match="row must be between 0 and 7"):
+        client.predict("shapes-vq", image, 8, 0, "code index", 3, api_name="/edit_token")
+    with pytest.raises(Exception, match="code must be between 0 and 511"):
+        client.predict("shapes-vq", image, 0, 0, "code index", 512, api_name="/edit_token")
+
+
+def test_reconstruct_refuses_huge_images_and_takes_odd_ones(client, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (1500, 1000), (10, 200, 30)).save(huge)
+    with pytest.raises(Exception, match=r"1500x1000 \(1.5 megapixels\); the limit is 1 megapixels"):
+        client.predict("photo-vq", gradio_client.handle_file(str(huge)), api_name="/reconstruct")
+    with pytest.raises(Exception, match="no image: upload one or pick a sample"):
+        client.predict("photo-vq", None, api_name="/reconstruct")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (5, 3, 4), dtype=np.uint8), "RGBA").save(tiny)
+    _, reconstruction, _, _, numbers = client.predict(
+        "shapes-vq", gradio_client.handle_file(str(tiny)), api_name="/reconstruct"
+    )
+    assert png(reconstruction).shape == (5, 3, 3) and "n/a (image under 11 pixels)" in numbers
+
+
+def test_guidance_rows_keep_the_seed_across_scales(client):
+    rows = client.predict("digits-c2i", "4", "", "1, 3", 3, 11, api_name="/guidance_rows")
+    assert [row["caption"] for row in rows] == ["guidance 1", "guidance 3"]
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    expected = pipe(class_labels=["4"], cfg_scale=3.0, seed=11, num_images_per_condition=3).grid(columns=3)
+    assert np.array_equal(png(rows[1]["image"]), np.asarray(expected))
+    with pytest.raises(Exception, match="give 1 to 8 guidance scales"):
+        client.predict("digits-c2i", "4", "", " , ", 3, 11, api_name="/guidance_rows")
+
+
+def test_class_blends_start_and_end_at_the_two_classes(client):
+    blends = client.predict("digits-c2i", "2", "5", 3, 4.0, 9, api_name="/interpolate_classes")
+    assert [b["caption"] for b in blends] == ["w = 0.00", "w = 0.50", "w = 1.00"]
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    for blend, label in ((blends[0], "2"), (blends[2], "5")):
+        expected = pipe(class_labels=[label], cfg_scale=4.0, seed=9).images[0]
+        assert np.array_equal(png(blend["image"]), np.asarray(expected))
+    with pytest.raises(Exception, match="needs a class-conditional generator"):
+        client.predict("tiny-t2i", None, None, 3, 4.0, 9, api_name="/interpolate_classes")
+
+
+def test_caption_comparison_needs_a_text_generator(client):
+    rows = client.predict("tiny-t2i", "a red star", "a star, red", "a star", 2.0, 2, 0, api_name="/compare_captions")
+    assert [row["caption"] for row in rows] == ["a red star", "a star, red", "a star"]
+    assert png(rows[0]["image"]).shape == (2 + 18, 2 + 2 * 18, 3)
+    with pytest.raises(Exception, match="needs a text-conditional generator"):
+        client.predict("digits-c2i", "a", "b", "c", 2.0, 2, 0, api_name="/compare_captions")
+
+
+@pytest.mark.parametrize(("model", "class_name", "prompt"), [("digits-c2i", "6", ""), ("tiny-t2i", None, "a star")])
+def test_prefix_attention_is_a_share_per_layer(client, model, class_name, prompt):
+    image, picture, summary = client.predict(model, class_name, prompt, 4.0, 1, api_name="/prefix_attention")
+    shares = [float(x) for x in summary.split(":")[1].split(",")]
+    layers = 4 if model == "digits-c2i" else 2
+    assert len(shares) == layers and all(0.0 < s <= 1.0 for s in shares)
+    assert png(picture).shape[1] > png(picture).shape[0] and png(image).std() > 0
+
+
+def test_codebook_usage_is_counted_on_the_chosen_images(client):
+    scatter, patch, neighbours, summary = client.predict("shapes-vq", "shapes (64)", 7, api_name="/codebook")
+    from llamagen.apps.codebook_tab import image_set
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    counts = code_counts(load_tokenizer("shapes-vq", device="cpu"), image_set("shapes (64)"))
+    used = int((counts > 0).sum())
+    assert f"4096 tokens use {used} of 512 codes" in summary and f"Code 7 is used {int(counts[7])} times" in summary
+    shares = counts[counts > 0].double() / counts.sum()
+    assert f"perplexity {math.exp(-(shares * shares.log()).sum().item()):.1f}" in summary
+    assert len(neighbours) == 8 and png(patch).shape == (96, 96, 3) and png(scatter).shape[0] > 300
+    with pytest.raises(Exception, match="code must be between 0 and 511"):
+        client.predict("shapes-vq", "shapes (64)", 600, api_name="/codebook")
+
+
+def test_an_unreadable_models_file_is_refused(tmp_path):
+    from llamagen.apps.models import ModelRegistry
+
+    (tmp_path / "bad.json").write_text('{"generators": {"x": {"tokenizer": "vq.pt"}}}')
+    with pytest.raises(ValueError, match="generator 'x' needs 'gpt'"):
+        ModelRegistry().add_from_file(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot read the models file"):
+        ModelRegistry().add_from_file(tmp_path / "broken.json")
