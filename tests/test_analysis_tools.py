@@ -82,7 +82,7 @@ def test_a_blend_at_the_ends_is_the_class_itself():
     table = gpt.cls_embedding.embedding_table.weight
     middle = view.cls_embedding.embedding_table.weight[1]
     assert torch.allclose(middle, (table[1] + table[3]) / 2)
-    with pytest.raises(ValueError, match="outside 0..4"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.4"):
         blended_class_generator(gpt, 1, 5, [0.5])
 
 

@@ -138,6 +138,7 @@ def test_reconstruct_reports_the_librarys_numbers(client, tmp_path):
     from llamagen.tokenizer.loading import load_tokenizer
 
     expected = reconstruct(load_tokenizer("shapes-vq", device="cpu"), Image.open(sample).convert("RGB"))
+    assert np.array_equal(png(original), np.asarray(expected.original))
     assert np.array_equal(png(reconstruction), np.asarray(expected.reconstruction))
     assert f"{expected.psnr:.2f} dB" in numbers and f"{expected.ssim:.4f}" in numbers
     assert "8x8 = 64" in numbers and f"{expected.distinct_codes} (" in numbers
