@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 OUTPUTS := outputs
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
+export GRADIO_ANALYTICS_ENABLED := False
 
 .PHONY: setup test lint format demo bench clean
 
@@ -20,10 +22,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
+# The browser tests drive Debian's Chromium (Playwright's own download cannot run here); LLAMAGEN_REQUIRE_BROWSER
+# makes a missing browser fail them instead of skipping them.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+
+test: setup $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	LLAMAGEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check .
@@ -33,11 +42,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Until the apps exist: the embedded photo tokenizer on a photo it never saw in training.
+# The Gradio apps with the embedded models, on http://127.0.0.1:7860 (MODELS=file.json adds published checkpoints).
 demo: setup
-	@mkdir -p $(OUTPUTS)
-	$(BIN)/llamagen reconstruct --sample china --tokenizer photo-vq --out $(OUTPUTS)/demo_china.png
-	@echo "The original and its reconstruction are side by side in $(CURDIR)/$(OUTPUTS)/demo_china.png"
+	$(BIN)/llamagen demo $(if $(MODELS),--models $(MODELS))
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
 # prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README. About 20 minutes.

@@ -15,7 +15,13 @@ from llamagen.analysis.codebook import (
     replace_code,
 )
 from llamagen.analysis.interpolation import blended_class_generator
-from llamagen.analysis.pictures import code_map, codebook_figure, error_map, prefix_attention_figure
+from llamagen.analysis.pictures import (
+    code_map,
+    codebook_figure,
+    error_map,
+    labelled_rows,
+    prefix_attention_figure,
+)
 from llamagen.gpt.sampling import generate
 from llamagen.images import pil_to_tensor
 
@@ -100,3 +106,13 @@ def test_pictures_have_the_expected_sizes_and_colours():
     counts = torch.zeros(64, dtype=torch.long)
     counts[:10] = torch.arange(1, 11)
     assert codebook_figure(np.random.default_rng(0).normal(size=(64, 2)), counts, selected=3).size[0] > 200
+
+
+def test_labelled_rows_keep_every_pixel_enlarged_by_one_factor():
+    rows = [random_image(40, 20, seed) for seed in range(2)] + [random_image(30, 10, 2)]
+    picture = np.asarray(labelled_rows(rows, ["a", "b", "c"], min_height=50, label_width=100))
+    assert picture.shape == (3 * (20 + 20 + 10) + 2 * 4, 100 + 3 * 40, 3)  # factor 3, gaps of 4 pixels
+    top = 3 * 20 + 4
+    assert np.array_equal(picture[top : top + 60 : 3, 100::3], np.asarray(rows[1]))
+    with pytest.raises(ValueError, match="one label per row"):
+        labelled_rows(rows, ["a"])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 
 # The error map saturates at this many levels of 255: small errors stay visible, and one scale for every
 # image makes two maps comparable.
@@ -41,6 +41,25 @@ def error_map(original: Image.Image, reconstruction: Image.Image) -> Image.Image
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {original.size} and {reconstruction.size}")
     return Image.fromarray(_colour(np.abs(a - b).mean(-1) / ERROR_MAP_CEILING, "inferno"))
+
+
+def labelled_rows(rows: list[Image.Image], labels: list[str], min_height: int = 96, label_width: int = 150):
+    """Pictures stacked top to bottom, each with its label on the left, all enlarged by one whole factor
+    (nearest neighbour, so every generated pixel stays exact) until the tallest is `min_height` pixels."""
+    if len(rows) != len(labels) or not rows:
+        raise ValueError(f"{len(rows)} rows and {len(labels)} labels: give one label per row, at least one row")
+    scale = max(1, -(-min_height // max(row.height for row in rows)))
+    gap = 4
+    width = label_width + scale * max(row.width for row in rows)
+    height = sum(scale * row.height for row in rows) + gap * (len(rows) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    top = 0
+    for row, label in zip(rows, labels, strict=True):
+        canvas.paste(row.resize((scale * row.width, scale * row.height), Image.NEAREST), (label_width, top))
+        draw.text((6, top + scale * row.height // 2), label, fill=(0, 0, 0), anchor="lm")
+        top += scale * row.height + gap
+    return canvas
 
 
 def figure_image(figure: Figure) -> Image.Image:

@@ -17,6 +17,8 @@ DEFAULT_PORT = 7860
 CONCURRENCY = 2
 QUEUE_SIZE = 64
 CACHE_DIR = Path(".cache")
+# The models here make small images (32 or 64 pixels): show them enlarged with sharp pixels, not blurred.
+CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 
 
 def _quiet_environment() -> None:
@@ -54,5 +56,5 @@ def launch(registry: ModelRegistry, host: str = DEFAULT_HOST, port: int = DEFAUL
     """Serve the apps in the background; returns the Gradio app (`.close()` stops it) and its address."""
     app = build_app(registry)
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                           ssr_mode=False, show_error=True)  # fmt: skip
+                           ssr_mode=False, show_error=True, css=CSS)  # fmt: skip
     return app, url

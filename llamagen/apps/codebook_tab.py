@@ -14,7 +14,7 @@ import torch
 
 from llamagen.analysis.codebook import code_counts, code_patch, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
-from llamagen.apps.common import IMAGE_FORMAT, number_in_range, shown_errors
+from llamagen.apps.common import IMAGE_FORMAT, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
 from llamagen.images import tensor_to_pil
 
@@ -83,10 +83,9 @@ def build(registry: ModelRegistry) -> None:
         run = gr.Button("Map the codebook", variant="primary", elem_id="codebook-button")
     summary = gr.Markdown(elem_id="codebook-summary")
     with gr.Row():
-        scatter = gr.Image(label="Codebook, first two principal components", type="pil", format=IMAGE_FORMAT,
-                           scale=3, elem_id="codebook-map")  # fmt: skip
+        scatter = picture("Codebook, first two principal components", None, False, scale=3, elem_id="codebook-map")
         with gr.Column(scale=2):
-            patch = gr.Image(label="The code, tiled 3x3 and decoded", type="pil", format=IMAGE_FORMAT)
-            neighbours = gr.Gallery(label="Its nearest codes", format=IMAGE_FORMAT, columns=4)
+            patch = picture("The code, tiled 3x3 and decoded", height=200)
+            neighbours = gr.Gallery(label="Its nearest codes", format=IMAGE_FORMAT, columns=4, height=260)
     outputs = [scatter, patch, neighbours, summary]
     run.click(functools.partial(codebook_map, registry), [tokenizer, images, code], outputs, api_name="codebook")

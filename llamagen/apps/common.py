@@ -56,3 +56,10 @@ def uploaded_image(image: Image.Image | None) -> Image.Image:
         raise ValueError("no image: upload one or pick a sample")
     check_image_size(image.width, image.height, MAX_UPLOAD_MEGAPIXELS, "the uploaded image")
     return to_rgb(image)
+
+
+def picture(label: str, height: int | None = 300, pixels: bool = True, **options) -> gr.Image:
+    """An image as the apps show them: PIL in, PNG out; `pixels`: a small image, enlarged with sharp pixels (not
+    for figures, which are drawn at full size)."""
+    classes = ["pixelated"] if pixels else []
+    return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)

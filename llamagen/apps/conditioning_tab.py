@@ -14,13 +14,14 @@ import gradio as gr
 
 from llamagen.analysis.attention import prefix_attention
 from llamagen.analysis.interpolation import blended_class_generator
-from llamagen.analysis.pictures import prefix_attention_figure
-from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, number_in_range, shown_errors
+from llamagen.analysis.pictures import labelled_rows, prefix_attention_figure
+from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, number_in_range, picture, shown_errors
 from llamagen.apps.generate_tab import class_choices, condition_of
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline, image_grid
 
 MAX_ROWS = 8
+CAPTION_ROLES = ("caption", "paraphrase", "one attribute less")
 MAX_PER_ROW = 8
 
 
@@ -48,7 +49,7 @@ def guidance_rows(registry: ModelRegistry, model, class_name, prompt, scales, co
     with registry.pipeline(model) as pipe:
         condition = one_condition(pipe, class_name, prompt)
         rows = [pipe(**condition, cfg_scale=s, seed=seed, num_images_per_condition=count) for s in scales]
-    return [(image_grid(row.pixels, columns=count), f"guidance {s:g}") for row, s in zip(rows, scales, strict=True)]
+    return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], [f"guidance {s:g}" for s in scales])
 
 
 @shown_errors
@@ -79,7 +80,8 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
             raise ValueError("comparing captions needs a text-conditional generator")
         rows = [pipe(prompts=[condition_of(pipe, None, p)["prompts"][0]], cfg_scale=cfg_scale, seed=seed,
                      num_images_per_condition=count) for p in prompts]  # fmt: skip
-    return [(image_grid(row.pixels, columns=count), prompt) for row, prompt in zip(rows, prompts, strict=True)]
+    # The prompts are long: the rows are labelled by role, and the prompts stand in their boxes above.
+    return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], list(CAPTION_ROLES))
 
 
 @shown_errors
@@ -116,7 +118,9 @@ def model_inputs(registry: ModelRegistry, model):
         _condition_inputs(names, "Second class", 1),
         gr.Textbox(visible=text),
         gr.Row(visible=not text),
+        gr.Gallery(visible=not text),
         gr.Row(visible=text),
+        gr.Image(visible=text),
     )
 
 
@@ -135,14 +139,15 @@ def build(registry: ModelRegistry) -> None:
         scales = gr.Textbox("1, 2, 4, 8", label="Guidance scales")
         count = gr.Slider(1, MAX_PER_ROW, value=4, step=1, label="Images per row")
         run_guidance = gr.Button("Compare guidance", elem_id="guidance-button")
-    guidance_gallery = gr.Gallery(label="Rows", format=IMAGE_FORMAT, columns=1, elem_id="guidance-gallery")
+    guidance_rows_image = picture("A row per guidance scale", height=None, elem_id="guidance-rows")
 
     with gr.Row(visible=not text) as blend_row:
         second_class = _condition_inputs(names, "Second class", 1)
         steps = gr.Slider(2, 9, value=5, step=1, label="Blends")
         blend_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
         run_blend = gr.Button("Blend the two classes' prefix embeddings", elem_id="blend-button")
-    blend_gallery = gr.Gallery(label="Blends", format=IMAGE_FORMAT, columns=9, elem_id="blend-gallery")
+    blend_gallery = gr.Gallery(label="Blends", format=IMAGE_FORMAT, columns=9, height=240, visible=not text,
+                               elem_id="blend-gallery")  # fmt: skip
 
     with gr.Row(visible=text) as caption_row:
         caption = gr.Textbox("a large red star at the top left on a black background", label="Caption")
@@ -150,7 +155,7 @@ def build(registry: ModelRegistry) -> None:
         removed = gr.Textbox("a large red star on a black background", label="Caption less one attribute")
         caption_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
         run_captions = gr.Button("Compare the captions", elem_id="captions-button")
-    caption_gallery = gr.Gallery(label="Captions", format=IMAGE_FORMAT, columns=1)
+    caption_rows_image = picture("A row per prompt", height=None, visible=text, elem_id="caption-rows")
 
     gr.Markdown("### How much the model reads the condition\nFor one generated image: the share of attention that "
                 "each token's prediction gives to the prefix, per layer and position.")  # fmt: skip
@@ -158,20 +163,20 @@ def build(registry: ModelRegistry) -> None:
         attention_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
         run_attention = gr.Button("Measure attention to the prefix", elem_id="attention-button")
     with gr.Row():
-        attention_image = gr.Image(label="Image", type="pil", format=IMAGE_FORMAT)
-        attention_map = gr.Image(label="Attention to the prefix", type="pil", format=IMAGE_FORMAT, scale=3,
-                                 elem_id="attention-map")  # fmt: skip
+        attention_image = picture("Image", height=240)
+        attention_map = picture("Attention to the prefix", height=None, pixels=False, scale=3, elem_id="attention-map")
     attention_summary = gr.Markdown()
 
     model.change(functools.partial(model_inputs, registry), model,
-                 [class_name, second_class, prompt, blend_row, caption_row], api_visibility="private")  # fmt: skip
+                 [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image],
+                 api_visibility="private")  # fmt: skip
     run_guidance.click(functools.partial(guidance_rows, registry), [model, class_name, prompt, scales, count, seed],
-                       guidance_gallery, api_name="guidance_rows")  # fmt: skip
+                       guidance_rows_image, api_name="guidance_rows")  # fmt: skip
     run_blend.click(functools.partial(interpolate_classes, registry),
                     [model, class_name, second_class, steps, blend_cfg, seed], blend_gallery,
                     api_name="interpolate_classes")  # fmt: skip
     run_captions.click(functools.partial(compare_captions, registry),
-                       [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_gallery,
+                       [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_rows_image,
                        api_name="compare_captions")  # fmt: skip
     run_attention.click(functools.partial(attention_to_prefix, registry),
                         [model, class_name, prompt, attention_cfg, seed],

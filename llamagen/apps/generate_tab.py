@@ -9,7 +9,14 @@ import time
 import gradio as gr
 
 from llamagen.analysis.pictures import code_map
-from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, MAX_IMAGES_PER_REQUEST, number_in_range, shown_errors
+from llamagen.apps.common import (
+    IMAGE_FORMAT,
+    MAX_CFG_SCALE,
+    MAX_IMAGES_PER_REQUEST,
+    number_in_range,
+    picture,
+    shown_errors,
+)
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline
 
@@ -111,9 +118,10 @@ def build(registry: ModelRegistry) -> None:
                 count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")
             run = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images", format=IMAGE_FORMAT, columns=4, elem_id="generate-gallery")
-            grids = gr.Gallery(label="Token grids (colour = code index)", format=IMAGE_FORMAT, columns=4)
-            sheet = gr.Image(label="All images (download)", format=IMAGE_FORMAT, type="pil")
+            gallery = gr.Gallery(label="Images", format=IMAGE_FORMAT, columns=4, height=320, elem_id="generate-gallery",
+                                 elem_classes=["pixelated"])  # fmt: skip
+            grids = gr.Gallery(label="Token grids (colour = code index)", format=IMAGE_FORMAT, columns=4, height=240)
+            sheet = picture("All images (download)", height=240)
             timing = gr.Markdown(elem_id="generate-timing")
     inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
     run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
 from llamagen.analysis.pictures import code_map, error_map
-from llamagen.apps.common import IMAGE_FORMAT, number_in_range, shown_errors, uploaded_image
+from llamagen.apps.common import number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.photos import HELD_OUT_PHOTOS, PHOTO_NAMES, load_photo
 from llamagen.images import pil_to_tensor, tensor_to_pil
@@ -118,23 +118,23 @@ def build(registry: ModelRegistry) -> None:
         sample = gr.Dropdown(SAMPLES, value=None, label="Or pick a bundled sample")
         run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
     with gr.Row():
-        original = gr.Image(label="Image (upload)", type="pil", format=IMAGE_FORMAT, elem_id="reconstruct-input")
-        reconstruction = gr.Image(label="Reconstruction", type="pil", format=IMAGE_FORMAT, elem_id="reconstruction")
-        errors = gr.Image(label="Error (black: exact; bright: 64+ levels off)", type="pil", format=IMAGE_FORMAT)
+        original = picture("Image (upload)", elem_id="reconstruct-input")
+        reconstruction = picture("Reconstruction", elem_id="reconstruction")
+        errors = picture("Error (black: exact; bright: 64+ levels off)")
     numbers = gr.Markdown(elem_id="reconstruct-numbers")
     gr.Markdown("### Token surgery\nClick a cell of the code map (or type its row and column), choose the new code, "
                 "and see what the decoder draws.")  # fmt: skip
     with gr.Row():
-        codes = gr.Image(label="Code map (click a cell)", type="pil", format=IMAGE_FORMAT, interactive=False)
+        codes = picture("Code map (click a cell)", interactive=False, elem_id="code-map")
         with gr.Column():
             with gr.Row():
-                row = gr.Number(0, precision=0, label="Row")
-                column = gr.Number(0, precision=0, label="Column")
+                row = gr.Number(0, precision=0, label="Row", elem_id="edit-row")
+                column = gr.Number(0, precision=0, label="Column", elem_id="edit-column")
             replace_by = gr.Radio(list(REPLACE_BY), value="nearest neighbour", label="Replace by")
             value = gr.Number(1, precision=0, label="Code index, or neighbour rank (1 = nearest)")
             edit = gr.Button("Replace the code", elem_id="edit-button")
             note = gr.Markdown(elem_id="edit-note")
-        edited = gr.Image(label="Decoded after the edit", type="pil", format=IMAGE_FORMAT, elem_id="edited")
+        edited = picture("Decoded after the edit", elem_id="edited")
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
     run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],

@@ -1,0 +1,136 @@
+"""The apps in a real browser: Debian's headless Chromium, driven by Playwright, through every tab.
+
+It generates and checks that the images arrive as PNGs of the right size that are not blank, uploads an image
+to reconstruct, picks a cell by clicking the code map and edits its token, runs each comparison, maps the
+codebook, and saves a screenshot of each tab with the test artifacts (outputs/screenshots by default).
+
+`make test` installs Chromium and sets LLAMAGEN_REQUIRE_BROWSER, so that there a missing browser fails the
+test; elsewhere it is skipped with the reason.
+"""
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(os.environ.get("LLAMAGEN_TEST_ARTIFACTS", "outputs/screenshots"))
+WAIT_MS = 120_000
+
+pytestmark = pytest.mark.slow
+
+
+def _browser_or_skip():
+    if CHROMIUM.is_file():
+        return
+    reason = f"no Chromium at {CHROMIUM} (apt-get install chromium; `make test` does)"
+    if os.environ.get("LLAMAGEN_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def page():
+    _browser_or_skip()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from llamagen.apps import launch
+    from llamagen.apps.models import ModelRegistry
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app, url = launch(ModelRegistry.embedded(), port=port)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(url)
+        page.get_by_text("LlamaGen explorer").first.wait_for()
+        try:
+            yield page
+        finally:
+            browser.close()
+            app.close()
+
+
+def fetched_png(page, selector: str, index: int = 0) -> np.ndarray:
+    """The pixels of an image the page shows, fetched from its source, which must be a PNG."""
+    source = page.locator(selector).nth(index).get_attribute("src")
+    body = page.request.get(source if source.startswith("http") else page.url.rstrip("/") + source).body()
+    assert body[:8] == b"\x89PNG\r\n\x1a\n", f"{selector} [{index}] is not a PNG: {source}"
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_generate_tab(page):
+    open_tab(page, "Generate")
+    page.click("#generate-button")
+    page.wait_for_function("document.querySelectorAll('#generate-gallery img').length >= 4")
+    page.locator("#generate-timing", has_text="s per image").wait_for()
+    for index in range(4):
+        image = fetched_png(page, "#generate-gallery img", index)
+        assert image.shape == (32, 32, 3) and image.std() > 5
+    page.screenshot(path=ARTIFACTS / "generate.png", full_page=True)
+
+
+def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
+    from llamagen.apps.reconstruct_tab import sample_image
+
+    upload = tmp_path / "shape.png"
+    sample_image("shapes 2").save(upload)
+    open_tab(page, "Reconstruct")
+    page.locator("#reconstruct-input input[type=file]").set_input_files(str(upload))
+    page.locator("#reconstruct-input img").first.wait_for()
+    page.get_by_role("combobox", name="Tokenizer").first.click()
+    page.get_by_role("option", name="shapes-vq").click()
+    page.click("#reconstruct-button")
+    page.locator("#reconstruct-numbers", has_text="dB").wait_for()
+    assert fetched_png(page, "#reconstruction img").shape == (64, 64, 3)
+
+    code_map = page.locator("#code-map img")
+    box = code_map.bounding_box()
+    code_map.click(position={"x": box["width"] * 5.5 / 8, "y": box["height"] * 2.5 / 8})  # row 2, column 5
+    page.wait_for_function("document.querySelector('#edit-row input').value === '2'")
+    assert page.locator("#edit-column input").input_value() == "5"
+    page.click("#edit-button")
+    page.locator("#edit-note", has_text="cell (row 2, column 5)").wait_for()
+    assert fetched_png(page, "#edited img").shape == (64, 64, 3)
+    page.screenshot(path=ARTIFACTS / "reconstruct.png", full_page=True)
+
+
+def test_compare_conditioning_tab(page):
+    open_tab(page, "Compare conditioning")
+    page.click("#guidance-button")
+    page.locator("#guidance-rows img").wait_for()
+    assert fetched_png(page, "#guidance-rows img").shape[0] == 4 * 3 * 36 + 3 * 4  # 4 rows of 36 pixels, x3
+    page.click("#blend-button")
+    page.wait_for_function("document.querySelectorAll('#blend-gallery img').length >= 5")
+    page.click("#attention-button")
+    page.locator("#attention-map img").wait_for()
+    assert fetched_png(page, "#attention-map img").std() > 0
+    page.screenshot(path=ARTIFACTS / "conditioning.png", full_page=True)
+
+
+def test_codebook_tab(page):
+    open_tab(page, "Codebook")
+    page.click("#codebook-button")
+    page.locator("#codebook-summary", has_text="perplexity").wait_for()
+    assert fetched_png(page, "#codebook-map img").shape[0] > 300
+    page.screenshot(path=ARTIFACTS / "codebook.png", full_page=True)
