@@ -2,6 +2,7 @@
 exactly, loading (the project's files, local open_clip checkpoints), and a text-to-image run end to end."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -160,3 +161,62 @@ def test_flan_t5_features_are_left_padded_to_120(tiny_t5_folder):
     assert len(encoded.notes) == 1 and encoded.notes[0].startswith("prompt 1 has")
     with pytest.raises(FileNotFoundError, match="no FLAN-T5 folder"):
         load_text_encoder("t5:/nowhere/flan-t5-xl")
+
+
+def test_a_text_generator_ships_with_its_clip_and_is_scored_on_captions(tmp_path, monkeypatch):
+    """`export clip` then `export gpt` of a text-conditional run: both loadable by name, the generator naming its
+    CLIP and tokenizer by their embedded names, its card scored on captions seen and held out."""
+    from llamagen import checkpoints
+    from llamagen.data.codes import extract_codes
+    from llamagen.data.shapes import Shapes
+    from llamagen.gpt import GPTConfig
+    from llamagen.pipeline import load_pipeline
+    from llamagen.tokenizer import VQModel, vq_preset
+    from llamagen.training.clip import ClipTrainingConfig, train_clip
+    from llamagen.training.export import export_generator, export_text_encoder
+    from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for suffix in (".safetensors", ".json"):  # the real judge scores the samples
+        shutil.copy(checkpoints.ASSETS_DIR / f"shapes-judge{suffix}", assets)
+    monkeypatch.setattr(checkpoints, "ASSETS_DIR", assets)
+    # The judge reads 64x64 images: a random downsample-8 tokenizer of 8x8 tokens, a CLIP that sees 64x64.
+    torch.manual_seed(0)
+    tokenizer = VQModel(vq_preset("VQ-8-tiny", codebook_size=64)).eval()
+    save(tokenizer, assets / "tiny-vq.safetensors")
+    (assets / "tiny-vq.json").write_text('{"kind": "vq"}')
+    clip_config = ClipConfig.from_dict({**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 64,
+                                                                    "patch_size": 16}})  # fmt: skip
+    clip_training = ClipTrainingConfig(steps=2, batch_size=8, warmup_steps=1, log_every=1, bf16=False)
+    train_clip(clip_config, clip_training, Shapes(size=64, captioned=True), tmp_path / "clip",
+               show_progress=False, command="llamagen train clip ...")  # fmt: skip
+    clip_card = export_text_encoder(tmp_path / "clip", "tiny-clip", "captioned shapes", assets_dir=assets,
+                                    retrieval_images=20)  # fmt: skip
+    evaluation = clip_card["evaluation"]
+    assert clip_card["kind"] == "clip" and evaluation["candidates"] == 20
+    assert 0 <= evaluation["text_to_image_top1"] <= 1 and 0 <= evaluation["image_to_text_top1"] <= 1
+    encoder = load_text_encoder("tiny-clip")
+
+    codes = tmp_path / "codes.safetensors"
+    extract_codes(tokenizer, Shapes(size=64, captioned=True), codes, 64, count=12, condition="caption",
+                  description={"tokenizer": "tiny-vq"}, show_progress=False)  # fmt: skip
+    from llamagen.data.codes import CodesDataset
+
+    config = generator_config_for(CodesDataset(codes).info, GPTConfig(dim=32, n_layer=1, n_head=2, multiple_of=8),
+                                  encoder)  # fmt: skip
+    training = GPTTrainingConfig(steps=2, batch_size=4, bf16=False, log_every=1)
+    train_gpt(config, training, codes, tmp_path / "t2i", text_encoder=encoder, show_progress=False,
+              command="llamagen train gpt ...")  # fmt: skip
+    card = export_generator(tmp_path / "t2i", "tiny-t2i", "captioned shapes", cfg_scales=(1.0, 2.0), captions=6,
+                            assets_dir=assets, text_encoder="tiny-clip")  # fmt: skip
+    scores = card["evaluation"]
+    assert (card["tokenizer"], card["text_encoder"]) == ("tiny-vq", "tiny-clip")
+    assert [row["cfg_scale"] for row in scores["by_cfg_scale"]] == [1.0, 2.0] and scores["best_cfg_scale"] in (1, 2)
+    assert all(0 <= row["accuracy_all_stated"] <= 1 and row["clip_score"] >= 0 for row in scores["by_cfg_scale"])
+    assert scores["held_out_pairs_at_best_cfg_scale"]["images"] == 6
+    pipe = load_pipeline("tiny-t2i")
+    assert pipe(prompts=["a red star"]).pixels.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="not an embedded model: export it first"):
+        export_generator(tmp_path / "t2i", "other", "captioned shapes", assets_dir=assets,
+                         text_encoder=str(tmp_path / "clip" / "final.safetensors"))  # fmt: skip

@@ -50,15 +50,36 @@ def run_export_tokenizer(args: argparse.Namespace) -> None:
 def run_export_gpt(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_generator
 
-    card = export_generator(args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales),
-                            args.images_per_class, args.train_command, args.notes, use_ema=not args.no_ema)  # fmt: skip
+    card = export_generator(
+        args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales), args.images_per_class,
+        args.train_command, args.notes, use_ema=not args.no_ema, tokenizer=args.tokenizer,
+        text_encoder=args.text_encoder, captions=args.captions,
+    )  # fmt: skip
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     for row in card["evaluation"]["by_cfg_scale"]:
         _print_guidance_row(row)
+    held_out = card["evaluation"].get("held_out_pairs_at_best_cfg_scale")
+    if held_out:
+        print(f"held-out (shape, colour) pairs at the best scale: {held_out['accuracy']}")
+
+
+def run_export_clip(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_text_encoder
+
+    card = export_text_encoder(args.run_dir, args.name, args.data, args.train_command, args.notes)
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    print(
+        f"retrieval   caption -> image {evaluation['text_to_image_top1']:.1%}, image -> caption "
+        f"{evaluation['image_to_text_top1']:.1%} among {evaluation['candidates']}"
+    )
 
 
 def _print_guidance_row(row: dict) -> None:
     accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items() if k.startswith("accuracy_"))
+    if "fid" not in row:  # text-conditional: accuracies on the attributes the captions state, and CLIP score
+        print(f"cfg {row['cfg_scale']:<5g} {accuracy}; CLIP score {row['clip_score']:.1f}")
+        return
     print(
         f"cfg {row['cfg_scale']:<5g} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
         f"precision {row['precision']:.2f}, recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
@@ -114,28 +135,34 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
     ev.set_defaults(run=run_eval_tokenizer)
 
 
+def _export_parser(export: argparse._SubParsersAction, model: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command of `export` with the options every export takes."""
+    parser = export.add_parser(model, help=help)
+    parser.add_argument("run_dir", metavar="RUN", help="the training run's folder")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--data", required=True, help="what it was trained on, for the card")
+    parser.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    parser.add_argument("--notes", default="", help="anything a reader of the card should know")
+    return parser
+
+
 def add_export_commands(export: argparse._SubParsersAction) -> None:
-    """The `export` group: tokenizer, gpt."""
-    ex = export.add_parser("tokenizer", help="bf16 weights and a model card in llamagen/assets, loadable by name")
-    ex.add_argument("run_dir", metavar="RUN", help="the training run's folder")
-    ex.add_argument("--name", required=True)
-    ex.add_argument("--data", required=True, help="what it was trained on, for the card")
-    ex.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
-    ex.add_argument("--notes", default="", help="anything a reader of the card should know")
+    """The `export` group: tokenizer, gpt, clip."""
+    ex = _export_parser(export, "tokenizer", "bf16 weights and a model card in llamagen/assets, loadable by name")
     ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
     ex.set_defaults(run=run_export_tokenizer)
-    exg = export.add_parser("gpt", help="bf16 weights and a model card scored by a judge, loadable by name")
-    exg.add_argument("run_dir", metavar="RUN", help="the training run's folder")
-    exg.add_argument("--name", required=True)
-    exg.add_argument("--data", required=True, help="what it was trained on, for the card")
-    exg.add_argument("--judge", required=True, choices=["shapes", "digits"], help="the judge that scores samples")
+    exg = _export_parser(export, "gpt", "bf16 weights and a model card scored by a judge, loadable by name")
+    exg.add_argument("--judge", choices=["shapes", "digits"], help="class-conditional: the judge that scores samples")
     exg.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
-    exg.add_argument("--images-per-class", type=int, default=25)
-    exg.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
-    exg.add_argument("--notes", default="", help="anything a reader of the card should know")
+    exg.add_argument("--images-per-class", type=int, default=25, help="class-conditional: images per class and scale")
+    exg.add_argument("--captions", type=int, default=400, help="text-conditional: captions per scale")
+    exg.add_argument("--tokenizer", help="the embedded tokenizer to name (default: the one the codes recorded)")
+    exg.add_argument("--text-encoder", help="text-conditional: the embedded CLIP to name (export it first)")
     exg.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     exg.set_defaults(run=run_export_gpt)
+    exc = _export_parser(export, "clip", "a small CLIP's bf16 weights and card, with caption-image retrieval")
+    exc.set_defaults(run=run_export_clip)
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:

@@ -134,7 +134,7 @@ def _held_out_images(kind: str) -> torch.Tensor:
 
 
 # Seeds of real sets drawn only to measure the floor (the held-out set is seed 1000, training seed 0).
-_SECOND_REAL_SEED = 2000
+SECOND_REAL_SEED = 2000
 
 
 @functools.lru_cache(maxsize=2)
@@ -142,7 +142,7 @@ def _second_real_set(kind: str, count: int) -> tuple[torch.Tensor, dict[str, tor
     """Real images that are neither the judge's training nor its held-out set (digits: the training split,
     the only other real digits there are)."""
     if kind == "shapes":
-        data = Shapes(seed=_SECOND_REAL_SEED, length=count)
+        data = Shapes(seed=SECOND_REAL_SEED, length=count)
         return labelled([data[i] for i in range(count)])
     from llamagen.data.digits import Digits
 
@@ -186,7 +186,7 @@ def caption_sets(count: int, seed: int = 0) -> dict[str, list[dict]]:
     (the first `count` of the training stream, seed 0), and "held_out_pairs", captions of the (shape, colour)
     pairs training never showed."""
     seen = Shapes(seed=seed, length=count, captioned=True)
-    unseen = Shapes(seed=_SECOND_REAL_SEED, length=count, only_held_out_pairs=True)
+    unseen = Shapes(seed=SECOND_REAL_SEED, length=count, only_held_out_pairs=True)
     return {"seen": [seen[i] for i in range(count)], "held_out_pairs": [unseen[i] for i in range(count)]}
 
 

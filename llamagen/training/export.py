@@ -110,36 +110,101 @@ def export_tokenizer(
     return card
 
 
+def _shipped_name(kind: str, source: str | None, override: str | None) -> str:
+    """The embedded model an exported generator names as its tokenizer or text encoder: a shipped generator
+    must not point at a training folder that only exists where it was trained."""
+    name = override or source
+    if name not in embedded_models():
+        raise ValueError(
+            f"the generator's {kind} is {name!r}, not an embedded model: export it first and name it "
+            f"with --{kind.replace(' ', '-')}"
+        )
+    return name
+
+
+def _class_conditional_evaluation(pipe, judge: str, cfg_scales, images_per_class: int) -> dict[str, Any]:
+    from llamagen.analysis.guidance import best_scale, sweep_guidance
+
+    rows = sweep_guidance(pipe, judge, cfg_scales, images_per_class)
+    return {
+        "judge": f"{judge}-judge",
+        "images_per_class": images_per_class,
+        "sampling": "top_k 0, top_p 1, temperature 1, seed 0, every class in one batch",
+        "best_cfg_scale": best_scale(rows),
+        "by_cfg_scale": rows,
+    }
+
+
+def _text_conditional_evaluation(pipe, cfg_scales, captions: int) -> dict[str, Any]:
+    """Per guidance scale, the judge's accuracy on each attribute the captions state (captions drawn as in
+    training); at the best scale, the same on captions of the (shape, colour) pairs training never showed."""
+    from llamagen.evaluation.generation import caption_sets, evaluate_text_conditional
+
+    sets = caption_sets(captions)
+    rows = []
+    for scale in cfg_scales:
+        scores = evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale)
+        accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
+        rows.append({"cfg_scale": scale, **accuracy, "clip_score": scores.get("clip_score")})
+    best = max(rows, key=lambda row: row["accuracy_all_stated"])["cfg_scale"]
+    return {
+        "judge": "shapes-judge",
+        "captions": captions,
+        "sampling": "top_k 0, top_p 1, temperature 1, seed 0, one image per caption",
+        "best_cfg_scale": best,
+        "by_cfg_scale": rows,
+        "held_out_pairs_at_best_cfg_scale": evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best),
+    }
+
+
 def export_generator(
     run_dir: str | Path,
     name: str,
     data: str,
-    judge: str,
+    judge: str | None = None,
     cfg_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0),
     images_per_class: int = 25,
     train_command: str | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     use_ema: bool = True,
+    tokenizer: str | None = None,
+    text_encoder: str | None = None,
+    captions: int = 400,
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (bf16) and its card: the judge's scores at each guidance scale in
-    `cfg_scales`, and the best of them (by class accuracy, then FID) as the model's recommended setting."""
-    from llamagen.analysis.guidance import best_scale, sweep_guidance
+    `cfg_scales`, and the best of them as the model's recommended setting.
+
+    Class-conditional: `images_per_class` images of every class, best by class accuracy, then FID.
+    Text-conditional: one image for each of `captions` shapes captions, best by the share of images right on
+    every attribute their caption states; at that scale, the captions of held-out (shape, colour) pairs.
+    The card names its tokenizer and text encoder by their embedded names (`tokenizer`, `text_encoder`
+    override what the run recorded, which may be a training folder).
+    """
+    from llamagen.gpt import GPTConfig
     from llamagen.gpt.loading import load_gpt
     from llamagen.pipeline import generator_metadata, load_pipeline
 
     run_dir = Path(run_dir)
     final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
     metadata = generator_metadata(final)
-    from llamagen.gpt import GPTConfig
-
     config = GPTConfig.from_dict(run_config["model"])
+    if config.model_type == "c2i" and judge is None:
+        raise ValueError("a class-conditional generator is scored by a judge: name one (shapes or digits)")
+    metadata["tokenizer"] = _shipped_name("tokenizer", metadata.get("tokenizer"), tokenizer)
+    if config.model_type == "t2i":
+        metadata["text_encoder"] = _shipped_name("text encoder", metadata.get("text_encoder"), text_encoder)
     trained = load_gpt(final if use_ema else run_dir / LATEST_CHECKPOINT, config=config, device="cpu")
     stored = {key: json.dumps(value) if key == "class_names" else value for key, value in metadata.items()}
     weights = assets_dir / f"{name}.safetensors"
     save(trained, weights, weights_dtype=torch.bfloat16, metadata=stored)
     pipe = load_pipeline(weights, device="cpu")  # evaluate what users get: the bf16 weights
-    rows = sweep_guidance(pipe, judge, cfg_scales, images_per_class)
+    if config.model_type == "c2i":
+        evaluation = _class_conditional_evaluation(pipe, judge, cfg_scales, images_per_class)
+        how = f"--judge {judge} --images-per-class {images_per_class}"
+    else:
+        evaluation = _text_conditional_evaluation(pipe, cfg_scales, captions)
+        how = f"--captions {captions} --text-encoder {metadata['text_encoder']}"
     card = {
         "name": name,
         "kind": "gpt",
@@ -149,20 +214,54 @@ def export_generator(
         **{key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")},
         "class_names": metadata.get("class_names"),
         **_training_summary(metrics, use_ema),
-        "evaluation": {
-            "judge": f"{judge}-judge",
-            "images_per_class": images_per_class,
-            "sampling": "top_k 0, top_p 1, temperature 1, seed 0, every class in one batch",
-            "best_cfg_scale": best_scale(rows),
-            "by_cfg_scale": rows,
-        },
+        "evaluation": evaluation,
         "reproduce": [
             metadata.get("codes_command", ""),
             train_command,
-            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --judge {judge} "
-            f"--cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} --images-per-class {images_per_class}"
+            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
+            f"{metadata['tokenizer']} --cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} {how}"
             + ("" if use_ema else " --no-ema"),
         ],
+        "notes": notes,
+    }
+    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def export_text_encoder(
+    run_dir: str | Path,
+    name: str,
+    data: str,
+    train_command: str | None = None,
+    notes: str = "",
+    assets_dir: Path = ASSETS_DIR,
+    retrieval_images: int = 500,
+) -> dict[str, Any]:
+    """Write `assets_dir/NAME.safetensors` (the run's final CLIP in bf16) and its card, with caption-image
+    retrieval among `retrieval_images` captioned shapes the training stream did not draw."""
+    from llamagen.data.shapes import Shapes
+    from llamagen.evaluation.generation import SECOND_REAL_SEED
+    from llamagen.evaluation.retrieval import caption_retrieval
+    from llamagen.text import load_text_encoder
+
+    run_dir = Path(run_dir)
+    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    weights = assets_dir / f"{name}.safetensors"
+    save(load_text_encoder(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
+    shipped = load_text_encoder(weights, device="cpu")
+    held_out = Shapes(size=shipped.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
+    card = {
+        "name": name,
+        "kind": "clip",
+        "config": run_config["model"],
+        "training": run_config["training"],
+        "data": data,
+        **_training_summary(metrics, use_ema=False),
+        "evaluation": {
+            "data": f"{retrieval_images} captioned shapes of seed {SECOND_REAL_SEED} (not the training stream)",
+            **caption_retrieval(shipped, [held_out[i] for i in range(retrieval_images)]),
+        },
+        "reproduce": [train_command, f"llamagen export clip {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
     }
     write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
