@@ -224,7 +224,7 @@ def test_prefix_attention_is_a_share_per_layer(client, model, class_name, prompt
 
 def test_codebook_usage_is_counted_on_the_chosen_images(client):
     scatter, patch, neighbours, summary = client.predict("shapes-vq", "shapes (64)", 7, api_name="/codebook")
-    from llamagen.apps.codebook_tab import image_set
+    from llamagen.data.samples import image_set
     from llamagen.tokenizer.loading import load_tokenizer
 
     counts = code_counts(load_tokenizer("shapes-vq", device="cpu"), image_set("shapes (64)"))

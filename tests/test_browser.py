@@ -91,7 +91,7 @@ def test_generate_tab(page):
 
 
 def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
-    from llamagen.apps.reconstruct_tab import sample_image
+    from llamagen.data.samples import sample_image
 
     upload = tmp_path / "shape.png"
     sample_image("shapes 2").save(upload)

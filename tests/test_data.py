@@ -186,3 +186,17 @@ def test_worker_processes_give_the_same_batches():
     in_process = [b["image"] for b in step_loader(data, 4, 2, 5, seed=0)]
     in_workers = [b["image"] for b in step_loader(data, 4, 2, 5, seed=0, workers=2)]
     assert len(in_process) == 3 and all(torch.equal(a, b) for a, b in zip(in_process, in_workers, strict=True))
+
+
+def test_samples_are_the_data_sets_own_items():
+    from llamagen.data.samples import image_set, sample_image
+    from llamagen.data.shapes import Shapes
+    from llamagen.images import tensor_to_pil
+
+    expected = tensor_to_pil(Shapes(size=64, seed=0)[2]["image"][None])[0]
+    assert np.array_equal(np.asarray(sample_image("shapes 2")), np.asarray(expected))
+    digits = image_set("digits (64)")
+    assert len(digits) == 64 and digits[0].size == (32, 32)
+    assert [image.size for image in image_set("held-out photos")] == [(640, 427), (640, 427), (512, 600)]
+    with pytest.raises(ValueError, match="unknown sample 'shapes 9'"):
+        sample_image("shapes 9")

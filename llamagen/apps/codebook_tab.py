@@ -10,36 +10,16 @@ import functools
 import math
 
 import gradio as gr
-import torch
 
 from llamagen.analysis.codebook import code_counts, code_patch, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
 from llamagen.apps.common import IMAGE_FORMAT, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
+from llamagen.data.samples import IMAGE_SETS, image_set
 from llamagen.images import tensor_to_pil
 
-IMAGE_SETS = ("held-out photos", "training photos", "shapes (64)", "digits (64)")
 NEIGHBOURS = 8
 PATCH_PIXELS = 96
-
-
-def image_set(name: str) -> list:
-    """The PIL images of one of IMAGE_SETS."""
-    if name == "held-out photos" or name == "training photos":
-        from llamagen.data.photos import HELD_OUT_PHOTOS, RGB_PHOTOS, load_photo
-
-        return [load_photo(photo) for photo in (HELD_OUT_PHOTOS if name == "held-out photos" else RGB_PHOTOS)]
-    if name == "shapes (64)":
-        from llamagen.data.shapes import Shapes
-
-        data = Shapes(size=64, seed=0)
-    elif name == "digits (64)":
-        from llamagen.data.digits import Digits
-
-        data = Digits(size=32)
-    else:
-        raise ValueError(f"unknown image set {name!r}; choose one of {', '.join(IMAGE_SETS)}")
-    return tensor_to_pil(torch.stack([data[i]["image"] for i in range(64)]))
 
 
 def _patch(tokenizer, code: int):

@@ -12,33 +12,13 @@ from llamagen.analysis.codebook import nearest_codes, replace_code
 from llamagen.analysis.pictures import code_map, error_map
 from llamagen.apps.common import number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
-from llamagen.data.photos import HELD_OUT_PHOTOS, PHOTO_NAMES, load_photo
+from llamagen.data.samples import SAMPLES, sample_image
 from llamagen.images import pil_to_tensor, tensor_to_pil
 from llamagen.reconstruction import pad_to_multiple, reconstruct
 
-SHAPE_SAMPLES = ("shapes 0", "shapes 1", "shapes 2", "shapes 3")
-DIGIT_SAMPLES = ("digits 0", "digits 1", "digits 2", "digits 3")
-SAMPLES = (*HELD_OUT_PHOTOS, *(n for n in PHOTO_NAMES if n not in HELD_OUT_PHOTOS), *SHAPE_SAMPLES, *DIGIT_SAMPLES)
 REPLACE_BY = ("code index", "nearest neighbour")
 # The code map is drawn at least this wide, so that a cell is big enough to click.
 CODE_MAP_WIDTH = 256
-
-
-@functools.cache
-def sample_image(name: str) -> Image.Image:
-    """A bundled picture: a photo (held-out ones first), or an item of the shapes or digits data."""
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; choose one of {', '.join(SAMPLES)}")
-    kind, _, index = name.partition(" ")
-    if kind == "shapes":
-        from llamagen.data.shapes import Shapes
-
-        return tensor_to_pil(Shapes(size=64, seed=0)[int(index)]["image"][None])[0]
-    if kind == "digits":
-        from llamagen.data.digits import Digits
-
-        return tensor_to_pil(Digits(size=32)[int(index)]["image"][None])[0]
-    return load_photo(name)
 
 
 def grid_shape(tokenizer, image: Image.Image) -> tuple[int, int]:
