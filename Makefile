@@ -10,7 +10,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo bench clean notebooks
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Re-execute the notebooks in place (outputs kept, volatile metadata stripped); `make test` checks them with nbval.
+notebooks: setup
+	cd notebooks && ../$(BIN)/python execute.py
 
 # The Gradio apps with the embedded models, on http://127.0.0.1:7860 (MODELS=file.json adds published checkpoints).
 demo: setup
