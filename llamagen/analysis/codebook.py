@@ -7,6 +7,8 @@ the quantizer sees them.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -44,7 +46,10 @@ def project_2d(vectors: torch.Tensor, method: str = "pca", seed: int = 0) -> np.
         return (centred @ components[:2].T).float().numpy()
     import umap  # an optional dependency, for the notebooks
 
-    return umap.UMAP(n_components=2, random_state=seed).fit_transform(points.numpy()).astype(np.float32)
+    with warnings.catch_warnings():  # a fixed seed makes UMAP single-threaded, and it says so every time
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        projected = umap.UMAP(n_components=2, random_state=seed).fit_transform(points.numpy())
+    return projected.astype(np.float32)
 
 
 def nearest_codes(tokenizer: VQModel, code: int, count: int) -> list[int]:
