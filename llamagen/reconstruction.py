@@ -47,6 +47,13 @@ def pad_to_multiple(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
 
 
+@torch.no_grad()
+def tokenize_image(tokenizer: VQModel, image: Image.Image) -> torch.Tensor:
+    """One RGB image -> its (h, w) codes on the CPU, padded as `reconstruct` pads it."""
+    pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor).to(tokenizer.device)
+    return tokenizer.tokenize(pixels)[0].cpu()
+
+
 def reconstruct(tokenizer: VQModel, image: Image.Image) -> Reconstruction:
     """Round-trip one RGB image through the tokenizer and measure the result."""
     return reconstruct_batch(tokenizer, [image])[0]

@@ -3,7 +3,6 @@ eight generate calls at once. The app runs in this process with the embedded mod
 text-to-image generator that a models file adds."""
 
 import json
-import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ from llamagen import save
 from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.pictures import labelled_rows
 from llamagen.apps.conditioning_tab import CAPTION_ROLES
+from llamagen.evaluation.metrics import code_perplexity
 from llamagen.pipeline import load_pipeline
 from llamagen.reconstruction import reconstruct
 
@@ -106,7 +106,7 @@ def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
     [
         ({"classes": ()}, "pick at least one class"),
         ({"classes": ("3",) * 9}, "9 classes x 2 images is over the limit of 16"),
-        ({"classes": ("eleven",)}, "not in the list of choices"),
+        ({"classes": ("eleven",)}, "unknown class 'eleven'"),
         ({"cfg_interval": 1000}, "guidance interval must be between -1 and 64"),
         ({"top_k": -1}, "top-k must be between 0 and"),
         ({"top_k": 10**6}, "top-k must be between 0 and"),
@@ -203,7 +203,7 @@ def test_class_blends_start_and_end_at_the_two_classes(client):
 
 def test_caption_comparison_needs_a_text_generator(client, models_file):
     rows = client.predict("tiny-t2i", "a red star", "a star, red", "a star", 2.0, 2, 0, api_name="/compare_captions")
-    pipe = load_pipeline(json.loads(models_file.read_text())["generators"]["tiny-t2i"]["gpt"])
+    pipe = load_pipeline(json.loads(models_file.read_text())["generators"]["tiny-t2i"]["gpt"], device="cpu")
     grids = [
         pipe(prompts=[p], cfg_scale=2.0, num_images_per_condition=2).grid(2)
         for p in ("a red star", "a star, red", "a star")
@@ -230,14 +230,13 @@ def test_codebook_usage_is_counted_on_the_chosen_images(client):
     counts = code_counts(load_tokenizer("shapes-vq", device="cpu"), image_set("shapes (64)"))
     used = int((counts > 0).sum())
     assert f"4096 tokens use {used} of 512 codes" in summary and f"Code 7 is used {int(counts[7])} times" in summary
-    shares = counts[counts > 0].double() / counts.sum()
-    assert f"perplexity {math.exp(-(shares * shares.log()).sum().item()):.1f}" in summary
+    assert f"perplexity {code_perplexity(counts):.1f}" in summary
     assert len(neighbours) == 8 and png(patch).shape == (96, 96, 3) and png(scatter).shape[0] > 300
     with pytest.raises(Exception, match="code must be between 0 and 511"):
         client.predict("shapes-vq", "shapes (64)", 600, api_name="/codebook")
 
 
-def test_an_unreadable_models_file_is_refused(tmp_path):
+def test_bad_models_files_and_missing_models_are_refused(tmp_path):
     from llamagen.apps.models import ModelRegistry
 
     (tmp_path / "bad.json").write_text('{"generators": {"x": {"tokenizer": "vq.pt"}}}')
@@ -246,3 +245,9 @@ def test_an_unreadable_models_file_is_refused(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read the models file"):
         ModelRegistry().add_from_file(tmp_path / "broken.json")
+    (tmp_path / "tokenizer.json").write_text('{"tokenizers": {"t": {"config": "VQ-16"}}}')
+    with pytest.raises(ValueError, match="tokenizer 't' is a path, or an object of source and config"):
+        ModelRegistry().add_from_file(tmp_path / "tokenizer.json")
+    missing = ModelRegistry(generators={"gone": {"gpt": str(tmp_path / "gone.pt"), "tokenizer": "shapes-vq"}})
+    with pytest.raises(ValueError, match="cannot load generator 'gone': no checkpoint file"):
+        missing.pipeline("gone")

@@ -12,8 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from llamagen.images import pil_to_tensor
-from llamagen.reconstruction import pad_to_multiple
+from llamagen.reconstruction import tokenize_image
 from llamagen.tokenizer.model import VQModel
 
 PROJECTIONS = ("pca", "umap")
@@ -29,9 +28,7 @@ def code_counts(tokenizer: VQModel, images) -> torch.Tensor:
     """(K,) int64: how often each code is chosen over PIL images (any sizes; each is padded to the grid)."""
     counts = torch.zeros(tokenizer.config.codebook_size, dtype=torch.long)
     for image in images:
-        pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor)
-        codes = tokenizer.tokenize(pixels.to(tokenizer.device)).flatten().cpu()
-        counts += torch.bincount(codes, minlength=counts.numel())
+        counts += torch.bincount(tokenize_image(tokenizer, image).flatten(), minlength=counts.numel())
     return counts
 
 

@@ -7,15 +7,15 @@ spread and which of them a set of images actually uses.
 from __future__ import annotations
 
 import functools
-import math
 
 import gradio as gr
 
 from llamagen.analysis.codebook import code_counts, code_patch, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
-from llamagen.apps.common import IMAGE_FORMAT, number_in_range, picture, shown_errors
+from llamagen.apps.common import IMAGE_FORMAT, SHARED_QUEUE, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import IMAGE_SETS, image_set
+from llamagen.evaluation.metrics import code_perplexity
 from llamagen.images import tensor_to_pil
 
 NEIGHBOURS = 8
@@ -38,8 +38,7 @@ def codebook_map(registry: ModelRegistry, tokenizer_name, images_name, code):
                              lambda: code_counts(tokenizer, image_set(images_name)))  # fmt: skip
     points = registry.cached(("pca", tokenizer_name), lambda: project_2d(codebook_vectors(tokenizer)))
     used = int((counts > 0).sum())
-    shares = counts[counts > 0].double() / counts.sum()
-    perplexity = math.exp(-(shares * shares.log()).sum().item())
+    perplexity = code_perplexity(counts)
     neighbours = nearest_codes(tokenizer, code, min(NEIGHBOURS, size - 1))
     summary = (
         f"{images_name}: {int(counts.sum())} tokens use {used} of {size} codes ({100 * used / size:.1f}%), "
@@ -68,4 +67,10 @@ def build(registry: ModelRegistry) -> None:
             patch = picture("The code, tiled 3x3 and decoded", height=200)
             neighbours = gr.Gallery(label="Its nearest codes", format=IMAGE_FORMAT, columns=4, height=260)
     outputs = [scatter, patch, neighbours, summary]
-    run.click(functools.partial(codebook_map, registry), [tokenizer, images, code], outputs, api_name="codebook")
+    run.click(
+        functools.partial(codebook_map, registry),
+        [tokenizer, images, code],
+        outputs,
+        api_name="codebook",
+        **SHARED_QUEUE,
+    )

@@ -20,6 +20,9 @@ IMAGE_FORMAT = "png"
 MAX_UPLOAD_MEGAPIXELS = 1.0
 MAX_IMAGES_PER_REQUEST = 16
 MAX_CFG_SCALE = 20.0
+# The listeners that run a model share one queue, so the concurrency limit holds for the whole app (Gradio
+# otherwise limits each listener separately); cheap ones (class lists, samples, clicks) never wait behind them.
+SHARED_QUEUE = {"concurrency_id": "models"}
 
 
 def shown_errors(handler):
@@ -38,7 +41,12 @@ def shown_errors(handler):
 def number_in_range(name: str, value, low: float, high: float, integer: bool = False) -> float | int:
     """A finite number in [low, high] (an integer when asked), or a ValueError that names the input."""
     try:
-        number = float(value)
+        # Whole numbers stay exact (a float holds only 53 bits: large seeds would collapse together).
+        number = (
+            int(value)
+            if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+            else float(value)
+        )
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be a number, got {value!r}") from error
     if not math.isfinite(number) or not low <= number <= high:

@@ -15,7 +15,7 @@ import gradio as gr
 from llamagen.analysis.attention import prefix_attention
 from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import labelled_rows, prefix_attention_figure
-from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, number_in_range, picture, shown_errors
+from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, SHARED_QUEUE, number_in_range, picture, shown_errors
 from llamagen.apps.generate_tab import class_choices, condition_of
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline, image_grid
@@ -46,8 +46,9 @@ def guidance_rows(registry: ModelRegistry, model, class_name, prompt, scales, co
     scales = guidance_scales(scales)
     count = number_in_range("images per row", count, 1, MAX_PER_ROW, integer=True)
     seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
-    with registry.pipeline(model) as pipe:
-        condition = one_condition(pipe, class_name, prompt)
+    pipe = registry.pipeline(model)
+    condition = one_condition(pipe, class_name, prompt)
+    with registry.generation(model):
         rows = [pipe(**condition, cfg_scale=s, seed=seed, num_images_per_condition=count) for s in scales]
     return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], [f"guidance {s:g}" for s in scales])
 
@@ -59,10 +60,11 @@ def interpolate_classes(registry: ModelRegistry, model, class_a, class_b, steps,
     cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
     seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
     weights = [i / (steps - 1) for i in range(steps)]
-    with registry.pipeline(model) as pipe:
-        if pipe.model_type != "c2i":
-            raise ValueError("blending classes needs a class-conditional generator")
-        a, b = pipe.class_id(class_a), pipe.class_id(class_b)
+    pipe = registry.pipeline(model)
+    if pipe.model_type != "c2i":
+        raise ValueError("blending classes needs a class-conditional generator")
+    a, b = pipe.class_id(class_a), pipe.class_id(class_b)
+    with registry.generation(model):  # the blended view shares the generator's KV cache
         blended = Pipeline(blended_class_generator(pipe.gpt, a, b, weights), pipe.tokenizer)
         images = [blended(class_labels=[i], cfg_scale=cfg_scale, seed=seed).images[0] for i in range(steps)]
     return [(image, f"w = {w:.2f}") for image, w in zip(images, weights, strict=True)]
@@ -75,11 +77,13 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
     cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
     count = number_in_range("images per row", count, 1, MAX_PER_ROW, integer=True)
     seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
-    with registry.pipeline(model) as pipe:
-        if pipe.model_type != "t2i":
-            raise ValueError("comparing captions needs a text-conditional generator")
-        rows = [pipe(prompts=[condition_of(pipe, None, p)["prompts"][0]], cfg_scale=cfg_scale, seed=seed,
-                     num_images_per_condition=count) for p in prompts]  # fmt: skip
+    pipe = registry.pipeline(model)
+    if pipe.model_type != "t2i":
+        raise ValueError("comparing captions needs a text-conditional generator")
+    conditions = [condition_of(pipe, None, prompt) for prompt in prompts]
+    with registry.generation(model):
+        rows = [pipe(**condition, cfg_scale=cfg_scale, seed=seed, num_images_per_condition=count)
+                for condition in conditions]  # fmt: skip
     # The prompts are long: the rows are labelled by role, and the prompts stand in their boxes above.
     return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], list(CAPTION_ROLES))
 
@@ -89,14 +93,15 @@ def attention_to_prefix(registry: ModelRegistry, model, class_name, prompt, cfg_
     """One image, and the share of attention its tokens' predictions pay to the condition, layer by layer."""
     cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
     seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
-    with registry.pipeline(model) as pipe:
-        condition = one_condition(pipe, class_name, prompt)
+    pipe = registry.pipeline(model)
+    condition = one_condition(pipe, class_name, prompt)
+    with registry.generation(model):
         output = pipe(**condition, cfg_scale=cfg_scale, seed=seed)
         cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
         device = pipe.device
         shares = prefix_attention(pipe.gpt, output.tokens.to(device), cond.to(device),
                                   None if cond_mask is None else cond_mask.to(device))  # fmt: skip
-        grid = pipe.gpt.config.grid_size
+    grid = pipe.gpt.config.grid_size
     layer_means = shares[:, 0].float().mean(1)
     summary = "mean share of attention to the prefix, per layer: " + ", ".join(f"{m:.3f}" for m in layer_means)
     return output.images[0], prefix_attention_figure(shares[:, 0].cpu(), grid), summary
@@ -106,7 +111,8 @@ def _condition_inputs(names: list[str] | None, label: str, index: int = 0):
     """A class picker (for a class-conditional generator) and a prompt box (for a text-conditional one)."""
     choices = names or []
     value = choices[min(index, len(choices) - 1)] if choices else None
-    return gr.Dropdown(choices, value=value, label=label, visible=names is not None)
+    # Custom values pass to the pipeline, which checks them (API clients may use any generator's classes).
+    return gr.Dropdown(choices, value=value, label=label, visible=names is not None, allow_custom_value=True)
 
 
 @shown_errors
@@ -171,13 +177,14 @@ def build(registry: ModelRegistry) -> None:
                  [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image],
                  api_visibility="private")  # fmt: skip
     run_guidance.click(functools.partial(guidance_rows, registry), [model, class_name, prompt, scales, count, seed],
-                       guidance_rows_image, api_name="guidance_rows")  # fmt: skip
+                       guidance_rows_image, api_name="guidance_rows", **SHARED_QUEUE)  # fmt: skip
     run_blend.click(functools.partial(interpolate_classes, registry),
                     [model, class_name, second_class, steps, blend_cfg, seed], blend_gallery,
-                    api_name="interpolate_classes")  # fmt: skip
+                    api_name="interpolate_classes", **SHARED_QUEUE)  # fmt: skip
     run_captions.click(functools.partial(compare_captions, registry),
                        [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_rows_image,
-                       api_name="compare_captions")  # fmt: skip
+                       api_name="compare_captions", **SHARED_QUEUE)  # fmt: skip
     run_attention.click(functools.partial(attention_to_prefix, registry),
                         [model, class_name, prompt, attention_cfg, seed],
-                        [attention_image, attention_map, attention_summary], api_name="prefix_attention")  # fmt: skip
+                        [attention_image, attention_map, attention_summary], api_name="prefix_attention",
+                        **SHARED_QUEUE)  # fmt: skip

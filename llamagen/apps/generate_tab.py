@@ -13,6 +13,7 @@ from llamagen.apps.common import (
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
     MAX_IMAGES_PER_REQUEST,
+    SHARED_QUEUE,
     number_in_range,
     picture,
     shown_errors,
@@ -42,7 +43,7 @@ def condition_of(pipe: Pipeline, classes, prompt) -> dict:
     labels = [classes] if isinstance(classes, str | int) else list(classes or [])
     if not labels:
         raise ValueError("pick at least one class")
-    return {"class_labels": labels}
+    return {"class_labels": [pipe.class_id(label) for label in labels]}  # unknown classes refused here
 
 
 def token_grid_picture(pipe: Pipeline, tokens):
@@ -54,18 +55,19 @@ def token_grid_picture(pipe: Pipeline, tokens):
 def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature,
              seed, count, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
     """Images, their token grids as pictures, one picture of them all, and how long it took."""
-    with registry.pipeline(model) as pipe:
-        condition = condition_of(pipe, classes, prompt)
-        options = sampling_options(pipe, cfg_scale, cfg_interval, top_k, top_p, temperature, seed)
-        conditions = len(condition.get("class_labels") or condition["prompts"])
-        count = number_in_range("number of images", count, 1, MAX_IMAGES_PER_REQUEST, True)
-        if conditions * count > MAX_IMAGES_PER_REQUEST:
-            raise ValueError(f"{conditions} classes x {count} images is over the limit of {MAX_IMAGES_PER_REQUEST}")
+    pipe = registry.pipeline(model)
+    condition = condition_of(pipe, classes, prompt)  # every input checked before waiting for the generator
+    options = sampling_options(pipe, cfg_scale, cfg_interval, top_k, top_p, temperature, seed)
+    conditions = len(condition.get("class_labels") or condition["prompts"])
+    count = number_in_range("number of images", count, 1, MAX_IMAGES_PER_REQUEST, True)
+    if conditions * count > MAX_IMAGES_PER_REQUEST:
+        raise ValueError(f"{conditions} classes x {count} images is over the limit of {MAX_IMAGES_PER_REQUEST}")
+    with registry.generation(model):
         started = time.perf_counter()
         output = pipe(**condition, **options, num_images_per_condition=count,
                       progress=lambda done, total: progress((done, total), desc="tokens"))  # fmt: skip
         seconds = time.perf_counter() - started
-        token_grids = [token_grid_picture(pipe, tokens) for tokens in output.tokens]
+    token_grids = [token_grid_picture(pipe, tokens) for tokens in output.tokens]
     total = len(output.images)
     summary = (
         f"{total} image{'s' * (total > 1)} of {pipe.image_size}x{pipe.image_size} pixels "
@@ -83,10 +85,10 @@ def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_int
 
 def class_choices(registry: ModelRegistry, model) -> list[str] | None:
     """The generator's class names (ids where it has none), or None for a text-conditional generator."""
-    with registry.pipeline(model) as pipe:
-        if pipe.model_type == "t2i":
-            return None
-        return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
+    pipe = registry.pipeline(model)
+    if pipe.model_type == "t2i":
+        return None
+    return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
 
 
 @shown_errors
@@ -104,8 +106,10 @@ def build(registry: ModelRegistry) -> None:
         with gr.Column(scale=1):
             model = gr.Dropdown(models, value=models[0] if models else None, label="Generator")
             names = class_choices(registry, models[0]) if models else []
+            # Custom values pass to the pipeline, which checks them: API clients may name the classes of any
+            # generator, whatever the page last showed.
             classes = gr.Dropdown(names or [], value=(names or [])[:1], multiselect=True, label="Classes",
-                                  visible=names is not None)  # fmt: skip
+                                  visible=names is not None, allow_custom_value=True)  # fmt: skip
             prompt = gr.Textbox(label="Prompt", visible=names is None, placeholder="a small red star at the top left")
             cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale (1 = none)")
             cfg_interval = gr.Number(-1, precision=0, label="Guidance interval (-1: every token)")
@@ -124,5 +128,6 @@ def build(registry: ModelRegistry) -> None:
             sheet = picture("All images (download)", height=240)
             timing = gr.Markdown(elem_id="generate-timing")
     inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
-    run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate")
+    run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate",
+              **SHARED_QUEUE)  # fmt: skip
     model.change(functools.partial(model_inputs, registry), model, [classes, prompt], api_name="model_inputs")

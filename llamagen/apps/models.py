@@ -48,8 +48,9 @@ class ModelRegistry:
 
     def __post_init__(self) -> None:
         self._loaded: dict[tuple, Any] = {}
-        self._lock = threading.RLock()  # re-entrant: what is cached may itself load a model
-        self._in_use: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dictionaries below, held only for a moment
+        self._building: dict[tuple, threading.Lock] = {}  # one per key: a model loads once, others wait
+        self._in_use: dict[str, threading.Lock] = {}  # one per generator: its KV cache serves one request
 
     @classmethod
     def embedded(cls) -> ModelRegistry:
@@ -68,26 +69,37 @@ class ModelRegistry:
             raise ValueError(f"cannot read the models file {str(path)!r}: {error}") from error
         if not isinstance(spec, dict) or set(spec) - {"device", "dtype", "generators", "tokenizers"}:
             raise ValueError(f"{str(path)!r}: expected an object with device, dtype, generators and tokenizers")
-        for name, entry in spec.get("generators", {}).items():
+        generators, tokenizers = spec.get("generators", {}), spec.get("tokenizers", {})
+        if not isinstance(generators, dict) or not isinstance(tokenizers, dict):
+            raise ValueError(f"{str(path)!r}: generators and tokenizers are objects of name: entry")
+        for name, entry in generators.items():
             if not isinstance(entry, dict) or "gpt" not in entry or set(entry) - _GENERATOR_KEYS:
                 raise ValueError(
                     f"{str(path)!r}: generator {name!r} needs 'gpt' and takes only {sorted(_GENERATOR_KEYS)}"
                 )
             self.generators[name] = entry
-        for name, entry in spec.get("tokenizers", {}).items():
-            self.tokenizers[name] = entry if isinstance(entry, dict) else {"source": entry}
+        for name, entry in tokenizers.items():
+            entry = {"source": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or "source" not in entry or set(entry) - {"source", "config"}:
+                raise ValueError(f"{str(path)!r}: tokenizer {name!r} is a path, or an object of source and config")
+            self.tokenizers[name] = entry
         self.device = spec.get("device", self.device)
         self.dtype = spec.get("dtype", self.dtype)
         return self
 
-    @contextlib.contextmanager
-    def pipeline(self, name: str) -> Iterator[Pipeline]:
-        """The named generator's pipeline, held for this request alone: a generator keeps one KV cache, so
-        requests for the same generator take turns while requests for different ones run side by side."""
+    def pipeline(self, name: str) -> Pipeline:
+        """The named generator's pipeline, loaded on first use: for what it says about itself (classes, sizes).
+        Sampling goes through `generation(name)`."""
         if name not in self.generators:
             raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(self.generators)}")
         load = functools.partial(load_pipeline, **self.generators[name], device=self.device, dtype=self.dtype)
-        pipe = self.cached(("generator", name), load)
+        return self.cached(("generator", name), load, f"generator {name!r}")
+
+    @contextlib.contextmanager
+    def generation(self, name: str) -> Iterator[Pipeline]:
+        """The named generator's pipeline, held for this request alone: a generator keeps one KV cache, so
+        requests for the same generator take turns while requests for different ones run side by side."""
+        pipe = self.pipeline(name)
         with self._lock:
             in_use = self._in_use.setdefault(name, threading.Lock())
         with in_use:
@@ -100,13 +112,22 @@ class ModelRegistry:
 
         entry = self.tokenizers[name]
         load = functools.partial(load_tokenizer, entry["source"], entry.get("config"), self.device, self.dtype)
-        return self.cached(("tokenizer", name), load)
+        return self.cached(("tokenizer", name), load, f"tokenizer {name!r}")
 
-    def cached(self, key: tuple, make):
-        """make(), computed once per key and kept (models, and what the apps derive from them).
-
-        One lock for all: two requests for a model not yet loaded must not load it twice."""
+    def cached(self, key: tuple, make, what: str = ""):
+        """make(), computed once per key and kept (models, and what the apps derive from them). Two requests
+        for the same key wait for one computation; requests for other keys do not wait. A model that fails
+        to load is reported as a ValueError that names it (`what`), so the page shows why."""
         with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
             if key not in self._loaded:
-                self._loaded[key] = make()
-            return self._loaded[key]
+                try:
+                    value = make()
+                except (OSError, RuntimeError, KeyError) as error:
+                    raise ValueError(f"cannot load {what or key}: {error}") from error
+                with self._lock:
+                    self._loaded[key] = value
+        return self._loaded[key]

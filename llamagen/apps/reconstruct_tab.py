@@ -10,11 +10,11 @@ from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
 from llamagen.analysis.pictures import code_map, error_map
-from llamagen.apps.common import number_in_range, picture, shown_errors, uploaded_image
+from llamagen.apps.common import SHARED_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
-from llamagen.images import pil_to_tensor, tensor_to_pil
-from llamagen.reconstruction import pad_to_multiple, reconstruct
+from llamagen.images import tensor_to_pil
+from llamagen.reconstruction import reconstruct, tokenize_image
 
 REPLACE_BY = ("code index", "nearest neighbour")
 # The code map is drawn at least this wide, so that a cell is big enough to click.
@@ -59,8 +59,7 @@ def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, repl
     of the one there; the decoded result and what changed."""
     image = uploaded_image(image)
     tokenizer = registry.tokenizer(tokenizer_name)
-    pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor).to(tokenizer.device)
-    codes = tokenizer.tokenize(pixels)[0].cpu()
+    codes = tokenize_image(tokenizer, image)
     rows, columns = codes.shape
     row = number_in_range("row", row, 0, rows - 1, integer=True)
     column = number_in_range("column", column, 0, columns - 1, integer=True)
@@ -82,8 +81,10 @@ def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, repl
 
 
 @shown_errors
-def clicked_cell(registry: ModelRegistry, tokenizer_name, image, point: tuple[int, int]):
+def clicked_cell(registry: ModelRegistry, tokenizer_name, image, point: tuple[int, int] | None):
     """The (row, column) of the code-map cell under a click at pixel (x, y)."""
+    if point is None:
+        raise ValueError("click inside the code map")
     tokenizer = registry.tokenizer(tokenizer_name)
     rows, columns = grid_shape(tokenizer, uploaded_image(image))
     cell = code_map_cell(rows, columns)
@@ -105,7 +106,9 @@ def build(registry: ModelRegistry) -> None:
     gr.Markdown("### Token surgery\nClick a cell of the code map (or type its row and column), choose the new code, "
                 "and see what the decoder draws.")  # fmt: skip
     with gr.Row():
-        codes = picture("Code map (click a cell)", interactive=False, elem_id="code-map")
+        # Shown at its own size (at least 256 pixels wide): Gradio maps a click to the pixels of an image
+        # that is not enlarged.
+        codes = picture("Code map (click a cell)", height=None, pixels=False, interactive=False, elem_id="code-map")
         with gr.Column():
             with gr.Row():
                 row = gr.Number(0, precision=0, label="Row", elem_id="edit-row")
@@ -118,11 +121,11 @@ def build(registry: ModelRegistry) -> None:
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
     run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],
-              [original, reconstruction, errors, codes, numbers], api_name="reconstruct")  # fmt: skip
+              [original, reconstruction, errors, codes, numbers], api_name="reconstruct", **SHARED_QUEUE)  # fmt: skip
 
     def on_click(tokenizer_name, image, event: gr.SelectData):  # Gradio passes the click by this annotation
         return clicked_cell(registry, tokenizer_name, image, event.index)
 
     codes.select(on_click, [tokenizer, original], [row, column], api_visibility="private")
     edit.click(functools.partial(edit_token, registry), [tokenizer, original, row, column, replace_by, value],
-               [edited, note], api_name="edit_token")  # fmt: skip
+               [edited, note], api_name="edit_token", **SHARED_QUEUE)  # fmt: skip

@@ -11,7 +11,7 @@ import functools
 import torch
 from PIL import Image
 
-from llamagen.data.photos import HELD_OUT_PHOTOS, PHOTO_NAMES, RGB_PHOTOS, load_photo
+from llamagen.data.photos import HELD_OUT_PHOTOS, PHOTO_NAMES, TRAINING_PHOTOS, load_photo
 from llamagen.images import tensor_to_pil
 
 SHAPE_SAMPLES = ("shapes 0", "shapes 1", "shapes 2", "shapes 3")
@@ -51,7 +51,7 @@ def image_set(name: str) -> list[Image.Image]:
     if name == "held-out photos":
         return [load_photo(photo) for photo in HELD_OUT_PHOTOS]
     if name == "training photos":
-        return [load_photo(photo) for photo in RGB_PHOTOS]
+        return [load_photo(photo) for photo in TRAINING_PHOTOS]
     if name in ("shapes (64)", "digits (64)"):
         return _data_items(name.split()[0], SET_SIZE)
     raise ValueError(f"unknown image set {name!r}; choose one of {', '.join(IMAGE_SETS)}")

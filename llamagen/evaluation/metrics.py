@@ -71,3 +71,10 @@ def ssim(reference, test, data_range: float) -> torch.Tensor:
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return ssim_map.flatten(1).mean(1)
+
+
+def code_perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of code frequencies (counts per code): the effective number of codes in use, which is
+    below the number of codes used when a few codes take most tokens."""
+    frequencies = counts[counts > 0].double() / counts.sum()
+    return math.exp(-(frequencies * frequencies.log()).sum().item())

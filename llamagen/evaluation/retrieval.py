@@ -2,7 +2,8 @@
 
 For each caption, the image with the most similar embedding among all `n` images is retrieved, and the other
 way round; a retrieval is right when the retrieved item carries the same caption (captions that leave out
-attributes can describe several images, and each of them is a right answer). Chance is about 1/n.
+attributes can describe several images, and each of them is a right answer). Chance is the share of items that
+share the query's caption (1/n when every caption differs).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from llamagen.evaluation.fid import RandomFeatures, frechet_distance, image_features
 from llamagen.evaluation.judges import HELD_OUT_SEED
+from llamagen.evaluation.metrics import code_perplexity
 from llamagen.images import pil_to_tensor, tensor_to_pil
 from llamagen.reconstruction import reconstruct, reconstruct_batch
 from llamagen.tokenizer import VQModel
@@ -135,7 +135,6 @@ def evaluate_tokenizer(
         reconstruction_features.append(_features_of(features, [r.reconstruction for r in done]))
         results += done
     counts = torch.bincount(torch.cat([r.codes.flatten() for r in results]), minlength=tokenizer.config.codebook_size)
-    frequencies = counts[counts > 0].double() / counts.sum()
     used = int((counts > 0).sum())
     return TokenizerEvaluation(
         images=len(images),
@@ -144,7 +143,7 @@ def evaluate_tokenizer(
         bits_per_pixel=sum(r.bits_per_pixel for r in results) / len(results),
         used_codes=used,
         codebook_usage=used / tokenizer.config.codebook_size,
-        perplexity=math.exp(-(frequencies * frequencies.log()).sum().item()),
+        perplexity=code_perplexity(counts),
         dead_codes=tokenizer.config.codebook_size - used,
         fid=frechet_distance(np.concatenate(original_features), np.concatenate(reconstruction_features)),
         fid_features=features.name,
