@@ -251,3 +251,28 @@ def test_bad_models_files_and_missing_models_are_refused(tmp_path):
     missing = ModelRegistry(generators={"gone": {"gpt": str(tmp_path / "gone.pt"), "tokenizer": "shapes-vq"}})
     with pytest.raises(ValueError, match="cannot load generator 'gone': no checkpoint file"):
         missing.pipeline("gone")
+
+
+def test_the_demo_command_serves_the_apps_and_prints_their_address(tmp_path):
+    """`llamagen demo` (what `make demo` runs) in its own process: it prints the address, and the page answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path)}
+    demo = subprocess.Popen([sys.executable, "-m", "llamagen", "demo", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    try:
+        line = ""
+        while "LlamaGen explorer:" not in line:
+            line = demo.stdout.readline()
+            assert line or demo.poll() is None, "the demo exited before serving"
+        assert f"http://127.0.0.1:{port}/" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and b"<html" in page.read(2000).lower()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=30)
