@@ -27,7 +27,7 @@ setup: $(STAMP)
 CHROMIUM := /usr/bin/chromium
 
 $(CHROMIUM):
-	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 test: setup $(CHROMIUM)
 	$(BIN)/ruff check .
