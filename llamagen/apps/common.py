@@ -20,6 +20,7 @@ IMAGE_FORMAT = "png"
 MAX_UPLOAD_MEGAPIXELS = 1.0
 MAX_IMAGES_PER_REQUEST = 16
 MAX_CFG_SCALE = 20.0
+MAX_SEED = 2**63 - 1
 # The listeners that run a model share one queue, so the concurrency limit holds for the whole app (Gradio
 # otherwise limits each listener separately); cheap ones (class lists, samples, clicks) never wait behind them.
 SHARED_QUEUE = {"concurrency_id": "models"}
@@ -56,6 +57,14 @@ def number_in_range(name: str, value, low: float, high: float, integer: bool = F
             raise ValueError(f"{name} must be a whole number, got {value!r}")
         return int(number)
     return number
+
+
+def checked_seed(seed) -> int:
+    return number_in_range("seed", seed, 0, MAX_SEED, integer=True)
+
+
+def checked_cfg_scale(cfg_scale) -> float:
+    return number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
 
 
 def uploaded_image(image: Image.Image | None) -> Image.Image:

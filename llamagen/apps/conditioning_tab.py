@@ -15,7 +15,16 @@ import gradio as gr
 from llamagen.analysis.attention import prefix_attention
 from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import labelled_rows, prefix_attention_figure
-from llamagen.apps.common import IMAGE_FORMAT, MAX_CFG_SCALE, SHARED_QUEUE, number_in_range, picture, shown_errors
+from llamagen.apps.common import (
+    IMAGE_FORMAT,
+    MAX_CFG_SCALE,
+    SHARED_QUEUE,
+    checked_cfg_scale,
+    checked_seed,
+    number_in_range,
+    picture,
+    shown_errors,
+)
 from llamagen.apps.generate_tab import class_choices, condition_of
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline, image_grid
@@ -30,7 +39,7 @@ def guidance_scales(text: str) -> list[float]:
     parts = [part for part in str(text).replace(";", ",").split(",") if part.strip()]
     if not 1 <= len(parts) <= MAX_ROWS:
         raise ValueError(f"give 1 to {MAX_ROWS} guidance scales separated by commas, got {text!r}")
-    return [number_in_range("guidance scale", part.strip(), 0.0, MAX_CFG_SCALE) for part in parts]
+    return [checked_cfg_scale(part.strip()) for part in parts]
 
 
 def one_condition(pipe: Pipeline, class_name, prompt) -> dict:
@@ -45,7 +54,7 @@ def guidance_rows(registry: ModelRegistry, model, class_name, prompt, scales, co
     """A picture per guidance scale: `count` images of one condition, the same seed in every row."""
     scales = guidance_scales(scales)
     count = number_in_range("images per row", count, 1, MAX_PER_ROW, integer=True)
-    seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
+    seed = checked_seed(seed)
     pipe = registry.pipeline(model)
     condition = one_condition(pipe, class_name, prompt)
     with registry.generation(model):
@@ -57,8 +66,8 @@ def guidance_rows(registry: ModelRegistry, model, class_name, prompt, scales, co
 def interpolate_classes(registry: ModelRegistry, model, class_a, class_b, steps, cfg_scale, seed):
     """Images from blends (1 - w) e_a + w e_b of two classes' prefix embeddings, w from 0 to 1, one seed."""
     steps = number_in_range("steps", steps, 2, 9, integer=True)
-    cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
-    seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
+    cfg_scale = checked_cfg_scale(cfg_scale)
+    seed = checked_seed(seed)
     weights = [i / (steps - 1) for i in range(steps)]
     pipe = registry.pipeline(model)
     if pipe.model_type != "c2i":
@@ -74,9 +83,9 @@ def interpolate_classes(registry: ModelRegistry, model, class_a, class_b, steps,
 def compare_captions(registry: ModelRegistry, model, caption, paraphrase, removed, cfg_scale, count, seed):
     """A row of images per prompt (a caption, its paraphrase, the caption less one attribute), one seed."""
     prompts = [caption, paraphrase, removed]
-    cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
+    cfg_scale = checked_cfg_scale(cfg_scale)
     count = number_in_range("images per row", count, 1, MAX_PER_ROW, integer=True)
-    seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
+    seed = checked_seed(seed)
     pipe = registry.pipeline(model)
     if pipe.model_type != "t2i":
         raise ValueError("comparing captions needs a text-conditional generator")
@@ -91,8 +100,8 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
 @shown_errors
 def attention_to_prefix(registry: ModelRegistry, model, class_name, prompt, cfg_scale, seed):
     """One image, and the share of attention its tokens' predictions pay to the condition, layer by layer."""
-    cfg_scale = number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
-    seed = number_in_range("seed", seed, 0, 2**63 - 1, integer=True)
+    cfg_scale = checked_cfg_scale(cfg_scale)
+    seed = checked_seed(seed)
     pipe = registry.pipeline(model)
     condition = one_condition(pipe, class_name, prompt)
     with registry.generation(model):
@@ -108,7 +117,7 @@ def attention_to_prefix(registry: ModelRegistry, model, class_name, prompt, cfg_
 
 
 def _condition_inputs(names: list[str] | None, label: str, index: int = 0):
-    """A class picker (for a class-conditional generator) and a prompt box (for a text-conditional one)."""
+    """A class picker, shown for a class-conditional generator (`names`) and hidden for a text-conditional one."""
     choices = names or []
     value = choices[min(index, len(choices) - 1)] if choices else None
     # Custom values pass to the pipeline, which checks them (API clients may use any generator's classes).

@@ -14,6 +14,8 @@ from llamagen.apps.common import (
     MAX_CFG_SCALE,
     MAX_IMAGES_PER_REQUEST,
     SHARED_QUEUE,
+    checked_cfg_scale,
+    checked_seed,
     number_in_range,
     picture,
     shown_errors,
@@ -25,12 +27,12 @@ from llamagen.pipeline import Pipeline
 def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, top_k, top_p, temperature, seed) -> dict:
     """The pipeline's sampling arguments from the page's (or a client's) values, each checked."""
     return {
-        "cfg_scale": number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE),
+        "cfg_scale": checked_cfg_scale(cfg_scale),
         "cfg_interval": number_in_range("guidance interval", cfg_interval, -1, pipe.gpt.config.block_size, True),
         "top_k": number_in_range("top-k", top_k, 0, pipe.gpt.config.vocab_size, True),
         "top_p": number_in_range("top-p", top_p, 1e-6, 1.0),
         "temperature": number_in_range("temperature", temperature, 0.0, 10.0),
-        "seed": number_in_range("seed", seed, 0, 2**63 - 1, True),
+        "seed": checked_seed(seed),
     }
 
 

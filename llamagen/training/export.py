@@ -56,6 +56,12 @@ def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
     }
 
 
+def _write_card(card: dict[str, Any], assets_dir: Path) -> dict[str, Any]:
+    """The model card `NAME.json` beside the weights, written atomically."""
+    write_text_atomically(assets_dir / f"{card['name']}.json", json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def export_tokenizer(
     run_dir: str | Path,
     name: str,
@@ -106,8 +112,7 @@ def export_tokenizer(
         ],
         "notes": notes,
     }
-    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
-    return card
+    return _write_card(card, assets_dir)
 
 
 def _shipped_name(kind: str, source: str | None, override: str | None) -> str:
@@ -224,8 +229,7 @@ def export_generator(
         ],
         "notes": notes,
     }
-    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
-    return card
+    return _write_card(card, assets_dir)
 
 
 def export_text_encoder(
@@ -264,5 +268,4 @@ def export_text_encoder(
         "reproduce": [train_command, f"llamagen export clip {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
     }
-    write_text_atomically(assets_dir / f"{name}.json", json.dumps(card, indent=2) + "\n")
-    return card
+    return _write_card(card, assets_dir)
