@@ -175,8 +175,10 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     On the CPU the weights are frozen into the compiled graph (constants, pre-packed for oneDNN) and
     the matrix kernels autotuned: a decoding step multiplies only a few rows by every weight, and the
     default kernels for so few rows stream the weights at well under the memory bandwidth
-    (benchmarks/decode_speed.py). Freezing is an inductor setting read whenever a graph compiles,
-    recompilations mid-generation included, so it is patched around each call rather than set globally.
+    (benchmarks/decode_speed.py). The graph is also called through inductor's C++ wrapper: a step
+    launches a few hundred small kernels, and launching them from Python cost about a fifth of a step
+    for GPT-B in bf16. Both are inductor settings read whenever a graph compiles, recompilations
+    mid-generation included, so they are patched around each call rather than set globally.
     Frozen weights would go stale if the model's weights changed: then everything compiled is dropped
     and the step compiles again.
     """
@@ -194,7 +196,7 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
         compiled = torch.compile(gpt.decode_step, mode="max-autotune")
 
         def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-            with inductor_config.patch(freezing=True):
+            with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(tokens, position)
 
     _compiled_steps[gpt] = (fingerprint, step)
