@@ -51,7 +51,7 @@ demo: setup
 	$(BIN)/llamagen demo $(if $(MODELS),--models $(MODELS))
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
-# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README. About 20 minutes.
+# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README. About 25 minutes.
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py --readme
 

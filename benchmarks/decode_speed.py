@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grids", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_cpu.md"))
     parser.add_argument("--readme", action="store_true", help="also put the table into README.md")

@@ -160,6 +160,11 @@ def generate(
     return tokens
 
 
+# torch.compile keeps its graphs per code object, and every model shares `GPT.decode_step`'s: each model
+# and number of rows adds two (the first position, then any position), and past torch's default of 8 the
+# step silently runs eagerly (a demo serving three models at two batch sizes would hit it).
+_RECOMPILE_LIMIT = 64
+
 # Per model: the fingerprint of its weights when its decoding step was compiled, and that step.
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -177,8 +182,8 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     default kernels for so few rows stream the weights at well under the memory bandwidth
     (benchmarks/decode_speed.py). The graph is also called through inductor's C++ wrapper: a step
     launches a few hundred small kernels, and launching them from Python cost about a fifth of a step
-    for GPT-B in bf16. Both are inductor settings read whenever a graph compiles, recompilations
-    mid-generation included, so they are patched around each call rather than set globally.
+    for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,
+    recompilations mid-generation included, so they are patched around each call rather than set globally.
     Frozen weights would go stale if the model's weights changed: then everything compiled is dropped
     and the step compiles again.
     """
@@ -188,16 +193,15 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
         return known[1]
     if known is not None:
         torch._dynamo.reset()  # the frozen constants are the old weights
-    if gpt.device.type != "cpu":
-        step = torch.compile(gpt.decode_step)
-    else:
-        from torch._inductor import config as inductor_config  # imported on first use: it is large
+    from torch._dynamo import config as dynamo_config  # imported on first use: it is large
+    from torch._inductor import config as inductor_config
 
-        compiled = torch.compile(gpt.decode_step, mode="max-autotune")
+    settings = {"freezing": True, "cpp_wrapper": True} if gpt.device.type == "cpu" else {}
+    compiled = torch.compile(gpt.decode_step, mode="max-autotune" if gpt.device.type == "cpu" else None)
 
-        def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-            with inductor_config.patch(freezing=True, cpp_wrapper=True):
-                return compiled(tokens, position)
+    def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+        with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT), inductor_config.patch(settings):
+            return compiled(tokens, position)
 
     _compiled_steps[gpt] = (fingerprint, step)
     return step
