@@ -145,10 +145,6 @@ def measure(gpt: GPT, batch: int, repeats: int, skip_original: bool) -> dict:
     def ours(compile: bool):
         return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
 
-    # Each row starts from nothing compiled, as a fresh process would: the graphs of earlier rows, all
-    # on the one code object of `GPT.decode_step`, made later rows measurably slower (10.0 against 8.7 ms
-    # for 16x16 bf16 batch 1).
-    torch._dynamo.reset()
     timings = {
         "eager": ms_per_token(ours(False), steps, repeats),
         "compiled": ms_per_token(ours(True), steps, repeats),  # the warm-up call compiles
