@@ -193,8 +193,8 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
         return known[1]
     if known is not None:
         torch._dynamo.reset()  # the frozen constants are the old weights
-    from torch._dynamo import config as dynamo_config  # imported on first use: it is large
-    from torch._inductor import config as inductor_config
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config  # imported on first use: it is large
 
     settings = {"freezing": True, "cpp_wrapper": True} if gpt.device.type == "cpu" else {}
     compiled = torch.compile(gpt.decode_step, mode="max-autotune" if gpt.device.type == "cpu" else None)
