@@ -16,9 +16,11 @@ Run with `make bench`; it prints a table, writes it to benchmarks/results/, and 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -157,28 +159,36 @@ def measure(gpt: GPT, batch: int, repeats: int, skip_original: bool) -> dict:
     return timings
 
 
-def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, skip_original: bool) -> list[dict]:
+def measure_row(grid: int, batch: int, dtype_name: str, bandwidth: float, repeats: int, skip_original: bool) -> dict:
+    """One row of the table, in a process of its own (see `run`)."""
     torch.manual_seed(0)
+    gpt = GPT(gpt_preset("GPT-B", block_size=grid * grid)).eval()
+    with torch.no_grad():
+        gpt.output.weight.normal_(std=0.02)  # the original's zero init would make every logit equal
+    check_same_tokens(gpt)  # in float32: random bf16 logits are full of near ties
+    gpt = gpt.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+    return {
+        "grid": f"{grid}x{grid}",
+        "batch": batch,
+        "dtype": dtype_name,
+        "bound": weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3,
+        "bandwidth": bandwidth,
+        **measure(gpt, batch, repeats, skip_original),
+    }
+
+
+def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, skip_original: bool) -> list[dict]:
+    """Every row is measured in a fresh process, as a user's first generation in a session would run: in one
+    process, rows measured after other models had been compiled came out 10-20% slower (not from dynamo's
+    guards over the extra graphs: a dozen more graphs on the shared decode step add under 0.01 ms a token)."""
     bandwidth = measure_bandwidth_gbs()
     rows = []
+    spawn = multiprocessing.get_context("spawn")
     for grid in grids:
         for dtype_name in dtypes:
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-            gpt = GPT(gpt_preset("GPT-B", block_size=grid * grid)).eval()
-            with torch.no_grad():
-                gpt.output.weight.normal_(std=0.02)  # the original's zero init would make every logit equal
-            check_same_tokens(gpt)  # in float32: random bf16 logits are full of near ties
-            gpt = gpt.to(dtype)
-            bound = weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3
             for batch in batches:
-                row = {
-                    "grid": f"{grid}x{grid}",
-                    "batch": batch,
-                    "dtype": dtype_name,
-                    "bound": bound,
-                    "bandwidth": bandwidth,
-                    **measure(gpt, batch, repeats, skip_original),
-                }
+                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                    row = pool.submit(measure_row, grid, batch, dtype_name, bandwidth, repeats, skip_original).result()
                 rows.append(row)
                 print(format_row(row), flush=True)
     return rows
