@@ -1,11 +1,15 @@
 """What the apps and notebooks draw on: codebook statistics and geometry, token surgery, class blends, pictures."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from helpers import small, small_tokenizer
 from PIL import Image
 
+from llamagen.analysis.captions import leave_out_attributes
 from llamagen.analysis.codebook import (
     code_counts,
     code_patch,
@@ -22,6 +26,7 @@ from llamagen.analysis.pictures import (
     labelled_rows,
     prefix_attention_figure,
 )
+from llamagen.data.shapes import BACKGROUNDS, OPTIONAL_ATTRIBUTES, POSITIONS, SIZES, ShapeAttributes, describe, render
 from llamagen.gpt.sampling import generate
 from llamagen.images import pil_to_tensor
 
@@ -116,3 +121,42 @@ def test_labelled_rows_keep_every_pixel_enlarged_by_one_factor():
     assert np.array_equal(picture[top : top + 60 : 3, 100::3], np.asarray(rows[1]))
     with pytest.raises(ValueError, match="one label per row"):
         labelled_rows(rows, ["a"])
+
+
+class CaptionOracle:
+    """A stand-in text-to-image pipeline that draws exactly what a caption states and chooses the rest at
+    random: what a perfect generator would do."""
+
+    model_type, device = "t2i", torch.device("cpu")
+
+    def __init__(self, attributes: ShapeAttributes):
+        self.attributes = attributes
+        optional = OPTIONAL_ATTRIBUTES
+        subsets = [[name for bit, name in enumerate(optional) if mask >> bit & 1] for mask in range(2 ** len(optional))]
+        self.stated = {describe(attributes, subset).text: subset for subset in subsets}
+
+    def __call__(self, prompts, seed, num_images_per_condition, **sampling):
+        rng = np.random.default_rng(seed)
+        choices = {"size": SIZES, "position": POSITIONS, "background": tuple(BACKGROUNDS)}
+        stated, images = self.stated[prompts[0]], []
+        for _ in range(num_images_per_condition):
+            drawn = {name: values[rng.integers(len(values))] for name, values in choices.items() if name not in stated}
+            images.append(pil_to_tensor(render(dataclasses.replace(self.attributes, **drawn)))[0])
+        return SimpleNamespace(pixels=torch.stack(images))
+
+
+def test_leaving_an_attribute_out_of_the_caption_is_measured_by_the_judge():
+    attributes = ShapeAttributes("star", "red", "large", "top left", "black")
+    rows, pictures = leave_out_attributes(CaptionOracle(attributes), attributes, images=24)
+    assert [row["left_out"] for row in rows] == [None, "size", "position", "background"]
+    assert pictures.shape == (4, 24, 3, 64, 64)
+    assert rows[0]["caption"] == "a large red star in the top left corner on a black background"
+    assert rows[1]["caption"] == "a red star in the top left corner on a black background"
+    for row in rows:
+        for name in ("shape", "colour", "size", "position", "background"):
+            if name == row["left_out"]:  # drawn at random: the judge sees it vary
+                assert row[name] < 0.8 and row[f"{name}_values"] >= 2, (row["left_out"], name)
+            else:  # stated: every image has it
+                assert row[name] == 1.0 and row[f"{name}_values"] == 1, (row["left_out"], name)
+    with pytest.raises(ValueError, match="text-conditional"):
+        leave_out_attributes(SimpleNamespace(model_type="c2i"), attributes)

@@ -18,6 +18,7 @@ from llamagen.data.shapes import (
     ShapeAttributes,
     Shapes,
     class_attributes,
+    describe,
     render,
 )
 
@@ -80,6 +81,17 @@ def test_captions_say_which_attributes_they_state():
         assert stated[:2] == ["shape", "colour"]
         for name, words in phrases.items():
             assert (name in stated) == any(word in item["caption"] for word in words), (item["caption"], stated)
+
+
+def test_a_caption_can_state_chosen_attributes():
+    attributes = ShapeAttributes("cross", "orange", "small", "bottom", "gray")
+    assert describe(attributes, ["size", "background"]).text == "a small orange cross on a gray background"
+    assert describe(attributes, [], template=3).text == "orange cross"
+    assert describe(attributes, ["position"], template=1).stated == ("shape", "colour", "position")
+    with pytest.raises(ValueError, match="unknown attributes"):
+        describe(attributes, ["texture"])
+    with pytest.raises(ValueError, match="template 4"):
+        describe(attributes, [], template=4)
 
 
 def test_held_out_pairs_alone_can_be_drawn():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -156,23 +157,36 @@ class Caption:
     stated: tuple[str, ...]  # the attributes the text names: shape and colour always, the others sometimes
 
 
-def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> Caption:
-    """One of several phrasings; size, position and background are each left out a third of the time."""
-    says_size, says_position, says_background = (rng.random() >= 1 / 3 for _ in range(3))
-    size = f"{attributes.size} " if says_size else ""
-    where = f" {_POSITION_PHRASES[attributes.position]}" if says_position else ""
-    background = attributes.background if says_background else ""
+OPTIONAL_ATTRIBUTES = ("size", "position", "background")  # shape and colour are always stated
+TEMPLATES = 4
+
+
+def describe(attributes: ShapeAttributes, stated: Collection[str], template: int = 0) -> Caption:
+    """The caption in phrasing `template` (0 .. TEMPLATES - 1) that states shape, colour and the optional
+    attributes named in `stated`."""
+    unknown = set(stated) - {"shape", "colour", *OPTIONAL_ATTRIBUTES}
+    if unknown:
+        raise ValueError(f"unknown attributes {sorted(unknown)}; captions state {', '.join(OPTIONAL_ATTRIBUTES)}")
+    if not 0 <= template < TEMPLATES:
+        raise ValueError(f"template {template} is outside 0..{TEMPLATES - 1}")
+    size = f"{attributes.size} " if "size" in stated else ""
+    where = f" {_POSITION_PHRASES[attributes.position]}" if "position" in stated else ""
+    background = attributes.background if "background" in stated else ""
     thing = f"{size}{attributes.colour} {attributes.shape}"
     article = "an" if thing[0] in "aeiou" else "a"
-    templates = [
+    phrasings = [
         f"{article} {thing}{where}" + (f" on a {background} background" if background else ""),
         f"a picture of {article} {thing}{where}" + (f", {background} background" if background else ""),
         (f"{background} background with " if background else "") + f"{article} {thing}{where}",
         f"{thing}{where}" + (f", on {background}" if background else ""),
     ]
-    optional = (("size", says_size), ("position", says_position), ("background", says_background))
-    stated = ("shape", "colour", *(name for name, says in optional if says))
-    return Caption(templates[int(rng.integers(len(templates)))], stated)
+    return Caption(phrasings[template], ("shape", "colour", *(name for name in OPTIONAL_ATTRIBUTES if name in stated)))
+
+
+def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> Caption:
+    """One of several phrasings; size, position and background are each left out a third of the time."""
+    stated = [name for name in OPTIONAL_ATTRIBUTES if rng.random() >= 1 / 3]
+    return describe(attributes, stated, int(rng.integers(TEMPLATES)))
 
 
 class Shapes(torch.utils.data.Dataset):
