@@ -159,16 +159,20 @@ def measure(gpt: GPT, batch: int, repeats: int, skip_original: bool) -> dict:
     return timings
 
 
-def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
-    """One row of the table, in a process of its own (see `run`). The bandwidth is measured before and after
-    the timings and the higher of the two kept: this shared machine's reading moves by up to 2x over minutes,
-    and the higher reading gives the stricter bound."""
+def random_gpt_b(grid: int) -> GPT:
+    """GPT-B with seeded random weights, in float32."""
     torch.manual_seed(0)
     gpt = GPT(gpt_preset("GPT-B", block_size=grid * grid)).eval()
     with torch.no_grad():
         gpt.output.weight.normal_(std=0.02)  # the original's zero init would make every logit equal
-    check_same_tokens(gpt)  # in float32: random bf16 logits are full of near ties
-    gpt = gpt.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+    return gpt
+
+
+def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
+    """One row of the table, in a process of its own (see `run`). The bandwidth is measured before and after
+    the timings and the higher of the two kept: on this shared machine the reading moved from 32 to 62 GB/s
+    within an hour, and the higher reading gives the stricter bound."""
+    gpt = random_gpt_b(grid).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
     before = measure_bandwidth_gbs()
     timings = measure(gpt, batch, repeats, skip_original)
     bandwidth = max(before, measure_bandwidth_gbs())
@@ -189,6 +193,7 @@ def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, s
     rows = []
     spawn = multiprocessing.get_context("spawn")
     for grid in grids:
+        check_same_tokens(random_gpt_b(grid))  # eager, in float32: random bf16 logits are full of near ties
         for dtype_name in dtypes:
             for batch in batches:
                 with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:

@@ -92,6 +92,10 @@ def test_a_caption_can_state_chosen_attributes():
         describe(attributes, ["texture"])
     with pytest.raises(ValueError, match="template 4"):
         describe(attributes, [], template=4)
+    # The captions a text-to-image model was trained on stay what they were (the codes extracted from them).
+    captioned = Shapes(size=16, seed=0, captioned=True)
+    assert captioned[0]["caption"] == "a large blue cross in the top right corner on a black background"
+    assert captioned[1]["caption"] == "pink triangle on the right" and captioned[1]["stated"] == "shape,colour,position"
 
 
 def test_held_out_pairs_alone_can_be_drawn():

@@ -1,25 +1,20 @@
 """The embedded generators: each loads by name with its tokenizer (and text encoder), generates what it is asked
 for reproducibly, and still scores what its model card says at its best guidance scale."""
 
-import json
-
 import pytest
 import torch
+from helpers import embedded_card
 
 from llamagen.checkpoints import embedded_models
 from llamagen.evaluation.generation import caption_sets, evaluate_class_conditional, evaluate_text_conditional
 from llamagen.pipeline import load_pipeline
 
 
-def card(name: str) -> dict:
-    return json.loads(embedded_models()[name].with_suffix(".json").read_text())
-
-
 def generators(model_type: str) -> list[str]:
     return sorted(
         name
         for name in embedded_models()
-        if card(name)["kind"] == "gpt" and card(name)["config"]["model_type"] == model_type
+        if embedded_card(name)["kind"] == "gpt" and embedded_card(name)["config"]["model_type"] == model_type
     )
 
 
@@ -36,7 +31,7 @@ def test_the_expected_generators_are_shipped():
 
 def check_images_come_out_reproducibly(pipe, name: str, conditions: list, **condition) -> None:
     """The pipeline draws one image of the right size per condition, not blank, the same for the same seed."""
-    cfg_scale = card(name)["evaluation"]["best_cfg_scale"]
+    cfg_scale = embedded_card(name)["evaluation"]["best_cfg_scale"]
     output = pipe(**condition, seed=0, cfg_scale=cfg_scale)
     assert len(output.images) == len(conditions) and output.conditions == conditions
     assert {image.size for image in output.images} == {(pipe.image_size, pipe.image_size)}
@@ -47,14 +42,14 @@ def check_images_come_out_reproducibly(pipe, name: str, conditions: list, **cond
 @pytest.mark.parametrize("name", CLASS_CONDITIONAL)
 def test_each_class_generator_makes_images_of_every_class_reproducibly(name):
     pipe = load_pipeline(name)
-    assert pipe.class_names == card(name)["class_names"]
+    assert pipe.class_names == embedded_card(name)["class_names"]
     check_images_come_out_reproducibly(pipe, name, pipe.class_names, class_labels=pipe.class_names)
 
 
 @pytest.mark.parametrize("name", TEXT_CONDITIONAL)
 def test_each_text_generator_draws_captions_reproducibly(name):
     pipe = load_pipeline(name)
-    assert pipe.text_encoder.source == card(name)["text_encoder"]
+    assert pipe.text_encoder.source == embedded_card(name)["text_encoder"]
     prompts = [item["caption"] for item in caption_sets(8)["seen"]]
     check_images_come_out_reproducibly(pipe, name, prompts, prompts=prompts)
 
@@ -62,7 +57,7 @@ def test_each_text_generator_draws_captions_reproducibly(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CLASS_CONDITIONAL)
 def test_each_class_generator_still_scores_what_its_card_says(name):
-    evaluation = card(name)["evaluation"]
+    evaluation = embedded_card(name)["evaluation"]
     kind = evaluation["judge"].removesuffix("-judge")
     scores = evaluate_class_conditional(
         load_pipeline(name), kind, evaluation["images_per_class"], cfg_scale=evaluation["best_cfg_scale"]
@@ -75,7 +70,7 @@ def test_each_class_generator_still_scores_what_its_card_says(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TEXT_CONDITIONAL)
 def test_each_text_generator_still_scores_what_its_card_says(name):
-    evaluation = card(name)["evaluation"]
+    evaluation = embedded_card(name)["evaluation"]
     best = best_row(evaluation)
     sets = caption_sets(evaluation["captions"])
     pipe = load_pipeline(name)

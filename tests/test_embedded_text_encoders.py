@@ -1,10 +1,9 @@
 """The text encoders the project ships: they load by name, give the per-token prefix a text-to-image model reads,
 and still match captions to images as their model cards say, on captioned shapes training never drew."""
 
-import json
-
 import pytest
 import torch
+from helpers import embedded_card
 
 from llamagen.checkpoints import embedded_models
 from llamagen.data.shapes import Shapes
@@ -12,15 +11,7 @@ from llamagen.evaluation.generation import SECOND_REAL_SEED
 from llamagen.evaluation.retrieval import caption_retrieval
 from llamagen.text import load_text_encoder
 
-ENCODERS = sorted(
-    name
-    for name, path in embedded_models().items()
-    if json.loads(path.with_suffix(".json").read_text())["kind"] == "clip"
-)
-
-
-def card(name: str) -> dict:
-    return json.loads(embedded_models()[name].with_suffix(".json").read_text())
+ENCODERS = sorted(name for name in embedded_models() if embedded_card(name)["kind"] == "clip")
 
 
 def test_the_expected_text_encoders_are_shipped():
@@ -39,7 +30,7 @@ def test_each_encoder_gives_a_left_padded_prefix_that_tells_captions_apart(name)
 
 @pytest.mark.parametrize("name", ENCODERS)
 def test_each_encoder_still_retrieves_what_its_card_says(name):
-    evaluation = card(name)["evaluation"]
+    evaluation = embedded_card(name)["evaluation"]
     encoder = load_text_encoder(name, device="cpu")
     shapes = Shapes(size=encoder.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
     measured = caption_retrieval(encoder, [shapes[i] for i in range(evaluation["candidates"])])

@@ -3,7 +3,7 @@ what it does not?
 
 Training captions leave out size, position and background a third of the time each (`llamagen.data.shapes`),
 so a model that reads its caption should hold a stated attribute fixed across seeds and spread an unstated one
-over its values about as the training images do. The shapes judge reads each attribute of every image.
+over its values (uniformly drawn in the training images). The shapes judge reads each attribute of every image.
 """
 
 from __future__ import annotations

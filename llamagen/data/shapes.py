@@ -166,7 +166,9 @@ def describe(attributes: ShapeAttributes, stated: Collection[str], template: int
     attributes named in `stated`."""
     unknown = set(stated) - {"shape", "colour", *OPTIONAL_ATTRIBUTES}
     if unknown:
-        raise ValueError(f"unknown attributes {sorted(unknown)}; captions state {', '.join(OPTIONAL_ATTRIBUTES)}")
+        raise ValueError(
+            f"unknown attributes {sorted(unknown)}; a caption states shape, colour, {', '.join(OPTIONAL_ATTRIBUTES)}"
+        )
     if not 0 <= template < TEMPLATES:
         raise ValueError(f"template {template} is outside 0..{TEMPLATES - 1}")
     size = f"{attributes.size} " if "size" in stated else ""
