@@ -1,10 +1,7 @@
-"""Small seeded models and conditions shared by the generator tests, and the embedded models' cards."""
-
-import json
+"""Small seeded models and conditions shared by the generator tests."""
 
 import torch
 
-from llamagen.checkpoints import embedded_models
 from llamagen.gpt import GPT, GPTConfig
 from llamagen.text import ClipConfig, ClipTextEncoder
 from llamagen.tokenizer import VQModel, vq_preset
@@ -58,8 +55,3 @@ TINY_CLIP = {
 def tiny_encoder(seed: int = 0) -> ClipTextEncoder:
     torch.manual_seed(seed)
     return ClipTextEncoder.from_config(ClipConfig.from_dict(TINY_CLIP)).eval()
-
-
-def embedded_card(name: str) -> dict:
-    """The model card shipped beside an embedded model."""
-    return json.loads(embedded_models()[name].with_suffix(".json").read_text())

@@ -3,19 +3,14 @@ for reproducibly, and still scores what its model card says at its best guidance
 
 import pytest
 import torch
-from helpers import embedded_card
 
-from llamagen.checkpoints import embedded_models
+from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.evaluation.generation import caption_sets, evaluate_class_conditional, evaluate_text_conditional
 from llamagen.pipeline import load_pipeline
 
 
 def generators(model_type: str) -> list[str]:
-    return sorted(
-        name
-        for name in embedded_models()
-        if embedded_card(name)["kind"] == "gpt" and embedded_card(name)["config"]["model_type"] == model_type
-    )
+    return [name for name in embedded_of_kind("gpt") if embedded_card(name)["config"]["model_type"] == model_type]
 
 
 CLASS_CONDITIONAL, TEXT_CONDITIONAL = generators("c2i"), generators("t2i")

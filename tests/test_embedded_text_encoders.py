@@ -3,15 +3,14 @@ and still match captions to images as their model cards say, on captioned shapes
 
 import pytest
 import torch
-from helpers import embedded_card
 
-from llamagen.checkpoints import embedded_models
+from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.data.shapes import Shapes
 from llamagen.evaluation.generation import SECOND_REAL_SEED
 from llamagen.evaluation.retrieval import caption_retrieval
 from llamagen.text import load_text_encoder
 
-ENCODERS = sorted(name for name in embedded_models() if embedded_card(name)["kind"] == "clip")
+ENCODERS = embedded_of_kind("clip")
 
 
 def test_the_expected_text_encoders_are_shipped():

@@ -219,13 +219,11 @@ def test_a_published_size_vq16_checkpoint_reconstructs_a_photo(tmp_path, capsys)
 
 def test_the_embedded_photo_tokenizer_reconstructs_a_photo_it_never_saw():
     """The shipped `photo-vq`, by name: its card's numbers hold for what users load."""
-    import json
-
-    from llamagen.checkpoints import embedded_models
+    from llamagen.checkpoints import embedded_card, embedded_models
     from llamagen.tokenizer.loading import load_tokenizer
 
     assert "photo-vq" in embedded_models()
-    card = json.loads(embedded_models()["photo-vq"].with_suffix(".json").read_text())
+    card = embedded_card("photo-vq")
     tokenizer = load_tokenizer("photo-vq", device="cpu")
     assert tokenizer.config.codebook_size == 16384 and tokenizer.config.codebook_embed_dim == 8
     assert tokenizer.downsample_factor == 8

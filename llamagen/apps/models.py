@@ -21,20 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamagen.checkpoints import embedded_models
+from llamagen.checkpoints import embedded_of_kind
 from llamagen.pipeline import Pipeline, load_pipeline
 from llamagen.tokenizer import VQModel
 
 _GENERATOR_KEYS = {"gpt", "tokenizer", "text_encoder", "gpt_config", "tokenizer_config"}
-
-
-def _embedded_of_kind(kind: str) -> list[str]:
-    names = []
-    for name, weights in embedded_models().items():
-        card = json.loads(weights.with_suffix(".json").read_text())
-        if card.get("kind") == kind:
-            names.append(name)
-    return names
 
 
 @dataclass
@@ -56,8 +47,8 @@ class ModelRegistry:
     def embedded(cls) -> ModelRegistry:
         """The models the project ships: every embedded generator and tokenizer."""
         return cls(
-            generators={name: {"gpt": name} for name in _embedded_of_kind("gpt")},
-            tokenizers={name: {"source": name} for name in _embedded_of_kind("vq")},
+            generators={name: {"gpt": name} for name in embedded_of_kind("gpt")},
+            tokenizers={name: {"source": name} for name in embedded_of_kind("vq")},
         )
 
     def add_from_file(self, path: str | Path) -> ModelRegistry:
