@@ -38,14 +38,18 @@ def embedded_models() -> dict[str, Path]:
     return {path.stem: path for path in sorted(ASSETS_DIR.glob("*.safetensors")) if path.with_suffix(".json").is_file()}
 
 
+def _card_beside(weights: Path) -> dict:
+    return json.loads(weights.with_suffix(".json").read_text())
+
+
 def embedded_card(name: str) -> dict:
     """The model card shipped beside the embedded model `name`."""
-    return json.loads(embedded_models()[name].with_suffix(".json").read_text())
+    return _card_beside(embedded_models()[name])
 
 
 def embedded_of_kind(kind: str) -> list[str]:
     """The names of the embedded models whose card says `kind` ("vq", "gpt", "clip", "judge")."""
-    return [name for name in embedded_models() if embedded_card(name).get("kind") == kind]
+    return [name for name, weights in embedded_models().items() if _card_beside(weights).get("kind") == kind]
 
 
 # Entries the original stores that are derived from the config or are running statistics, not weights:
