@@ -180,7 +180,12 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     On the CPU the weights are frozen into the compiled graph (constants, pre-packed for oneDNN) and
     the matrix kernels autotuned: a decoding step multiplies only a few rows by every weight, and the
     default kernels for so few rows stream the weights at well under the memory bandwidth
-    (benchmarks/decode_speed.py). The graph is also called through inductor's C++ wrapper: a step
+    (benchmarks/decode_speed.py). In fp32 the autotuner chooses only among inductor's own C++ matrix
+    kernels, not MKL's: it times each product alone, its weights hot in the cache, where MKL can win, while
+    a decoding step streams every weight from memory, where the C++ kernels read faster (a step of GPT-B,
+    16x16, batch 8, took 56 ms with them against 74 with MKL allowed). Not in bf16: there the alternative is
+    oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they made a step 3x
+    slower. The graph is also called through inductor's C++ wrapper: a step
     launches a few hundred small kernels, and launching them from Python cost about a fifth of a step
     for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,
     recompilations mid-generation included, so they are patched around each call rather than set globally.
@@ -196,8 +201,11 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     from torch._dynamo import config as dynamo_config
     from torch._inductor import config as inductor_config  # imported on first use: it is large
 
-    settings = {"freezing": True, "cpp_wrapper": True} if gpt.device.type == "cpu" else {}
-    compiled = torch.compile(gpt.decode_step, mode="max-autotune" if gpt.device.type == "cpu" else None)
+    on_cpu = gpt.device.type == "cpu"
+    settings = {"freezing": True, "cpp_wrapper": True} if on_cpu else {}
+    if on_cpu and gpt.dtype == torch.float32:
+        settings["max_autotune_gemm_backends"] = "CPP"
+    compiled = torch.compile(gpt.decode_step, mode="max-autotune" if on_cpu else None)
 
     def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
         with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT), inductor_config.patch(settings):
