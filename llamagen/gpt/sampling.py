@@ -183,10 +183,10 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     (benchmarks/decode_speed.py). In fp32 the autotuner chooses only among inductor's own C++ matrix
     kernels, not MKL's: it times each product alone, its weights hot in the cache, where MKL can win, while
     a decoding step streams every weight from memory, where the C++ kernels read faster (a step of GPT-B,
-    16x16, batch 8, took 56 ms with them against 74 with MKL allowed). Not in bf16: there the alternative is
-    oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they made a step 3x
-    slower. The graph is also called through inductor's C++ wrapper: a step
-    launches a few hundred small kernels, and launching them from Python cost about a fifth of a step
+    16x16, batch 8, took 56 ms with them, 74 in an earlier run with MKL allowed). Not in bf16: there the
+    alternative is oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they
+    made a step 2.6-2.9x slower. The graph is also called through inductor's C++ wrapper: a step launches
+    a few hundred small kernels, and launching them from Python cost about a fifth of a step
     for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,
     recompilations mid-generation included, so they are patched around each call rather than set globally.
     Frozen weights would go stale if the model's weights changed: then everything compiled is dropped
