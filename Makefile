@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUTPUTS := outputs
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
 export GRADIO_ANALYTICS_ENABLED := False
@@ -16,8 +17,10 @@ $(BIN)/python:
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The CPU decoding kernel (llamagen/kernels) is built here, once, rather than at the first generation.
+$(STAMP): $(BIN)/python pyproject.toml llamagen/kernels/small_batch_linear.cpp
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m llamagen.kernels
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,8 +5,8 @@ take less than (bytes of weights) / (memory bandwidth). This benchmark measures 
 generated token for GPT-B with random weights (guidance on: the batch is doubled), and compares:
 
 - ours: `llamagen.generate`;
-- (a) the original: a plain re-statement of LlamaGen's decoding loop (a static cache indexed by
-  position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
+- (a) the original: a plain re-statement of LlamaGen's decoding loop (torch's own products, a static cache
+  indexed by position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
   with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
 - (b) the bound: bytes of weights read per step / measured memory bandwidth.
 
@@ -65,7 +65,7 @@ def original_generate(gpt: GPT, labels: torch.Tensor, cfg_scale: float, top_k: i
             attention = layer.attention
             x = layer.attention_norm(h)
             kv = config.n_kv_head * config.head_dim
-            q, k, v = attention.wqkv(x).split([config.dim, kv, kv], dim=-1)
+            q, k, v = F.linear(x, attention.wqkv.weight).split([config.dim, kv, kv], dim=-1)
             q = apply_rope(q.view(rows, s, config.n_head, config.head_dim), rope).transpose(1, 2)
             k = apply_rope(k.view(rows, s, config.n_kv_head, config.head_dim), rope).transpose(1, 2)
             v = v.view(rows, s, config.n_kv_head, config.head_dim).transpose(1, 2)
@@ -74,9 +74,10 @@ def original_generate(gpt: GPT, labels: torch.Tensor, cfg_scale: float, top_k: i
             keys = k_cache.repeat_interleave(n_rep, dim=1)
             values = v_cache.repeat_interleave(n_rep, dim=1)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            h = h + attention.wo(y.transpose(1, 2).contiguous().view(rows, s, config.dim))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
-        return gpt.output(gpt.norm(h)).float()
+            h = h + F.linear(y.transpose(1, 2).contiguous().view(rows, s, config.dim), attention.wo.weight)
+            ffn, x = layer.feed_forward, layer.ffn_norm(h)
+            h = h + F.linear(F.silu(F.linear(x, ffn.w1.weight)) * F.linear(x, ffn.w3.weight), ffn.w2.weight)
+        return F.linear(gpt.norm(h), gpt.output.weight).float()
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
         cond, uncond = torch.split(logits[:, -1], batch, dim=0)

@@ -12,7 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamagen import kernels
 from llamagen.gpt.config import GPTConfig
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` without bias whose product of a few rows (a decoding step's) runs on llamagen's CPU kernel
+    when it is loaded (`llamagen.kernels`): same weights and keys, the same result up to rounding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.use_small_batch_linear(x, self.weight):
+            return torch.ops.llamagen.small_batch_linear(x, self.weight)
+        return F.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -33,9 +47,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.ffn_hidden_dim
-        self.w1 = nn.Linear(config.dim, hidden, bias=False)
-        self.w3 = nn.Linear(config.dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.w1 = Linear(config.dim, hidden)
+        self.w3 = Linear(config.dim, hidden)
+        self.w2 = Linear(hidden, config.dim)
         self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,8 +111,8 @@ class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.wqkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
-        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim)
+        self.wo = Linear(config.dim, config.dim)
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
         self.kv_cache: KVCache | None = None

@@ -13,7 +13,7 @@ from torch import nn
 
 from llamagen.gpt.conditioning import build_condition_embedding
 from llamagen.gpt.config import GPTConfig
-from llamagen.gpt.layers import KVCache, RMSNorm, TransformerBlock, rope_table_2d
+from llamagen.gpt.layers import KVCache, Linear, RMSNorm, TransformerBlock, rope_table_2d
 
 
 def prefix_attention_mask(cond_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,7 +46,7 @@ class GPT(nn.Module):
             TransformerBlock(config, config.drop_path_rate * i / last) for i in range(config.n_layer)
         )
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size)
         self.register_buffer("freqs_cis", rope_table_2d(config), persistent=False)
         self._cache_key_mask: torch.Tensor | None = None  # (batch, max_len) visible keys, set by prefill
         self.apply(self._init_weights)

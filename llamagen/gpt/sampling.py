@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from llamagen import kernels
 from llamagen.gpt.model import GPT
 
 # Bytes a generation may allocate, as a share of the memory available when it starts.
@@ -147,6 +148,8 @@ def generate(
         return sample(logits, temperature, top_k, top_p, generator)
 
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
+    if gpt.device.type == "cpu":
+        kernels.load_small_batch_linear()  # the decoding steps' products, when this CPU can run it
     decode_step = compiled_decode_step(gpt) if compile else gpt.decode_step
     gpt.setup_cache(rows)
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)

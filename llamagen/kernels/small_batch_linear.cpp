@@ -1,0 +1,103 @@
+// y = x @ weight^T for a few rows of x (1 to 4) and float32 or bf16 weights, on CPUs with AVX-512.
+//
+// A decoding step multiplies one or two rows (guidance doubles the batch) by every weight matrix of the model:
+// a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
+// float32, oneDNN in bf16) read the weights well below the memory bandwidth on this project's 2-core machine;
+// this loop reads each weight row once for every row of x, with two independent sums per row of x so that
+// the loads, not the latency of the multiply-adds, set the pace (benchmarks/results/small_batch_linear.md).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+namespace {
+
+constexpr int64_t kMaxRows = 4;
+
+// One 512-bit register of each type: its element count, how to load it, and the multiply-add into
+// float32 sums (bf16: pairs of products summed in float32, AVX512-BF16's dot product).
+struct Float32 {
+  using Scalar = float;
+  static constexpr int64_t kLanes = 16;
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 multiply_add(__m512 sum, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, sum); }
+};
+
+struct BFloat16 {
+  using Scalar = at::BFloat16;
+  static constexpr int64_t kLanes = 32;
+  static __m512bh load(const at::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static __m512 multiply_add(__m512 sum, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(sum, w, x); }
+};
+
+template <typename T, int M>
+void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
+                        int64_t n_out, int64_t k_in) {
+  constexpr int64_t lanes = T::kLanes;
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const typename T::Scalar* row = w + n * k_in;
+      __m512 even[M], odd[M];  // sums over alternate chunks of the row: two independent chains per row of x
+      for (int m = 0; m < M; ++m) {
+        even[m] = _mm512_setzero_ps();
+        odd[m] = _mm512_setzero_ps();
+      }
+      int64_t k = 0;
+      for (; k + 2 * lanes <= k_in; k += 2 * lanes) {
+        const auto w0 = T::load(row + k), w1 = T::load(row + k + lanes);
+        for (int m = 0; m < M; ++m) {
+          even[m] = T::multiply_add(even[m], w0, T::load(x + m * k_in + k));
+          odd[m] = T::multiply_add(odd[m], w1, T::load(x + m * k_in + k + lanes));
+        }
+      }
+      if (k < k_in) {  // one chunk left
+        const auto w0 = T::load(row + k);
+        for (int m = 0; m < M; ++m) even[m] = T::multiply_add(even[m], w0, T::load(x + m * k_in + k));
+      }
+      for (int m = 0; m < M; ++m) {
+        y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])));
+      }
+    }
+  });
+}
+
+template <typename T>
+void dispatch_rows(const at::Tensor& rows, const at::Tensor& weight, at::Tensor& y) {
+  const auto* x = rows.data_ptr<typename T::Scalar>();
+  const auto* w = weight.data_ptr<typename T::Scalar>();
+  auto* out = y.data_ptr<typename T::Scalar>();
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  switch (rows.size(0)) {
+    case 1: rows_times_weights<T, 1>(x, w, out, n_out, k_in); break;
+    case 2: rows_times_weights<T, 2>(x, w, out, n_out, k_in); break;
+    case 3: rows_times_weights<T, 3>(x, w, out, n_out, k_in); break;
+    default: rows_times_weights<T, 4>(x, w, out, n_out, k_in); break;
+  }
+}
+
+at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
+  const auto dtype = weight.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "float32 or bf16 weights, got ", dtype);
+  TORCH_CHECK(x.scalar_type() == dtype, "x and weight must have one dtype");
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "weight must be a contiguous (out, in) matrix");
+  const int64_t n_out = weight.size(0), k_in = weight.size(1);
+  const int64_t lanes = dtype == at::kFloat ? Float32::kLanes : BFloat16::kLanes;
+  TORCH_CHECK(x.size(-1) == k_in && k_in % lanes == 0, "x's last dimension must be weight's, a multiple of ", lanes);
+  const at::Tensor rows = x.reshape({-1, k_in}).contiguous();
+  TORCH_CHECK(rows.size(0) >= 1 && rows.size(0) <= kMaxRows, "1 to 4 rows, got ", rows.size(0));
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = n_out;
+  at::Tensor y = at::empty(shape, x.options());
+  if (dtype == at::kFloat) {
+    dispatch_rows<Float32>(rows, weight, y);
+  } else {
+    dispatch_rows<BFloat16>(rows, weight, y);
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llamagen, m) { m.def("small_batch_linear(Tensor x, Tensor weight) -> Tensor"); }
+TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("small_batch_linear", &small_batch_linear); }
