@@ -54,9 +54,11 @@ demo: setup
 	$(BIN)/llamagen demo $(if $(MODELS),--models $(MODELS))
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
-# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README. About 25 minutes.
+# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README (about 25 minutes); then how
+# fast the CPU kernel's products read their weights against torch's (benchmarks/results/small_batch_linear.md).
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py --readme
+	$(BIN)/python benchmarks/small_batch_linear.py
 
 clean:
 	rm -rf $(OUTPUTS) .cache .pytest_cache .ruff_cache

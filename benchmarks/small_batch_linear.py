@@ -1,0 +1,83 @@
+"""How fast the products of a decoding step read their weights: torch's own product against llamagen's CPU kernel.
+
+For each weight shape of GPT-B (and its output layer), 2 rows (batch 1 doubled by guidance) times the matrix,
+cycled over 24 copies (more bytes than the caches hold, as a step's 12 layers are), in GB/s of weights read,
+beside the bandwidth a plain reduction reaches. Run with `make bench`; it prints a table and writes it to
+benchmarks/results/small_batch_linear.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llamagen import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # GPT-B: dim 768, 12 heads, SwiGLU hidden 2048, vocabulary 16384
+    "attention wqkv": (2304, 768),
+    "attention wo": (768, 768),
+    "feed-forward w1, w3": (2048, 768),
+    "feed-forward w2": (768, 2048),
+    "output": (16384, 768),
+}
+COPIES = 24
+ROWS = 2
+
+
+def best_seconds(function, repeats: int = 7) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def reduction_gbs(dtype: torch.dtype) -> float:
+    buffer = torch.ones(256 * 2**20 // 2, dtype=dtype)
+    return buffer.numel() * buffer.element_size() / best_seconds(buffer.sum) / 1e9
+
+
+def row(name: str, shape: tuple[int, int], dtype: torch.dtype) -> str:
+    weights = [torch.randn(shape).to(dtype) for _ in range(COPIES)]
+    x = torch.randn(ROWS, 1, shape[1]).to(dtype)
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+    torch_gbs = nbytes / best_seconds(lambda: [F.linear(x, w) for w in weights]) / 1e9
+    kernel = torch.ops.llamagen.small_batch_linear
+    kernel_gbs = nbytes / best_seconds(lambda: [kernel(x, w) for w in weights]) / 1e9
+    dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
+    speed_up = kernel_gbs / torch_gbs
+    return f"| {name} | {shape[0]} x {shape[1]} | {dtype_name} | {torch_gbs:.1f} | {kernel_gbs:.1f} | {speed_up:.1f}x |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "small_batch_linear.md"))
+    args = parser.parse_args()
+    if not kernels.load_small_batch_linear():
+        raise SystemExit("the kernel is not available on this CPU (or did not build): nothing to compare")
+    lines = [
+        f"{ROWS} rows x each weight matrix of GPT-B, {COPIES} copies cycled; GB/s of weights read (best of 7); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads. A plain reduction reads "
+        f"{reduction_gbs(torch.float32):.1f} GB/s (fp32) and {reduction_gbs(torch.bfloat16):.1f} GB/s (bf16).",
+        "",
+        "| product | weight | dtype | torch, GB/s | llamagen kernel, GB/s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, shape in SHAPES.items():
+            lines.append(row(name, shape, dtype))
+            print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    Path(args.out).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
