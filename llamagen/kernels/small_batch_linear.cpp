@@ -4,7 +4,7 @@
 // a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
 // float32, oneDNN in bf16) read the weights well below the memory bandwidth on this project's 2-core machine;
 // this loop reads each weight row once for every row of x, with two independent sums per row of x so that
-// the loads, not the latency of the multiply-adds, set the pace (benchmarks/results/small_batch_linear.md).
+// the loads, not the latency of the multiply-adds, set the pace (`benchmarks/small_batch_linear.py` measures it).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
