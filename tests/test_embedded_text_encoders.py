@@ -7,7 +7,7 @@ import torch
 from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.data.shapes import Shapes
 from llamagen.evaluation.generation import SECOND_REAL_SEED
-from llamagen.evaluation.retrieval import caption_retrieval
+from llamagen.evaluation.retrieval import caption_retrieval, word_choice
 from llamagen.text import load_text_encoder
 
 ENCODERS = embedded_of_kind("clip")
@@ -32,9 +32,20 @@ def test_each_encoder_still_retrieves_what_its_card_says(name):
     evaluation = embedded_card(name)["evaluation"]
     encoder = load_text_encoder(name, device="cpu")
     shapes = Shapes(size=encoder.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
-    measured = caption_retrieval(encoder, [shapes[i] for i in range(evaluation["candidates"])])
+    items = [shapes[i] for i in range(evaluation["candidates"])]
+    measured = caption_retrieval(encoder, items)
     assert measured["text_to_image_top1"] == pytest.approx(evaluation["text_to_image_top1"], abs=0.01)
     assert measured["image_to_text_top1"] == pytest.approx(evaluation["image_to_text_top1"], abs=0.01)
     # Chance is 0.2% (491 different captions among the 500); captions that leave attributes out fit several
     # images equally well, which is why this stays far below 100%.
     assert measured["text_to_image_top1"] >= 0.5 and measured["image_to_text_top1"] >= 0.5
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_each_encoder_still_picks_the_right_words_as_its_card_says(name):
+    """The shape and colour words a text-to-image model reads from the text tower are told apart."""
+    encoder = load_text_encoder(name, device="cpu")
+    shapes = Shapes(size=encoder.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
+    measured = word_choice(encoder, [shapes[i] for i in range(embedded_card(name)["evaluation"]["candidates"])])
+    assert measured == pytest.approx(embedded_card(name)["evaluation"]["right_word"], abs=0.01)
+    assert measured["colour"] >= 0.95 and measured["shape"] >= 0.9

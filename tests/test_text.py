@@ -196,6 +196,7 @@ def test_a_text_generator_ships_with_its_clip_and_is_scored_on_captions(tmp_path
     evaluation = clip_card["evaluation"]
     assert clip_card["kind"] == "clip" and evaluation["candidates"] == 20
     assert 0 <= evaluation["text_to_image_top1"] <= 1 and 0 <= evaluation["image_to_text_top1"] <= 1
+    assert set(evaluation["right_word"]) == {"shape", "colour"}
     encoder = load_text_encoder("tiny-clip")
 
     codes = tmp_path / "codes.safetensors"

@@ -1,4 +1,5 @@
-"""How well a CLIP matches captions and images: retrieval among a set of captioned shapes.
+"""How well a CLIP matches captions and images: retrieval among a set of captioned shapes, and the choice of
+the right shape and colour word for an image.
 
 For each caption, the image with the most similar embedding among all `n` images is retrieved, and the other
 way round; a retrieval is right when the retrieved item carries the same caption (captions that leave out
@@ -8,7 +9,11 @@ share the query's caption (1/n when every caption differs).
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+from llamagen.data.shapes import COLOURS, SHAPES
 
 
 @torch.no_grad()
@@ -18,10 +23,7 @@ def caption_retrieval(encoder, items: list[dict], batch: int = 256) -> dict[str,
         raise ValueError("retrieval needs at least two captioned images")
     captions = [item["caption"] for item in items]
     texts = torch.cat([encoder.embed_text(captions[i : i + batch]).float().cpu() for i in range(0, len(items), batch)])
-    images = torch.cat([
-        encoder.embed_images(torch.stack([item["image"] for item in items[i : i + batch]])).float().cpu()
-        for i in range(0, len(items), batch)
-    ])  # fmt: skip
+    images = _image_embeddings(encoder, items, batch)
     similarity = texts @ images.T  # (captions, images)
     ids = {caption: index for index, caption in enumerate(dict.fromkeys(captions))}
     caption_ids = torch.tensor([ids[caption] for caption in captions])
@@ -32,3 +34,32 @@ def caption_retrieval(encoder, items: list[dict], batch: int = 256) -> dict[str,
         "image_to_text_top1": float(to_text.float().mean()),
         "candidates": len(items),
     }
+
+
+@torch.no_grad()
+def word_choice(encoder, items: list[dict], batch: int = 256) -> dict[str, float]:
+    """How often the CLIP scores each image's own caption above the same caption with its shape (or colour)
+    word swapped for every other one: {"shape": share right, "colour": share right}.
+
+    This is the distinction a text-to-image model conditioned on the CLIP's text tower must draw: retrieval
+    can succeed on colour, size and position alone, while a text tower that barely tells the shape words
+    apart leaves the generator guessing the shape (chance: 1/5 for shape, 1/8 for colour).
+    """
+    images = _image_embeddings(encoder, items, batch)
+    right = {}
+    for attribute, words in (("shape", SHAPES), ("colour", tuple(COLOURS))):
+        variants = [re.sub(rf"\b{item['attributes'][attribute]}\b", word, item["caption"])
+                    for item in items for word in words]  # fmt: skip
+        texts = torch.cat([encoder.embed_text(variants[i : i + batch]).float().cpu()
+                           for i in range(0, len(variants), batch)])  # fmt: skip
+        scores = torch.einsum("nwd,nd->nw", texts.view(len(items), len(words), -1), images)
+        own = torch.tensor([words.index(item["attributes"][attribute]) for item in items])
+        right[attribute] = float((scores.argmax(1) == own).float().mean())
+    return right
+
+
+def _image_embeddings(encoder, items: list[dict], batch: int) -> torch.Tensor:
+    return torch.cat([
+        encoder.embed_images(torch.stack([item["image"] for item in items[i : i + batch]])).float().cpu()
+        for i in range(0, len(items), batch)
+    ])  # fmt: skip

@@ -242,10 +242,11 @@ def export_text_encoder(
     retrieval_images: int = 500,
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (the run's final CLIP in bf16) and its card, with caption-image
-    retrieval among `retrieval_images` captioned shapes the training stream did not draw."""
+    retrieval among `retrieval_images` captioned shapes the training stream did not draw, and how often it
+    picks their right shape and colour words."""
     from llamagen.data.shapes import Shapes
     from llamagen.evaluation.generation import SECOND_REAL_SEED
-    from llamagen.evaluation.retrieval import caption_retrieval
+    from llamagen.evaluation.retrieval import caption_retrieval, word_choice
     from llamagen.text import load_text_encoder
 
     run_dir = Path(run_dir)
@@ -254,6 +255,7 @@ def export_text_encoder(
     save(load_text_encoder(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
     shipped = load_text_encoder(weights, device="cpu")
     held_out = Shapes(size=shipped.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
+    items = [held_out[i] for i in range(retrieval_images)]
     card = {
         "name": name,
         "kind": "clip",
@@ -263,7 +265,8 @@ def export_text_encoder(
         **_training_summary(metrics, use_ema=False),
         "evaluation": {
             "data": f"{retrieval_images} captioned shapes of seed {SECOND_REAL_SEED} (not the training stream)",
-            **caption_retrieval(shipped, [held_out[i] for i in range(retrieval_images)]),
+            **caption_retrieval(shipped, items),
+            "right_word": word_choice(shipped, items),
         },
         "reproduce": [train_command, f"llamagen export clip {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
