@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -209,7 +210,7 @@ def test_two_processes_under_torchrun_train_like_one(tmp_path, digit_codes):
 def test_fsdp_under_torchrun_trains_and_resumes_like_one_process(tmp_path, digit_codes):
     """FSDP2 over two CPU processes, stopped after 2 steps and resumed to 4 (its checkpoint gathered from the
     shards and scattered back), ends at the weights one process reaches in 4 steps."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash shows its Python stack
     no_dropout = {**SMALL, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
                   "class_dropout_prob": 0.0}  # fmt: skip
 
@@ -231,6 +232,33 @@ def test_fsdp_under_torchrun_trains_and_resumes_like_one_process(tmp_path, digit
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
     with pytest.raises(ValueError, match="a weight EMA would need a whole copy"):
         GPTTrainingConfig(fsdp=True, ema_decay=0.999)
+
+
+@pytest.mark.slow
+def test_fsdp_training_lets_go_of_its_process_group_before_exit(tmp_path, digit_codes):
+    """Once FSDP training returns, nothing holds its sharding state, and with it the process group, whose teardown
+    left to interpreter exit aborted a process at times (the state sits in reference cycles that outlive a
+    returned sharded model)."""
+    script = tmp_path / "train_then_count.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import gc
+        from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
+        from llamagen.data.codes import CodesDataset
+        from llamagen.gpt import GPTConfig
+        from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+
+        codes = CodesDataset({str(digit_codes)!r})
+        config = generator_config_for(codes.info, GPTConfig(**{SMALL!r}))
+        training = GPTTrainingConfig(steps=2, batch_size=4, ema_decay=0, fsdp=True, bf16=False)
+        outcome = train_gpt(config, training, codes, {str(tmp_path / "run")!r}, show_progress=False)
+        print("FSDP groups alive:", sum(isinstance(o, FSDPParamGroup) for o in gc.get_objects()))
+    """)
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    run = subprocess.run(launcher, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("FSDP groups alive: 0") == 2, run.stdout
 
 
 def test_cli_extracts_trains_and_refuses_endless_data(tmp_path):

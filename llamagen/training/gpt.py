@@ -66,7 +66,7 @@ class GPTTrainingOutcome:
     model: GPT | None  # what final.safetensors holds: the EMA, or the trained weights (FSDP: None but on rank 0)
     step: int
     finished: bool  # False when a signal stopped the run first; --resume continues it
-    trained: GPT  # the weights themselves (FSDP: this process's shards)
+    trained: GPT | None  # the weights themselves (FSDP: gathered on rank 0 like `model`, None on the others)
 
 
 def generator_config_for(codes: CodesInfo, base: GPTConfig, text_encoder=None) -> GPTConfig:
@@ -225,7 +225,8 @@ def _train(model_config, training, codes, out_dir, text_encoder, resume, show_pr
     if finished and processes.is_main:
         metadata = _generator_file_metadata(dataset.info, text_encoder)
         save(final, run.out_dir / "final.safetensors", metadata=metadata)
-    return GPTTrainingOutcome(final, step, finished, parts.model.eval())
+    # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
+    return GPTTrainingOutcome(final, step, finished, final if parts.sharded else parts.model.eval())
 
 
 def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:
