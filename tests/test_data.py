@@ -19,6 +19,7 @@ from llamagen.data.shapes import (
     Shapes,
     class_attributes,
     describe,
+    recaption,
     render,
 )
 
@@ -81,6 +82,18 @@ def test_captions_say_which_attributes_they_state():
         assert stated[:2] == ["shape", "colour"]
         for name, words in phrases.items():
             assert (name in stated) == any(word in item["caption"] for word in words), (item["caption"], stated)
+
+
+def test_an_item_is_recaptioned_in_its_own_phrasing():
+    data = Shapes(size=16, seed=4)
+    for item in (data[i] for i in range(100)):
+        assert recaption(item) == item["caption"]
+        other = "star" if item["attributes"]["shape"] != "star" else "circle"
+        changed = recaption(item, shape=other)
+        assert changed.replace(other, item["attributes"]["shape"]).split() == item["caption"].split()
+    assert recaption({"attributes": {"shape": "star", "colour": "red", "size": "small", "position": "top",
+                                     "background": "gray"}, "stated": "shape,colour", "phrasing": 0},
+                     colour="orange") == "an orange star"  # fmt: skip
 
 
 def test_a_caption_can_state_chosen_attributes():

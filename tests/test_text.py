@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import TINY_CLIP, tiny_encoder
 
 from llamagen import save
@@ -69,13 +70,14 @@ def test_a_local_open_clip_checkpoint_loads_without_download(tmp_path):
     assert encoder.published and encoder.embed_images(torch.zeros(1, 3, 40, 40)).shape == (1, 16)
 
 
-def test_clip_training_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_clip_training_resumes_exactly(tmp_path, hard_negatives):
     from llamagen.data.shapes import Shapes
     from llamagen.training.clip import ClipTrainingConfig, train_clip
 
     def training(steps):
         return ClipTrainingConfig(steps=steps, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2,
-                                  bf16=False, final_lr_ratio=1.0, lr=1e-3)  # fmt: skip
+                                  bf16=False, final_lr_ratio=1.0, lr=1e-3, hard_negatives=hard_negatives)  # fmt: skip
 
     config, data = ClipConfig.from_dict(TINY_CLIP), Shapes(size=16, captioned=True)
     straight, _, _ = train_clip(config, training(4), data, tmp_path / "straight", show_progress=False)
@@ -87,6 +89,44 @@ def test_clip_training_resumes_exactly(tmp_path):
         assert torch.equal(value, resumed.state_dict()[name]), name
     loaded = load_text_encoder(tmp_path / "straight" / "final.safetensors")
     torch.testing.assert_close(loaded.encode(["a red star"]).features, straight.encode(["a red star"]).features)
+
+
+def test_the_contrastive_loss_is_open_clips_and_hard_negatives_only_push_images_away():
+    from open_clip.loss import ClipLoss
+
+    from llamagen.training.clip import contrastive_loss
+
+    torch.manual_seed(0)
+    images, texts = F.normalize(torch.randn(6, 8), dim=1), F.normalize(torch.randn(6, 8), dim=1)
+    scale = torch.tensor(10.0)
+    plain = contrastive_loss(images, texts, scale)
+    torch.testing.assert_close(plain, ClipLoss()(images, texts, scale))
+    # A negative close to an image costs more than one pointing away from every image.
+    close, far = F.normalize(images + 0.1 * torch.randn(6, 8), dim=1), -images
+    with_close = contrastive_loss(images, torch.cat([texts, close]), scale)
+    with_far = contrastive_loss(images, torch.cat([texts, far]), scale)
+    assert with_close > with_far >= plain
+
+
+def test_hard_negatives_rephrase_each_caption_for_another_shape_and_colour_never_a_held_out_pair():
+    from llamagen.data.loading import collate_images
+    from llamagen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES, Shapes, recaption
+    from llamagen.training.clip import hard_negative_captions
+
+    items = [Shapes(seed=3, captioned=True)[i] for i in range(64)]
+    batch = collate_images(items)
+    negatives = hard_negative_captions(batch, torch.Generator().manual_seed(0))
+    assert negatives == hard_negative_captions(batch, torch.Generator().manual_seed(0))  # resumable
+    assert len(negatives) == 2 * len(items)
+    for item, other_shape, other_colour in zip(items, negatives[: len(items)], negatives[len(items) :], strict=True):
+        shape, colour = item["attributes"]["shape"], item["attributes"]["colour"]
+        shapes = [s for s in SHAPES if s != shape and (s, colour) not in HELD_OUT_PAIRS]
+        colours = [c for c in COLOURS if c != colour and (shape, c) not in HELD_OUT_PAIRS]
+        assert other_shape in {recaption(item, shape=s) for s in shapes}
+        assert other_colour in {recaption(item, colour=c) for c in colours}
+    assert len(set(negatives[: len(items)])) > len(items) // 2  # drawn, not one fixed swap
+    with pytest.raises(ValueError, match="--data shapes"):
+        hard_negative_captions({"caption": ["a red star"], "image": torch.zeros(1, 3, 8, 8)}, torch.Generator())
 
 
 def test_text_to_image_from_codes_to_pipeline(tmp_path):

@@ -141,6 +141,7 @@ def run_train_clip(args: argparse.Namespace) -> None:
         seed=args.seed,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
+        hard_negatives=args.hard_negatives,
     )
     options = {"captioned": True} if args.data == "shapes" else {}
     dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
@@ -266,6 +267,11 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     clip.add_argument("--steps", type=int, default=3000)
     clip.add_argument("--batch-size", type=int, default=128)
     clip.add_argument("--lr", type=float, default=5e-4)
+    clip.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="shapes: also contrast each image with its caption for another shape and for another colour",
+    )
     add_run_options(clip)
     clip.set_defaults(run=run_train_clip)
     judge = train.add_parser(

@@ -155,6 +155,7 @@ def render(attributes: ShapeAttributes, size: int = 64, jitter: tuple[float, flo
 class Caption:
     text: str
     stated: tuple[str, ...]  # the attributes the text names: shape and colour always, the others sometimes
+    phrasing: int  # which of the TEMPLATES phrasings
 
 
 OPTIONAL_ATTRIBUTES = ("size", "position", "background")  # shape and colour are always stated
@@ -182,7 +183,15 @@ def describe(attributes: ShapeAttributes, stated: Collection[str], template: int
         (f"{background} background with " if background else "") + f"{article} {thing}{where}",
         f"{thing}{where}" + (f", on {background}" if background else ""),
     ]
-    return Caption(phrasings[template], ("shape", "colour", *(name for name in OPTIONAL_ATTRIBUTES if name in stated)))
+    stated = ("shape", "colour", *(name for name in OPTIONAL_ATTRIBUTES if name in stated))
+    return Caption(phrasings[template], stated, template)
+
+
+def recaption(item: dict, **changes: str) -> str:
+    """A shapes item's caption (its phrasing, stating what it states) for the object with `changes` made to its
+    attributes, e.g. shape="star": the captions a CLIP must tell apart from the item's own."""
+    attributes = dataclasses.replace(ShapeAttributes(**item["attributes"]), **changes)
+    return describe(attributes, item["stated"].split(","), item["phrasing"]).text
 
 
 def caption(attributes: ShapeAttributes, rng: np.random.Generator) -> Caption:
@@ -249,6 +258,7 @@ class Shapes(torch.utils.data.Dataset):
             "label": attributes.class_id,
             "caption": described.text,
             "stated": ",".join(described.stated),
+            "phrasing": described.phrasing,
             "attributes": dataclasses.asdict(attributes),
             "attribute_ids": attributes.indices(),
         }

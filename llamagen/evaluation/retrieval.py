@@ -9,11 +9,9 @@ share the query's caption (1/n when every caption differs).
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from llamagen.data.shapes import COLOURS, SHAPES
+from llamagen.data.shapes import COLOURS, SHAPES, recaption
 
 
 @torch.no_grad()
@@ -38,8 +36,8 @@ def caption_retrieval(encoder, items: list[dict], batch: int = 256) -> dict[str,
 
 @torch.no_grad()
 def word_choice(encoder, items: list[dict], batch: int = 256) -> dict[str, float]:
-    """How often the CLIP scores each image's own caption above the same caption with its shape (or colour)
-    word swapped for every other one: {"shape": share right, "colour": share right}.
+    """How often the CLIP scores each image's own caption above the same caption of the object in every other
+    shape (or colour): {"shape": share right, "colour": share right}.
 
     This is the distinction a text-to-image model conditioned on the CLIP's text tower must draw: retrieval
     can succeed on colour, size and position alone, while a text tower that barely tells the shape words
@@ -48,8 +46,8 @@ def word_choice(encoder, items: list[dict], batch: int = 256) -> dict[str, float
     images = _image_embeddings(encoder, items, batch)
     right = {}
     for attribute, words in (("shape", SHAPES), ("colour", tuple(COLOURS))):
-        variants = [re.sub(rf"\b{item['attributes'][attribute]}\b", word, item["caption"])
-                    for item in items for word in words]  # fmt: skip
+        # Rephrased whole, not by swapping the word: "an orange star" becomes "a red star", not "an red star".
+        variants = [recaption(item, **{attribute: word}) for item in items for word in words]
         texts = torch.cat([encoder.embed_text(variants[i : i + batch]).float().cpu()
                            for i in range(0, len(variants), batch)])  # fmt: skip
         scores = torch.einsum("nwd,nd->nw", texts.view(len(items), len(words), -1), images)
