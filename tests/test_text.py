@@ -92,20 +92,22 @@ def test_clip_training_resumes_exactly(tmp_path, hard_negatives):
 
 
 def test_the_contrastive_loss_is_open_clips_and_hard_negatives_only_push_images_away():
+    """With no extra captions it is open_clip's loss; extra captions add only to the images' side: far from
+    every image they change nothing, close to one they cost."""
     from open_clip.loss import ClipLoss
 
     from llamagen.training.clip import contrastive_loss
 
     torch.manual_seed(0)
-    images, texts = F.normalize(torch.randn(6, 8), dim=1), F.normalize(torch.randn(6, 8), dim=1)
-    scale = torch.tensor(10.0)
+    # Every image and caption leans towards the first axis, so its opposite is far from all of them.
+    axis = torch.eye(8)[0]
+    images, texts = (F.normalize(torch.randn(6, 8) + 3 * axis, dim=1) for _ in range(2))
+    scale = torch.tensor(30.0)
     plain = contrastive_loss(images, texts, scale)
     torch.testing.assert_close(plain, ClipLoss()(images, texts, scale))
-    # A negative close to an image costs more than one pointing away from every image.
-    close, far = F.normalize(images + 0.1 * torch.randn(6, 8), dim=1), -images
-    with_close = contrastive_loss(images, torch.cat([texts, close]), scale)
-    with_far = contrastive_loss(images, torch.cat([texts, far]), scale)
-    assert with_close > with_far >= plain
+    close, far = F.normalize(images + 0.1 * torch.randn(6, 8), dim=1), -axis.expand(6, 8)
+    torch.testing.assert_close(contrastive_loss(images, torch.cat([texts, far]), scale), plain)
+    assert contrastive_loss(images, torch.cat([texts, close]), scale) > plain + 0.1
 
 
 def test_hard_negatives_rephrase_each_caption_for_another_shape_and_colour_never_a_held_out_pair():
@@ -124,9 +126,17 @@ def test_hard_negatives_rephrase_each_caption_for_another_shape_and_colour_never
         colours = [c for c in COLOURS if c != colour and (shape, c) not in HELD_OUT_PAIRS]
         assert other_shape in {recaption(item, shape=s) for s in shapes}
         assert other_colour in {recaption(item, colour=c) for c in colours}
-    assert len(set(negatives[: len(items)])) > len(items) // 2  # drawn, not one fixed swap
+    assert negatives != hard_negative_captions(batch, torch.Generator().manual_seed(1))  # drawn, not fixed
+
+
+def test_hard_negatives_need_shapes_captions_and_say_so_before_any_work(tmp_path):
+    from llamagen.training.clip import ClipTrainingConfig, train_clip
+
+    captions = [{"image": torch.zeros(3, 16, 16), "caption": "a photo of a cat"}]
+    training = ClipTrainingConfig(steps=2, batch_size=2, hard_negatives=True)
     with pytest.raises(ValueError, match="--data shapes"):
-        hard_negative_captions({"caption": ["a red star"], "image": torch.zeros(1, 3, 8, 8)}, torch.Generator())
+        train_clip(ClipConfig.from_dict(TINY_CLIP), training, captions, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_text_to_image_from_codes_to_pipeline(tmp_path):
@@ -236,7 +246,7 @@ def test_a_text_generator_ships_with_its_clip_and_is_scored_on_captions(tmp_path
     evaluation = clip_card["evaluation"]
     assert clip_card["kind"] == "clip" and evaluation["candidates"] == 20
     assert 0 <= evaluation["text_to_image_top1"] <= 1 and 0 <= evaluation["image_to_text_top1"] <= 1
-    assert set(evaluation["right_word"]) == {"shape", "colour"}
+    assert set(evaluation["right_word"]) == set(evaluation["right_word_held_out_pairs"]) == {"shape", "colour"}
     encoder = load_text_encoder("tiny-clip")
 
     codes = tmp_path / "codes.safetensors"

@@ -155,7 +155,7 @@ def render(attributes: ShapeAttributes, size: int = 64, jitter: tuple[float, flo
 class Caption:
     text: str
     stated: tuple[str, ...]  # the attributes the text names: shape and colour always, the others sometimes
-    phrasing: int  # which of the TEMPLATES phrasings
+    phrasing: int  # the template, 0 .. TEMPLATES - 1
 
 
 OPTIONAL_ATTRIBUTES = ("size", "position", "background")  # shape and colour are always stated
@@ -206,7 +206,7 @@ class Shapes(torch.utils.data.Dataset):
     With `captioned`, the held-out (shape, colour) pairs are never drawn, as text-to-image training needs.
     With `only_held_out_pairs`, only those pairs are drawn: the captions that measure composition.
     Items are dicts: image (3, size, size) float32 in [-1, 1], label (class id), caption, stated (the attributes
-    the caption names, comma-separated), attributes and attribute_ids.
+    the caption names, comma-separated), phrasing (the caption's template), attributes and attribute_ids.
     """
 
     shuffle_each_epoch: ClassVar[bool] = False  # each index is already a fresh random draw

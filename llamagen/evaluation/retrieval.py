@@ -20,8 +20,7 @@ def caption_retrieval(encoder, items: list[dict], batch: int = 256) -> dict[str,
     if len(items) < 2:
         raise ValueError("retrieval needs at least two captioned images")
     captions = [item["caption"] for item in items]
-    texts = torch.cat([encoder.embed_text(captions[i : i + batch]).float().cpu() for i in range(0, len(items), batch)])
-    images = _image_embeddings(encoder, items, batch)
+    texts, images = _text_embeddings(encoder, captions, batch), _image_embeddings(encoder, items, batch)
     similarity = texts @ images.T  # (captions, images)
     ids = {caption: index for index, caption in enumerate(dict.fromkeys(captions))}
     caption_ids = torch.tensor([ids[caption] for caption in captions])
@@ -48,12 +47,16 @@ def word_choice(encoder, items: list[dict], batch: int = 256) -> dict[str, float
     for attribute, words in (("shape", SHAPES), ("colour", tuple(COLOURS))):
         # Rephrased whole, not by swapping the word: "an orange star" becomes "a red star", not "an red star".
         variants = [recaption(item, **{attribute: word}) for item in items for word in words]
-        texts = torch.cat([encoder.embed_text(variants[i : i + batch]).float().cpu()
-                           for i in range(0, len(variants), batch)])  # fmt: skip
-        scores = torch.einsum("nwd,nd->nw", texts.view(len(items), len(words), -1), images)
+        texts = _text_embeddings(encoder, variants, batch).view(len(items), len(words), -1)
+        scores = torch.einsum("nwd,nd->nw", texts, images)
         own = torch.tensor([words.index(item["attributes"][attribute]) for item in items])
         right[attribute] = float((scores.argmax(1) == own).float().mean())
     return right
+
+
+def _text_embeddings(encoder, captions: list[str], batch: int) -> torch.Tensor:
+    return torch.cat([encoder.embed_text(captions[i : i + batch]).float().cpu()
+                      for i in range(0, len(captions), batch)])  # fmt: skip
 
 
 def _image_embeddings(encoder, items: list[dict], batch: int) -> torch.Tensor:

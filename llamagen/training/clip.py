@@ -4,9 +4,12 @@ What the text-to-image generator needs from it: captions that differ in colour, 
 or background must get different features. The contrastive loss pulls each image's embedding towards its
 caption's and away from the batch's other captions, which forces those distinctions, but only as far as
 the batch happens to hold captions that differ in just one of them: the first shapes CLIP picked an
-image's shape word over the other four only 91% of the time. With `hard_negatives`, each image is also
-pushed away from its own caption rephrased for another shape and for another colour (NegCLIP's hard
-negative captions, Yuksekgonul et al., 2023), the distinction the generator needs most. The shapes
+image's shape word over the other four only 91% of the time. With `hard_negatives`, each caption is also
+rephrased for another shape and for another colour, and these join the batch's captions as negatives
+for every image (NegCLIP's hard negative captions, Yuksekgonul et al., 2023): each image then meets the
+captions that differ from its own in the shape or colour alone, the distinction the generator needs
+most. A rephrased caption that leaves attributes out may fit another image of the batch, as the
+batch's own captions may; the loss counts both as negatives, as open_clip's does. The shapes
 data set used for it leaves out the held-out (shape, colour) pairs (`captioned=True`), and so do the
 hard negatives, so that text-to-image composition is measured on pairs neither model has seen.
 One process (the loss compares each image with the whole batch; under torchrun it would need the
@@ -43,7 +46,7 @@ class ClipTrainingConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
-    hard_negatives: bool = False  # also contrast each image with its caption for another shape and colour
+    hard_negatives: bool = False  # also contrast the images with each caption for another shape and colour
 
     def __post_init__(self) -> None:
         check_loop_settings(self)
@@ -65,6 +68,8 @@ def train_clip(
     `final.safetensors`. Returns (the encoder, steps done, whether it finished)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("train clip runs in one process (its loss would need every process's features)")
+    if training.hard_negatives and "phrasing" not in dataset[0]:
+        raise ValueError("hard negatives rephrase shapes captions for another shape and colour: train on --data shapes")
     processes = start_processes(device)
     run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command)
     torch.manual_seed(training.seed)
@@ -84,7 +89,7 @@ def train_clip(
             group["lr"] = lr
         images = batch["image"].to(processes.device)
         captions = list(batch["caption"])
-        if training.hard_negatives:
+        if training.hard_negatives:  # drawn from the step, not the global RNG, so that a resumed run draws alike
             captions += hard_negative_captions(batch, torch.Generator().manual_seed(training.seed * 1_000_003 + step))
         ids, _, _ = encoder.token_ids(captions)
         with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=training.bf16):
@@ -124,10 +129,8 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 
 
 def hard_negative_captions(batch: dict, generator: torch.Generator) -> list[str]:
-    """For each shapes item of `batch`, its caption for another shape, then for each its caption for another
-    colour (each drawn at random, never a held-out pair): the batch's captions 1 x B ... 3 x B."""
-    if "phrasing" not in batch:
-        raise ValueError("hard negatives rephrase shapes captions for another shape and colour: train on --data shapes")
+    """2 x B captions for a collated batch of B shapes items: each item's caption for another shape, then each
+    one's for another colour (drawn at random, never a held-out pair)."""
     items = [
         {"attributes": {name: values[i] for name, values in batch["attributes"].items()},
          "stated": batch["stated"][i], "phrasing": int(batch["phrasing"][i])}
@@ -137,11 +140,12 @@ def hard_negative_captions(batch: dict, generator: torch.Generator) -> list[str]
     for attribute, choices in (("shape", SHAPES), ("colour", tuple(COLOURS))):
         for item in items:
             own = item["attributes"]
-            others = [value for value in choices if value != own[attribute] and _shown({**own, attribute: value})]
+            others = [value for value in choices
+                      if value != own[attribute] and _not_held_out({**own, attribute: value})]  # fmt: skip
             pick = others[int(torch.randint(len(others), (1,), generator=generator))]
             negatives.append(recaption(item, **{attribute: pick}))
     return negatives
 
 
-def _shown(attributes: dict[str, str]) -> bool:
+def _not_held_out(attributes: dict[str, str]) -> bool:
     return (attributes["shape"], attributes["colour"]) not in HELD_OUT_PAIRS

@@ -243,7 +243,7 @@ def export_text_encoder(
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (the run's final CLIP in bf16) and its card, with caption-image
     retrieval among `retrieval_images` captioned shapes the training stream did not draw, and how often it
-    picks their right shape and colour words."""
+    picks their right shape and colour words (also for as many shapes of the pairs training never showed)."""
     from llamagen.data.shapes import Shapes
     from llamagen.evaluation.generation import SECOND_REAL_SEED
     from llamagen.evaluation.retrieval import caption_retrieval, word_choice
@@ -256,6 +256,7 @@ def export_text_encoder(
     shipped = load_text_encoder(weights, device="cpu")
     held_out = Shapes(size=shipped.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
     items = [held_out[i] for i in range(retrieval_images)]
+    pairs = Shapes(size=held_out.size, seed=SECOND_REAL_SEED, only_held_out_pairs=True)
     card = {
         "name": name,
         "kind": "clip",
@@ -267,6 +268,7 @@ def export_text_encoder(
             "data": f"{retrieval_images} captioned shapes of seed {SECOND_REAL_SEED} (not the training stream)",
             **caption_retrieval(shipped, items),
             "right_word": word_choice(shipped, items),
+            "right_word_held_out_pairs": word_choice(shipped, [pairs[i] for i in range(retrieval_images)]),
         },
         "reproduce": [train_command, f"llamagen export clip {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
