@@ -22,6 +22,7 @@ def best_row(evaluation: dict) -> dict:
 
 def test_the_expected_generators_are_shipped():
     assert {"digits-c2i", "shapes-c2i"} <= set(CLASS_CONDITIONAL)
+    assert "shapes-t2i" in TEXT_CONDITIONAL
 
 
 def check_images_come_out_reproducibly(pipe, name: str, conditions: list, **condition) -> None:
