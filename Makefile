@@ -17,8 +17,8 @@ $(BIN)/python:
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 
-# The CPU decoding kernel (llamagen/kernels) is built here, once, rather than at the first generation.
-$(STAMP): $(BIN)/python pyproject.toml llamagen/kernels/small_batch_linear.cpp
+# The CPU decoding kernels (llamagen/kernels) are built here, once, rather than at the first generation.
+$(STAMP): $(BIN)/python pyproject.toml $(wildcard llamagen/kernels/*.cpp)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/python -m llamagen.kernels
 	touch $(STAMP)

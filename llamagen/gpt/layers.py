@@ -171,7 +171,11 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     Written out because the fused SDPA kernels cost more in set-up than this does in arithmetic for one
     query; the query heads are grouped per key/value head, so grouped-query attention reads each
     cached key once. Everything cached precedes the query: only the caption mask (B, 1, 1, L) applies.
+    On the CPU, llamagen's kernel does the same without first converting the whole cache to float32
+    (`llamagen.kernels`).
     """
+    if kernels.use_single_query_attention(q, k, v):
+        return torch.ops.llamagen.single_query_attention(q, k, v, mask)
     b, heads, _, dim = q.shape
     kv_heads = k.shape[1]
     grouped = q.reshape(b, kv_heads, heads // kv_heads, dim).float()

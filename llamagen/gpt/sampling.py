@@ -149,7 +149,7 @@ def generate(
 
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
     if gpt.device.type == "cpu":
-        kernels.load_small_batch_linear()  # the decoding steps' products, when this CPU can run it
+        kernels.load()  # the decoding steps' products and attention, when this CPU can run them
     decode_step = compiled_decode_step(gpt) if compile else gpt.decode_step
     gpt.setup_cache(rows)
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)

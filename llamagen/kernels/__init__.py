@@ -1,13 +1,18 @@
-"""CPU kernels written here in C++, built on first use with torch's extension builder and then loaded.
+"""CPU kernels for decoding, written here in C++, built on first use with torch's extension builder and loaded.
 
-One so far: `torch.ops.llamagen.small_batch_linear(x, weight)`, x @ weight^T for 1 to 4 rows of x, float32 or
-bf16, on CPUs with AVX-512 (and AVX512-BF16). Decoding multiplies that few rows by every weight of the model,
-and this kernel reads the weights 2-3 times faster than ATen's for so few rows (see the .cpp file).
+A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
+attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
+the table on the CPU. Two ops, on CPUs with AVX-512 (and AVX512-BF16), float32 or bf16:
+
+- `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 4 rows of x, reading the weights
+  2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp);
+- `torch.ops.llamagen.single_query_attention(q, k, v, mask)`: one query per row and head over the cached keys
+  and values, read in place in their own dtype (single_query_attention.cpp).
 
 The build takes about half a minute, once per machine: the library is cached in torch's extension folder
 (`TORCH_EXTENSIONS_DIR`, which the Makefile points into `.cache/`; `make setup` builds it). Where the CPU lacks
-the instructions, or no C++ compiler works, nothing is built and `nn.Linear`'s own product serves: the same
-results up to rounding, only slower.
+the instructions, or no C++ compiler works, nothing is built and torch's own ops serve: the same results up to
+rounding, only slower.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("small_batch_linear.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("small_batch_linear.cpp", "single_query_attention.cpp")]
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512_bf16")
-MAX_ROWS = 4  # the kernel's limit: batch 1 or 2 with guidance
-# Values in one 512-bit register: the kernel needs the inner dimension to be a multiple of it.
+MAX_ROWS = 4  # small_batch_linear's limit: batch 1 or 2 with guidance
+# The dtypes the kernels handle, and the values of each in one 512-bit register: small_batch_linear needs the
+# inner dimension to be a multiple of it.
 LANES = {torch.float32: 16, torch.bfloat16: 32}
 
-# None until the first `load_small_batch_linear`; then whether the kernel can be called. The layers read this
-# flag (not the loader) so that torch.compile sees a plain global.
-small_batch_linear_ready: bool | None = None
+# None until the first `load`; then whether the kernels can be called. The layers read this flag (not the
+# loader) so that torch.compile sees a plain global.
+ready: bool | None = None
 _lock = threading.Lock()
 
 
@@ -42,17 +48,16 @@ def cpu_has_instructions() -> bool:
     return all(flag in flags for flag in _CPU_FLAGS)
 
 
-def load_small_batch_linear() -> bool:
-    """Build (first time on this machine) and load the kernel; True when it is ready. Never raises: a CPU
-    without the instructions or a failed build leaves the ordinary product in use, with a warning for the
-    latter."""
-    global small_batch_linear_ready
-    if small_batch_linear_ready is not None:
-        return small_batch_linear_ready
+def load() -> bool:
+    """Build (first time on this machine) and load the kernels; True when they are ready. Never raises: a CPU
+    without the instructions or a failed build leaves torch's ops in use, with a warning for the latter."""
+    global ready
+    if ready is not None:
+        return ready
     with _lock:
-        if small_batch_linear_ready is None:
-            small_batch_linear_ready = cpu_has_instructions() and _build_and_load()
-    return small_batch_linear_ready
+        if ready is None:
+            ready = cpu_has_instructions() and _build_and_load()
+    return ready
 
 
 def _build_and_load() -> bool:
@@ -60,19 +65,20 @@ def _build_and_load() -> bool:
 
     try:
         load(
-            name="llamagen_small_batch_linear",
-            sources=[str(_SOURCE)],
+            name="llamagen_decoding_kernels",
+            sources=[str(source) for source in _SOURCES],
             extra_cflags=["-O3", *(f"-m{flag.replace('_', '')}" for flag in _CPU_FLAGS), "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
         )
     except Exception as error:  # a missing or failing compiler: decoding still works, only slower
-        logger.warning("llamagen's CPU decoding kernel could not be built (%s); using torch's own product", error)
+        logger.warning("llamagen's CPU decoding kernels could not be built (%s); using torch's own ops", error)
         return False
     # What torch.compile needs to trace a call: the shape and dtype of the result.
     torch.library.register_fake("llamagen::small_batch_linear")(
         lambda x, weight: x.new_empty((*x.shape[:-1], weight.shape[0]))
     )
+    torch.library.register_fake("llamagen::single_query_attention")(lambda q, k, v, mask: q.new_empty(q.shape))
     return True
 
 
@@ -80,12 +86,30 @@ def use_small_batch_linear(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x @ weight^T should go to the kernel: few rows on the CPU, nothing to differentiate, a dtype
     and an inner dimension it handles, and the kernel loaded."""
     return (
-        small_batch_linear_ready is True
+        ready is True
         and x.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in LANES
         and x.shape[-1] % LANES[x.dtype] == 0
         and 0 < x.numel() <= MAX_ROWS * x.shape[-1]
         and weight.is_contiguous()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not _needs_gradient(x, weight)
     )
+
+
+def use_single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether a decoding step's attention (q (B, H, 1, D) over the cached k, v (B, H_kv, L, D)) should go to
+    the kernel: on the CPU, nothing to differentiate, one dtype it handles, and the kernel loaded."""
+    return (
+        ready is True
+        and q.device.type == "cpu"
+        and q.dtype in LANES
+        and q.dtype == k.dtype == v.dtype
+        and k.stride(-1) == 1
+        and v.stride(-1) == 1
+        and not _needs_gradient(q, k, v)
+    )
+
+
+def _needs_gradient(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)

@@ -1,10 +1,10 @@
 """`python -m llamagen.kernels`: build the CPU kernels now (make setup does), not at the first generation."""
 
-from llamagen.kernels import cpu_has_instructions, load_small_batch_linear
+from llamagen.kernels import cpu_has_instructions, load
 
-if load_small_batch_linear():
+if load():
     print("llamagen CPU kernels: ready")
 elif cpu_has_instructions():
     print("llamagen CPU kernels: the build failed (see the warning above); decoding works, only slower")
 else:
-    print("llamagen CPU kernels: this CPU lacks AVX-512 BF16; torch's own products will serve")
+    print("llamagen CPU kernels: this CPU lacks AVX-512 BF16; torch's own ops will serve")

@@ -3,8 +3,9 @@
 // A decoding step multiplies one or two rows (guidance doubles the batch) by every weight matrix of the model:
 // a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
 // float32, oneDNN in bf16) read the weights well below the memory bandwidth on this project's 2-core machine;
-// this loop reads each weight row once for every row of x, with two independent sums per row of x so that
-// the loads, not the latency of the multiply-adds, set the pace (`benchmarks/small_batch_linear.py` measures it).
+// this loop reads each weight row once for every row of x, four chunks at a time into four independent sums
+// per row of x, so that the loads, not the latency of the multiply-adds, set the pace (two sums read 10-20%
+// slower with two threads here; `benchmarks/small_batch_linear.py` measures it).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -35,28 +36,29 @@ template <typename T, int M>
 void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
                         int64_t n_out, int64_t k_in) {
   constexpr int64_t lanes = T::kLanes;
+  constexpr int kChains = 4;  // chunks of a weight row read per iteration, each summed in its own register
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const typename T::Scalar* row = w + n * k_in;
-      __m512 even[M], odd[M];  // sums over alternate chunks of the row: two independent chains per row of x
-      for (int m = 0; m < M; ++m) {
-        even[m] = _mm512_setzero_ps();
-        odd[m] = _mm512_setzero_ps();
-      }
+      __m512 sums[kChains][M];
+      for (int c = 0; c < kChains; ++c)
+        for (int m = 0; m < M; ++m) sums[c][m] = _mm512_setzero_ps();
       int64_t k = 0;
-      for (; k + 2 * lanes <= k_in; k += 2 * lanes) {
-        const auto w0 = T::load(row + k), w1 = T::load(row + k + lanes);
-        for (int m = 0; m < M; ++m) {
-          even[m] = T::multiply_add(even[m], w0, T::load(x + m * k_in + k));
-          odd[m] = T::multiply_add(odd[m], w1, T::load(x + m * k_in + k + lanes));
+      for (; k + kChains * lanes <= k_in; k += kChains * lanes) {
+        for (int c = 0; c < kChains; ++c) {
+          const auto weights = T::load(row + k + c * lanes);
+          for (int m = 0; m < M; ++m) {
+            sums[c][m] = T::multiply_add(sums[c][m], weights, T::load(x + m * k_in + k + c * lanes));
+          }
         }
       }
-      if (k < k_in) {  // one chunk left
-        const auto w0 = T::load(row + k);
-        for (int m = 0; m < M; ++m) even[m] = T::multiply_add(even[m], w0, T::load(x + m * k_in + k));
+      for (; k < k_in; k += lanes) {  // the chunks left over
+        const auto weights = T::load(row + k);
+        for (int m = 0; m < M; ++m) sums[0][m] = T::multiply_add(sums[0][m], weights, T::load(x + m * k_in + k));
       }
       for (int m = 0; m < M; ++m) {
-        y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])));
+        const __m512 total = _mm512_add_ps(_mm512_add_ps(sums[0][m], sums[1][m]), _mm512_add_ps(sums[2][m], sums[3][m]));
+        y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(total));
       }
     }
   });
@@ -99,5 +101,5 @@ at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
 
 }  // namespace
 
-TORCH_LIBRARY(llamagen, m) { m.def("small_batch_linear(Tensor x, Tensor weight) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(llamagen, m) { m.def("small_batch_linear(Tensor x, Tensor weight) -> Tensor"); }
 TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("small_batch_linear", &small_batch_linear); }

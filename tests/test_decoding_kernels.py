@@ -1,0 +1,105 @@
+"""The CPU kernels of a decoding step (`llamagen.kernels`): they build where the CPU can run them, the product
+computes x @ W^T and the attention softmax(q k^T / sqrt(d)) v as float64 does, and decoding through them
+generates what torch's ops do."""
+
+import pytest
+import torch
+from helpers import condition, small
+
+from llamagen import generate, kernels
+
+ready = kernels.load()
+needs_kernel = pytest.mark.skipif(not ready, reason="this CPU lacks AVX-512 BF16: torch's own products serve")
+
+
+def test_the_kernels_build_wherever_the_cpu_can_run_them():
+    assert ready == kernels.cpu_has_instructions()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("out_features, in_features", [(160, 768), (33, 96), (7, 32)])  # 96, 32: a chunk left
+def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features):
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1, in_features, generator=generator).to(dtype)
+    weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
+    exact = x.double() @ weight.double().T
+    got = torch.ops.llamagen.small_batch_linear(x, weight)
+    assert got.shape == (rows, 1, out_features) and got.dtype == dtype
+    # float32: summation order only; bf16: the result is rounded to bf16 (8 bits of mantissa), as torch's is.
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-8
+    assert ((got.double() - exact).abs() / exact.abs().max()).max() < tolerance
+
+
+@needs_kernel
+def test_only_a_few_rows_without_gradients_go_to_the_kernel():
+    weight = torch.randn(64, 32)
+    assert kernels.use_small_batch_linear(torch.randn(2, 1, 32), weight)
+    assert not kernels.use_small_batch_linear(torch.randn(5, 1, 32), weight)  # a training or prefill batch
+    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, requires_grad=True), weight)
+    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 24), torch.randn(64, 24))  # 24: not whole chunks
+    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, dtype=torch.float64), weight.double())
+    with torch.no_grad():
+        assert kernels.use_small_batch_linear(torch.randn(2, 1, 32), weight.requires_grad_())
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "batch, heads, kv_heads, length, head_dim",
+    [(2, 12, 12, 257, 64), (3, 8, 2, 50, 100), (1, 4, 4, 1, 40)],  # grouped-query; 100, 40: partial chunks
+)
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_kernel_computes_single_query_attention(dtype, batch, heads, kv_heads, length, head_dim, masked):
+    generator = torch.Generator().manual_seed(length)
+    q = torch.randn(batch, heads, 1, head_dim, generator=generator).to(dtype)
+    # The keys and values of the first `length` positions of a longer cache, as decoding reads them.
+    k_cache, v_cache = torch.randn(2, batch, kv_heads, length + 7, head_dim, generator=generator).to(dtype)
+    k, v = k_cache[:, :, :length], v_cache[:, :, :length]
+    mask = None
+    if masked:  # a caption's padding hides some positions; the query's own is always visible
+        mask = torch.rand(batch, 1, 1, length, generator=generator) > 0.3
+        mask[..., -1] = True
+    group = heads // kv_heads
+    scores = q.double().reshape(batch, kv_heads, group, head_dim) @ k.double().transpose(-1, -2) / head_dim**0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask.reshape(batch, 1, 1, length), float("-inf"))
+    exact = (scores.softmax(-1) @ v.double()).reshape(batch, heads, 1, head_dim)
+    got = torch.ops.llamagen.single_query_attention(q, k, v, mask)
+    assert got.shape == q.shape and got.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 2**-8  # bf16: the result is rounded to bf16
+    assert ((got.double() - exact).abs() / exact.abs().max()).max() < tolerance
+
+
+@needs_kernel
+def test_only_attention_without_gradients_goes_to_the_kernel():
+    q, k = torch.randn(2, 4, 1, 16), torch.randn(2, 4, 9, 16)
+    assert kernels.use_single_query_attention(q, k, k)
+    assert not kernels.use_single_query_attention(q.double(), k.double(), k.double())
+    assert not kernels.use_single_query_attention(q.bfloat16(), k, k)  # mixed dtypes
+    assert not kernels.use_single_query_attention(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k)
+    assert not kernels.use_single_query_attention(q.requires_grad_(), k, k)
+
+
+@needs_kernel
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, monkeypatch):
+    model = small(model_type=model_type)
+    cond, cond_mask = condition(model, batch=2)
+    calls = {"small_batch_linear": [], "single_query_attention": []}
+    for name in calls:
+        decide = getattr(kernels, f"use_{name}")
+        monkeypatch.setattr(
+            kernels, f"use_{name}", lambda *tensors, decide=decide, name=name: _record(calls[name], decide(*tensors))
+        )
+    through_kernel = generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1)
+    # Batch 2, doubled by guidance: every decoding product and attention went to the kernels.
+    assert all(sum(decisions) > 0 for decisions in calls.values())
+    monkeypatch.setattr(kernels, "ready", False)
+    assert torch.equal(through_kernel, generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1))
+
+
+def _record(decisions: list, decision: bool) -> bool:
+    decisions.append(decision)
+    return decision
