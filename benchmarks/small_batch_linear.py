@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "small_batch_linear.md"))
     args = parser.parse_args()
-    if not kernels.load_small_batch_linear():
+    if not kernels.load():
         raise SystemExit("the kernel is not available on this CPU (or did not build): nothing to compare")
     lines = [
         f"{ROWS} rows x each weight matrix of GPT-B, {COPIES} copies cycled; GB/s of weights read (best of 7); "
