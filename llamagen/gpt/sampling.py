@@ -188,8 +188,8 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     a decoding step streams every weight from memory, where the C++ kernels read faster (a step of GPT-B,
     16x16, batch 8, took 56 ms with them, 74 in an earlier run with MKL allowed). Not in bf16: there the
     alternative is oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they
-    made a step 2.6-2.9x slower. Where llamagen's CPU kernel is loaded (`llamagen.kernels`), products of at
-    most 4 rows (batch 1 or 2 with guidance) go to it instead, so these choices matter for larger batches. The
+    made a step 2.6-2.9x slower. Where llamagen's CPU kernels are loaded (`llamagen.kernels`), products of at
+    most 4 rows (batch 1 or 2 with guidance) go to them instead, so these choices matter for larger batches. The
     graph is also called through inductor's C++ wrapper: a step launches
     a few hundred small kernels, and launching them from Python cost about a fifth of a step
     for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,
@@ -207,7 +207,9 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     from torch._inductor import config as inductor_config  # imported on first use: it is large
 
     on_cpu = gpt.device.type == "cpu"
-    settings = {"freezing": True, "cpp_wrapper": True} if on_cpu else {}
+    # The step's elementwise kernels work on a few thousand values: inductor would still split each between the
+    # threads, and starting and joining them costs more than the work (about 0.2 ms a step for GPT-B).
+    settings = {"freezing": True, "cpp_wrapper": True, "cpp.min_chunk_size": 1 << 16} if on_cpu else {}
     if on_cpu and gpt.dtype == torch.float32:
         settings["max_autotune_gemm_backends"] = "CPP"
     compiled = torch.compile(gpt.decode_step, mode="max-autotune" if on_cpu else None)
