@@ -61,10 +61,10 @@ def load() -> bool:
 
 
 def _build_and_load() -> bool:
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load as build_extension
 
     try:
-        load(
+        build_extension(
             name="llamagen_decoding_kernels",
             sources=[str(source) for source in _SOURCES],
             extra_cflags=["-O3", *(f"-m{flag.replace('_', '')}" for flag in _CPU_FLAGS), "-fopenmp"],
