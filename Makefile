@@ -55,7 +55,7 @@ demo: setup
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
 # prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README (about 25 minutes); then how
-# fast the CPU kernel's products read their weights against torch's (benchmarks/results/small_batch_linear.md).
+# fast llamagen's product kernel reads the weights against torch's product (benchmarks/results/small_batch_linear.md).
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py --readme
 	$(BIN)/python benchmarks/small_batch_linear.py
