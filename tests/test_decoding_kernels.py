@@ -18,7 +18,7 @@ def test_the_kernels_build_wherever_the_cpu_can_run_them():
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])  # 5 to 8: fewer sums per row of x
 @pytest.mark.parametrize("out_features, in_features", [(160, 768), (33, 96), (7, 32)])  # 96, 32: a chunk left
 def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features):
     generator = torch.Generator().manual_seed(rows)
@@ -36,7 +36,8 @@ def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features)
 def test_only_a_few_rows_without_gradients_go_to_the_kernel():
     weight = torch.randn(64, 32)
     assert kernels.use_small_batch_linear(torch.randn(2, 1, 32), weight)
-    assert not kernels.use_small_batch_linear(torch.randn(5, 1, 32), weight)  # a training or prefill batch
+    assert kernels.use_small_batch_linear(torch.randn(8, 1, 32), weight)  # batch 4 with guidance
+    assert not kernels.use_small_batch_linear(torch.randn(9, 1, 32), weight)  # a larger batch, training, prefill
     assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, requires_grad=True), weight)
     assert not kernels.use_small_batch_linear(torch.randn(2, 1, 24), torch.randn(64, 24))  # 24: not whole chunks
     assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, dtype=torch.float64), weight.double())

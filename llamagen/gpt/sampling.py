@@ -189,7 +189,7 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     16x16, batch 8, took 56 ms with them, 74 in an earlier run with MKL allowed). Not in bf16: there the
     alternative is oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they
     made a step 2.6-2.9x slower. Where llamagen's CPU kernels are loaded (`llamagen.kernels`), products of at
-    most 4 rows (batch 1 or 2 with guidance) go to them instead, so these choices matter for larger batches. The
+    most 8 rows (batch 1 to 4 with guidance) go to them instead, so these choices matter for larger batches. The
     graph is also called through inductor's C++ wrapper: a step launches
     a few hundred small kernels, and launching them from Python cost about a fifth of a step
     for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,

@@ -1,4 +1,4 @@
-// y = x @ weight^T for a few rows of x (1 to 4) and float32 or bf16 weights, on CPUs with AVX-512.
+// y = x @ weight^T for a few rows of x (1 to 8) and float32 or bf16 weights, on CPUs with AVX-512.
 //
 // A decoding step multiplies one or two rows (guidance doubles the batch) by every weight matrix of the model:
 // a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
@@ -14,7 +14,7 @@
 
 namespace {
 
-constexpr int64_t kMaxRows = 4;
+constexpr int64_t kMaxRows = 8;
 
 // One 512-bit register of each type: its element count, how to load it, and the multiply-add into
 // float32 sums (bf16: pairs of products summed in float32, AVX512-BF16's dot product).
@@ -36,7 +36,9 @@ template <typename T, int M>
 void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
                         int64_t n_out, int64_t k_in) {
   constexpr int64_t lanes = T::kLanes;
-  constexpr int kChains = 4;  // chunks of a weight row read per iteration, each summed in its own register
+  // Chunks of a weight row read per iteration, each summed in its own register for every row of x: fewer
+  // past 4 rows, where the rows' sums already run side by side (and more would not fit the 32 registers).
+  constexpr int kChains = M <= 4 ? 4 : 2;
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const typename T::Scalar* row = w + n * k_in;
@@ -57,11 +59,22 @@ void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w
         for (int m = 0; m < M; ++m) sums[0][m] = T::multiply_add(sums[0][m], weights, T::load(x + m * k_in + k));
       }
       for (int m = 0; m < M; ++m) {
-        const __m512 total = _mm512_add_ps(_mm512_add_ps(sums[0][m], sums[1][m]), _mm512_add_ps(sums[2][m], sums[3][m]));
+        __m512 total = sums[0][m];
+        for (int c = 1; c < kChains; ++c) total = _mm512_add_ps(total, sums[c][m]);
         y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(total));
       }
     }
   });
+}
+
+// rows_times_weights for the number of rows x has, M to kMaxRows.
+template <typename T, int M>
+void dispatch_rows_from(int64_t count, const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
+                        int64_t n_out, int64_t k_in) {
+  if constexpr (M < kMaxRows) {
+    if (count > M) return dispatch_rows_from<T, M + 1>(count, x, w, y, n_out, k_in);
+  }
+  rows_times_weights<T, M>(x, w, y, n_out, k_in);
 }
 
 template <typename T>
@@ -70,12 +83,7 @@ void dispatch_rows(const at::Tensor& rows, const at::Tensor& weight, at::Tensor&
   const auto* w = weight.data_ptr<typename T::Scalar>();
   auto* out = y.data_ptr<typename T::Scalar>();
   const int64_t n_out = weight.size(0), k_in = weight.size(1);
-  switch (rows.size(0)) {
-    case 1: rows_times_weights<T, 1>(x, w, out, n_out, k_in); break;
-    case 2: rows_times_weights<T, 2>(x, w, out, n_out, k_in); break;
-    case 3: rows_times_weights<T, 3>(x, w, out, n_out, k_in); break;
-    default: rows_times_weights<T, 4>(x, w, out, n_out, k_in); break;
-  }
+  dispatch_rows_from<T, 1>(rows.size(0), x, w, out, n_out, k_in);
 }
 
 at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
@@ -87,7 +95,7 @@ at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t lanes = dtype == at::kFloat ? Float32::kLanes : BFloat16::kLanes;
   TORCH_CHECK(x.size(-1) == k_in && k_in % lanes == 0, "x's last dimension must be weight's, a multiple of ", lanes);
   const at::Tensor rows = x.reshape({-1, k_in}).contiguous();
-  TORCH_CHECK(rows.size(0) >= 1 && rows.size(0) <= kMaxRows, "1 to 4 rows, got ", rows.size(0));
+  TORCH_CHECK(rows.size(0) >= 1 && rows.size(0) <= kMaxRows, "1 to ", kMaxRows, " rows, got ", rows.size(0));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n_out;
   at::Tensor y = at::empty(shape, x.options());
