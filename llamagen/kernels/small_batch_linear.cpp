@@ -3,7 +3,7 @@
 // A decoding step multiplies one or two rows (guidance doubles the batch) by every weight matrix of the model:
 // a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
 // float32, oneDNN in bf16) read the weights well below the memory bandwidth on this project's 2-core machine;
-// this loop reads each weight row once for every row of x, four chunks at a time into four independent sums
+// this loop reads each weight row once for all the rows of x, four chunks at a time into four independent sums
 // per row of x, so that the loads, not the latency of the multiply-adds, set the pace (two sums read 10-20%
 // slower with two threads here; `benchmarks/small_batch_linear.py` measures it).
 
