@@ -11,13 +11,13 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 namespace {
 
-// Per dtype: the dot product of a query with one cached key, and the sum of weighted values.
+// Per dtype: the dot product of a query with one cached key, the sum of weighted values, and its storing.
 struct Float32 {
   using Scalar = float;
 
@@ -38,6 +38,8 @@ struct Float32 {
     }
     for (; d < dim; ++d) sum[d] += weight * value[d];
   }
+
+  static void store(const float* sum, float* out, int64_t dim) { std::copy(sum, sum + dim, out); }
 };
 
 struct BFloat16 {
@@ -58,7 +60,7 @@ struct BFloat16 {
 
   // A bf16 value is the upper half of a float32: in 32 values read as 16 pairs, shifting each pair left by 16
   // bits gives the even-indexed values as float32, masking off the low half the odd-indexed ones. `sum` holds
-  // the even then the odd sums of each chunk of 32 (see `interleave`), so no shuffle is needed per value.
+  // the even then the odd sums of each chunk of 32 (see `store`), so no shuffle is needed per value.
   static void add_scaled(float* sum, float weight, const at::BFloat16* value, int64_t dim) {
     const __m512 w = _mm512_set1_ps(weight);
     const __m512i high_halves = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
@@ -72,22 +74,19 @@ struct BFloat16 {
     }
     for (; d < dim; ++d) sum[d] += weight * static_cast<float>(value[d]);
   }
-};
 
-// `sum` laid out by `add_scaled` -> out in order: each whole chunk of 32 holds 16 even then 16 odd values.
-template <typename T>
-void interleave(const float* sum, typename T::Scalar* out, int64_t dim) {
-  int64_t d = 0;
-  if constexpr (std::is_same_v<T, BFloat16>) {
+  // `sum` as `add_scaled` lays it out -> out in order, rounded to bf16.
+  static void store(const float* sum, at::BFloat16* out, int64_t dim) {
+    int64_t d = 0;
     for (; d + 32 <= dim; d += 32) {
       for (int64_t i = 0; i < 16; ++i) {
         out[d + 2 * i] = static_cast<at::BFloat16>(sum[d + i]);
         out[d + 2 * i + 1] = static_cast<at::BFloat16>(sum[d + 16 + i]);
       }
     }
+    for (; d < dim; ++d) out[d] = static_cast<at::BFloat16>(sum[d]);
   }
-  for (; d < dim; ++d) out[d] = static_cast<typename T::Scalar>(sum[d]);
-}
+};
 
 // q (B, H, D) contiguous; k, v (B, H_kv, L, D) with unit stride along D; visible (B, L) or undefined.
 template <typename T>
@@ -131,7 +130,7 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       for (int64_t l = 0; l < length; ++l) {
         if (row_weights[l] != 0.0f) T::add_scaled(sum.data(), row_weights[l], values + l * v.stride(2), dim);
       }
-      interleave<T>(sum.data(), out_data + row_head * dim, dim);
+      T::store(sum.data(), out_data + row_head * dim, dim);
     }
   });
   return out;
