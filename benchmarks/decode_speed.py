@@ -8,7 +8,10 @@ generated token for GPT-B with random weights (guidance on: the batch is doubled
 - (a) the original: a plain re-statement of LlamaGen's decoding loop (torch's own products, a static cache
   indexed by position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
   with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
-- (b) the bound: bytes of weights read per step / measured memory bandwidth.
+- (b) the bound: bytes of weights read per step / measured memory bandwidth;
+- (c) the compute floor: the multiply-adds of a step's products (2 x weights x rows) / the rate of torch's
+  product of two large matrices in the same dtype, about what this CPU's vector units can do at all. Batch 1
+  is far from it; with guidance, batch 8 multiplies 16 rows by every weight, and it is no longer far.
 
 Run with `make bench`; it prints a table, writes it to benchmarks/results/, and puts it in the README.
 """
@@ -116,6 +119,21 @@ def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return buffer.numel() * 4 / best / 1e9
 
 
+def measure_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """Multiply-add rate: the best of a few products of two large square matrices (MKL in float32, oneDNN in
+    bf16), which keep the vector units busy from the caches."""
+    a, b = torch.randn(2, size, size).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def compute_floor_ms(gpt: GPT, rows: int, gflops: float) -> float:
+    """A step's products at the given rate: every weight multiplies every row (a multiply and an add)."""
+    weights = weight_bytes_per_step(gpt) / gpt.dtype.itemsize
+    return 2 * weights * rows / (gflops * 1e9) * 1e3
+
+
 def _timed(function) -> float:
     start = time.perf_counter()
     function()
@@ -174,6 +192,7 @@ def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_origi
     the timings and the higher of the two kept: on this shared machine the reading moved from 32 to 62 GB/s
     within an hour, and the higher reading gives the stricter bound."""
     gpt = random_gpt_b(grid).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
+    gflops = measure_matmul_gflops(gpt.dtype)
     before = measure_bandwidth_gbs()
     timings = measure(gpt, batch, repeats, skip_original)
     bandwidth = max(before, measure_bandwidth_gbs())
@@ -183,6 +202,8 @@ def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_origi
         "dtype": dtype_name,
         "bound": weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3,
         "bandwidth": bandwidth,
+        "gflops": gflops,
+        "floor": compute_floor_ms(gpt, 2 * batch, gflops),
         **timings,
     }
 
@@ -206,7 +227,8 @@ def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, s
 
 HEADER = (
     "| grid | batch (x2 guidance) | dtype | ours, eager | ours, compiled | (a) original | bandwidth, GB/s "
-    "| (b) bound | (a) / ours | ours / (b) |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| (b) bound | matmul, GFLOP/s | (c) compute floor | (a) / ours | ours / (b) | ours / max(b, c) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -216,7 +238,8 @@ def format_row(row: dict) -> str:
     speedup = f"{row['original'] / best:.1f}x" if row["original"] else "-"
     return (
         f"| {row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} | {original} "
-        f"| {row['bandwidth']:.1f} | {row['bound']:.1f} | {speedup} | {best / row['bound']:.2f}x |"
+        f"| {row['bandwidth']:.1f} | {row['bound']:.1f} | {row['gflops']:.0f} | {row['floor']:.1f} | {speedup} "
+        f"| {best / row['bound']:.2f}x | {best / max(row['bound'], row['floor']):.2f}x |"
     )
 
 
@@ -225,8 +248,8 @@ def render(rows: list[dict], device: str) -> str:
         f"GPT-B (random weights), guidance {CFG_SCALE}, top-k {TOP_K}; device: {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
         "whole generation / its tokens, best of the repeats after a warm-up that also compiles); each row runs in "
-        "a fresh process, which also measures the read bandwidth its bound divides by. The ratios use the "
-        "faster of ours.",
+        "a fresh process, which also measures the read bandwidth its bound divides by and the multiply-add rate its "
+        "compute floor divides by. The ratios use the faster of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),
