@@ -75,6 +75,25 @@ typename T::Mask chunk_mask(int64_t c, int64_t dim) {
   return left >= T::kLanes ? static_cast<typename T::Mask>(~0ull) : static_cast<typename T::Mask>((1ull << left) - 1);
 }
 
+// The cache comes from memory (a step's weights have pushed it out of the caches), in runs too short for the
+// hardware prefetcher to get going: one per row and head, a few KB. So the positions 8 ahead of the one being
+// read are fetched into L1 and those 32 ahead into L2 (GPT-B's 12 layers, 128 positions, bf16, from memory:
+// 2 rows 0.82 -> 0.66 ms, 16 rows 6.4 -> 5.1).
+constexpr int64_t kNearPositions = 8, kFarPositions = 32;
+
+template <int Locality>  // 3: into L1, 2: into L2 (and the caches beyond)
+void prefetch(const void* start, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(static_cast<const char*>(start) + offset, 0, Locality);
+  }
+}
+
+template <typename Scalar>
+void prefetch_ahead(const Scalar* position, int64_t stride, int64_t bytes) {
+  prefetch<3>(position + kNearPositions * stride, bytes);
+  prefetch<2>(position + kFarPositions * stride, bytes);
+}
+
 // The totals of four float32 sums: halves added, then pairs of neighbours twice, then the two 128-bit halves;
 // a quarter of the instructions of reducing each on its own.
 __m128 totals_of_four(__m512 a, __m512 b, __m512 c, __m512 d) {
@@ -92,6 +111,7 @@ void key_scores(const typename T::Scalar* query, const typename T::Scalar* keys,
   const int64_t chunks = (dim + T::kLanes - 1) / T::kLanes;
   int64_t l = 0;
   for (; l + 4 <= length; l += 4) {
+    prefetch_ahead(keys + l * key_stride, key_stride, 4 * key_stride * sizeof(typename T::Scalar));
     __m512 sums[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t c = 0; c < chunks; ++c) {
       const auto mask = chunk_mask<T>(c, dim);
@@ -123,8 +143,9 @@ void weighted_values(const float* weights, const typename T::Scalar* values, int
   for (int c = 0; c < Chunks; ++c) masks[c] = chunk_mask<T>(first + c, dim);
   for (int64_t l = 0; l < length; ++l) {
     if (weights[l] == 0.0f) continue;  // a hidden position
-    const __m512 weight = _mm512_set1_ps(weights[l]);
     const typename T::Scalar* value = values + l * value_stride + first * T::kLanes;
+    prefetch_ahead(value, value_stride, Chunks * 64);
+    const __m512 weight = _mm512_set1_ps(weights[l]);
     for (int c = 0; c < Chunks; ++c) {
       T::add_weighted(sums + c * T::kSumsPerChunk, weight, T::load(value + c * T::kLanes, masks[c]));
     }
