@@ -1,9 +1,9 @@
 """How fast the products of a decoding step read their weights: torch's own product against llamagen's CPU kernel.
 
-For each weight shape of GPT-B (and its output layer), 2 rows (batch 1 doubled by guidance) times the matrix,
-cycled over 24 copies (more bytes than the caches hold, as a step's 12 layers are), in GB/s of weights read,
-beside the bandwidth a plain reduction reaches. Run with `make bench`; it prints a table and writes it to
-benchmarks/results/small_batch_linear.md.
+For each weight shape of GPT-B (and its output layer), 2 and 8 rows (batch 1 and batch 4, doubled by
+guidance) times the matrix, cycled over 24 copies (more bytes than the caches hold, as a step's 12 layers are),
+in GB/s of weights read, beside the bandwidth a plain reduction reaches. Run with `make bench`; it prints a
+table and writes it to benchmarks/results/small_batch_linear.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SHAPES = {  # GPT-B: dim 768, 12 heads, SwiGLU hidden 2048, vocabulary 16384
     "output": (16384, 768),
 }
 COPIES = 24
-ROWS = 2
+ROWS = (2, 8)
 
 
 def best_seconds(function, repeats: int = 7) -> float:
@@ -44,16 +44,19 @@ def reduction_gbs(dtype: torch.dtype) -> float:
     return buffer.numel() * buffer.element_size() / best_seconds(buffer.sum) / 1e9
 
 
-def row(name: str, shape: tuple[int, int], dtype: torch.dtype) -> str:
+def row(name: str, shape: tuple[int, int], dtype: torch.dtype, rows: int) -> str:
     weights = [torch.randn(shape).to(dtype) for _ in range(COPIES)]
-    x = torch.randn(ROWS, 1, shape[1]).to(dtype)
+    x = torch.randn(rows, 1, shape[1]).to(dtype)
     nbytes = sum(w.numel() * w.element_size() for w in weights)
     torch_gbs = nbytes / best_seconds(lambda: [F.linear(x, w) for w in weights]) / 1e9
     kernel = torch.ops.llamagen.small_batch_linear
     kernel_gbs = nbytes / best_seconds(lambda: [kernel(x, w) for w in weights]) / 1e9
     dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     speed_up = kernel_gbs / torch_gbs
-    return f"| {name} | {shape[0]} x {shape[1]} | {dtype_name} | {torch_gbs:.1f} | {kernel_gbs:.1f} | {speed_up:.1f}x |"
+    return (
+        f"| {name} | {shape[0]} x {shape[1]} | {rows} | {dtype_name} | {torch_gbs:.1f} | {kernel_gbs:.1f} "
+        f"| {speed_up:.1f}x |"
+    )
 
 
 def main() -> None:
@@ -63,17 +66,19 @@ def main() -> None:
     if not kernels.load():
         raise SystemExit("the kernel is not available on this CPU (or did not build): nothing to compare")
     lines = [
-        f"{ROWS} rows x each weight matrix of GPT-B, {COPIES} copies cycled; GB/s of weights read (best of 7); "
+        f"{' and '.join(map(str, ROWS))} rows x each weight matrix of GPT-B, {COPIES} copies cycled; "
+        "GB/s of weights read (best of 7); "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. A plain reduction reads "
         f"{reduction_gbs(torch.float32):.1f} GB/s (fp32) and {reduction_gbs(torch.bfloat16):.1f} GB/s (bf16).",
         "",
-        "| product | weight | dtype | torch, GB/s | llamagen kernel, GB/s | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| product | weight | rows | dtype | torch, GB/s | llamagen kernel, GB/s | speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for dtype in (torch.float32, torch.bfloat16):
-        for name, shape in SHAPES.items():
-            lines.append(row(name, shape, dtype))
-            print(lines[-1], flush=True)
+    for rows in ROWS:
+        for dtype in (torch.float32, torch.bfloat16):
+            for name, shape in SHAPES.items():
+                lines.append(row(name, shape, dtype, rows))
+                print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     print(table)
     Path(args.out).write_text(table)
