@@ -188,21 +188,25 @@ def random_gpt_b(grid: int) -> GPT:
 
 
 def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
-    """One row of the table, in a process of its own (see `run`). The bandwidth is measured before and after
-    the timings and the higher of the two kept: on this shared machine the reading moved from 32 to 62 GB/s
-    within an hour, and the higher reading gives the stricter bound."""
+    """One row of the table, in a process of its own (see `run`). The bandwidth and the multiply-add rate are
+    measured before and after the timings and the higher of each kept: on this shared machine the bandwidth
+    reading moved from 32 to 62 GB/s within an hour, and the higher reading gives the stricter bound. The lower
+    rate is kept too: it tells whether the machine was busy with something else during the row."""
     gpt = random_gpt_b(grid).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
-    gflops = measure_matmul_gflops(gpt.dtype)
+    rates = [measure_matmul_gflops(gpt.dtype)]
     before = measure_bandwidth_gbs()
     timings = measure(gpt, batch, repeats, skip_original)
     bandwidth = max(before, measure_bandwidth_gbs())
+    rates.append(measure_matmul_gflops(gpt.dtype))
+    gflops = max(rates)
     return {
-        "grid": f"{grid}x{grid}",
+        "grid": grid,
         "batch": batch,
         "dtype": dtype_name,
         "bound": weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3,
         "bandwidth": bandwidth,
         "gflops": gflops,
+        "slowest_gflops": min(rates),
         "floor": compute_floor_ms(gpt, 2 * batch, gflops),
         **timings,
     }
@@ -213,16 +217,40 @@ def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, s
     process, rows measured after other models had been compiled came out 10-20% slower (not from dynamo's
     guards over the extra graphs: a dozen more graphs on the shared decode step add under 0.01 ms a token)."""
     rows = []
-    spawn = multiprocessing.get_context("spawn")
     for grid in grids:
         check_same_tokens(random_gpt_b(grid))  # eager, in float32: random bf16 logits are full of near ties
         for dtype_name in dtypes:
             for batch in batches:
-                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                    row = pool.submit(measure_row, grid, batch, dtype_name, repeats, skip_original).result()
-                rows.append(row)
-                print(format_row(row), flush=True)
-    return rows
+                rows.append(measure_row_apart(grid, batch, dtype_name, repeats, skip_original))
+                print(format_row(rows[-1]), flush=True)
+    return measure_busy_rows_again(rows, repeats, skip_original)
+
+
+def measure_row_apart(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_row, grid, batch, dtype_name, repeats, skip_original).result()
+
+
+# A row whose slower multiply-add reading fell below this share of the best reading of its dtype in the run ran
+# while something else had the cores: in one run two rows read 83 and 207 GFLOP/s where the others read 156-188
+# (fp32) and 406-426 (bf16), and their steps were 20-30% slower than in the runs before and after.
+BUSY_SHARE = 0.75
+
+
+def measure_busy_rows_again(rows: list[dict], repeats: int, skip_original: bool) -> list[dict]:
+    """Each row measured while the machine was busy is measured once more; the less busy of the two is kept."""
+    best = {}
+    for row in rows:
+        best[row["dtype"]] = max(best.get(row["dtype"], 0.0), row["gflops"])
+    kept = []
+    for row in rows:
+        if row["slowest_gflops"] < BUSY_SHARE * best[row["dtype"]]:
+            print(f"again, busy at {row['slowest_gflops']:.0f} GFLOP/s: {format_row(row)}", flush=True)
+            again = measure_row_apart(row["grid"], row["batch"], row["dtype"], repeats, skip_original)
+            row = max(row, again, key=lambda candidate: candidate["slowest_gflops"])
+            print(format_row(row), flush=True)
+        kept.append(row)
+    return kept
 
 
 HEADER = (
@@ -237,7 +265,8 @@ def format_row(row: dict) -> str:
     original = f"{row['original']:.1f}" if row["original"] else "-"
     speedup = f"{row['original'] / best:.1f}x" if row["original"] else "-"
     return (
-        f"| {row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} | {original} "
+        f"| {row['grid']}x{row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} "
+        f"| {original} "
         f"| {row['bandwidth']:.1f} | {row['bound']:.1f} | {row['gflops']:.0f} | {row['floor']:.1f} | {speedup} "
         f"| {best / row['bound']:.2f}x | {best / max(row['bound'], row['floor']):.2f}x |"
     )
@@ -249,7 +278,9 @@ def render(rows: list[dict], device: str) -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
         "whole generation / its tokens, best of the repeats after a warm-up that also compiles); each row runs in "
         "a fresh process, which also measures the read bandwidth its bound divides by and the multiply-add rate its "
-        "compute floor divides by. The ratios use the faster of ours.",
+        f"compute floor divides by; a row during which that rate fell below {BUSY_SHARE:.0%} of its dtype's best "
+        "in the run (the machine busy with something else) was measured once more and the less busy kept. The "
+        "ratios use the faster of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),
