@@ -68,6 +68,12 @@ struct BFloat16 {
   }
 };
 
+// The chunks of a head, the last one maybe partial.
+template <typename T>
+int64_t chunks_in(int64_t dim) {
+  return (dim + T::kLanes - 1) / T::kLanes;
+}
+
 // The mask of chunk c of a head: all lanes but in a last, partial chunk.
 template <typename T>
 typename T::Mask chunk_mask(int64_t c, int64_t dim) {
@@ -108,7 +114,7 @@ __m128 totals_of_four(__m512 a, __m512 b, __m512 c, __m512 d) {
 template <typename T>
 void key_scores(const typename T::Scalar* query, const typename T::Scalar* keys, int64_t key_stride, int64_t length,
                 int64_t dim, float scale, float* scores) {
-  const int64_t chunks = (dim + T::kLanes - 1) / T::kLanes;
+  const int64_t chunks = chunks_in<T>(dim);
   int64_t l = 0;
   for (; l + 4 <= length; l += 4) {
     prefetch_ahead(keys + l * key_stride, key_stride, 4 * key_stride * sizeof(typename T::Scalar));
@@ -144,7 +150,7 @@ void weighted_values(const float* weights, const typename T::Scalar* values, int
   for (int64_t l = 0; l < length; ++l) {
     if (weights[l] == 0.0f) continue;  // a hidden position
     const typename T::Scalar* value = values + l * value_stride + first * T::kLanes;
-    prefetch_ahead(value, value_stride, Chunks * 64);
+    prefetch_ahead(value, value_stride, Chunks * T::kLanes * sizeof(typename T::Scalar));
     const __m512 weight = _mm512_set1_ps(weights[l]);
     for (int c = 0; c < Chunks; ++c) {
       T::add_weighted(sums + c * T::kSumsPerChunk, weight, T::load(value + c * T::kLanes, masks[c]));
@@ -157,7 +163,7 @@ void weighted_values(const float* weights, const typename T::Scalar* values, int
 template <typename T>
 void weighted_values(const float* weights, const typename T::Scalar* values, int64_t value_stride, int64_t length,
                      int64_t dim, typename T::Scalar* out) {
-  const int64_t chunks = (dim + T::kLanes - 1) / T::kLanes;
+  const int64_t chunks = chunks_in<T>(dim);
   for (int64_t first = 0; first < chunks; first += 4) {
     switch (std::min<int64_t>(chunks - first, 4)) {
       case 1: weighted_values<T, 1>(weights, values, value_stride, length, first, dim, out); break;
