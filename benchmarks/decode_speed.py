@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llamagen import generate
+from llamagen import generate, huge_pages
 from llamagen.gpt import GPT, gpt_preset
 from llamagen.gpt.config import find_multiple
 from llamagen.gpt.layers import apply_rope
@@ -112,8 +112,10 @@ def weight_bytes_per_step(gpt: GPT) -> int:
 
 
 def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
-    """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches."""
-    buffer = torch.ones(megabytes * 2**20 // 4)
+    """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches, on 2 MB
+    pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
+    (buffer,) = huge_pages.zeros([((megabytes * 2**20 // 4,), torch.float32)])
+    buffer.fill_(1)
     buffer.sum()
     best = min(_timed(buffer.sum) for _ in range(repeats))
     return buffer.numel() * 4 / best / 1e9

@@ -92,11 +92,10 @@ class KVCache(nn.Module):
     Buffers are not persistent: a cache never enters a checkpoint.
     """
 
-    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, dtype, device):
+    def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor):
         super().__init__()
-        shape = (batch, n_kv_head, max_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k_cache", k_cache, persistent=False)
+        self.register_buffer("v_cache", v_cache, persistent=False)
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (b, n_kv_head, S, head_dim) keys/values at positions start..start+S-1 of the first b rows;

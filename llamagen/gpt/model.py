@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llamagen import huge_pages
 from llamagen.gpt.conditioning import build_condition_embedding
 from llamagen.gpt.config import GPTConfig
 from llamagen.gpt.layers import KVCache, Linear, RMSNorm, TransformerBlock, rope_table_2d
@@ -151,15 +152,14 @@ class GPT(nn.Module):
         self._cache_key_mask = None
         if current is not None and current.k_cache.shape[0] == batch_size and current.k_cache.dtype == dtype:
             return
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(
-                batch_size,
-                self.config.n_kv_head,
-                self.max_sequence_length,
-                self.config.head_dim,
-                dtype,
-                self.device,
-            )
+        shape = (batch_size, self.config.n_kv_head, self.max_sequence_length, self.config.head_dim)
+        count = 2 * len(self.layers)
+        if self.device.type == "cpu":
+            caches = huge_pages.zeros([(shape, dtype)] * count)  # a step reads the cache from memory too
+        else:
+            caches = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(count)]
+        for layer, k_cache, v_cache in zip(self.layers, caches[0::2], caches[1::2], strict=True):
+            layer.attention.kv_cache = KVCache(k_cache, v_cache)
 
     def clear_cache(self) -> None:
         """Free the KV cache (generation keeps it for the next call of the same batch size)."""

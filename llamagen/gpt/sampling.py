@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from llamagen import kernels
+from llamagen import huge_pages, kernels
 from llamagen.gpt.model import GPT
 
 # Bytes a generation may allocate, as a share of the memory available when it starts.
@@ -116,6 +116,8 @@ def generate(
     compile: decode with a torch.compile'd step (faster per token; the first call of a model and batch
     size compiles for a while, later ones reuse it).
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
+    On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
+    parameters and values at new addresses.
     """
     config = gpt.config
     check_sampling_options(config.vocab_size, cfg_scale, temperature, top_k, top_p)
@@ -150,6 +152,7 @@ def generate(
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
     if gpt.device.type == "cpu":
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
+        huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
     decode_step = compiled_decode_step(gpt) if compile else gpt.decode_step
     gpt.setup_cache(rows)
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
@@ -212,7 +215,8 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     settings = {"freezing": True, "cpp_wrapper": True, "cpp.min_chunk_size": 1 << 16} if on_cpu else {}
     if on_cpu and gpt.dtype == torch.float32:
         settings["max_autotune_gemm_backends"] = "CPP"
-    compiled = torch.compile(gpt.decode_step, mode="max-autotune" if on_cpu else None)
+    # Without CUDA graphs on the CPU: asking for them there only logs, every compilation, that they were skipped.
+    compiled = torch.compile(gpt.decode_step, mode="max-autotune-no-cudagraphs" if on_cpu else None)
 
     def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
         with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT), inductor_config.patch(settings):
