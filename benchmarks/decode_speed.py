@@ -14,6 +14,7 @@ generated token for GPT-B with random weights (guidance on: the batch is doubled
   is far from it; with guidance, batch 8 multiplies 16 rows by every weight, and it is no longer far.
 
 Run with `make bench`; it prints a table, writes it to benchmarks/results/, and puts it in the README.
+On a GPU: `python benchmarks/decode_speed.py --device cuda --readme`, into a table of its own in the README.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import platform
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -111,22 +113,27 @@ def weight_bytes_per_step(gpt: GPT) -> int:
     return sum(p.numel() * p.element_size() for name, p in gpt.named_parameters() if name not in skipped)
 
 
-def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
-    """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches, on 2 MB
-    pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
-    (buffer,) = huge_pages.zeros([((megabytes * 2**20 // 4,), torch.float32)])
-    buffer.fill_(1)
+def measure_bandwidth_gbs(device: str = "cpu", megabytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches; on the CPU
+    on 2 MB pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
+    count = megabytes * 2**20 // 4
+    if device == "cpu":
+        (buffer,) = huge_pages.zeros([((count,), torch.float32)])
+        buffer.fill_(1)
+    else:
+        buffer = torch.ones(count, device=device)
     buffer.sum()
-    best = min(_timed(buffer.sum) for _ in range(repeats))
+    best = min(_timed(buffer.sum, device) for _ in range(repeats))
     return buffer.numel() * 4 / best / 1e9
 
 
-def measure_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
-    """Multiply-add rate: the best of a few products of two large square matrices (MKL in float32, oneDNN in
-    bf16), which keep the vector units busy from the caches."""
-    a, b = torch.randn(2, size, size).to(dtype)
+def measure_matmul_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:
+    """Multiply-add rate: the best of a few products of two large square matrices (on the CPU MKL in float32,
+    oneDNN in bf16), which keep the vector units busy from the caches. A GPU needs larger ones to be busy."""
+    size = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(2, size, size, device=device).to(dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
@@ -136,46 +143,57 @@ def compute_floor_ms(gpt: GPT, rows: int, gflops: float) -> float:
     return 2 * weights * rows / (gflops * 1e9) * 1e3
 
 
-def _timed(function) -> float:
+def _timed(function, device: str) -> float:
+    """Seconds of one call; on a GPU, until its queued work has finished."""
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     function()
+    synchronize()
     return time.perf_counter() - start
 
 
 # --- the table ----------------------------------------------------------------------------------
 
 
-def ms_per_token(function, tokens: int, repeats: int) -> float:
+@dataclass(frozen=True)
+class Options:
+    repeats: int
+    skip_original: bool
+    device: str
+
+
+def ms_per_token(function, tokens: int, options: Options) -> float:
     function()  # warm-up: allocator, kernels, lazy initialisation
-    return min(_timed(function) for _ in range(repeats)) / tokens * 1e3
+    return min(_timed(function, options.device) for _ in range(options.repeats)) / tokens * 1e3
 
 
 def check_same_tokens(gpt: GPT) -> None:
     """The restated original loop and ours must agree (greedy) before their speeds mean anything."""
-    labels = torch.tensor([3, 7])
+    labels = torch.tensor([3, 7], device=gpt.device)
     ours = generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=1)
     theirs = original_generate(gpt, labels, CFG_SCALE, top_k=1)
     if not torch.equal(ours, theirs):
         raise AssertionError("the restated original loop and ours generate different tokens")
 
 
-def measure(gpt: GPT, batch: int, repeats: int, skip_original: bool) -> dict:
+def measure(gpt: GPT, batch: int, options: Options) -> dict:
     """Milliseconds per token of our eager and compiled decoding and of the original's loop."""
-    labels = torch.arange(batch) % gpt.config.num_classes
-    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(batch, device=gpt.device) % gpt.config.num_classes
+    generator = torch.Generator(gpt.device).manual_seed(0)
     steps = gpt.config.block_size
 
     def ours(compile: bool):
         return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
 
     timings = {
-        "eager": ms_per_token(ours(False), steps, repeats),
-        "compiled": ms_per_token(ours(True), steps, repeats),  # the warm-up call compiles
+        "eager": ms_per_token(ours(False), steps, options),
+        "compiled": ms_per_token(ours(True), steps, options),  # the warm-up call compiles
         "original": None,
     }
-    if not skip_original:
+    if not options.skip_original:
         timings["original"] = ms_per_token(
-            lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, repeats
+            lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, options
         )
     return timings
 
@@ -189,17 +207,18 @@ def random_gpt_b(grid: int) -> GPT:
     return gpt
 
 
-def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
+def measure_row(grid: int, batch: int, dtype_name: str, options: Options) -> dict:
     """One row of the table, in a process of its own (see `run`). The bandwidth and the multiply-add rate are
     measured before and after the timings and the higher of each kept: on this shared machine the bandwidth
     reading moved from 32 to 62 GB/s within an hour, and the higher reading gives the stricter bound. The lower
     rate is kept too: it tells whether the machine was busy with something else during the row."""
-    gpt = random_gpt_b(grid).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name])
-    rates = [measure_matmul_gflops(gpt.dtype)]
-    before = measure_bandwidth_gbs()
-    timings = measure(gpt, batch, repeats, skip_original)
-    bandwidth = max(before, measure_bandwidth_gbs())
-    rates.append(measure_matmul_gflops(gpt.dtype))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    gpt = random_gpt_b(grid).to(device=options.device, dtype=dtype)
+    rates = [measure_matmul_gflops(dtype, options.device)]
+    before = measure_bandwidth_gbs(options.device)
+    timings = measure(gpt, batch, options)
+    bandwidth = max(before, measure_bandwidth_gbs(options.device))
+    rates.append(measure_matmul_gflops(dtype, options.device))
     gflops = max(rates)
     return {
         "grid": grid,
@@ -214,23 +233,24 @@ def measure_row(grid: int, batch: int, dtype_name: str, repeats: int, skip_origi
     }
 
 
-def run(grids: list[int], batches: list[int], dtypes: list[str], repeats: int, skip_original: bool) -> list[dict]:
+def run(grids: list[int], batches: list[int], dtypes: list[str], options: Options) -> list[dict]:
     """Every row is measured in a fresh process, as a user's first generation in a session would run: in one
     process, rows measured after other models had been compiled came out 10-20% slower (not from dynamo's
     guards over the extra graphs: a dozen more graphs on the shared decode step add under 0.01 ms a token)."""
     rows = []
     for grid in grids:
-        check_same_tokens(random_gpt_b(grid))  # eager, in float32: random bf16 logits are full of near ties
+        # Eager, in float32: random bf16 logits are full of near ties.
+        check_same_tokens(random_gpt_b(grid).to(options.device))
         for dtype_name in dtypes:
             for batch in batches:
-                rows.append(measure_row_apart(grid, batch, dtype_name, repeats, skip_original))
+                rows.append(measure_row_apart(grid, batch, dtype_name, options))
                 print(format_row(rows[-1]), flush=True)
-    return measure_busy_rows_again(rows, repeats, skip_original)
+    return measure_busy_rows_again(rows, options)
 
 
-def measure_row_apart(grid: int, batch: int, dtype_name: str, repeats: int, skip_original: bool) -> dict:
+def measure_row_apart(grid: int, batch: int, dtype_name: str, options: Options) -> dict:
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_row, grid, batch, dtype_name, repeats, skip_original).result()
+        return pool.submit(measure_row, grid, batch, dtype_name, options).result()
 
 
 # A row whose slower multiply-add reading fell below this share of the best reading of its dtype in the run ran
@@ -239,7 +259,7 @@ def measure_row_apart(grid: int, batch: int, dtype_name: str, repeats: int, skip
 BUSY_SHARE = 0.75
 
 
-def measure_busy_rows_again(rows: list[dict], repeats: int, skip_original: bool) -> list[dict]:
+def measure_busy_rows_again(rows: list[dict], options: Options) -> list[dict]:
     """Each row measured while the machine was busy is measured once more; the less busy of the two is kept."""
     best = {}
     for row in rows:
@@ -248,7 +268,7 @@ def measure_busy_rows_again(rows: list[dict], repeats: int, skip_original: bool)
     for row in rows:
         if row["slowest_gflops"] < BUSY_SHARE * best[row["dtype"]]:
             print(f"again, busy at {row['slowest_gflops']:.0f} GFLOP/s: {format_row(row)}", flush=True)
-            again = measure_row_apart(row["grid"], row["batch"], row["dtype"], repeats, skip_original)
+            again = measure_row_apart(row["grid"], row["batch"], row["dtype"], options)
             row = max(row, again, key=lambda candidate: candidate["slowest_gflops"])
             print(format_row(row), flush=True)
         kept.append(row)
@@ -290,12 +310,14 @@ def render(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
+def update_readme(table: str, device: str) -> None:
+    """Put the table between the README's markers for the device: bench (the CPU) or bench-cuda."""
     readme = ROOT / "README.md"
     text = readme.read_text()
-    pattern = re.compile(r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)", re.S)
+    name = "bench" if device == "cpu" else "bench-cuda"
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit("README.md has no <!-- bench:start --> ... <!-- bench:end --> markers")
+        raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> markers")
     readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
@@ -306,17 +328,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-original", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_cpu.md"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", help="the table's file (default: benchmarks/results/decode_DEVICE.md)")
     parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
     args = parser.parse_args(argv)
-    device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: this machine has no usable CUDA GPU")
+        description = f"GPU ({torch.cuda.get_device_name()})"
+    else:
+        description = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}.md")
     print(HEADER, flush=True)
-    table = render(run(args.grids, args.batches, args.dtypes, args.repeats, args.skip_original), device)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    options = Options(args.repeats, args.skip_original, args.device)
+    table = render(run(args.grids, args.batches, args.dtypes, options), description)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
     if args.readme:
-        update_readme(table)
-    print(f"\nwrote {args.out}")
+        update_readme(table, args.device)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
