@@ -17,6 +17,7 @@ Where the system gives no huge pages (another OS, or "never"), `zeros` returns o
 from __future__ import annotations
 
 import mmap
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +30,7 @@ _SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # Set on a parameter moved here: the address its data had then. A parameter whose data has been replaced
 # since (another address) is moved again.
 _MOVED_TO = "_llamagen_huge_page_address"
+_moving = threading.Lock()
 
 
 def available() -> bool:
@@ -72,12 +74,12 @@ def move_parameters(module: nn.Module) -> None:
     sharing a copy would break."""
     if not available():
         return
-    parameters = [p for p in module.parameters() if p.device.type == "cpu"]
-    storage_users = Counter(p.untyped_storage().data_ptr() for p in parameters)
-    movable = [p for p in parameters if storage_users[p.untyped_storage().data_ptr()] == 1 and _needs_moving(p)]
-    if not movable:
-        return
-    with torch.no_grad():
+    with _moving, torch.no_grad():  # two first generations at once (an app's threads) move the weights once
+        parameters = [p for p in module.parameters() if p.device.type == "cpu"]
+        storage_users = Counter(p.untyped_storage().data_ptr() for p in parameters)
+        movable = [p for p in parameters if storage_users[p.untyped_storage().data_ptr()] == 1 and _needs_moving(p)]
+        if not movable:
+            return
         for parameter, moved in zip(movable, zeros([(tuple(p.shape), p.dtype) for p in movable]), strict=True):
             moved.copy_(parameter)
             parameter.data = moved
