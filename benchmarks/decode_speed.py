@@ -158,6 +158,8 @@ def _timed(function, device: str) -> float:
 
 @dataclass(frozen=True)
 class Options:
+    """How every row is measured (picklable: each row runs in a process of its own)."""
+
     repeats: int
     skip_original: bool
     device: str
