@@ -16,6 +16,7 @@ Where the system gives no huge pages (another OS, or "never"), `zeros` returns o
 
 from __future__ import annotations
 
+import functools
 import mmap
 import threading
 from collections import Counter
@@ -33,6 +34,7 @@ _MOVED_TO = "_llamagen_huge_page_address"
 _moving = threading.Lock()
 
 
+@functools.cache  # a system setting: read once, not at every generation
 def available() -> bool:
     """Whether this system gives 2 MB pages to memory that asks for them (Linux, "always" or "madvise")."""
     if not hasattr(mmap, "MADV_HUGEPAGE"):
@@ -48,9 +50,10 @@ def zeros(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor
     """Zero-filled CPU tensors of the given (shape, dtype)s, together in one mapping on 2 MB pages (ordinary
     tensors where `available()` is False). Each has a storage of its own, as from torch.zeros: saving or
     resizing one never touches the others. The mapping is freed with the last of them."""
-    if not specs or not available() or not all(_nbytes(shape, dtype) for shape, dtype in specs):
+    nbytes = [int(torch.Size(shape).numel()) * dtype.itemsize for shape, dtype in specs]
+    if not specs or not available() or not all(nbytes):
         return [torch.zeros(shape, dtype=dtype) for shape, dtype in specs]
-    sizes = [_rounded(_nbytes(shape, dtype), _ALIGNMENT) for shape, dtype in specs]
+    sizes = [_rounded(size, _ALIGNMENT) for size in nbytes]
     # An anonymous private mapping starts zero-filled and untouched, so the advice comes before any page
     # exists. The tensors start on a 2 MB boundary and get whole 2 MB pages (the system uses one only where
     # the mapping covers all of it), hence the extra page.
@@ -59,11 +62,10 @@ def zeros(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor
     mapping.madvise(mmap.MADV_HUGEPAGE)
     start = -torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr() % _PAGE_BYTES
     tensors = []
-    for (shape, dtype), size in zip(specs, sizes, strict=True):
-        count = _nbytes(shape, dtype) // dtype.itemsize
+    for (shape, dtype), size, rounded in zip(specs, nbytes, sizes, strict=True):
         # Each frombuffer holds a reference to the mapping: it lives while any of the tensors does.
-        tensors.append(torch.frombuffer(mapping, dtype=dtype, count=count, offset=start).view(shape))
-        start += size
+        tensors.append(torch.frombuffer(mapping, dtype=dtype, count=size // dtype.itemsize, offset=start).view(shape))
+        start += rounded
     return tensors
 
 
@@ -76,10 +78,11 @@ def move_parameters(module: nn.Module) -> None:
         return
     with _moving, torch.no_grad():  # two first generations at once (an app's threads) move the weights once
         parameters = [p for p in module.parameters() if p.device.type == "cpu"]
+        candidates = [p for p in parameters if _needs_moving(p)]
+        if not candidates:
+            return  # every generation after the first
         storage_users = Counter(p.untyped_storage().data_ptr() for p in parameters)
-        movable = [p for p in parameters if storage_users[p.untyped_storage().data_ptr()] == 1 and _needs_moving(p)]
-        if not movable:
-            return
+        movable = [p for p in candidates if storage_users[p.untyped_storage().data_ptr()] == 1]
         for parameter, moved in zip(movable, zeros([(tuple(p.shape), p.dtype) for p in movable]), strict=True):
             moved.copy_(parameter)
             parameter.data = moved
@@ -95,10 +98,6 @@ def _needs_moving(parameter: nn.Parameter) -> bool:
         and parameter.untyped_storage().nbytes() == parameter.nbytes
     )
     return owns_its_storage and parameter.numel() > 0
-
-
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    return int(torch.Size(shape).numel()) * dtype.itemsize
 
 
 def _rounded(nbytes: int, multiple: int) -> int:
