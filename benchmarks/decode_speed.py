@@ -113,18 +113,20 @@ def weight_bytes_per_step(gpt: GPT) -> int:
     return sum(p.numel() * p.element_size() for name, p in gpt.named_parameters() if name not in skipped)
 
 
-def measure_bandwidth_gbs(device: str = "cpu", megabytes: int = 512, repeats: int = 5) -> float:
+def measure_bandwidth_gbs(
+    device: str = "cpu", dtype: torch.dtype = torch.float32, megabytes: int = 512, repeats: int = 5
+) -> float:
     """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches; on the CPU
     on 2 MB pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
-    count = megabytes * 2**20 // 4
+    count = megabytes * 2**20 // dtype.itemsize
     if device == "cpu":
-        (buffer,) = huge_pages.zeros([((count,), torch.float32)])
+        (buffer,) = huge_pages.zeros([((count,), dtype)])
         buffer.fill_(1)
     else:
-        buffer = torch.ones(count, device=device)
+        buffer = torch.ones(count, dtype=dtype, device=device)
     buffer.sum()
     best = min(_timed(buffer.sum, device) for _ in range(repeats))
-    return buffer.numel() * 4 / best / 1e9
+    return buffer.nbytes / best / 1e9
 
 
 def measure_matmul_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:

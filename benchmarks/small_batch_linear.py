@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from decode_speed import measure_bandwidth_gbs  # this script's folder
 
 from llamagen import huge_pages, kernels
 
@@ -42,12 +43,6 @@ def best_seconds(function, repeats: int = 7) -> float:
     return min(times)
 
 
-def reduction_gbs(dtype: torch.dtype) -> float:
-    (buffer,) = huge_pages.zeros([((256 * 2**20 // 2,), dtype)])
-    buffer.fill_(1)
-    return buffer.numel() * buffer.element_size() / best_seconds(buffer.sum) / 1e9
-
-
 def row(name: str, shape: tuple[int, int], dtype: torch.dtype, rows: int) -> str:
     copies = max(MIN_COPIES, -(-MIN_BYTES // (shape[0] * shape[1] * dtype.itemsize)))
     weights = huge_pages.zeros([(shape, dtype)] * copies)
@@ -72,11 +67,11 @@ def main() -> None:
     args = parser.parse_args()
     if not kernels.load():
         raise SystemExit("the kernel is not available on this CPU (or did not build): nothing to compare")
-    before = {dtype: reduction_gbs(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    before = {dtype: measure_bandwidth_gbs(dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
     rows_of_table = [
         row(name, shape, dtype, rows) for rows in ROWS for dtype in before for name, shape in SHAPES.items()
     ]
-    after = {dtype: reduction_gbs(dtype) for dtype in before}
+    after = {dtype: measure_bandwidth_gbs(dtype=dtype) for dtype in before}
     lines = [
         f"{' and '.join(map(str, ROWS))} rows x each weight matrix of GPT-B, at least {MIN_COPIES} copies and "
         f"{MIN_BYTES >> 20} MB cycled; GB/s of weights read (best of 7), weights on 2 MB pages; "
