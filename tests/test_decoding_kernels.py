@@ -88,17 +88,46 @@ def test_only_attention_without_gradients_goes_to_the_kernel():
 def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, monkeypatch):
     model = small(model_type=model_type, cls_token_num=6 if model_type == "t2i" else 1)  # 6: captions padded
     cond, cond_mask = condition(model, batch=2)
-    calls = {"small_batch_linear": [], "single_query_attention": []}
+    calls = {"small_batch_linear": [], "single_query_attention": [], "top_k": []}
     for name in calls:
         decide = getattr(kernels, f"use_{name}")
         monkeypatch.setattr(
             kernels, f"use_{name}", lambda *tensors, decide=decide, name=name: _record(calls[name], decide(*tensors))
         )
-    through_kernel = generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1)
-    # Batch 2, doubled by guidance: every decoding product and attention went to the kernels.
+    options = {"cfg_scale": 2.0, "top_k": 5}
+
+    def sampled():
+        return generate(model, cond, cond_mask, **options, generator=torch.Generator().manual_seed(0))
+
+    through_kernel = sampled()
+    # Batch 2, doubled by guidance: every decoding product, attention and top-k went to the kernels.
     assert all(sum(decisions) > 0 for decisions in calls.values())
     monkeypatch.setattr(kernels, "ready", False)
-    assert torch.equal(through_kernel, generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1))
+    assert torch.equal(through_kernel, sampled())
+
+
+@needs_kernel
+@pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])  # 40: a partial register
+def test_the_top_k_kernel_takes_the_first_k_of_a_stable_descending_sort(vocab, k):
+    generator = torch.Generator().manual_seed(vocab + k)
+    logits = torch.randn(4, vocab, generator=generator) * 3
+    logits[1] = logits[1].bfloat16().float()  # bf16 logits: many equal values
+    logits[2] = torch.randint(-3, 3, (vocab,), generator=generator).float()  # nearly all equal
+    # -0 equals +0, and NaN ranks above +inf, as torch.sort has them.
+    for start, step, value in [(0, 5, float("nan")), (1, 7, float("inf")), (2, 7, float("-inf")), (3, 4, -0.0)]:
+        logits[3, start::step] = value
+    values, ids = torch.ops.llamagen.top_k(logits, k)
+    sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    assert torch.equal(ids, order[:, :k])
+    torch.testing.assert_close(values, sorted_values[:, :k], rtol=0, atol=0, equal_nan=True)
+
+
+@needs_kernel
+def test_the_top_k_kernel_refuses_what_it_cannot_do():
+    with pytest.raises(RuntimeError, match=r"k must be in \[1, 5\], got 6"):
+        torch.ops.llamagen.top_k(torch.randn(2, 5), 6)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.llamagen.top_k(torch.randn(2, 5).double(), 2)
 
 
 def _record(decisions: list, decision: bool) -> bool:

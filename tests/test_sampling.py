@@ -4,15 +4,28 @@ import pytest
 import torch
 from helpers import condition, small
 
-from llamagen import generate
+from llamagen import generate, kernels
 from llamagen.gpt import GPT, sampling
-from llamagen.gpt.sampling import guided, sample
+from llamagen.gpt.sampling import guided, sample, top_k_candidates
 
 
 def test_top_k_only_ever_samples_the_k_best():
     logits = torch.tensor([[0.0, 5.0, 1.0, 4.0, 3.0]]).expand(500, 5)
     drawn = sample(logits, top_k=2, generator=torch.Generator().manual_seed(0))
     assert set(drawn.flatten().tolist()) == {1, 3}
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+def test_top_k_candidates_come_largest_first_and_equal_logits_by_token_id(kernel, monkeypatch):
+    """The draw depends on the candidates' order, so equal logits (common in bf16) must not be left to an
+    algorithm's whims: the order is that of a stable descending sort, with or without the CPU kernel."""
+    if kernel and not kernels.load():
+        pytest.skip("this CPU lacks AVX-512 BF16: the kernel is not built")
+    monkeypatch.setattr(kernels, "ready", kernel)
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, -0.0, 0.0, -1.0], [0.0, -0.0, 0.0, 5.0, 5.0, 7.0, -1.0, 0.0]])
+    values, ids = top_k_candidates(logits, 4)
+    assert ids.tolist() == [[1, 2, 4, 3], [5, 3, 4, 0]]
+    assert torch.equal(values, logits.gather(-1, ids))
 
 
 def test_top_p_keeps_the_smallest_nucleus_reaching_p():
@@ -162,13 +175,16 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
 
 @pytest.mark.slow
 def test_compiled_decoding_generates_what_eager_decoding_does():
-    """The compiled step (weights frozen into the graph on the CPU) follows the model, also after its
-    weights change and when guidance ends part-way (a smaller batch). Models share one code object and so
-    torch's recompilation limit: a step that fell back to eager decoding past it would fail here."""
+    """The compiled step (weights frozen into the graph on the CPU) follows the model, also when models
+    alternate, after its weights change and when guidance ends part-way (a smaller batch). Models share one
+    code object and so torch's recompilation limit: a step that fell back to eager decoding past it would fail
+    here."""
     first, second = small(seed=0, n_kv_head=2), small(seed=1, n_kv_head=2)
     labels = torch.tensor([1, 2])
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        for model in (first, second):
+        # The first again: after the first steps, only the guards that tell the graphs apart are run, and they
+        # must still tell the two models apart.
+        for model in (first, second, first):
             assert torch.equal(
                 generate(model, labels, cfg_scale=2.0, top_k=1, compile=True),
                 generate(model, labels, cfg_scale=2.0, top_k=1),

@@ -44,12 +44,23 @@ def sample(
     candidate_ids = None
     if 0 < top_k < logits.shape[-1]:
         # Sample among the k best only: a softmax over k values instead of the whole vocabulary.
-        logits, candidate_ids = torch.topk(logits, top_k, dim=-1)
+        logits, candidate_ids = top_k_candidates(logits, top_k)
     if top_p < 1.0:
         logits = _top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
     candidates = torch.multinomial(probs, 1, generator=generator)
     return candidates if candidate_ids is None else candidate_ids.gather(-1, candidates)
+
+
+def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, vocab) logits -> the k largest of each row and their token ids, largest first and equal logits by
+    ascending id: the first k of a stable descending sort. The draw depends on this order, so it is fixed here
+    and the same on every path (torch.topk leaves the order of equal values to its algorithm; bf16 logits
+    have many). On the CPU the kernel computes it without sorting the vocabulary."""
+    if kernels.use_top_k(logits):
+        return torch.ops.llamagen.top_k(logits, k)
+    values, ids = torch.sort(logits, dim=-1, descending=True, stable=True)
+    return values[:, :k], ids[:, :k]
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -153,14 +164,24 @@ def generate(
     if gpt.device.type == "cpu":
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
-    decode_step = compiled_decode_step(gpt) if compile else gpt.decode_step
+    compiled_step = compiled_decode_step(gpt) if compile else None
     gpt.setup_cache(rows)
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
     _report(progress, 1, config.block_size)
+    guided_steps = []  # whether each step so far was guided (its number of rows)
     for i in range(1, config.block_size):
         guide = use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
         previous = tokens[:, i - 1 : i]
-        logits = decode_step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
+        step_tokens, position = (torch.cat([previous, previous]) if guide else previous), gpt.prefix_length + i - 1
+        if compiled_step is None:
+            logits = gpt.decode_step(step_tokens, position)
+        elif guided_steps[-2:] == [guide, guide]:
+            # The two steps before ran with these rows, the first position and the first of any other compiled
+            # and chosen by full guards: nothing about the call changes now but the position.
+            logits = compiled_step.repeat(step_tokens, position)
+        else:
+            logits = compiled_step(step_tokens, position)
+        guided_steps.append(guide)
         tokens[:, i : i + 1] = next_token(logits, guide)
         _report(progress, i + 1, config.block_size)
     return tokens
@@ -180,7 +201,7 @@ def _weights_fingerprint(gpt: GPT) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in gpt.parameters())
 
 
-def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def compiled_decode_step(gpt: GPT) -> CompiledStep:
     """`gpt.decode_step` compiled by torch.compile for inference.
 
     On the CPU the weights are frozen into the compiled graph (constants, pre-packed for oneDNN) and
@@ -196,7 +217,8 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
     graph is also called through inductor's C++ wrapper: a step launches
     a few hundred small kernels, and launching them from Python cost about a fifth of a step
     for GPT-B in bf16. These, and the recompilation limit, are settings read whenever a graph compiles,
-    recompilations mid-generation included, so they are patched around each call rather than set globally.
+    recompilations mid-generation included, so they are patched around each call that may compile
+    (`CompiledStep`) rather than set globally.
     Frozen weights would go stale if the model's weights changed: then everything compiled is dropped
     and the step compiles again.
     """
@@ -206,9 +228,6 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
         return known[1]
     if known is not None:
         torch._dynamo.reset()  # the frozen constants are the old weights
-    from torch._dynamo import config as dynamo_config
-    from torch._inductor import config as inductor_config  # imported on first use: it is large
-
     on_cpu = gpt.device.type == "cpu"
     # The step's elementwise kernels work on a few thousand values: inductor would still split each between the
     # threads, and starting and joining them costs more than the work (about 0.2 ms a step for GPT-B).
@@ -217,13 +236,38 @@ def compiled_decode_step(gpt: GPT) -> Callable[[torch.Tensor, int], torch.Tensor
         settings["max_autotune_gemm_backends"] = "CPP"
     # Without CUDA graphs on the CPU: asking for them there only logs, every compilation, that they were skipped.
     compiled = torch.compile(gpt.decode_step, mode="max-autotune-no-cudagraphs" if on_cpu else None)
-
-    def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-        with dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT), inductor_config.patch(settings):
-            return compiled(tokens, position)
-
+    step = CompiledStep(compiled, {"recompile_limit": _RECOMPILE_LIMIT}, settings)
     _compiled_steps[gpt] = (fingerprint, step)
     return step
+
+
+class CompiledStep:
+    """A compiled decoding step, called as `step(tokens, position)`, or as `step.repeat(tokens, position)` for a
+    call like the two before it.
+
+    A plain call patches the settings a compilation reads and runs all of dynamo's guards: some four thousand
+    checks of the model's modules, tensors and settings, 0.2-0.3 ms for GPT-B on this CPU, about 3% of a bf16
+    step at batch 1 (and 45 us more to patch the settings). `repeat` is for a generation's steady state: the
+    same model, rows and cache as the steps before, only the position moving (dynamic since the second step).
+    It runs only the guards that tell the compiled graphs apart (torch's `skip_guard_eval_unsafe`, safe only
+    where nothing would recompile) and patches nothing, since nothing compiles.
+    """
+
+    def __init__(self, compiled: Callable, dynamo_settings: dict, inductor_settings: dict) -> None:
+        self._compiled = compiled
+        self._dynamo_settings = dynamo_settings
+        self._inductor_settings = inductor_settings
+
+    def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        from torch._dynamo import config as dynamo_config
+        from torch._inductor import config as inductor_config  # imported on first use: it is large
+
+        with dynamo_config.patch(self._dynamo_settings), inductor_config.patch(self._inductor_settings):
+            return self._compiled(tokens, position)
+
+    def repeat(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return self._compiled(tokens, position)
 
 
 def _report(progress: Callable[[int, int], None] | None, done: int, total: int) -> None:

@@ -2,7 +2,7 @@
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Two ops, on CPUs with AVX-512 (and AVX512-BF16), float32 or bf16:
+the table on the CPU. Three ops, on CPUs with AVX-512 (and AVX512-BF16):
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 8 rows of x, reading the weights
   2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp);
@@ -25,7 +25,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("small_batch_linear.cpp", "single_query_attention.cpp")]
+_SOURCES = [
+    Path(__file__).with_name(name) for name in ("small_batch_linear.cpp", "single_query_attention.cpp", "top_k.cpp")
+]
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512_bf16")
 MAX_ROWS = 8  # small_batch_linear's limit: batch 1 to 4 with guidance
 # The dtypes the kernels handle, and the values of each in one 512-bit register: small_batch_linear needs the
@@ -109,6 +111,11 @@ def use_single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         and v.stride(-1) == 1
         and not _needs_gradient(q, k, v)
     )
+
+
+def use_top_k(logits: torch.Tensor) -> bool:
+    """Whether the top-k of (rows, vocab) logits should go to the kernel: float32 on the CPU, kernel loaded."""
+    return ready is True and logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
 
 
 def _needs_gradient(*tensors: torch.Tensor) -> bool:
