@@ -167,9 +167,20 @@ class Options:
     device: str
 
 
-def ms_per_token(function, tokens: int, options: Options) -> float:
-    function()  # warm-up: allocator, kernels, lazy initialisation
-    return min(_timed(function, options.device) for _ in range(options.repeats)) / tokens * 1e3
+def ms_per_token(function, tokens: int, options: Options) -> tuple[float, float]:
+    """Milliseconds per token of the fastest of the repeated calls, after a warm-up (allocator, kernels, lazy
+    initialisation, compilation), and the read bandwidth around that call: the higher of a reading just before
+    it and one just after. This machine's bandwidth moves between two regimes, about 35 and 60 GB/s, from one
+    reading to the next a few seconds later: read before and after a whole row (a minute or two), the bound of
+    one table divided a generation timed in the slow regime by a reading of the fast one."""
+    function()
+    timings = []
+    for _ in range(options.repeats):
+        before = measure_bandwidth_gbs(options.device)
+        seconds = _timed(function, options.device)
+        timings.append((seconds, max(before, measure_bandwidth_gbs(options.device))))
+    seconds, bandwidth = min(timings)
+    return seconds / tokens * 1e3, bandwidth
 
 
 def check_same_tokens(gpt: GPT) -> None:
@@ -182,7 +193,8 @@ def check_same_tokens(gpt: GPT) -> None:
 
 
 def measure(gpt: GPT, batch: int, options: Options) -> dict:
-    """Milliseconds per token of our eager and compiled decoding and of the original's loop."""
+    """Milliseconds per token of our eager and compiled decoding and of the original's loop, and the read
+    bandwidth around the faster of ours."""
     labels = torch.arange(batch, device=gpt.device) % gpt.config.num_classes
     generator = torch.Generator(gpt.device).manual_seed(0)
     steps = gpt.config.block_size
@@ -190,13 +202,11 @@ def measure(gpt: GPT, batch: int, options: Options) -> dict:
     def ours(compile: bool):
         return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
 
-    timings = {
-        "eager": ms_per_token(ours(False), steps, options),
-        "compiled": ms_per_token(ours(True), steps, options),  # the warm-up call compiles
-        "original": None,
-    }
+    eager = ms_per_token(ours(False), steps, options)
+    compiled = ms_per_token(ours(True), steps, options)
+    timings = {"eager": eager[0], "compiled": compiled[0], "bandwidth": min(eager, compiled)[1], "original": None}
     if not options.skip_original:
-        timings["original"] = ms_per_token(
+        timings["original"], _ = ms_per_token(
             lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, options
         )
     return timings
@@ -212,24 +222,20 @@ def random_gpt_b(grid: int) -> GPT:
 
 
 def measure_row(grid: int, batch: int, dtype_name: str, options: Options) -> dict:
-    """One row of the table, in a process of its own (see `run`). The bandwidth and the multiply-add rate are
-    measured before and after the timings and the higher of each kept: on this shared machine the bandwidth
-    reading moved from 32 to 62 GB/s within an hour, and the higher reading gives the stricter bound. The lower
-    rate is kept too: it tells whether the machine was busy with something else during the row."""
+    """One row of the table, in a process of its own (see `run`). The bandwidth is read around each timed
+    generation (`ms_per_token`); the multiply-add rate before and after the timings, the higher kept for the
+    floor and the lower telling whether the machine was busy with something else during the row."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gpt = random_gpt_b(grid).to(device=options.device, dtype=dtype)
     rates = [measure_matmul_gflops(dtype, options.device)]
-    before = measure_bandwidth_gbs(options.device)
     timings = measure(gpt, batch, options)
-    bandwidth = max(before, measure_bandwidth_gbs(options.device))
     rates.append(measure_matmul_gflops(dtype, options.device))
     gflops = max(rates)
     return {
         "grid": grid,
         "batch": batch,
         "dtype": dtype_name,
-        "bound": weight_bytes_per_step(gpt) / (bandwidth * 1e9) * 1e3,
-        "bandwidth": bandwidth,
+        "bound": weight_bytes_per_step(gpt) / (timings["bandwidth"] * 1e9) * 1e3,
         "gflops": gflops,
         "slowest_gflops": min(rates),
         "floor": compute_floor_ms(gpt, 2 * batch, gflops),
@@ -304,10 +310,11 @@ def render(rows: list[dict], device: str) -> str:
         f"GPT-B (random weights), guidance {CFG_SCALE}, top-k {TOP_K}; device: {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
         "whole generation / its tokens, best of the repeats after a warm-up that also compiles); each row runs in "
-        "a fresh process, which also measures the read bandwidth its bound divides by and the multiply-add rate its "
-        f"compute floor divides by; a row during which that rate fell below {BUSY_SHARE:.0%} of its dtype's best "
-        "in the run (the machine busy with something else) was measured once more and the less busy kept. The "
-        "ratios use the faster of ours.",
+        "a fresh process, which also measures the read bandwidth its bound divides by (the higher of a reading "
+        "just before and one just after the faster of ours, this machine's bandwidth moving within seconds) and "
+        "the multiply-add rate its compute floor divides by; a row during which that rate fell below "
+        f"{BUSY_SHARE:.0%} of its dtype's best in the run (the machine busy with something else) was measured once "
+        "more and the less busy kept. The ratios use the faster of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),

@@ -125,7 +125,8 @@ def generate(
     generator: a torch.Generator on the model's device, for results that depend only on its seed.
     progress: called as progress(tokens_done, block_size) after every token.
     compile: decode with a torch.compile'd step (faster per token; the first call of a model and batch
-    size compiles for a while, later ones reuse it).
+    size compiles for a while, later ones reuse it). One compiled generation at a time per process: its steady
+    steps set torch.compile's stance, which is global, to skip most guards (`CompiledStep`).
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
     parameters and values at new addresses.
