@@ -1,4 +1,4 @@
-"""Small seeded models and conditions shared by the generator tests."""
+"""Small seeded models, conditions and logits shared by the generator tests."""
 
 import torch
 
@@ -55,3 +55,16 @@ TINY_CLIP = {
 def tiny_encoder(seed: int = 0) -> ClipTextEncoder:
     torch.manual_seed(seed)
     return ClipTextEncoder.from_config(ClipConfig.from_dict(TINY_CLIP)).eval()
+
+
+def logits_with_ties(vocab: int, seed: int = 0) -> torch.Tensor:
+    """(4, vocab) float32 logits that a top-k must order carefully: plain; rounded to bf16 (many equal values);
+    nearly all equal; and a row with NaN, +-inf and -0 among them (-0 equals +0, NaN ranks above +inf, as
+    torch.sort has them)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, vocab, generator=generator) * 3
+    logits[1] = logits[1].bfloat16().float()
+    logits[2] = torch.randint(-3, 3, (vocab,), generator=generator).float()
+    for start, step, value in [(0, 5, float("nan")), (1, 7, float("inf")), (2, 7, float("-inf")), (3, 4, -0.0)]:
+        logits[3, start::step] = value
+    return logits

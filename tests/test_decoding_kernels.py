@@ -4,7 +4,7 @@ generates what torch's ops do."""
 
 import pytest
 import torch
-from helpers import condition, small
+from helpers import condition, logits_with_ties, small
 
 from llamagen import generate, kernels
 
@@ -109,13 +109,7 @@ def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, m
 @needs_kernel
 @pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])  # 40: a partial register
 def test_the_top_k_kernel_takes_the_first_k_of_a_stable_descending_sort(vocab, k):
-    generator = torch.Generator().manual_seed(vocab + k)
-    logits = torch.randn(4, vocab, generator=generator) * 3
-    logits[1] = logits[1].bfloat16().float()  # bf16 logits: many equal values
-    logits[2] = torch.randint(-3, 3, (vocab,), generator=generator).float()  # nearly all equal
-    # -0 equals +0, and NaN ranks above +inf, as torch.sort has them.
-    for start, step, value in [(0, 5, float("nan")), (1, 7, float("inf")), (2, 7, float("-inf")), (3, 4, -0.0)]:
-        logits[3, start::step] = value
+    logits = logits_with_ties(vocab, seed=vocab + k)
     values, ids = torch.ops.llamagen.top_k(logits, k)
     sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     assert torch.equal(ids, order[:, :k])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import condition, small
+from helpers import condition, logits_with_ties, small
 
 from llamagen import generate, kernels
 from llamagen.gpt import GPT, sampling
@@ -26,6 +26,19 @@ def test_top_k_candidates_come_largest_first_and_equal_logits_by_token_id(kernel
     values, ids = top_k_candidates(logits, 4)
     assert ids.tolist() == [[1, 2, 4, 3], [5, 3, 4, 0]]
     assert torch.equal(values, logits.gather(-1, ids))
+
+
+@pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])
+def test_top_k_candidates_without_the_kernel_are_those_of_a_stable_sort(vocab, k, monkeypatch):
+    """torch's own ops (when the kernel is not there) give the kernel's candidates and order, also on rows of
+    equal values, infinities, signed zeros and NaN."""
+    monkeypatch.setattr(kernels, "ready", False)
+    logits = logits_with_ties(vocab, seed=k)
+    sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    for row in range(len(logits)):  # a row with NaN takes another path than the others
+        values, ids = top_k_candidates(logits[row : row + 1], k)
+        assert torch.equal(ids[0], order[row, :k])
+        torch.testing.assert_close(values[0], sorted_values[row, :k], rtol=0, atol=0, equal_nan=True)
 
 
 def test_top_p_keeps_the_smallest_nucleus_reaching_p():
