@@ -81,8 +81,9 @@ def _top_k_by_threshold(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probabilities sum to at least top_p (nucleus)."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least top_p (nucleus); of equal
+    logits at the edge, those of lower ids (a stable sort, as for top-k)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
     cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
     # A token is dropped when the tokens before it already reach top_p; the most likely always stays.
     drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
