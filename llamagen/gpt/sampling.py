@@ -174,6 +174,10 @@ def generate(
     if cond_mask is not None:
         cond_mask = cond_mask.to(gpt.device)
 
+    def guides(i: int) -> bool:
+        """Whether token i is sampled with guidance (from the doubled batch)."""
+        return use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
+
     def next_token(logits: torch.Tensor, guide: bool) -> torch.Tensor:
         if guide:
             logits = guided(logits, cfg_scale)
@@ -187,20 +191,18 @@ def generate(
     gpt.setup_cache(rows)
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
     _report(progress, 1, config.block_size)
-    guided_steps = []  # whether each step so far was guided (its number of rows)
     for i in range(1, config.block_size):
-        guide = use_guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
+        guide = guides(i)
         previous = tokens[:, i - 1 : i]
         step_tokens, position = (torch.cat([previous, previous]) if guide else previous), gpt.prefix_length + i - 1
         if compiled_step is None:
             logits = gpt.decode_step(step_tokens, position)
-        elif guided_steps[-2:] == [guide, guide]:
+        elif i >= 3 and guides(i - 2) == guides(i - 1) == guide:
             # The two steps before ran with these rows, the first position and the first of any other compiled
             # and chosen by full guards: nothing about the call changes now but the position.
             logits = compiled_step.repeat(step_tokens, position)
         else:
             logits = compiled_step(step_tokens, position)
-        guided_steps.append(guide)
         tokens[:, i : i + 1] = next_token(logits, guide)
         _report(progress, i + 1, config.block_size)
     return tokens
