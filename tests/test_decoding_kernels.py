@@ -4,7 +4,7 @@ generates what torch's ops do."""
 
 import pytest
 import torch
-from helpers import condition, logits_with_ties, small
+from helpers import condition, small
 
 from llamagen import generate, kernels
 
@@ -104,16 +104,6 @@ def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, m
     assert all(sum(decisions) > 0 for decisions in calls.values())
     monkeypatch.setattr(kernels, "ready", False)
     assert torch.equal(through_kernel, sampled())
-
-
-@needs_kernel
-@pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])  # 40: a partial register
-def test_the_top_k_kernel_takes_the_first_k_of_a_stable_descending_sort(vocab, k):
-    logits = logits_with_ties(vocab, seed=vocab + k)
-    values, ids = torch.ops.llamagen.top_k(logits, k)
-    sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    assert torch.equal(ids, order[:, :k])
-    torch.testing.assert_close(values, sorted_values[:, :k], rtol=0, atol=0, equal_nan=True)
 
 
 @needs_kernel

@@ -15,30 +15,37 @@ def test_top_k_only_ever_samples_the_k_best():
     assert set(drawn.flatten().tolist()) == {1, 3}
 
 
+def _top_k_path(kernel: bool, monkeypatch) -> None:
+    """Send top-k to llamagen's CPU kernel or to torch's ops."""
+    if kernel and not kernels.load():
+        pytest.skip("this CPU lacks AVX-512 BF16: the kernel is not built")
+    monkeypatch.setattr(kernels, "ready", kernel)
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 def test_top_k_candidates_come_largest_first_and_equal_logits_by_token_id(kernel, monkeypatch):
     """The draw depends on the candidates' order, so equal logits (common in bf16) must not be left to an
     algorithm's whims: the order is that of a stable descending sort, with or without the CPU kernel."""
-    if kernel and not kernels.load():
-        pytest.skip("this CPU lacks AVX-512 BF16: the kernel is not built")
-    monkeypatch.setattr(kernels, "ready", kernel)
+    _top_k_path(kernel, monkeypatch)
     logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, -0.0, 0.0, -1.0], [0.0, -0.0, 0.0, 5.0, 5.0, 7.0, -1.0, 0.0]])
     values, ids = top_k_candidates(logits, 4)
     assert ids.tolist() == [[1, 2, 4, 3], [5, 3, 4, 0]]
     assert torch.equal(values, logits.gather(-1, ids))
 
 
-@pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])
-def test_top_k_candidates_without_the_kernel_are_those_of_a_stable_sort(vocab, k, monkeypatch):
-    """torch's own ops (when the kernel is not there) give the kernel's candidates and order, also on rows of
-    equal values, infinities, signed zeros and NaN."""
-    monkeypatch.setattr(kernels, "ready", False)
-    logits = logits_with_ties(vocab, seed=k)
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+@pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])  # 40: a partial register
+def test_top_k_candidates_are_the_first_k_of_a_stable_sort(kernel, vocab, k, monkeypatch):
+    """The kernel and torch's own ops give the same candidates in the same order, also on rows of equal
+    values, infinities, signed zeros and NaN; all rows at once (the kernel's rows in parallel) and one by one
+    (torch's ops take another path for a row with NaN)."""
+    _top_k_path(kernel, monkeypatch)
+    logits = logits_with_ties(vocab, seed=vocab + k)
     sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    for row in range(len(logits)):  # a row with NaN takes another path than the others
-        values, ids = top_k_candidates(logits[row : row + 1], k)
-        assert torch.equal(ids[0], order[row, :k])
-        torch.testing.assert_close(values[0], sorted_values[row, :k], rtol=0, atol=0, equal_nan=True)
+    for rows in [slice(None), *(slice(row, row + 1) for row in range(len(logits)))]:
+        values, ids = top_k_candidates(logits[rows], k)
+        assert torch.equal(ids, order[rows, :k])
+        torch.testing.assert_close(values, sorted_values[rows, :k], rtol=0, atol=0, equal_nan=True)
 
 
 def test_top_p_keeps_the_smallest_nucleus_reaching_p():
