@@ -20,6 +20,7 @@ On a GPU: `python benchmarks/decode_speed.py --device cuda --readme`, into a tab
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import platform
 import re
@@ -118,15 +119,19 @@ def measure_bandwidth_gbs(
 ) -> float:
     """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches; on the CPU
     on 2 MB pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
-    count = megabytes * 2**20 // dtype.itemsize
-    if device == "cpu":
-        (buffer,) = huge_pages.zeros([((count,), dtype)])
-        buffer.fill_(1)
-    else:
-        buffer = torch.ones(count, dtype=dtype, device=device)
+    buffer = _bandwidth_buffer(device, dtype, megabytes)
     buffer.sum()
     best = min(_timed(buffer.sum, device) for _ in range(repeats))
     return buffer.nbytes / best / 1e9
+
+
+@functools.cache  # read around every timed generation: allocated and filled once per process
+def _bandwidth_buffer(device: str, dtype: torch.dtype, megabytes: int) -> torch.Tensor:
+    count = megabytes * 2**20 // dtype.itemsize
+    if device != "cpu":
+        return torch.ones(count, dtype=dtype, device=device)
+    (buffer,) = huge_pages.zeros([((count,), dtype)])
+    return buffer.fill_(1)
 
 
 def measure_matmul_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:
