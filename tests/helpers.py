@@ -28,6 +28,7 @@ def condition(model: GPT, batch: int = 3, seed: int = 0):
     return features, mask
 
 
+@torch.no_grad()  # as generation decodes: on a CPU with llamagen's kernels, each step in one call
 def cached_logits(model: GPT, tokens, cond, cond_mask):
     """Prefill, then decode the given tokens one at a time: the (B, t+1, vocab) logits of every step."""
     model.setup_cache(tokens.shape[0])

@@ -1,12 +1,13 @@
 """The CPU kernels of a decoding step (`llamagen.kernels`): they build where the CPU can run them, the product
-computes x @ W^T and the attention softmax(q k^T / sqrt(d)) v as float64 does, and decoding through them
-generates what torch's ops do."""
+computes x @ W^T and the attention softmax(q k^T / sqrt(d)) v as float64 does, the whole step in one call
+computes what the modules do, and decoding through them generates what torch's ops do."""
 
 import pytest
 import torch
 from helpers import condition, small
 
 from llamagen import generate, kernels
+from llamagen.gpt import sampling
 
 ready = kernels.load()
 needs_kernel = pytest.mark.skipif(not ready, reason="this CPU lacks AVX-512 BF16: torch's own products serve")
@@ -84,15 +85,20 @@ def test_only_attention_without_gradients_goes_to_the_kernel():
 
 
 @needs_kernel
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-call-step", "op-by-op"])
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, monkeypatch):
+def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, one_call, monkeypatch):
     model = small(model_type=model_type, cls_token_num=6 if model_type == "t2i" else 1)  # 6: captions padded
     cond, cond_mask = condition(model, batch=2)
-    calls = {"small_batch_linear": [], "single_query_attention": [], "top_k": []}
+    if one_call:
+        calls = {"decode_step": [], "top_k": []}
+    else:
+        monkeypatch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+        calls = {"small_batch_linear": [], "single_query_attention": [], "top_k": []}
     for name in calls:
         decide = getattr(kernels, f"use_{name}")
         monkeypatch.setattr(
-            kernels, f"use_{name}", lambda *tensors, decide=decide, name=name: _record(calls[name], decide(*tensors))
+            kernels, f"use_{name}", lambda *args, decide=decide, name=name: _record(calls[name], decide(*args))
         )
     options = {"cfg_scale": 2.0, "top_k": 5}
 
@@ -100,10 +106,103 @@ def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, m
         return generate(model, cond, cond_mask, **options, generator=torch.Generator().manual_seed(0))
 
     through_kernel = sampled()
-    # Batch 2, doubled by guidance: every decoding product, attention and top-k went to the kernels.
+    # Batch 2, doubled by guidance: every decoding step (or each of its products and attentions) and top-k went
+    # to the kernels.
     assert all(sum(decisions) > 0 for decisions in calls.values())
+    if one_call:
+        assert all(calls["decode_step"])
     monkeypatch.setattr(kernels, "ready", False)
     assert torch.equal(through_kernel, sampled())
+
+
+def _decode(model, cond, cond_mask, tokens, one_call: bool, monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits of a prefill and then of each of `tokens`' columns, and the caches they left, with the steps in one
+    call of the whole-step kernel or module by module (whose products and attention are still the kernels)."""
+    with monkeypatch.context() as patch, torch.no_grad():
+        if not one_call:
+            patch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+        model.setup_cache(tokens.shape[0])
+        logits = [model.prefill(cond, cond_mask)]
+        for i in range(tokens.shape[1]):
+            assert kernels.use_decode_step(model, tokens.shape[0]) == one_call
+            logits.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
+        _, caches = model.one_call_tensors
+        return torch.stack(logits, 1), [cache.clone() for cache in caches]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: batch 4 with guidance, the most the products take
+@pytest.mark.parametrize("model_type, n_kv_head", [("c2i", None), ("c2i", 2), ("t2i", 2)])
+def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, rows, dtype, monkeypatch):
+    """Logits and the keys and values it caches, with grouped-query attention and padded captions too. The modules
+    round to bf16 at the same places (norms, rotations, SwiGLU, residuals), so bf16 differs only where float32
+    sums in another order land on the other side of a rounding."""
+    model = small(model_type=model_type, n_kv_head=n_kv_head, cls_token_num=6 if model_type == "t2i" else 1)
+    model = model.to(dtype)
+    cond, cond_mask = condition(model, batch=max(rows, 2))
+    cond, cond_mask = cond[:rows], None if cond_mask is None else cond_mask[:rows]
+    tokens = torch.randint(0, model.config.vocab_size, (rows, 12), generator=torch.Generator().manual_seed(rows))
+    one_call, one_call_caches = _decode(model, cond, cond_mask, tokens, True, monkeypatch)
+    by_module, module_caches = _decode(model, cond, cond_mask, tokens, False, monkeypatch)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.1, "rtol": 2**-7}
+    torch.testing.assert_close(one_call, by_module, **tolerance)
+    for got, expected in zip(one_call_caches, module_caches, strict=True):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+@needs_kernel
+def test_the_one_call_step_serves_only_what_it_computes_like_the_modules():
+    model = small()
+    assert not kernels.use_decode_step(model, 2)  # no cache yet
+    model.setup_cache(9)
+    with torch.no_grad():
+        assert kernels.use_decode_step(model, 8)
+        assert not kernels.use_decode_step(model, 9)  # batch 5 with guidance: more rows than the products take
+        model.train()  # dropout would apply in the modules
+        assert not kernels.use_decode_step(model, 2)
+    model.eval()
+    assert not kernels.use_decode_step(model, 2)  # gradients wanted: only the modules record them
+    model.setup_cache(2, dtype=torch.bfloat16)  # a cache of another dtype than the weights
+    assert model.one_call_tensors is None
+
+
+@needs_kernel
+def test_the_one_call_step_refuses_what_it_cannot_read():
+    model = small()
+    model.setup_cache(2)
+    weights, caches = model.one_call_tensors
+    tokens = torch.tensor([[1], [2]])
+
+    def step(tokens=tokens, weights=weights, caches=caches, position=3):
+        return torch.ops.llamagen.decode_step(tokens, weights, caches, model.freqs_cis, None, position, 4, 1e-5)
+
+    step()
+    with pytest.raises(RuntimeError, match="token id 97 is outside the vocabulary"):
+        step(tokens=torch.tensor([[1], [97]]))
+    with pytest.raises(RuntimeError, match=r"1 to 2 rows \(the cache's batch\), got 3"):
+        step(tokens=torch.tensor([[1], [2], [3]]))
+    with pytest.raises(RuntimeError, match="position 17 is outside the cache"):
+        step(position=17)
+    with pytest.raises(RuntimeError, match="7 per layer"):
+        step(weights=weights[:-1])
+    with pytest.raises(RuntimeError, match=r"w2 must be \[64, 192\]"):
+        step(weights=[*weights[:7], weights[7].T.contiguous(), *weights[8:]])
+    with pytest.raises(RuntimeError, match="every cache must be"):
+        step(caches=[*caches[:-1], caches[-1].bfloat16()])
+
+
+@needs_kernel
+def test_compile_is_left_to_steps_that_one_call_does_not_serve(monkeypatch):
+    def no_compiling(gpt):
+        raise AssertionError("compiled a step that the whole-step kernel serves")
+
+    monkeypatch.setattr(sampling, "compiled_decode_step", no_compiling)
+    model = small()
+    labels = torch.tensor([1, 2])
+    assert torch.equal(
+        generate(model, labels, cfg_scale=2.0, top_k=1, compile=True), generate(model, labels, top_k=1, cfg_scale=2.0)
+    )
 
 
 @needs_kernel

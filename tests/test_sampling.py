@@ -193,8 +193,15 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
     assert all(layer.attention.kv_cache is None for layer in model.layers)
 
 
+@pytest.fixture
+def op_by_op(monkeypatch):
+    """Decoding steps module by module, compiled or not: where llamagen's CPU kernels are loaded, the whole-step
+    kernel would otherwise serve these small batches and compile would be left unused."""
+    monkeypatch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+
+
 @pytest.mark.slow
-def test_compiled_decoding_generates_what_eager_decoding_does():
+def test_compiled_decoding_generates_what_eager_decoding_does(op_by_op):
     """The compiled step (weights frozen into the graph on the CPU) follows the model, also when models
     alternate, after its weights change and when guidance ends part-way (a smaller batch). Models share one
     code object and so torch's recompilation limit: a step that fell back to eager decoding past it would fail
@@ -218,7 +225,7 @@ def test_compiled_decoding_generates_what_eager_decoding_does():
 
 
 @pytest.mark.slow
-def test_compiled_decoding_with_caption_masks_generates_what_eager_decoding_does():
+def test_compiled_decoding_with_caption_masks_generates_what_eager_decoding_does(op_by_op):
     """Captions of different lengths: the padded prefix positions stay hidden in the compiled step's attention
     (on the CPU, llamagen's attention kernel with its mask) as in eager decoding."""
     model = small(model_type="t2i", cls_token_num=6, seed=2)

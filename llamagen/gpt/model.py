@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llamagen import huge_pages
+from llamagen import huge_pages, kernels
 from llamagen.gpt.conditioning import build_condition_embedding
 from llamagen.gpt.config import GPTConfig
 from llamagen.gpt.layers import KVCache, Linear, RMSNorm, TransformerBlock, rope_table_2d
@@ -50,6 +50,8 @@ class GPT(nn.Module):
         self.output = Linear(config.dim, config.vocab_size)
         self.register_buffer("freqs_cis", rope_table_2d(config), persistent=False)
         self._cache_key_mask: torch.Tensor | None = None  # (batch, max_len) visible keys, set by prefill
+        # The weights and caches of the whole-step CPU kernel, in its order, gathered by setup_cache.
+        self.one_call_tensors: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)  # the original starts from uniform predictions
 
@@ -70,6 +72,15 @@ class GPT(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.tok_embeddings.weight.dtype
+
+    @property
+    def applies_dropout(self) -> bool:
+        """Whether training mode drops anything in a decoding step (the token, residual and feed-forward dropouts
+        and stochastic depth; attention dropout is for whole sequences only)."""
+        config = self.config
+        return any(
+            p > 0 for p in (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+        )
 
     @property
     def prefix_length(self) -> int:
@@ -150,8 +161,11 @@ class GPT(nn.Module):
         dtype = dtype or self.dtype
         current = self.layers[0].attention.kv_cache
         self._cache_key_mask = None
-        if current is not None and current.k_cache.shape[0] == batch_size and current.k_cache.dtype == dtype:
-            return
+        if current is None or current.k_cache.shape[0] != batch_size or current.k_cache.dtype != dtype:
+            self._allocate_cache(batch_size, dtype)
+        self.one_call_tensors = self._gather_one_call_tensors()
+
+    def _allocate_cache(self, batch_size: int, dtype: torch.dtype) -> None:
         shape = (batch_size, self.config.n_kv_head, self.max_sequence_length, self.config.head_dim)
         count = 2 * len(self.layers)
         if self.device.type == "cpu":
@@ -161,11 +175,29 @@ class GPT(nn.Module):
         for layer, k_cache, v_cache in zip(self.layers, caches[0::2], caches[1::2], strict=True):
             layer.attention.kv_cache = KVCache(k_cache, v_cache)
 
+    def _gather_one_call_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The weights (embeddings, each layer's seven, the norm, the output) and caches (each layer's keys and
+        values) in the whole-step kernel's order (`llamagen/kernels/decode_step.cpp`); None where it cannot
+        read them: on another device, a cache of another dtype than the weights, or a weight not contiguous (tied
+        or transposed by hand)."""
+        weights = [self.tok_embeddings.weight]
+        caches = []
+        for layer in self.layers:
+            attention, feed_forward = layer.attention, layer.feed_forward
+            weights += [layer.attention_norm.weight, attention.wqkv.weight, attention.wo.weight, layer.ffn_norm.weight]
+            weights += [feed_forward.w1.weight, feed_forward.w3.weight, feed_forward.w2.weight]
+            caches += [attention.kv_cache.k_cache, attention.kv_cache.v_cache]
+        weights += [self.norm.weight, self.output.weight]
+        if self.device.type != "cpu" or caches[0].dtype != self.dtype or not all(w.is_contiguous() for w in weights):
+            return None
+        return weights, caches
+
     def clear_cache(self) -> None:
         """Free the KV cache (generation keeps it for the next call of the same batch size)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self._cache_key_mask = None
+        self.one_call_tensors = None
 
     def prefill(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the condition prefix into the cache; return (B, vocab) float32 logits of image token 0."""
@@ -187,8 +219,21 @@ class GPT(nn.Module):
         """tokens (b, 1) at sequence `position` (prefix included) -> (b, vocab) logits of the next token.
 
         b may be smaller than the cache's batch: the first b rows continue (guidance that has ended
-        drops the unconditional half).
+        drops the unconditional half). On a CPU with llamagen's kernels the step is one call of the whole-step
+        kernel (`llamagen.kernels.use_decode_step` says when), otherwise module by module.
         """
+        if kernels.use_decode_step(self, tokens.shape[0]):
+            weights, caches = self.one_call_tensors
+            return torch.ops.llamagen.decode_step(
+                tokens,
+                weights,
+                caches,
+                self.freqs_cis,
+                self._cache_key_mask,
+                position,
+                self.config.n_head,
+                self.config.norm_eps,
+            )
         h = self.tok_embeddings(tokens)
         mask = None
         if self._cache_key_mask is not None:

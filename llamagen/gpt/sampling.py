@@ -144,7 +144,10 @@ def generate(
     progress: called as progress(tokens_done, block_size) after every token.
     compile: decode with a torch.compile'd step (faster per token; the first call of a model and batch
     size compiles for a while, later ones reuse it). One compiled generation at a time per process: its steady
-    steps set torch.compile's stance, which is global, to skip most guards (`CompiledStep`).
+    steps set torch.compile's stance, which is global, to skip most guards (`CompiledStep`). On a CPU with
+    llamagen's kernels, batches of 1 to 8 rows (4 with guidance) decode with one call of the whole-step kernel
+    per token, compiled or not (`GPT.decode_step`), which is faster than the compiled step, and compile is
+    ignored.
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
     parameters and values at new addresses.
@@ -187,8 +190,9 @@ def generate(
     if gpt.device.type == "cpu":
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
-    compiled_step = compiled_decode_step(gpt) if compile else None
     gpt.setup_cache(rows)
+    # One call of the whole-step kernel leaves nothing for a compiler to fuse or to call faster.
+    compiled_step = compiled_decode_step(gpt) if compile and not kernels.use_decode_step(gpt, rows) else None
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
     _report(progress, 1, config.block_size)
     for i in range(1, config.block_size):

@@ -2,12 +2,15 @@
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Three ops, on CPUs with AVX-512 (and AVX512-BF16):
+the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16):
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 8 rows of x, reading the weights
   2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp);
 - `torch.ops.llamagen.single_query_attention(q, k, v, mask)`: one query per row and head over the cached keys
-  and values, read in place in their own dtype (single_query_attention.cpp).
+  and values, read in place in their own dtype (single_query_attention.cpp);
+- `torch.ops.llamagen.top_k(logits, k)`: the sampler's k largest logits of each row, by radix select (top_k.cpp);
+- `torch.ops.llamagen.decode_step(tokens, weights, caches, rope, visible, position, heads, eps)`: a whole
+  decoding step of the generator in one call, over the two kernels above (decode_step.cpp).
 
 The build takes about half a minute, once per machine: the library is cached in torch's extension folder
 (`TORCH_EXTENSIONS_DIR`, which the Makefile points into `.cache/`; `make setup` builds it). Where the CPU lacks
@@ -26,9 +29,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 _SOURCES = [
-    Path(__file__).with_name(name) for name in ("small_batch_linear.cpp", "single_query_attention.cpp", "top_k.cpp")
+    Path(__file__).with_name(name)
+    for name in ("small_batch_linear.cpp", "single_query_attention.cpp", "top_k.cpp", "decode_step.cpp")
 ]
-_CPU_FLAGS = ("avx512f", "avx512bw", "avx512_bf16")
+_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 MAX_ROWS = 8  # small_batch_linear's limit: batch 1 to 4 with guidance
 # The dtypes the kernels handle, and the values of each in one 512-bit register: small_batch_linear needs the
 # inner dimension to be a multiple of it.
@@ -81,6 +85,11 @@ def _build_and_load() -> bool:
         lambda x, weight: x.new_empty((*x.shape[:-1], weight.shape[0]))
     )
     torch.library.register_fake("llamagen::single_query_attention")(lambda q, k, v, mask: q.new_empty(q.shape))
+    torch.library.register_fake("llamagen::decode_step")(
+        lambda tokens, weights, caches, *_: weights[0].new_empty(
+            (tokens.numel(), weights[-1].shape[0]), dtype=torch.float32
+        )
+    )
     return True
 
 
@@ -110,6 +119,26 @@ def use_single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         and k.stride(-1) == 1
         and v.stride(-1) == 1
         and not _needs_gradient(q, k, v)
+    )
+
+
+def use_decode_step(gpt, rows: int) -> bool:
+    """Whether a decoding step of `gpt` (a `llamagen.gpt.GPT`) for `rows` tokens should run as one call of the
+    whole-step kernel: 1 to 8 rows, nothing to differentiate, no dropout that the modules would apply, a dtype
+    and widths the products handle, the weights and caches gathered by `setup_cache` (on the CPU), and the
+    kernel loaded."""
+    config = gpt.config
+    lanes = LANES.get(gpt.dtype)
+    return (
+        ready is True
+        and gpt.one_call_tensors is not None
+        and lanes is not None
+        and config.dim % lanes == 0
+        and config.ffn_hidden_dim % lanes == 0
+        and config.head_dim % 2 == 0
+        and 0 < rows <= MAX_ROWS
+        and not torch.is_grad_enabled()
+        and not (gpt.training and gpt.applies_dropout)
     )
 
 

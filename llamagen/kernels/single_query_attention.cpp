@@ -14,6 +14,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "decoding.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -174,41 +176,45 @@ void weighted_values(const float* weights, const typename T::Scalar* values, int
   }
 }
 
-// q (B, H, D) contiguous; k, v (B, H_kv, L, D) with unit stride along D; visible (B, L) or undefined.
+// The scores of every (row, head) against every cached position, their softmax by ATen's vectorised one (a
+// position hidden from a row scores -inf), then the weighted values: see decoding.h.
 template <typename T>
-at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& visible) {
+void attend(const typename T::Scalar* q, llamagen::CachedHeads k, llamagen::CachedHeads v, const bool* visible,
+            int64_t visible_stride, int64_t batch, int64_t heads, int64_t kv_heads, int64_t length, int64_t dim,
+            float* scores, typename T::Scalar* out) {
   using Scalar = typename T::Scalar;
-  const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(2);
-  const int64_t group = heads / k.size(1), length = k.size(2);
+  const int64_t group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  const Scalar* q_data = q.data_ptr<Scalar>();
-  const Scalar* k_data = k.data_ptr<Scalar>();
-  const Scalar* v_data = v.data_ptr<Scalar>();
+  const auto* k_data = static_cast<const Scalar*>(k.data);
+  const auto* v_data = static_cast<const Scalar*>(v.data);
 
-  // Scores of every (row, head) against every cached position, then their softmax by ATen's vectorised one.
-  at::Tensor scores = at::empty({batch, heads, length}, q.options().dtype(at::kFloat));
-  float* score_data = scores.data_ptr<float>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row_head = begin; row_head < end; ++row_head) {
       const int64_t b = row_head / heads, kv_head = row_head % heads / group;
-      key_scores<T>(q_data + row_head * dim, k_data + b * k.stride(0) + kv_head * k.stride(1), k.stride(2), length,
-                    dim, scale, score_data + row_head * length);
+      float* row_scores = scores + row_head * length;
+      key_scores<T>(q + row_head * dim, k_data + b * k.row_stride + kv_head * k.head_stride, k.position_stride,
+                    length, dim, scale, row_scores);
+      if (visible != nullptr) {
+        for (int64_t l = 0; l < length; ++l) {
+          if (!visible[b * visible_stride + l]) row_scores[l] = -INFINITY;
+        }
+      }
     }
   });
-  if (visible.defined()) scores.masked_fill_(visible.logical_not().unsqueeze(1), -INFINITY);
-  const at::Tensor weights = at::_softmax(scores, -1, false);
-  const float* weight_data = weights.data_ptr<float>();
+  at::Tensor score_table = at::from_blob(scores, {batch * heads, length}, at::TensorOptions().dtype(at::kFloat));
+  at::_softmax_out(score_table, score_table, -1, false);  // in place: ATen's kernel reads each row before writing it
 
-  at::Tensor out = at::empty({batch, heads, 1, dim}, q.options());
-  Scalar* out_data = out.data_ptr<Scalar>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row_head = begin; row_head < end; ++row_head) {
       const int64_t b = row_head / heads, kv_head = row_head % heads / group;
-      weighted_values<T>(weight_data + row_head * length, v_data + b * v.stride(0) + kv_head * v.stride(1),
-                         v.stride(2), length, dim, out_data + row_head * dim);
+      weighted_values<T>(scores + row_head * length, v_data + b * v.row_stride + kv_head * v.head_stride,
+                         v.position_stride, length, dim, out + row_head * dim);
     }
   });
-  return out;
+}
+
+llamagen::CachedHeads cached_heads(const at::Tensor& cache) {
+  return {cache.data_ptr(), cache.stride(0), cache.stride(1), cache.stride(2)};
 }
 
 at::Tensor single_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -221,17 +227,40 @@ at::Tensor single_query_attention(const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(k.size(0) == q.size(0) && k.size(3) == q.size(3) && q.size(1) % k.size(1) == 0,
               "k and v must match q's batch and head_dim, with heads a multiple of theirs");
   TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v must be contiguous along head_dim");
+  const int64_t batch = q.size(0), heads = q.size(1), length = k.size(2), dim = q.size(3);
   at::Tensor visible;
   if (mask.has_value()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->numel() == k.size(0) * k.size(2),
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->numel() == batch * length,
                 "mask must be boolean, one value per row and cached position");
-    visible = mask->reshape({k.size(0), k.size(2)});
+    visible = mask->reshape({batch, length}).contiguous();
   }
-  const at::Tensor queries = q.reshape({q.size(0), q.size(1), q.size(3)}).contiguous();
-  return dtype == at::kFloat ? attend<Float32>(queries, k, v, visible) : attend<BFloat16>(queries, k, v, visible);
+  const at::Tensor queries = q.reshape({batch, heads, dim}).contiguous();
+  at::Tensor scores = at::empty({batch, heads, length}, q.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({batch, heads, 1, dim}, q.options());
+  llamagen::single_query_attention_rows(dtype, queries.data_ptr(), cached_heads(k), cached_heads(v),
+                                        visible.defined() ? visible.data_ptr<bool>() : nullptr, length, batch,
+                                        heads, k.size(1), length, dim, scores.data_ptr<float>(), out.data_ptr());
+  return out;
 }
 
 }  // namespace
+
+namespace llamagen {
+
+void single_query_attention_rows(at::ScalarType dtype, const void* q, CachedHeads k, CachedHeads v,
+                                 const bool* visible, int64_t visible_stride, int64_t batch, int64_t heads,
+                                 int64_t kv_heads, int64_t length, int64_t dim, float* scores, void* out) {
+  if (dtype == at::kFloat) {
+    attend<Float32>(static_cast<const float*>(q), k, v, visible, visible_stride, batch, heads, kv_heads, length, dim,
+                    scores, static_cast<float*>(out));
+  } else {
+    using Scalar = BFloat16::Scalar;
+    attend<BFloat16>(static_cast<const Scalar*>(q), k, v, visible, visible_stride, batch, heads, kv_heads, length,
+                     dim, scores, static_cast<Scalar*>(out));
+  }
+}
+
+}  // namespace llamagen
 
 TORCH_LIBRARY_FRAGMENT(llamagen, m) {
   m.def("single_query_attention(Tensor q, Tensor k, Tensor v, Tensor? mask) -> Tensor");

@@ -12,9 +12,11 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "decoding.h"
+
 namespace {
 
-constexpr int64_t kMaxRows = 8;
+using llamagen::kMaxRows;
 
 // One 512-bit register of each type: its element count, how to load it, and the multiply-add into
 // float32 sums (bf16: pairs of products summed in float32, AVX512-BF16's dot product).
@@ -86,15 +88,6 @@ void dispatch_rows_from(int64_t count, const typename T::Scalar* x, const typena
   rows_times_weights<T, M>(x, w, y, n_out, k_in);
 }
 
-template <typename T>
-void dispatch_rows(const at::Tensor& rows, const at::Tensor& weight, at::Tensor& y) {
-  const auto* x = rows.data_ptr<typename T::Scalar>();
-  const auto* w = weight.data_ptr<typename T::Scalar>();
-  auto* out = y.data_ptr<typename T::Scalar>();
-  const int64_t n_out = weight.size(0), k_in = weight.size(1);
-  dispatch_rows_from<T, 1>(rows.size(0), x, w, out, n_out, k_in);
-}
-
 at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
   const auto dtype = weight.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "float32 or bf16 weights, got ", dtype);
@@ -108,15 +101,27 @@ at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n_out;
   at::Tensor y = at::empty(shape, x.options());
-  if (dtype == at::kFloat) {
-    dispatch_rows<Float32>(rows, weight, y);
-  } else {
-    dispatch_rows<BFloat16>(rows, weight, y);
-  }
+  llamagen::small_batch_linear_rows(dtype, rows.data_ptr(), weight.data_ptr(), y.data_ptr(), rows.size(0), n_out, k_in);
   return y;
 }
 
 }  // namespace
+
+namespace llamagen {
+
+void small_batch_linear_rows(at::ScalarType dtype, const void* x, const void* w, void* y, int64_t rows,
+                             int64_t n_out, int64_t k_in) {
+  if (dtype == at::kFloat) {
+    dispatch_rows_from<Float32, 1>(rows, static_cast<const float*>(x), static_cast<const float*>(w),
+                                   static_cast<float*>(y), n_out, k_in);
+  } else {
+    using Scalar = BFloat16::Scalar;
+    dispatch_rows_from<BFloat16, 1>(rows, static_cast<const Scalar*>(x), static_cast<const Scalar*>(w),
+                                    static_cast<Scalar*>(y), n_out, k_in);
+  }
+}
+
+}  // namespace llamagen
 
 TORCH_LIBRARY_FRAGMENT(llamagen, m) { m.def("small_batch_linear(Tensor x, Tensor weight) -> Tensor"); }
 TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("small_batch_linear", &small_batch_linear); }

@@ -1,0 +1,30 @@
+// What the decoding kernels share between their files: the raw entry points of the product and the attention,
+// called by their own ops and by the whole decoding step (decode_step.cpp), which calls them on its buffers
+// without going through torch's dispatcher.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace llamagen {
+
+constexpr int64_t kMaxRows = 8;  // the product's limit: batch 1 to 4 with guidance
+
+// y (rows, n_out) = x (rows, k_in) @ w (n_out, k_in)^T, all contiguous, of `dtype` (float32 or bf16); rows 1 to
+// kMaxRows, k_in a whole number of 512-bit registers.
+void small_batch_linear_rows(at::ScalarType dtype, const void* x, const void* w, void* y, int64_t rows,
+                             int64_t n_out, int64_t k_in);
+
+// Keys or values cached per row, head and position, contiguous along head_dim.
+struct CachedHeads {
+  const void* data;
+  int64_t row_stride, head_stride, position_stride;
+};
+
+// out (batch, heads, dim) = one query per row and head, q (batch, heads, dim) contiguous, over the first `length`
+// cached positions, all of `dtype`. visible: nullptr, or (batch, length) booleans with rows visible_stride apart,
+// false for a position hidden from the query. scores: a float32 buffer of batch * heads * length values.
+void single_query_attention_rows(at::ScalarType dtype, const void* q, CachedHeads k, CachedHeads v,
+                                 const bool* visible, int64_t visible_stride, int64_t batch, int64_t heads,
+                                 int64_t kv_heads, int64_t length, int64_t dim, float* scores, void* out);
+
+}  // namespace llamagen
