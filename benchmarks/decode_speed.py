@@ -4,7 +4,8 @@ Decoding one token at a time reads every weight of the transformer once per step
 take less than (bytes of weights) / (memory bandwidth). This benchmark measures milliseconds per
 generated token for GPT-B with random weights (guidance on: the batch is doubled), and compares:
 
-- ours: `llamagen.generate`;
+- ours: `llamagen.generate`, its steps module by module (eager, and compiled by torch.compile) and, on a CPU with
+  llamagen's kernels for up to 8 rows, as one call of the whole-step kernel (what `generate` then uses);
 - (a) the original: a plain re-statement of LlamaGen's decoding loop (torch's own products, a static cache
   indexed by position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
   with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
@@ -20,6 +21,7 @@ On a GPU: `python benchmarks/decode_speed.py --device cuda --readme`, into a tab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import platform
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llamagen import generate, huge_pages
+from llamagen import generate, huge_pages, kernels
 from llamagen.gpt import GPT, gpt_preset
 from llamagen.gpt.config import find_multiple
 from llamagen.gpt.layers import apply_rope
@@ -197,9 +199,21 @@ def check_same_tokens(gpt: GPT) -> None:
         raise AssertionError("the restated original loop and ours generate different tokens")
 
 
+@contextlib.contextmanager
+def _module_by_module():
+    """Decoding steps through the modules (their products and attention still llamagen's kernels), not as one call
+    of the whole-step kernel, which `generate` would otherwise use wherever it can."""
+    decide = kernels.use_decode_step
+    kernels.use_decode_step = lambda gpt, rows: False
+    try:
+        yield
+    finally:
+        kernels.use_decode_step = decide
+
+
 def measure(gpt: GPT, batch: int, options: Options) -> dict:
-    """Milliseconds per token of our eager and compiled decoding and of the original's loop, and the read
-    bandwidth around the faster of ours."""
+    """Milliseconds per token of our decoding, module by module (eager and compiled) and in one call where the
+    whole-step kernel serves, of the original's loop, and the read bandwidth around the fastest of ours."""
     labels = torch.arange(batch, device=gpt.device) % gpt.config.num_classes
     generator = torch.Generator(gpt.device).manual_seed(0)
     steps = gpt.config.block_size
@@ -207,9 +221,16 @@ def measure(gpt: GPT, batch: int, options: Options) -> dict:
     def ours(compile: bool):
         return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
 
-    eager = ms_per_token(ours(False), steps, options)
-    compiled = ms_per_token(ours(True), steps, options)
-    timings = {"eager": eager[0], "compiled": compiled[0], "bandwidth": min(eager, compiled)[1], "original": None}
+    with _module_by_module():
+        measured = {"eager": ms_per_token(ours(False), steps, options)}
+        measured["compiled"] = ms_per_token(ours(True), steps, options)
+    gpt.setup_cache(2 * batch)
+    with torch.no_grad():  # as in generate
+        one_call = kernels.use_decode_step(gpt, 2 * batch)
+    if one_call:
+        measured["one_call"] = ms_per_token(ours(False), steps, options)
+    timings = {name: ms for name, (ms, _) in measured.items()}
+    timings = {"one_call": None, **timings, "bandwidth": min(measured.values())[1], "original": None}
     if not options.skip_original:
         timings["original"], _ = ms_per_token(
             lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, options
@@ -292,19 +313,25 @@ def measure_busy_rows_again(rows: list[dict], options: Options) -> list[dict]:
 
 
 HEADER = (
-    "| grid | batch (x2 guidance) | dtype | ours, eager | ours, compiled | (a) original | bandwidth, GB/s "
-    "| (b) bound | matmul, GFLOP/s | (c) compute floor | (a) / ours | ours / (b) | ours / max(b, c) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| grid | batch (x2 guidance) | dtype | ours, op by op | ours, compiled | ours, one call | (a) original "
+    "| bandwidth, GB/s | (b) bound | matmul, GFLOP/s | (c) compute floor | (a) / ours | ours / (b) "
+    "| ours / max(b, c) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
+def fastest_of_ours(row: dict) -> float:
+    return min(ms for ms in (row["eager"], row["compiled"], row["one_call"]) if ms is not None)
+
+
 def format_row(row: dict) -> str:
-    best = min(row["eager"], row["compiled"])
+    best = fastest_of_ours(row)
+    one_call = f"{row['one_call']:.1f}" if row["one_call"] else "-"
     original = f"{row['original']:.1f}" if row["original"] else "-"
     speedup = f"{row['original'] / best:.1f}x" if row["original"] else "-"
     return (
         f"| {row['grid']}x{row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} "
-        f"| {original} "
+        f"| {one_call} | {original} "
         f"| {row['bandwidth']:.1f} | {row['bound']:.1f} | {row['gflops']:.0f} | {row['floor']:.1f} | {speedup} "
         f"| {best / row['bound']:.2f}x | {best / max(row['bound'], row['floor']):.2f}x |"
     )
@@ -316,10 +343,12 @@ def render(rows: list[dict], device: str) -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
         "whole generation / its tokens, best of the repeats after a warm-up that also compiles); each row runs in "
         "a fresh process, which also measures the read bandwidth its bound divides by (the higher of a reading "
-        "just before and one just after the faster of ours, this machine's bandwidth moving within seconds) and "
+        "just before and one just after the fastest of ours, this machine's bandwidth moving within seconds) and "
         "the multiply-add rate its compute floor divides by; a row during which that rate fell below "
         f"{BUSY_SHARE:.0%} of its dtype's best in the run (the machine busy with something else) was measured once "
-        "more and the less busy kept. The ratios use the faster of ours.",
+        "more and the less busy kept. Ours op by op: each step through the modules, eager or compiled; in one call: "
+        "the whole-step CPU kernel, which generate uses for up to 8 rows (batch 4 with guidance). The ratios use "
+        "the fastest of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),
