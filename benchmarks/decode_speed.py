@@ -174,20 +174,23 @@ class Options:
     device: str
 
 
-def ms_per_token(function, tokens: int, options: Options) -> tuple[float, float]:
-    """Milliseconds per token of the fastest of the repeated calls, after a warm-up (allocator, kernels, lazy
-    initialisation, compilation), and the read bandwidth around that call: the higher of a reading just before
-    it and one just after. This machine's bandwidth moves between two regimes, about 35 and 60 GB/s, from one
-    reading to the next a few seconds later: read before and after a whole row (a minute or two), the bound of
-    one table divided a generation timed in the slow regime by a reading of the fast one."""
-    function()
-    timings = []
+def ms_per_token_in_turns(functions: dict, tokens: int, options: Options) -> dict[str, tuple[float, float]]:
+    """Per function, milliseconds per token of the fastest of its repeated calls, after a warm-up (allocator,
+    kernels, lazy initialisation, compilation), and the read bandwidth around that call: the higher of a reading
+    just before it and one just after. This machine's bandwidth moves between two regimes, about 35 and 60 GB/s,
+    from one reading to the next a few seconds later, so the functions are timed in turns, each repeat once
+    each: timed one after the other, the regime could flip between two of ours and rank them the wrong way round
+    (in one table the one-call step came out 10.8 ms a token against 9.1 compiled; alternating, it was faster in
+    each of five pairs, 8.2 against 9.6 on average)."""
+    for function in functions.values():
+        function()
+    timings = {name: [] for name in functions}
     for _ in range(options.repeats):
-        before = measure_bandwidth_gbs(options.device)
-        seconds = _timed(function, options.device)
-        timings.append((seconds, max(before, measure_bandwidth_gbs(options.device))))
-    seconds, bandwidth = min(timings)
-    return seconds / tokens * 1e3, bandwidth
+        for name, function in functions.items():
+            before = measure_bandwidth_gbs(options.device)
+            seconds = _timed(function, options.device)
+            timings[name].append((seconds / tokens * 1e3, max(before, measure_bandwidth_gbs(options.device))))
+    return {name: min(measured) for name, measured in timings.items()}
 
 
 def check_same_tokens(gpt: GPT) -> None:
@@ -216,26 +219,26 @@ def measure(gpt: GPT, batch: int, options: Options) -> dict:
     whole-step kernel serves, of the original's loop, and the read bandwidth around the fastest of ours."""
     labels = torch.arange(batch, device=gpt.device) % gpt.config.num_classes
     generator = torch.Generator(gpt.device).manual_seed(0)
-    steps = gpt.config.block_size
 
-    def ours(compile: bool):
-        return lambda: generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
+    def ours(compile: bool, one_call: bool):
+        def run():
+            with contextlib.nullcontext() if one_call else _module_by_module():
+                generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
 
-    with _module_by_module():
-        measured = {"eager": ms_per_token(ours(False), steps, options)}
-        measured["compiled"] = ms_per_token(ours(True), steps, options)
+        return run
+
+    functions = {"eager": ours(compile=False, one_call=False), "compiled": ours(compile=True, one_call=False)}
     gpt.setup_cache(2 * batch)
     with torch.no_grad():  # as in generate
-        one_call = kernels.use_decode_step(gpt, 2 * batch)
-    if one_call:
-        measured["one_call"] = ms_per_token(ours(False), steps, options)
-    timings = {name: ms for name, (ms, _) in measured.items()}
-    timings = {"one_call": None, **timings, "bandwidth": min(measured.values())[1], "original": None}
+        if options.device == "cpu" and kernels.load() and kernels.use_decode_step(gpt, 2 * batch):
+            functions["one_call"] = ours(compile=False, one_call=True)
     if not options.skip_original:
-        timings["original"], _ = ms_per_token(
-            lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator), steps, options
-        )
-    return timings
+        functions["original"] = lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator)
+    measured = ms_per_token_in_turns(functions, gpt.config.block_size, options)
+    ours_measured = [measured[name] for name in ("eager", "compiled", "one_call") if name in measured]
+    timings = {name: measured[name][0] if name in measured else None for name in ("one_call", "original")}
+    return {**timings, "eager": measured["eager"][0], "compiled": measured["compiled"][0],
+            "bandwidth": min(ours_measured)[1]}  # fmt: skip
 
 
 def random_gpt_b(grid: int) -> GPT:
@@ -249,8 +252,8 @@ def random_gpt_b(grid: int) -> GPT:
 
 def measure_row(grid: int, batch: int, dtype_name: str, options: Options) -> dict:
     """One row of the table, in a process of its own (see `run`). The bandwidth is read around each timed
-    generation (`ms_per_token`); the multiply-add rate before and after the timings, the higher kept for the
-    floor and the lower telling whether the machine was busy with something else during the row."""
+    generation (`ms_per_token_in_turns`); the multiply-add rate before and after the timings, the higher kept for
+    the floor and the lower telling whether the machine was busy with something else during the row."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gpt = random_gpt_b(grid).to(device=options.device, dtype=dtype)
     rates = [measure_matmul_gflops(dtype, options.device)]
@@ -341,7 +344,8 @@ def render(rows: list[dict], device: str) -> str:
     lines = [
         f"GPT-B (random weights), guidance {CFG_SCALE}, top-k {TOP_K}; device: {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
-        "whole generation / its tokens, best of the repeats after a warm-up that also compiles); each row runs in "
+        "whole generation / its tokens, best of the repeats after a warm-up that also compiles, the ways of a row "
+        "timed in turns); each row runs in "
         "a fresh process, which also measures the read bandwidth its bound divides by (the higher of a reading "
         "just before and one just after the fastest of ours, this machine's bandwidth moving within seconds) and "
         "the multiply-add rate its compute floor divides by; a row during which that rate fell below "

@@ -119,9 +119,10 @@ class Step {
     rms_norm(h_, w.attention_norm.data_ptr<Scalar>(), normed_);
     linear(normed_, w.wqkv, qkv_);
     store_queries_keys_values(k_cache, v_cache);
-    llamagen::single_query_attention_rows(dtype(), attended_, cached_heads(k_cache), cached_heads(v_cache), visible_,
-                                          visible_stride_, s_.rows, s_.heads, s_.kv_heads, position_ + 1,
-                                          s_.head_dim, scores_.data_ptr<float>(), attended_);
+    llamagen::single_query_attention_rows(dtype(), attended_, llamagen::cached_heads(k_cache),
+                                          llamagen::cached_heads(v_cache), visible_, visible_stride_, s_.rows,
+                                          s_.heads, s_.kv_heads, position_ + 1, s_.head_dim,
+                                          scores_.data_ptr<float>(), attended_);
     linear(attended_, w.wo, normed_);
     add_to_residual(normed_);
     rms_norm(h_, w.ffn_norm.data_ptr<Scalar>(), normed_);
@@ -148,9 +149,6 @@ class Step {
  private:
   static int64_t round_up(int64_t values) { return (values + 31) / 32 * 32; }  // buffers 64-byte aligned
   static at::ScalarType dtype() { return c10::CppTypeToScalarType<Scalar>::value; }
-  static llamagen::CachedHeads cached_heads(const at::Tensor& cache) {
-    return {cache.data_ptr(), cache.stride(0), cache.stride(1), cache.stride(2)};
-  }
 
   void linear(const Scalar* x, const at::Tensor& weight, Scalar* y) const {
     llamagen::small_batch_linear_rows(dtype(), x, weight.data_ptr(), y, s_.rows, weight.size(0), weight.size(1));
@@ -226,7 +224,8 @@ class Step {
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 mask = chunk_mask(i, n);
       const __m512 x = T::load(gate_ + i, mask);
-      const __m512 silu = T::round(_mm512_div_ps(x, _mm512_add_ps(one, exponential(_mm512_sub_ps(_mm512_setzero_ps(), x)))));
+      const __m512 e_minus_x = exponential(_mm512_sub_ps(_mm512_setzero_ps(), x));
+      const __m512 silu = T::round(_mm512_div_ps(x, _mm512_add_ps(one, e_minus_x)));
       T::store(gate_ + i, _mm512_mul_ps(silu, T::load(up_ + i, mask)), mask);
     }
   }

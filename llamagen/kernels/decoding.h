@@ -20,9 +20,15 @@ struct CachedHeads {
   int64_t row_stride, head_stride, position_stride;
 };
 
+// A (batch, kv_heads, length, head_dim) cache tensor's.
+inline CachedHeads cached_heads(const at::Tensor& cache) {
+  return {cache.data_ptr(), cache.stride(0), cache.stride(1), cache.stride(2)};
+}
+
 // out (batch, heads, dim) = one query per row and head, q (batch, heads, dim) contiguous, over the first `length`
 // cached positions, all of `dtype`. visible: nullptr, or (batch, length) booleans with rows visible_stride apart,
-// false for a position hidden from the query. scores: a float32 buffer of batch * heads * length values.
+// false for a position hidden from the query. scores: a float32 buffer of batch * heads * length values. out may
+// be q itself: every query is read before any output is written.
 void single_query_attention_rows(at::ScalarType dtype, const void* q, CachedHeads k, CachedHeads v,
                                  const bool* visible, int64_t visible_stride, int64_t batch, int64_t heads,
                                  int64_t kv_heads, int64_t length, int64_t dim, float* scores, void* out);

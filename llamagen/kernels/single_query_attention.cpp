@@ -213,10 +213,6 @@ void attend(const typename T::Scalar* q, llamagen::CachedHeads k, llamagen::Cach
   });
 }
 
-llamagen::CachedHeads cached_heads(const at::Tensor& cache) {
-  return {cache.data_ptr(), cache.stride(0), cache.stride(1), cache.stride(2)};
-}
-
 at::Tensor single_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const std::optional<at::Tensor>& mask) {
   const auto dtype = q.scalar_type();
@@ -237,9 +233,10 @@ at::Tensor single_query_attention(const at::Tensor& q, const at::Tensor& k, cons
   const at::Tensor queries = q.reshape({batch, heads, dim}).contiguous();
   at::Tensor scores = at::empty({batch, heads, length}, q.options().dtype(at::kFloat));
   at::Tensor out = at::empty({batch, heads, 1, dim}, q.options());
-  llamagen::single_query_attention_rows(dtype, queries.data_ptr(), cached_heads(k), cached_heads(v),
-                                        visible.defined() ? visible.data_ptr<bool>() : nullptr, length, batch,
-                                        heads, k.size(1), length, dim, scores.data_ptr<float>(), out.data_ptr());
+  const bool* visible_data = visible.defined() ? visible.data_ptr<bool>() : nullptr;
+  llamagen::single_query_attention_rows(dtype, queries.data_ptr(), llamagen::cached_heads(k), llamagen::cached_heads(v),
+                                        visible_data, length, batch, heads, k.size(1), length, dim,
+                                        scores.data_ptr<float>(), out.data_ptr());
   return out;
 }
 
