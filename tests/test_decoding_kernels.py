@@ -165,6 +165,9 @@ def test_the_one_call_step_serves_only_what_it_computes_like_the_modules():
     assert not kernels.use_decode_step(model, 2)  # gradients wanted: only the modules record them
     model.setup_cache(2, dtype=torch.bfloat16)  # a cache of another dtype than the weights
     assert model.one_call_tensors is None
+    model.setup_cache(2)
+    model.to(torch.bfloat16)  # caches and weights converted: what setup_cache gathered is stale
+    assert model.one_call_tensors is None
 
 
 @needs_kernel
@@ -190,6 +193,10 @@ def test_the_one_call_step_refuses_what_it_cannot_read():
         step(weights=[*weights[:7], weights[7].T.contiguous(), *weights[8:]])
     with pytest.raises(RuntimeError, match="every cache must be"):
         step(caches=[*caches[:-1], caches[-1].bfloat16()])
+    with pytest.raises(RuntimeError, match=r"tokens must be \(rows, 1\)"):
+        step(tokens=torch.tensor([[1, 2], [3, 4]]))
+    with pytest.raises(RuntimeError, match="rope must be"):
+        torch.ops.llamagen.decode_step(tokens, weights, caches, model.freqs_cis[..., :1].contiguous(), None, 3, 4, 1e-5)
 
 
 @needs_kernel

@@ -59,6 +59,7 @@ class GPT(nn.Module):
         # `.to(bf16)` must not round the RoPE table: rotations stay in float32 (recomputed on the new device).
         super()._apply(fn, recurse)
         self.freqs_cis = rope_table_2d(self.config).to(self.freqs_cis.device)
+        self.one_call_tensors = None  # the cache and weights gathered may be the old ones: setup_cache gathers again
         return self
 
     def _init_weights(self, module: nn.Module) -> None:

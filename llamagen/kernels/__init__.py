@@ -125,8 +125,8 @@ def use_single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 def use_decode_step(gpt, rows: int) -> bool:
     """Whether a decoding step of `gpt` (a `llamagen.gpt.GPT`) for `rows` tokens should run as one call of the
     whole-step kernel: 1 to 8 rows, nothing to differentiate, no dropout that the modules would apply, a dtype
-    and widths the products handle, the weights and caches gathered by `setup_cache` (on the CPU), and the
-    kernel loaded."""
+    and widths the products handle, the weights and caches gathered by `setup_cache` (on the CPU), not inside a
+    step being compiled, and the kernel loaded."""
     config = gpt.config
     lanes = LANES.get(gpt.dtype)
     return (
@@ -139,6 +139,7 @@ def use_decode_step(gpt, rows: int) -> bool:
         and 0 < rows <= MAX_ROWS
         and not torch.is_grad_enabled()
         and not (gpt.training and gpt.applies_dropout)
+        and not torch.compiler.is_compiling()  # a compiled step (batch 5 or more) traces the modules, whatever its rows
     )
 
 

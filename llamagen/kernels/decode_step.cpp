@@ -261,8 +261,11 @@ Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList cac
   const auto dtype = embeddings.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "float32 or bf16 weights, got ", dtype);
   TORCH_CHECK(embeddings.dim() == 2, "the token embeddings must be (vocab, dim)");
+  check_weight(embeddings, dtype, {embeddings.size(0), embeddings.size(1)}, "tok_embeddings");
   const at::Tensor& cache = caches[0];
-  TORCH_CHECK(cache.dim() == 4, "caches must be (batch, kv_heads, length, head_dim)");
+  TORCH_CHECK(cache.dim() == 4 && cache.size(1) > 0 && heads > 0,
+              "caches must be (batch, kv_heads, length, head_dim), with heads and kv_heads at least 1");
+  TORCH_CHECK(tokens.dim() <= 2 && tokens.numel() == tokens.size(0), "tokens must be (rows, 1), got ", tokens.sizes());
   Shape s{tokens.numel(), embeddings.size(1), heads, cache.size(1), cache.size(3), weights[5].size(0),
           weights.back().size(0), layers};
   TORCH_CHECK(s.rows >= 1 && s.rows <= llamagen::kMaxRows && s.rows <= cache.size(0), "1 to ",
@@ -290,7 +293,7 @@ Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList cac
   check_weight(weights[weights.size() - 2], dtype, {s.dim}, "norm");
   check_weight(weights.back(), dtype, {s.vocab, s.dim}, "output");
   TORCH_CHECK(rope.scalar_type() == at::kFloat && rope.is_contiguous() && rope.dim() == 3 &&
-                  rope.size(0) == cache.size(2) && rope.size(1) * 2 == s.head_dim,
+                  rope.size(0) == cache.size(2) && rope.size(1) * 2 == s.head_dim && rope.size(2) == 2,
               "rope must be the (length, head_dim/2, 2) float32 table");
   if (visible.has_value()) {
     TORCH_CHECK(visible->scalar_type() == at::kBool && visible->dim() == 2 && visible->size(0) >= s.rows &&
@@ -333,7 +336,7 @@ at::Tensor decode_step(const at::Tensor& tokens, at::TensorList weights, at::Ten
 
 TORCH_LIBRARY_FRAGMENT(llamagen, m) {
   m.def(
-      "decode_step(Tensor tokens, Tensor[] weights, Tensor[] caches, Tensor rope, Tensor? visible, int position, "
-      "int heads, float eps) -> Tensor");
+      "decode_step(Tensor tokens, Tensor[] weights, Tensor(a!)[] caches, Tensor rope, Tensor? visible, "
+      "int position, int heads, float eps) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("decode_step", &decode_step); }
