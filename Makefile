@@ -54,7 +54,7 @@ demo: setup
 	$(BIN)/llamagen demo $(if $(MODELS),--models $(MODELS))
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
-# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README (about 25 minutes); then how
+# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README (about half an hour); then how
 # fast llamagen's product kernel reads the weights against torch's product (benchmarks/results/small_batch_linear.md).
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py --readme
