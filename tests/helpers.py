@@ -2,6 +2,7 @@
 
 import torch
 
+from llamagen import kernels
 from llamagen.gpt import GPT, GPTConfig
 from llamagen.text import ClipConfig, ClipTextEncoder
 from llamagen.tokenizer import VQModel, vq_preset
@@ -69,3 +70,9 @@ def logits_with_ties(vocab: int, seed: int = 0) -> torch.Tensor:
     for start, step, value in [(0, 5, float("nan")), (1, 7, float("inf")), (2, 7, float("-inf")), (3, 4, -0.0)]:
         logits[3, start::step] = value
     return logits
+
+
+def decode_module_by_module(patch) -> None:
+    """Through `patch` (pytest's monkeypatch or one of its contexts): decoding steps through the modules, whose
+    products and attention are still llamagen's kernels, not as one call of the whole-step kernel."""
+    patch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)

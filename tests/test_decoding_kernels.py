@@ -4,7 +4,7 @@ computes what the modules do, and decoding through them generates what torch's o
 
 import pytest
 import torch
-from helpers import condition, small
+from helpers import condition, decode_module_by_module, small
 
 from llamagen import generate, kernels
 from llamagen.gpt import sampling
@@ -93,7 +93,7 @@ def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, o
     if one_call:
         calls = {"decode_step": [], "top_k": []}
     else:
-        monkeypatch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+        decode_module_by_module(monkeypatch)
         calls = {"small_batch_linear": [], "single_query_attention": [], "top_k": []}
     for name in calls:
         decide = getattr(kernels, f"use_{name}")
@@ -120,7 +120,7 @@ def _decode(model, cond, cond_mask, tokens, one_call: bool, monkeypatch) -> tupl
     call of the whole-step kernel or module by module (whose products and attention are still the kernels)."""
     with monkeypatch.context() as patch, torch.no_grad():
         if not one_call:
-            patch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+            decode_module_by_module(patch)
         model.setup_cache(tokens.shape[0])
         logits = [model.prefill(cond, cond_mask)]
         for i in range(tokens.shape[1]):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import condition, logits_with_ties, small
+from helpers import condition, decode_module_by_module, logits_with_ties, small
 
 from llamagen import generate, kernels
 from llamagen.gpt import GPT, sampling
@@ -197,7 +197,7 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
 def op_by_op(monkeypatch):
     """Decoding steps module by module, compiled or not: where llamagen's CPU kernels are loaded, the whole-step
     kernel would otherwise serve these small batches and compile would be left unused."""
-    monkeypatch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
+    decode_module_by_module(monkeypatch)
 
 
 @pytest.mark.slow
