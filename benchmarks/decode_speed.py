@@ -4,8 +4,9 @@ Decoding one token at a time reads every weight of the transformer once per step
 take less than (bytes of weights) / (memory bandwidth). This benchmark measures milliseconds per
 generated token for GPT-B with random weights (guidance on: the batch is doubled), and compares:
 
-- ours: `llamagen.generate`, its steps module by module (eager, and compiled by torch.compile) and, on a CPU with
-  llamagen's kernels for up to 8 rows, as one call of the whole-step kernel (what `generate` then uses);
+- ours: `llamagen.generate`, its steps module by module (eager, and compiled by torch.compile) and in one call
+  (what `generate` then uses): on a CPU with llamagen's kernels, for up to 8 rows, one call of the whole-step
+  kernel; on a GPU, one replay of a CUDA graph of the step;
 - (a) the original: a plain re-statement of LlamaGen's decoding loop (torch's own products, a static cache
   indexed by position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
   with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
@@ -35,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from llamagen import generate, huge_pages, kernels
-from llamagen.gpt import GPT, gpt_preset
+from llamagen.gpt import GPT, gpt_preset, sampling
 from llamagen.gpt.config import find_multiple
+from llamagen.gpt.cuda_graphs import use_cuda_graphs
 from llamagen.gpt.layers import apply_rope
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,13 +211,14 @@ OURS = ("eager", "compiled", "one_call")
 @contextlib.contextmanager
 def _module_by_module():
     """Decoding steps through the modules (their products and attention still llamagen's kernels), not as one call
-    of the whole-step kernel, which `generate` would otherwise use wherever it can."""
-    decide = kernels.use_decode_step
-    kernels.use_decode_step = lambda gpt, rows: False
+    of the whole-step kernel (a CPU) or one replay of a CUDA graph (a GPU), which `generate` would otherwise use
+    wherever it can."""
+    decide_kernel, decide_graphs = kernels.use_decode_step, sampling.use_cuda_graphs
+    kernels.use_decode_step, sampling.use_cuda_graphs = (lambda gpt, rows: False), (lambda gpt: False)
     try:
         yield
     finally:
-        kernels.use_decode_step = decide
+        kernels.use_decode_step, sampling.use_cuda_graphs = decide_kernel, decide_graphs
 
 
 def measure(gpt: GPT, batch: int, options: Options) -> dict:
@@ -234,7 +237,8 @@ def measure(gpt: GPT, batch: int, options: Options) -> dict:
     functions = {"eager": ours(compile=False, one_call=False), "compiled": ours(compile=True, one_call=False)}
     gpt.setup_cache(2 * batch)
     with torch.no_grad():  # as in generate
-        if options.device == "cpu" and kernels.load() and kernels.use_decode_step(gpt, 2 * batch):
+        on_cpu = options.device == "cpu"
+        if (on_cpu and kernels.load() and kernels.use_decode_step(gpt, 2 * batch)) or use_cuda_graphs(gpt):
             functions["one_call"] = ours(compile=False, one_call=True)
     if not options.skip_original:
         functions["original"] = lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator)
@@ -339,7 +343,14 @@ def format_row(row: dict) -> str:
     )
 
 
-def render(rows: list[dict], device: str) -> str:
+# What the table's "one call" is, on each device.
+ONE_CALL = {
+    "cpu": "the whole-step CPU kernel, which generate uses for up to 8 rows (batch 4 with guidance)",
+    "cuda": "one replay of a CUDA graph of the step, which generate uses on a GPU",
+}
+
+
+def render(rows: list[dict], options: Options, device: str) -> str:
     lines = [
         f"GPT-B (random weights), guidance {CFG_SCALE}, top-k {TOP_K}; device: {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Milliseconds per generated token (a "
@@ -350,8 +361,7 @@ def render(rows: list[dict], device: str) -> str:
         "the multiply-add rate its compute floor divides by; a row during which that rate fell below "
         f"{BUSY_SHARE:.0%} of its dtype's best in the run (the machine busy with something else) was measured once "
         "more and the less busy kept. Ours op by op: each step through the modules, eager or compiled; in one call: "
-        "the whole-step CPU kernel, which generate uses for up to 8 rows (batch 4 with guidance). The ratios use "
-        "the fastest of ours.",
+        f"{ONE_CALL[options.device]}. The ratios use the fastest of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),
@@ -390,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}.md")
     print(HEADER, flush=True)
     options = Options(args.repeats, args.skip_original, args.device)
-    table = render(run(args.grids, args.batches, args.dtypes, options), description)
+    table = render(run(args.grids, args.batches, args.dtypes, options), options, description)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     if args.readme:

@@ -32,13 +32,15 @@ def test_larger_presets_follow_the_published_pattern(preset, layers, dim, heads,
 
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-def test_cached_decoding_equals_the_full_forward(model_type, n_kv_head):
-    """Also with grouped-query attention (where the original's cache breaks) and caption masks."""
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["decode_step", "decode_step_at"])
+def test_cached_decoding_equals_the_full_forward(model_type, n_kv_head, fixed_shapes):
+    """Also with grouped-query attention (where the original's cache breaks) and caption masks, and in the fixed
+    shapes of CUDA graphs' step (the whole cache attended, later positions hidden)."""
     model = small(model_type=model_type, n_kv_head=n_kv_head, cls_token_num=1 if model_type == "c2i" else 6)
     cond, mask = condition(model)
     tokens = torch.randint(0, 97, (3, 15), generator=torch.Generator().manual_seed(1))
     full = model(tokens, cond, mask)
-    torch.testing.assert_close(cached_logits(model, tokens, cond, mask), full, atol=2e-5, rtol=0)
+    torch.testing.assert_close(cached_logits(model, tokens, cond, mask, fixed_shapes), full, atol=2e-5, rtol=0)
 
 
 def test_grouped_query_attention_has_fewer_key_value_weights_and_cache():

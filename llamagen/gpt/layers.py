@@ -97,10 +97,17 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", k_cache, persistent=False)
         self.register_buffer("v_cache", v_cache, persistent=False)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (b, n_kv_head, S, head_dim) keys/values at positions start..start+S-1 of the first b rows;
-        return the keys and values of positions 0..start+S-1 of those rows."""
-        b, end = k.shape[0], start + k.shape[2]
+        return the keys and values of positions 0..start+S-1 of those rows. With `start` a one-element tensor on
+        the cache's device (one position, S = 1; `GPT.decode_step_at`), every position of those rows: the shapes
+        do not depend on it, and the caller's mask hides what lies beyond."""
+        b = k.shape[0]
+        if isinstance(start, torch.Tensor):
+            self.k_cache[:b].index_copy_(2, start, k)
+            self.v_cache[:b].index_copy_(2, start, v)
+            return self.k_cache[:b], self.v_cache[:b]
+        end = start + k.shape[2]
         self.k_cache[:b, :, start:end] = k
         self.v_cache[:b, :, start:end] = v
         return self.k_cache[:b, :, :end], self.v_cache[:b, :, :end]
@@ -121,7 +128,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         mask: torch.Tensor | None,
-        cache_start: int | None = None,
+        cache_start: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, S, dim); rope (S, head_dim/2, 2); mask: boolean, broadcastable to (B, 1, S, keys), True where
         attention is allowed, or None for plain causal attention. With `cache_start`, the keys and values

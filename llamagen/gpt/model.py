@@ -3,7 +3,8 @@
 Three entry points, each with one job:
 - `forward(tokens, cond, cond_mask)`: the whole sequence at once (training, and checking);
 - `prefill(cond, cond_mask)`: the condition prefix into the KV cache, logits of the first image token;
-- `decode_step(tokens, position)`: one token per row into the cache, logits of the next.
+- `decode_step(tokens, position)`: one token per row into the cache, logits of the next (`decode_step_at`: the
+  same in fixed shapes, for a CUDA graph).
 """
 
 from __future__ import annotations
@@ -235,11 +236,27 @@ class GPT(nn.Module):
                 self.config.n_head,
                 self.config.norm_eps,
             )
-        h = self.tok_embeddings(tokens)
         mask = None
         if self._cache_key_mask is not None:
             mask = self._cache_key_mask[: tokens.shape[0], None, None, : position + 1]
-        rope = self.freqs_cis[position : position + 1]
+        return self._decode_through_layers(tokens, self.freqs_cis[position : position + 1], mask, position)
+
+    def decode_step_at(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """`decode_step` in fixed shapes, for a CUDA graph to replay (`llamagen.gpt.cuda_graphs`): `position` is a
+        one-element int64 tensor on the model's device, read only there, and every step attends over the whole
+        cache, the positions after this one hidden. The same logits (hidden positions weigh exactly zero), up to
+        the order of the attention's sums over the longer cache."""
+        rows = tokens.shape[0]
+        visible = torch.arange(self.max_sequence_length, device=position.device) <= position
+        if self._cache_key_mask is not None:
+            visible = visible & self._cache_key_mask[:rows]
+        mask = visible.expand(rows, -1)[:, None, None]
+        return self._decode_through_layers(tokens, self.freqs_cis.index_select(0, position), mask, position)
+
+    def _decode_through_layers(
+        self, tokens: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None, position: int | torch.Tensor
+    ) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, rope, mask, cache_start=position)
         return self.output(self.norm(h)).float()[:, 0]

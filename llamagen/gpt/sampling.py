@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from llamagen import huge_pages, kernels
+from llamagen.gpt.cuda_graphs import GraphedDecodeSteps, use_cuda_graphs
 from llamagen.gpt.model import GPT
 
 # Bytes a generation may allocate, as a share of the memory available when it starts.
@@ -147,7 +148,7 @@ def generate(
     steps set torch.compile's stance, which is global, to skip most guards (`CompiledStep`). On a CPU with
     llamagen's kernels, batches of 1 to 8 rows (4 with guidance) decode with one call of the whole-step kernel
     per token, compiled or not (`GPT.decode_step`), which is faster than the compiled step, and compile is
-    ignored.
+    ignored; so it is on a GPU, where every step is replayed from a CUDA graph (`llamagen.gpt.cuda_graphs`).
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
     parameters and values at new addresses.
@@ -191,15 +192,19 @@ def generate(
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
     gpt.setup_cache(rows)
-    # One call of the whole-step kernel leaves nothing for a compiler to fuse or to call faster.
-    compiled_step = compiled_decode_step(gpt) if compile and not kernels.use_decode_step(gpt, rows) else None
+    graphed_steps = GraphedDecodeSteps(gpt) if use_cuda_graphs(gpt) else None
+    # One call of the whole-step kernel, or one replay of a graph, leaves nothing for a compiler to call faster.
+    one_call = kernels.use_decode_step(gpt, rows) or graphed_steps is not None
+    compiled_step = compiled_decode_step(gpt) if compile and not one_call else None
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
     _report(progress, 1, config.block_size)
     for i in range(1, config.block_size):
         guide = guides(i)
         previous = tokens[:, i - 1 : i]
         step_tokens, position = (torch.cat([previous, previous]) if guide else previous), gpt.prefix_length + i - 1
-        if compiled_step is None:
+        if graphed_steps is not None:
+            logits = graphed_steps(step_tokens, position)
+        elif compiled_step is None:
             logits = gpt.decode_step(step_tokens, position)
         elif i >= 3 and guides(i - 2) == guides(i - 1) == guide:
             # The two steps before ran with these rows, the first position and the first of any other compiled
