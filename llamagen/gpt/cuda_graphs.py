@@ -53,14 +53,16 @@ class _RecordedStep:
         self._tokens = tokens.clone()
         self._position = torch.tensor([position], device=device)
         # The real step, outside the graph and on a side stream, as recording asks; the replay that follows
-        # writes the same keys and values at this position again.
+        # writes the same keys and values at this position again. Recorded on that same stream: libraries create
+        # their handles per stream on first use, which must not happen while recording. Errors only for unsafe
+        # calls of this thread: an app's other threads may use the GPU meanwhile.
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             gpt.decode_step_at(self._tokens, self._position)
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
+        with torch.cuda.graph(self._graph, stream=side, capture_error_mode="thread_local"):
             self._logits = gpt.decode_step_at(self._tokens, self._position)
 
     def replay(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
