@@ -193,7 +193,8 @@ def generate(
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
     gpt.setup_cache(rows)
     graphed_steps = GraphedDecodeSteps(gpt) if use_cuda_graphs(gpt) else None
-    # One call of the whole-step kernel, or one replay of a graph, leaves nothing for a compiler to call faster.
+    # One call of the whole-step kernel leaves nothing for a compiler to fuse or to call faster; on a GPU the steps
+    # are replayed from graphs instead (graphs of a compiled step: not measured yet).
     one_call = kernels.use_decode_step(gpt, rows) or graphed_steps is not None
     compiled_step = compiled_decode_step(gpt) if compile and not one_call else None
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
