@@ -44,7 +44,7 @@ def cached_logits(model: GPT, tokens, cond, cond_mask, fixed_shapes: bool = Fals
 def decode(model: GPT, tokens, position: int, fixed_shapes: bool):
     """One decoding step: `decode_step`, or with `fixed_shapes` `decode_step_at` (the position as a tensor)."""
     if fixed_shapes:
-        return model.decode_step_at(tokens, torch.tensor([position]))
+        return model.decode_step_at(tokens, torch.tensor([position]), model.visible_keys)
     return model.decode_step(tokens, position)
 
 

@@ -3,28 +3,33 @@ graphs themselves need a GPU; their tests run where there is one."""
 
 import pytest
 import torch
-from helpers import condition, decode, decode_module_by_module, small
+from helpers import cached_logits, condition, decode, decode_module_by_module, small
 
 from llamagen import generate
 from llamagen.gpt import GPT
-from llamagen.gpt.cuda_graphs import use_cuda_graphs
+from llamagen.gpt.cuda_graphs import graphed_decode_steps, use_cuda_graphs
 
 needs_a_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
 @pytest.fixture
 def fixed_shape_steps(monkeypatch):
-    """generate's steps by `decode_step_at`, the position a tensor, module by module."""
+    """generate's steps by `decode_step_at` (the position a tensor), eagerly and module by module; returns the
+    usual `GPT.decode_step`."""
     decode_module_by_module(monkeypatch)
     usual = GPT.decode_step
     monkeypatch.setattr(GPT, "decode_step", lambda model, tokens, position: decode(model, tokens, position, True))
     return usual
 
 
+def small_of(model_type: str, seed: int) -> GPT:
+    return small(model_type=model_type, n_kv_head=2, cls_token_num=1 if model_type == "c2i" else 6, seed=seed)
+
+
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
 def test_fixed_shape_steps_generate_what_the_usual_steps_do(model_type, fixed_shape_steps, monkeypatch):
     """Guidance that ends part-way (the first rows of the cache continue alone) and padded captions."""
-    model = small(model_type=model_type, n_kv_head=2, cls_token_num=1 if model_type == "c2i" else 6, seed=3)
+    model = small_of(model_type, seed=3)
     cond, cond_mask = condition(model, batch=2)
     fixed = generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1)
     monkeypatch.setattr(GPT, "decode_step", fixed_shape_steps)
@@ -43,17 +48,44 @@ def test_cuda_graphs_serve_only_a_gpu_model_without_gradients():
 
 @needs_a_gpu
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-def test_cuda_graphs_generate_what_the_modules_do(model_type, monkeypatch):
-    """Replayed graphs against steps through the modules, on the GPU, greedy and sampled with one seed: also when
-    guidance ends part-way (a second graph, for half the rows) and with padded captions."""
-    model = small(model_type=model_type, n_kv_head=2, cls_token_num=1 if model_type == "c2i" else 6, seed=4).cuda()
+@pytest.mark.usefixtures("fixed_shape_steps")
+def test_cuda_graphs_replay_what_the_fixed_shape_step_computes(model_type, monkeypatch):
+    """Generations from replayed graphs against the same steps run eagerly, token for token, greedy and sampled
+    with one seed: guidance ending part-way (a second graph, for half the rows), and a second generation, whose
+    different conditions (captions of other lengths) the graphs recorded for the first must read."""
+    model = small_of(model_type, seed=4).cuda()
+
+    def generations():
+        tokens = []
+        for seed in (0, 1):
+            cond, cond_mask = condition(model, batch=2, seed=seed)
+            if cond_mask is not None:
+                cond_mask = (cond_mask if seed == 0 else cond_mask.flip(0)).cuda()  # the padding in the other row
+            cond = cond.cuda()
+            for options in ({"top_k": 1}, {"top_k": 5, "generator": torch.Generator("cuda").manual_seed(seed)}):
+                tokens.append(generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, **options))
+        return tokens
+
+    eager = generations()
+    monkeypatch.setattr("llamagen.gpt.sampling.use_cuda_graphs", use_cuda_graphs)  # undo decode_module_by_module
+    graphed = generations()
+    for expected, replayed in zip(eager, graphed, strict=True):
+        assert torch.equal(expected, replayed)
+
+
+@needs_a_gpu
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), [(torch.float32, 1e-4, 0), (torch.bfloat16, 0.1, 0.05)])
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol):
+    """The replayed step's logits against the modules' step over the cache's first positions only."""
+    model = small_of(model_type, seed=5).cuda().to(dtype)
     cond, cond_mask = condition(model, batch=2)
     cond, cond_mask = cond.cuda(), None if cond_mask is None else cond_mask.cuda()
-
-    def both(**options):
-        return generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, **options)
-
-    graphed = [both(top_k=1), both(top_k=5, generator=torch.Generator("cuda").manual_seed(0))]
-    decode_module_by_module(monkeypatch)
-    assert torch.equal(graphed[0], both(top_k=1))
-    assert torch.equal(graphed[1], both(top_k=5, generator=torch.Generator("cuda").manual_seed(0)))
+    tokens = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(1)).cuda()
+    usual = cached_logits(model, tokens, cond, cond_mask)
+    with torch.no_grad():
+        model.setup_cache(2)
+        steps, replayed = graphed_decode_steps(model), [model.prefill(cond, cond_mask)]
+        for i in range(tokens.shape[1]):
+            replayed.append(steps(tokens[:, i : i + 1], model.prefix_length + i))
+    torch.testing.assert_close(torch.stack(replayed, 1), usual, atol=atol, rtol=rtol)

@@ -3,15 +3,19 @@
 On a GPU a decoding step of GPT-B at batch 1 is some two hundred small kernels, each launched from Python through
 torch's dispatcher, and the launches, not the GPU, set the pace: reading its weights takes an H200 under 0.1 ms.
 A CUDA graph records the kernels of one step once and replays them all with one launch. It replays fixed
-addresses and shapes, so what it records is `GPT.decode_step_at`: the tokens and the position are copied into
-tensors the graph reads, and every step attends over the whole cache.
+addresses and shapes, so what it records is `GPT.decode_step_at`: the tokens, the position and the caption's
+visible keys are copied into tensors the graph reads, and every step attends over the whole cache.
 
-Recorded per generation, for the cache and caption mask that generation's `setup_cache` and `prefill` made, and
-per number of rows (guidance that ends halves them); a generation's first step of each also runs once outside
-the graph, so that lazy initialisation (cuBLAS's handles and workspaces) does not happen while recording.
+A model's graphs are recorded at the first step of each number of rows (guidance that ends halves them), with or
+without a caption mask, and kept for later generations while every tensor they read (weights, caches, RoPE
+table) is where it was: recording empties torch's memory cache and collects Python's garbage first, too much to
+pay every generation. The first step of each also runs once outside the graph, so that lazy initialisation
+(cuBLAS's handles and workspaces) does not happen while recording.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -29,20 +33,32 @@ def use_cuda_graphs(gpt: GPT) -> bool:
     )
 
 
-class GraphedDecodeSteps:
-    """`gpt.decode_step(tokens, position)` for one generation, each number of rows recorded into a CUDA graph at
-    its first step and replayed at the others. Valid while the cache and caption mask it recorded are the
-    model's: one generation (the next `setup_cache` or `prefill` may replace them)."""
+def graphed_decode_steps(gpt: GPT) -> GraphedDecodeSteps:
+    """`gpt`'s recorded steps, recorded afresh when a tensor they read has moved (a new cache, weights replaced,
+    the model moved)."""
+    addresses = _addresses(gpt)
+    known = _recorded.get(gpt)
+    if known is None or known.addresses != addresses:
+        known = _recorded[gpt] = GraphedDecodeSteps(gpt, addresses)
+    return known
 
-    def __init__(self, gpt: GPT) -> None:
-        self._gpt = gpt
-        self._steps: dict[int, _RecordedStep] = {}
+
+class GraphedDecodeSteps:
+    """`gpt.decode_step(tokens, position)`, each number of rows (with or without a caption mask) recorded into a
+    CUDA graph at its first step and replayed at the others. Valid while the tensors at `addresses` stay there
+    (`graphed_decode_steps` checks)."""
+
+    def __init__(self, gpt: GPT, addresses: tuple) -> None:
+        self.addresses = addresses
+        self._gpt = weakref.ref(gpt)  # kept per model (a weak key): no reference back to it
+        self._steps: dict[tuple[int, bool], _RecordedStep] = {}
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        rows = tokens.shape[0]
-        if rows not in self._steps:
-            self._steps[rows] = _RecordedStep(self._gpt, tokens, position)
-        return self._steps[rows].replay(tokens, position)
+        gpt = self._gpt()
+        kind = (tokens.shape[0], gpt.visible_keys is not None)
+        if kind not in self._steps:
+            self._steps[kind] = _RecordedStep(gpt, tokens, position)
+        return self._steps[kind].replay(gpt, tokens, position)
 
 
 class _RecordedStep:
@@ -52,21 +68,44 @@ class _RecordedStep:
         device = tokens.device
         self._tokens = tokens.clone()
         self._position = torch.tensor([position], device=device)
+        self._keys_of = gpt.visible_keys  # the prefill's whose keys the graph's copy holds
+        self._visible_keys = None if self._keys_of is None else self._keys_of[: tokens.shape[0]].clone()
         # The real step, outside the graph and on a side stream, as recording asks; the replay that follows
         # writes the same keys and values at this position again. Recorded on that same stream: libraries create
         # their handles per stream on first use, which must not happen while recording. Errors only for unsafe
         # calls of this thread: an app's other threads may use the GPU meanwhile.
-        side = torch.cuda.Stream(device)
+        side = _side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            gpt.decode_step_at(self._tokens, self._position)
+            gpt.decode_step_at(self._tokens, self._position, self._visible_keys)
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph, stream=side, capture_error_mode="thread_local"):
-            self._logits = gpt.decode_step_at(self._tokens, self._position)
+            self._logits = gpt.decode_step_at(self._tokens, self._position, self._visible_keys)
 
-    def replay(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+    def replay(self, gpt: GPT, tokens: torch.Tensor, position: int) -> torch.Tensor:
         self._tokens.copy_(tokens)
         self._position.fill_(position)
+        if gpt.visible_keys is not self._keys_of:  # a later generation's caption mask
+            self._keys_of = gpt.visible_keys
+            self._visible_keys.copy_(self._keys_of[: tokens.shape[0]])
         self._graph.replay()
         return self._logits.clone()  # the graph writes its next step's logits into the same memory
+
+
+def _addresses(gpt: GPT) -> tuple:
+    return tuple((t.data_ptr(), t.dtype, t.shape) for t in (*gpt.parameters(), *gpt.buffers()))
+
+
+# Per device, one stream to warm up and record on: each stream a step runs on gets cuBLAS workspaces of its own,
+# which torch keeps until the process ends.
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+# Per model, its recorded steps.
+_recorded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _side_streams:
+        _side_streams[device] = torch.cuda.Stream(device)
+    return _side_streams[device]

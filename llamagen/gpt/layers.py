@@ -103,9 +103,9 @@ class KVCache(nn.Module):
         the cache's device (one position, S = 1; `GPT.decode_step_at`), every position of those rows: the shapes
         do not depend on it, and the caller's mask hides what lies beyond."""
         b = k.shape[0]
-        if isinstance(start, torch.Tensor):
-            self.k_cache[:b].index_copy_(2, start, k)
-            self.v_cache[:b].index_copy_(2, start, v)
+        if isinstance(start, torch.Tensor):  # unlike slice assignment, index_copy_ converts no dtype (autocast)
+            self.k_cache[:b].index_copy_(2, start, k.to(self.k_cache.dtype))
+            self.v_cache[:b].index_copy_(2, start, v.to(self.v_cache.dtype))
             return self.k_cache[:b], self.v_cache[:b]
         end = start + k.shape[2]
         self.k_cache[:b, :, start:end] = k

@@ -241,15 +241,24 @@ class GPT(nn.Module):
             mask = self._cache_key_mask[: tokens.shape[0], None, None, : position + 1]
         return self._decode_through_layers(tokens, self.freqs_cis[position : position + 1], mask, position)
 
-    def decode_step_at(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    @property
+    def visible_keys(self) -> torch.Tensor | None:
+        """(batch, max_len) booleans set by `prefill`: False at a caption's padding, which every later query skips;
+        None when nothing is hidden."""
+        return self._cache_key_mask
+
+    def decode_step_at(
+        self, tokens: torch.Tensor, position: torch.Tensor, visible_keys: torch.Tensor | None
+    ) -> torch.Tensor:
         """`decode_step` in fixed shapes, for a CUDA graph to replay (`llamagen.gpt.cuda_graphs`): `position` is a
-        one-element int64 tensor on the model's device, read only there, and every step attends over the whole
-        cache, the positions after this one hidden. The same logits (hidden positions weigh exactly zero), up to
-        the order of the attention's sums over the longer cache."""
+        one-element int64 tensor on the model's device, read only there, `visible_keys` the model's
+        `visible_keys` (or a copy the graph reads), and every step attends over the whole cache, the positions
+        after this one hidden. The same logits (hidden positions weigh exactly zero), up to the order of the
+        attention's sums over the longer cache."""
         rows = tokens.shape[0]
         visible = torch.arange(self.max_sequence_length, device=position.device) <= position
-        if self._cache_key_mask is not None:
-            visible = visible & self._cache_key_mask[:rows]
+        if visible_keys is not None:
+            visible = visible & visible_keys[:rows]
         mask = visible.expand(rows, -1)[:, None, None]
         return self._decode_through_layers(tokens, self.freqs_cis.index_select(0, position), mask, position)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from llamagen import huge_pages, kernels
-from llamagen.gpt.cuda_graphs import GraphedDecodeSteps, use_cuda_graphs
+from llamagen.gpt.cuda_graphs import graphed_decode_steps, use_cuda_graphs
 from llamagen.gpt.model import GPT
 
 # Bytes a generation may allocate, as a share of the memory available when it starts.
@@ -192,7 +192,7 @@ def generate(
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
     gpt.setup_cache(rows)
-    graphed_steps = GraphedDecodeSteps(gpt) if use_cuda_graphs(gpt) else None
+    graphed_steps = graphed_decode_steps(gpt) if use_cuda_graphs(gpt) else None
     # One call of the whole-step kernel leaves nothing for a compiler to fuse or to call faster; on a GPU the steps
     # are replayed from graphs instead (graphs of a compiled step: not measured yet).
     one_call = kernels.use_decode_step(gpt, rows) or graphed_steps is not None
