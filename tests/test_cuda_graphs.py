@@ -36,6 +36,21 @@ def test_fixed_shape_steps_generate_what_the_usual_steps_do(model_type, fixed_sh
     assert torch.equal(fixed, generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1))
 
 
+@pytest.mark.slow
+def test_the_compiled_fixed_shape_step_generates_what_it_does_eagerly(fixed_shape_steps, monkeypatch):
+    """The step that the GPU's graphs record with compile, traced whole (no graph breaks) and run on the CPU."""
+    model = small_of("t2i", seed=6)
+    cond, cond_mask = condition(model, batch=2)
+    eager = generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1)
+    compiled = torch.compile(GPT.decode_step_at, fullgraph=True)
+
+    def compiled_step(model, tokens, position):
+        return compiled(model, tokens, torch.tensor([position]), model.visible_keys)
+
+    monkeypatch.setattr(GPT, "decode_step", compiled_step)
+    assert torch.equal(eager, generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1))
+
+
 def test_cuda_graphs_serve_only_a_gpu_model_without_gradients():
     model = small()
     with torch.no_grad():
@@ -76,8 +91,10 @@ def test_cuda_graphs_replay_what_the_fixed_shape_step_computes(model_type, monke
 @needs_a_gpu
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), [(torch.float32, 1e-4, 0), (torch.bfloat16, 0.1, 0.05)])
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol):
-    """The replayed step's logits against the modules' step over the cache's first positions only."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol, compile):
+    """The replayed step's logits, compiled or not, against the modules' step over the cache's first positions
+    only."""
     model = small_of(model_type, seed=5).cuda().to(dtype)
     cond, cond_mask = condition(model, batch=2)
     cond, cond_mask = cond.cuda(), None if cond_mask is None else cond_mask.cuda()
@@ -85,7 +102,7 @@ def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol):
     usual = cached_logits(model, tokens, cond, cond_mask)
     with torch.no_grad():
         model.setup_cache(2)
-        steps, replayed = graphed_decode_steps(model), [model.prefill(cond, cond_mask)]
+        steps, replayed = graphed_decode_steps(model, compile), [model.prefill(cond, cond_mask)]
         for i in range(tokens.shape[1]):
             replayed.append(steps(tokens[:, i : i + 1], model.prefix_length + i))
     torch.testing.assert_close(torch.stack(replayed, 1), usual, atol=atol, rtol=rtol)

@@ -147,9 +147,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decoding step: faster per token, after a compilation (on a CPU with llamagen's kernels, "
-        "batches up to 4 with guidance already decode each step in one call, and on a GPU each step is one replay "
-        "of a CUDA graph: both skip it)",
+        help="compile the decoding step: faster per token, after a compilation (on a GPU, the step each CUDA graph "
+        "replays; on a CPU with llamagen's kernels, batches up to 4 with guidance already decode each step in one "
+        "call and skip it)",
     )
     gen.set_defaults(run=run_generate)
 

@@ -1,6 +1,6 @@
 """Decoding steps replayed from CUDA graphs: the GPU's counterpart of the CPU's whole step in one call.
 
-On a GPU a decoding step of GPT-B at batch 1 is some two hundred small kernels, each launched from Python through
+On a GPU a decoding step of GPT-B at batch 1 is some five hundred small kernels, each launched from Python through
 torch's dispatcher, and the launches, not the GPU, set the pace: reading its weights takes an H200 under 0.1 ms.
 A CUDA graph records the kernels of one step once and replays them all with one launch. It replays fixed
 addresses and shapes, so what it records is `GPT.decode_step_at`: the tokens, the position and the caption's
@@ -15,7 +15,9 @@ pay every generation. The first step of each also runs once outside the graph, s
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -33,38 +35,47 @@ def use_cuda_graphs(gpt: GPT) -> bool:
     )
 
 
-def graphed_decode_steps(gpt: GPT) -> GraphedDecodeSteps:
-    """`gpt`'s recorded steps, recorded afresh when a tensor they read has moved (a new cache, weights replaced,
-    the model moved)."""
+def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:
+    """`gpt`'s recorded steps (with `compile`, of its step compiled by torch.compile), recorded afresh when a tensor
+    they read has moved (a new cache, weights replaced, the model moved)."""
     addresses = _addresses(gpt)
-    known = _recorded.get(gpt)
-    if known is None or known.addresses != addresses:
-        known = _recorded[gpt] = GraphedDecodeSteps(gpt, addresses)
-    return known
+    per_model = _recorded.setdefault(gpt, {})
+    if compile not in per_model or per_model[compile].addresses != addresses:
+        per_model[compile] = GraphedDecodeSteps(gpt, addresses, compile)
+    return per_model[compile]
 
 
 class GraphedDecodeSteps:
     """`gpt.decode_step(tokens, position)`, each number of rows (with or without a caption mask) recorded into a
     CUDA graph at its first step and replayed at the others. Valid while the tensors at `addresses` stay there
-    (`graphed_decode_steps` checks)."""
+    (`graphed_decode_steps` checks).
 
-    def __init__(self, gpt: GPT, addresses: tuple) -> None:
+    With `compile`, what is recorded is the step compiled by torch.compile: a GPU runs each kernel of a graph for
+    a few microseconds at least, and eagerly a step of GPT-B is some five hundred, mostly small elementwise ones
+    that a compiled step fuses. The first step of each number of rows compiles it (inductor's kernels, whose
+    launches a graph records like any other)."""
+
+    def __init__(self, gpt: GPT, addresses: tuple, compile: bool) -> None:
         self.addresses = addresses
         self._gpt = weakref.ref(gpt)  # kept per model (a weak key): no reference back to it
+        self._compile = compile
+        self._step = torch.compile(GPT.decode_step_at, fullgraph=True) if compile else GPT.decode_step_at
         self._steps: dict[tuple[int, bool], _RecordedStep] = {}
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         gpt = self._gpt()
         kind = (tokens.shape[0], gpt.visible_keys is not None)
         if kind not in self._steps:
-            self._steps[kind] = _RecordedStep(gpt, tokens, position)
+            with _recompile_limit_raised() if self._compile else contextlib.nullcontext():
+                self._steps[kind] = _RecordedStep(gpt, self._step, tokens, position)
         return self._steps[kind].replay(gpt, tokens, position)
 
 
 class _RecordedStep:
-    """One CUDA graph of `gpt.decode_step_at` for a number of rows, with the tensors it reads and writes."""
+    """One CUDA graph of `step` (`GPT.decode_step_at`, or it compiled) for a number of rows, with the tensors it
+    reads and writes."""
 
-    def __init__(self, gpt: GPT, tokens: torch.Tensor, position: int) -> None:
+    def __init__(self, gpt: GPT, step: Callable, tokens: torch.Tensor, position: int) -> None:
         device = tokens.device
         self._tokens = tokens.clone()
         self._position = torch.tensor([position], device=device)
@@ -77,11 +88,11 @@ class _RecordedStep:
         side = _side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            gpt.decode_step_at(self._tokens, self._position, self._visible_keys)
+            step(gpt, self._tokens, self._position, self._visible_keys)
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph, stream=side, capture_error_mode="thread_local"):
-            self._logits = gpt.decode_step_at(self._tokens, self._position, self._visible_keys)
+            self._logits = step(gpt, self._tokens, self._position, self._visible_keys)
 
     def replay(self, gpt: GPT, tokens: torch.Tensor, position: int) -> torch.Tensor:
         self._tokens.copy_(tokens)
@@ -101,8 +112,18 @@ def _addresses(gpt: GPT) -> tuple:
 # which torch keeps until the process ends.
 _side_streams: dict[torch.device, torch.cuda.Stream] = {}
 
-# Per model, its recorded steps.
+# Per model, its recorded steps, of the step as it is and compiled.
 _recorded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# torch.compile keeps its compiled steps per code object, shared by every model: one per model, number of rows and
+# caption mask or none, past torch's default of 8 in an app serving several models.
+_RECOMPILE_LIMIT = 64
+
+
+def _recompile_limit_raised() -> contextlib.AbstractContextManager:
+    from torch._dynamo import config as dynamo_config  # imported on first use: it is large
+
+    return dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT)
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:

@@ -148,7 +148,8 @@ def generate(
     steps set torch.compile's stance, which is global, to skip most guards (`CompiledStep`). On a CPU with
     llamagen's kernels, batches of 1 to 8 rows (4 with guidance) decode with one call of the whole-step kernel
     per token, compiled or not (`GPT.decode_step`), which is faster than the compiled step, and compile is
-    ignored; so it is on a GPU, where every step is replayed from a CUDA graph (`llamagen.gpt.cuda_graphs`).
+    ignored. On a GPU every step is replayed from a CUDA graph (`llamagen.gpt.cuda_graphs`), with compile of the
+    compiled step.
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
     On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
     parameters and values at new addresses.
@@ -192,9 +193,9 @@ def generate(
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
         huge_pages.move_parameters(gpt)  # every step streams the weights: fewer pages to translate
     gpt.setup_cache(rows)
-    graphed_steps = graphed_decode_steps(gpt) if use_cuda_graphs(gpt) else None
-    # One call of the whole-step kernel leaves nothing for a compiler to fuse or to call faster; on a GPU the steps
-    # are replayed from graphs instead (graphs of a compiled step: not measured yet).
+    # On a GPU, graphs of the step (compiled, with compile). On a CPU, one call of the whole-step kernel leaves
+    # nothing for a compiler to fuse or to call faster.
+    graphed_steps = graphed_decode_steps(gpt, compile) if use_cuda_graphs(gpt) else None
     one_call = kernels.use_decode_step(gpt, rows) or graphed_steps is not None
     compiled_step = compiled_decode_step(gpt) if compile and not one_call else None
     tokens[:, :1] = next_token(gpt.prefill(cond, cond_mask), use_guidance)
