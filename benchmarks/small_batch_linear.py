@@ -4,8 +4,9 @@ For each weight shape of GPT-B (and its output layer), 2 and 8 rows (batch 1 and
 guidance) times the matrix, in GB/s of weights read, beside the bandwidth a plain reduction reaches. The
 matrix is cycled over copies (at least 24, and at least 96 MB: three times this machine's L3 cache), so that its
 weights come from memory as a step's do; the copies and the reduction's buffer lie on 2 MB pages, as generation
-places the weights (`llamagen.huge_pages`). Run with `make bench`; it prints a table and writes it to
-benchmarks/results/small_batch_linear.md.
+places the weights (`llamagen.huge_pages`). Then all of a step's matrices one after another, as a step reads
+them: read alone (torch's sum of each) and multiplied by 2 rows, beside the bound of a plain reduction. Run with
+`make bench`; it prints the tables and writes them to benchmarks/results/small_batch_linear.md.
 """
 
 from __future__ import annotations
@@ -61,6 +62,50 @@ def row(name: str, shape: tuple[int, int], dtype: torch.dtype, rows: int) -> str
     )
 
 
+# A step's products in the order it runs them: per layer wqkv, wo, w1, w3, w2, then the output layer.
+STEP_ORDER = [
+    *(["attention wqkv", "attention wo", "feed-forward w1, w3", "feed-forward w1, w3", "feed-forward w2"] * 12),
+    "output",
+]
+ROUNDS = 20
+
+
+def matrices_in_turn() -> list[str]:
+    """GPT-B's bf16 matrices of one decoding step (the goal against the bound is bf16's), one after another as a
+    step reads them (each a few MB, on 2 MB pages): torch's sum of each, which reads them and does little else,
+    against the kernel's products of 2 rows, each round beside a plain reduction of one large buffer before and
+    after. A lower bound on a step's products that the bandwidth of one large buffer is not: every matrix starts
+    new streams of reads and ends on a join of the threads."""
+    dtype = torch.bfloat16
+    weights = huge_pages.zeros([(SHAPES[name], dtype) for name in STEP_ORDER])
+    for weight in weights:
+        weight.copy_(torch.randn(weight.shape))
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+    x = {k_in: torch.randn(2, 1, k_in).to(dtype) for k_in in {w.shape[1] for w in weights}}
+    kernel = torch.ops.llamagen.small_batch_linear
+    lines = [
+        f"GPT-B's {len(weights)} matrices of a step in bf16 ({nbytes / 1e6:.0f} MB), one after another as a step reads "
+        "them, in rounds: the bandwidth of a plain reduction of one large buffer (the higher of a reading before "
+        "and one after the round) and the bound it gives (their bytes / that bandwidth), torch's sum of each "
+        "matrix in turn (reading them, little else), and the kernel's products of 2 rows (batch 1 with guidance), "
+        "in ms (x the bound), best of 3.",
+        "",
+        "| round | bandwidth, GB/s | bound, ms | sum of each in turn, ms | products of 2 rows in turn, ms |",
+        "|---|---|---|---|---|",
+    ]
+    for round_ in range(1, ROUNDS + 1):
+        before = measure_bandwidth_gbs(dtype=dtype)
+        read = best_seconds(lambda: [w.sum() for w in weights], repeats=3)
+        products = best_seconds(lambda: [kernel(x[w.shape[1]], w) for w in weights], repeats=3)
+        bandwidth = max(before, measure_bandwidth_gbs(dtype=dtype))
+        bound = nbytes / bandwidth / 1e6
+        lines.append(
+            f"| {round_} | {bandwidth:.1f} | {bound:.2f} | {read * 1e3:.2f} ({read * 1e3 / bound:.2f}x) "
+            f"| {products * 1e3:.2f} ({products * 1e3 / bound:.2f}x) |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "small_batch_linear.md"))
@@ -83,6 +128,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *rows_of_table,
     ]
+    lines += ["", *matrices_in_turn()]
     table = "\n".join(lines) + "\n"
     print(table)
     Path(args.out).write_text(table)
