@@ -8,9 +8,10 @@ visible keys are copied into tensors the graph reads, and every step attends ove
 
 A model's graphs are recorded at the first step of each number of rows (guidance that ends halves them), with or
 without a caption mask, and kept for later generations while every tensor they read (weights, caches, RoPE
-table) is where it was: recording empties torch's memory cache and collects Python's garbage first, too much to
-pay every generation. The first step of each also runs once outside the graph, so that lazy initialisation
-(cuBLAS's handles and workspaces) does not happen while recording.
+table) is where it was: recording waits for the device and empties torch's memory caches first (and collects
+Python's garbage, in older torch or with `force_cudagraph_gc`), too much to pay every generation. The first step
+of each also runs once outside the graph, so that lazy initialisation (cuBLAS's handles and workspaces) does not
+happen while recording.
 """
 
 from __future__ import annotations
