@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from llamagen.gpt.model import GPT
+from llamagen.gpt.model import GPT, RECOMPILE_LIMIT
 
 
 def use_cuda_graphs(gpt: GPT) -> bool:
@@ -116,15 +116,11 @@ _side_streams: dict[torch.device, torch.cuda.Stream] = {}
 # Per model, its recorded steps, of the step as it is and compiled.
 _recorded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# torch.compile keeps its compiled steps per code object, shared by every model: one per model, number of rows and
-# caption mask or none, past torch's default of 8 in an app serving several models.
-_RECOMPILE_LIMIT = 64
-
 
 def _recompile_limit_raised() -> contextlib.AbstractContextManager:
     from torch._dynamo import config as dynamo_config  # imported on first use: it is large
 
-    return dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT)
+    return dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT)
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:

@@ -17,6 +17,12 @@ from llamagen.gpt.conditioning import build_condition_embedding
 from llamagen.gpt.config import GPTConfig
 from llamagen.gpt.layers import KVCache, Linear, RMSNorm, TransformerBlock, rope_table_2d
 
+# How many compiled variants of a decoding step (`GPT.decode_step`, `GPT.decode_step_at`) torch.compile may keep.
+# It keeps them per code object, shared by every model: each model, number of rows (and for `decode_step` the
+# first position, then any; for `decode_step_at` a caption mask or none) adds its own, and past torch's default of
+# 8 the step silently runs eagerly (a demo serving three models at two batch sizes would hit it).
+RECOMPILE_LIMIT = 64
+
 
 def prefix_attention_mask(cond_mask: torch.Tensor, length: int) -> torch.Tensor:
     """(B, T) caption mask -> (B, 1, length, length) boolean attention mask.

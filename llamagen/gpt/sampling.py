@@ -14,7 +14,7 @@ import torch
 
 from llamagen import huge_pages, kernels
 from llamagen.gpt.cuda_graphs import graphed_decode_steps, use_cuda_graphs
-from llamagen.gpt.model import GPT
+from llamagen.gpt.model import GPT, RECOMPILE_LIMIT
 
 # Bytes a generation may allocate, as a share of the memory available when it starts.
 _MEMORY_SHARE = 0.8
@@ -219,11 +219,6 @@ def generate(
     return tokens
 
 
-# torch.compile keeps its graphs per code object, and every model shares `GPT.decode_step`'s: each model
-# and number of rows adds two (the first position, then any position), and past torch's default of 8 the
-# step silently runs eagerly (a demo serving three models at two batch sizes would hit it).
-_RECOMPILE_LIMIT = 64
-
 # Per model: the fingerprint of its weights when its decoding step was compiled, and that step.
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -268,7 +263,7 @@ def compiled_decode_step(gpt: GPT) -> CompiledStep:
         settings["max_autotune_gemm_backends"] = "CPP"
     # Without CUDA graphs on the CPU: asking for them there only logs, every compilation, that they were skipped.
     compiled = torch.compile(gpt.decode_step, mode="max-autotune-no-cudagraphs" if on_cpu else None)
-    step = CompiledStep(compiled, {"recompile_limit": _RECOMPILE_LIMIT}, settings)
+    step = CompiledStep(compiled, {"recompile_limit": RECOMPILE_LIMIT}, settings)
     _compiled_steps[gpt] = (fingerprint, step)
     return step
 
