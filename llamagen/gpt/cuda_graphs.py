@@ -28,12 +28,7 @@ from llamagen.gpt.model import GPT, RECOMPILE_LIMIT
 def use_cuda_graphs(gpt: GPT) -> bool:
     """Whether `gpt`'s decoding steps should be replayed from CUDA graphs: on a GPU, nothing to differentiate, no
     dropout that the modules would apply, and not inside a step being compiled."""
-    return (
-        gpt.device.type == "cuda"
-        and not torch.is_grad_enabled()
-        and not (gpt.training and gpt.applies_dropout)
-        and not torch.compiler.is_compiling()
-    )
+    return gpt.device.type == "cuda" and gpt.decode_step_replaceable
 
 
 def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:

@@ -82,12 +82,18 @@ class GPT(nn.Module):
         return self.tok_embeddings.weight.dtype
 
     @property
-    def applies_dropout(self) -> bool:
-        """Whether training mode drops anything in a decoding step (the token, residual and feed-forward dropouts
-        and stochastic depth; attention dropout is for whole sequences only)."""
+    def decode_step_replaceable(self) -> bool:
+        """Whether a decoding step may now run as something other than the modules (one call of the CPU's
+        whole-step kernel, a CUDA graph's replay), which records no gradients and drops nothing: nothing to
+        differentiate, no dropout that training mode would apply in a step (the token, residual and feed-forward
+        dropouts and stochastic depth; attention dropout is for whole sequences only), and not inside a step that
+        torch.compile traces (it traces the modules)."""
         config = self.config
-        return any(
-            p > 0 for p in (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+        dropout = (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+        return (
+            not torch.is_grad_enabled()
+            and not (self.training and any(p > 0 for p in dropout))
+            and not torch.compiler.is_compiling()
         )
 
     @property

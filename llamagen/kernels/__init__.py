@@ -137,9 +137,7 @@ def use_decode_step(gpt, rows: int) -> bool:
         and config.ffn_hidden_dim % lanes == 0
         and config.head_dim % 2 == 0
         and 0 < rows <= MAX_ROWS
-        and not torch.is_grad_enabled()
-        and not (gpt.training and gpt.applies_dropout)
-        and not torch.compiler.is_compiling()  # a compiled step (batch 5 or more) traces the modules, whatever its rows
+        and gpt.decode_step_replaceable  # a compiled step (batch 5 or more) traces the modules, whatever its rows
     )
 
 
