@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,12 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> CheckpointContents:
-    """Tensors and config of a `.safetensors` file of the project's or a published `.pt` pickle."""
+    """Tensors and config of a `.safetensors` file of the project's or a published `.pt` pickle, told apart by
+    their contents, not their names (a safetensors file renamed `.pt` is still read as one)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(path)!r} is an empty file")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
     return CheckpointContents(_extract_state_dict(_safe_torch_load(path), path, prefer_ema), None, None)
 
@@ -110,21 +112,66 @@ def read_model_checkpoint(
     return path, contents
 
 
-def load_into(model: nn.Module, contents: CheckpointContents, path: Path, device, dtype) -> nn.Module:
-    """Strictly load the weights, move the model to `device` and `dtype` (default float32), set eval mode."""
-    load_state_dict_strictly(model, contents.state_dict, f"{model.checkpoint_kind} checkpoint {str(path)!r}")
+def load_into(build: Callable[[], nn.Module], contents: CheckpointContents, path: Path, device, dtype) -> nn.Module:
+    """The model `build()` makes, strictly loaded, on `device` in `dtype` (default float32), in eval mode.
+
+    The weights are checked first against a model built on the meta device, which allocates nothing: a
+    config that does not match them (a file claiming thousands of layers) is refused before any memory is
+    spent on it. Weights that are NaN or infinite are refused too: they would only make NaN images.
+    """
+    with torch.device("meta"):
+        skeleton = build()
+    source = f"{skeleton.checkpoint_kind} checkpoint {str(path)!r}"
+    check_state_dict_matches(skeleton, contents.state_dict, source)
+    _check_finite(contents.state_dict, source)
+    model = build()
+    load_state_dict_strictly(model, contents.state_dict, source)
     return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or torch.float32).eval()
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file opens with its header's length (8 bytes, little-endian) and the header's `{`."""
+    with path.open("rb") as file:
+        start = file.read(9)
+    return len(start) == 9 and start[8:9] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
+
+
+def _check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    bad = [key for key, tensor in state_dict.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise ValueError(f"{source} holds NaN or infinite weights: {_describe('tensor', bad)}")
+
+
 def _read_safetensors(path: Path) -> CheckpointContents:
+    def read(file) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
+        return file.metadata() or {}, tensors
+
+    metadata, tensors = _open_safetensors(path, read)
+    config = None
+    if "config" in metadata:
+        try:
+            config = json.loads(metadata["config"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"checkpoint {str(path)!r}: its metadata's config is not valid JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"checkpoint {str(path)!r}: the config in its metadata is a {type(config).__name__}, "
+                             "not an object of config fields")  # fmt: skip
+    return CheckpointContents(tensors, config, metadata.get("kind"))
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (its header's strings), without reading its tensors."""
+    return _open_safetensors(path, lambda file: file.metadata() or {})
+
+
+def _open_safetensors(path: Path, read: Callable) -> Any:
+    """`read(file)` of the opened safetensors file, with a truncated or garbage file refused in one line."""
     try:
         with safe_open(path, framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
+            return read(file)
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {error}") from error
-    config = json.loads(metadata["config"]) if "config" in metadata else None
-    return CheckpointContents(tensors, config, metadata.get("kind"))
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {error}") from None
 
 
 def _safe_torch_load(path: Path) -> Any:
@@ -135,13 +182,21 @@ def _safe_torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"refused to load {str(path)!r}: it holds Python objects beyond tensors and plain data, which would "
-            f"run code when unpickled. Published LlamaGen checkpoints hold only weights. ({_first_line(error)})"
-        ) from error
+            f"run code when unpickled. Published LlamaGen checkpoints hold only weights. ({_unpickler_reason(error)})"
+        ) from None
     except Exception as error:  # the unpickler fails on garbage with any of several exception types
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch file: {_first_line(error)}") from error
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch file: {first_line(error)}") from error
 
 
-def _first_line(error: Exception) -> str:
+def _unpickler_reason(error: Exception) -> str:
+    """What torch's weights-only unpickler found, without its advice to load the file unsafely."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    return "objects the weights-only unpickler does not allow"
+
+
+def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
@@ -177,13 +232,13 @@ def _is_derived(key: str) -> bool:
     return any(pattern.search(key) for pattern in _DERIVED_KEY_PATTERNS)
 
 
-def load_state_dict_strictly(
-    model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    source: str,
-    hint: str = "Check the config (or preset) passed with the checkpoint.",
-) -> None:
-    """Load `state_dict` into `model`, or raise naming each missing, unexpected and mis-shaped key."""
+_CONFIG_HINT = "Check the config (or preset) passed with the checkpoint."
+
+
+def check_state_dict_matches(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                             hint: str = _CONFIG_HINT) -> None:  # fmt: skip
+    """Raise naming each key of `state_dict` that is missing, unexpected or mis-shaped for `model` (which may
+    live on the meta device: only names and shapes are compared)."""
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state_dict and not _is_derived(k))
     unexpected = sorted(k for k in state_dict if k not in expected and not _is_derived(k))
@@ -199,6 +254,14 @@ def load_state_dict_strictly(
             if keys
         ]
         raise ValueError(f"{source} does not match the model's configuration: " + "; ".join(problems) + f". {hint}")
+
+
+def load_state_dict_strictly(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, hint: str = _CONFIG_HINT
+) -> None:
+    """Load `state_dict` into `model`, or raise naming each missing, unexpected and mis-shaped key."""
+    check_state_dict_matches(model, state_dict, source, hint)
+    expected = model.state_dict()
     # Derived entries the file lacks keep the model's own values; those it has without a place are dropped.
     complete = {k: state_dict.get(k, v) for k, v in expected.items()}
     model.load_state_dict(complete, strict=True)

@@ -17,6 +17,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
+        if not isinstance(values, dict):
+            raise ValueError(f"a {cls.__name__} is read from an object of its fields, not a {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from torchvision.utils import make_grid
 
-from llamagen.checkpoints import resolve_source
+from llamagen.checkpoints import read_safetensors_metadata, resolve_source
 from llamagen.gpt import GPT
 from llamagen.gpt.sampling import check_sampling_options, generate
 from llamagen.images import tensor_to_pil
@@ -109,6 +108,8 @@ class Pipeline:
             near = difflib.get_close_matches(label, self.class_names, n=3)
             hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
             raise ValueError(f"unknown class {label!r}{hint}")
+        if not isinstance(label, int | str) or isinstance(label, bool):
+            raise ValueError(f"class {label!r}: give a class id (a whole number) or a class name")
         index = int(label)
         if not 0 <= index < self.gpt.config.num_classes:
             raise ValueError(f"class id {index} is outside 0..{self.gpt.config.num_classes - 1}")
@@ -160,6 +161,7 @@ class Pipeline:
     ) -> PipelineOutput:
         """Images for each class label (an id or a name) or prompt; the same seed gives the same images."""
         check_sampling_options(self.gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
+        check_seed(seed)
         if num_images_per_condition < 1:
             raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
         cond, cond_mask, described, notes = self.encode_conditions(class_labels, prompts)
@@ -180,14 +182,19 @@ class Pipeline:
         )
 
 
+def check_seed(seed) -> None:
+    """A seed torch.Generator takes: a whole number in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+
+
 def generator_metadata(source: str | os.PathLike) -> dict[str, Any]:
     """What a project generator file says about its training: class names, tokenizer, text encoder, and
     the command that extracted its codes."""
     path = resolve_source(source)
     if path.suffix != ".safetensors":
         return {}
-    with safe_open(path, framework="pt") as file:
-        metadata = file.metadata() or {}
+    metadata = read_safetensors_metadata(path)
     found = {key: metadata[key] for key in ("tokenizer", "text_encoder", "codes_command") if key in metadata}
     if "class_names" in metadata:
         found["class_names"] = json.loads(metadata["class_names"]) or None

@@ -140,7 +140,8 @@ def test_a_kill_or_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoi
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(type(failure)):
-        train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", resume=True, show_progress=False)
+        train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", resume=True, show_progress=False,
+                        changes=["steps"])  # fmt: skip
     monkeypatch.undo()
     assert (tmp_path / "run" / "latest.pt").read_bytes() == before
     assert load_training_state(tmp_path / "run")["step"] == 2
@@ -229,7 +230,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path):
     killed_at = load_training_state(tmp_path / "killed")["step"]
     assert 4 <= killed_at < 400
 
-    resumed_run = run(*cli_train(tmp_path / "killed", killed_at + 4), "--resume")
+    resumed_run = run(*cli_train(tmp_path / "killed", killed_at + 4), "--resume", "--override", "steps")
     assert f"finished    {killed_at + 4} steps" in resumed_run.communicate()[0]
     assert run(*cli_train(tmp_path / "straight", killed_at + 4)).wait() == 0
     resumed = load_tokenizer(tmp_path / "killed" / "final.safetensors", device="cpu").state_dict()
@@ -285,8 +286,11 @@ def test_the_gan_and_perceptual_losses_train_and_resume_exactly(tmp_path, monkey
     for key, value in state_of(straight.model).items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "plain", show_progress=False)
+    with pytest.raises(ValueError, match="disc_start: the run used None, this asks for 2"):
+        train_tokenizer(MODEL, training(2, disc_start=2), crops(), tmp_path / "plain", resume=True, show_progress=False)
     with pytest.raises(ValueError, match="without a discriminator"):
-        train_tokenizer(MODEL, training(4, disc_start=2), crops(), tmp_path / "plain", resume=True, show_progress=False)
+        train_tokenizer(MODEL, training(2, disc_start=2), crops(), tmp_path / "plain", resume=True, show_progress=False,
+                        changes=["disc_start"])  # fmt: skip
 
 
 @pytest.mark.parametrize(

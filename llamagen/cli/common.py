@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -14,32 +15,52 @@ from PIL import Image
 
 # Errors a user can fix (a wrong path, a bad image, a config that does not match the weights):
 # reported in one line, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, TypeError)
+# OSError covers files that cannot be read or written (no permission, a full disk).
+USER_ERRORS = (ValueError, TypeError, OSError)
 
 
 def parse_config(text: str | None) -> str | dict[str, Any] | None:
-    """--config: a preset name, a JSON file, or inline JSON of config fields."""
+    """--config: a preset name, a JSON file, or inline JSON of config fields (a JSON object)."""
     if text is None:
         return None
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--config is not valid JSON: {error}") from error
+        return _config_object(text, "--config")
     path = Path(text)
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"--config file {text!r} does not exist")
-        return json.loads(path.read_text())
+        return _config_object(path.read_text(errors="replace"), f"--config file {text!r}")
     return text  # a preset name; an unknown one is refused by the loader with the list of presets
+
+
+def _config_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to be a config") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} holds a JSON {type(values).__name__}, not an object of config fields")
+    return values
 
 
 def check_output_path(path: Path) -> None:
     """Refuse an output the image writer cannot produce, before any work is done."""
     if path.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"--out {str(path)!r}: unknown image format {path.suffix!r}; use .png")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"--out {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    check_writable(path, "--out")
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work is done, a file this process could not write."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder, not a file")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"{option} {str(path)!r} cannot be written (no permission)")
 
 
 def format_of(path: Path) -> str:
@@ -64,13 +85,44 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="with --resume: let the training setting NAME (lr, batch_size, steps, seed, ...; data for the "
+        "training data) differ from the run's, set to VALUE if given (JSON or text); recorded in OUT/history.jsonl. "
+        "Without it, a resume with other settings than the run's is refused",
+    )
     parser.add_argument("--device", help="cpu, cuda (default: CUDA when present, else the CPU)")
 
 
-def report_training(finished: bool, step: int, out: Path) -> None:
+def apply_overrides(training, overrides: list[str], resume: bool):
+    """(the training settings with each --override NAME=VALUE applied, the names overridden)."""
+    if overrides and not resume:
+        raise ValueError("--override changes the settings of a resumed run: it goes with --resume")
+    fields = {field.name for field in dataclasses.fields(training)}
+    values, names = {}, []
+    for override in overrides:
+        name, has_value, text = override.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in fields and name != "data":
+            raise ValueError(f"--override {override!r}: no training setting {name!r}; they are {sorted(fields)}")
+        if has_value:
+            if name == "data":
+                raise ValueError("--override data takes no value: give the data with its usual options")
+            try:
+                values[name] = json.loads(text)
+            except json.JSONDecodeError:
+                values[name] = text
+        names.append(name)
+    return dataclasses.replace(training, **values), names
+
+
+def report_training(finished: bool, step: int, out: Path, ema: bool = True) -> None:
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun the first process reports
     if finished:
-        print(f"finished    {step} steps; EMA weights in {out / 'final.safetensors'}")
+        print(f"finished    {step} steps; {'EMA weights' if ema else 'weights'} in {out / 'final.safetensors'}")
     else:
         print(f"stopped     at step {step}; {out / 'latest.pt'} holds it, --resume continues")

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from llamagen.cli.common import add_run_options, command_line, parse_config, report_training
+from llamagen.cli.common import add_run_options, apply_overrides, command_line, parse_config, report_training
 
 
 def _conditioned_data(args: argparse.Namespace, size: int):
@@ -62,6 +62,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         disc_weight=args.disc_weight,
         restart_dead_codes_every=args.restart_dead_codes,
     )
+    training, changes = apply_overrides(training, args.override, args.resume)
     lpips = None
     if args.lpips_vgg or args.lpips_lin:
         if not (args.lpips_vgg and args.lpips_lin):
@@ -83,6 +84,7 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         workers=args.workers,
         device=args.device,
         lpips=lpips,
+        changes=changes,
     )
     report_training(outcome.finished, outcome.step, Path(args.out))
 
@@ -122,9 +124,10 @@ def run_train_gpt(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         fsdp=args.fsdp,
     )
+    training, changes = apply_overrides(training, args.override, args.resume)
     outcome = train_gpt(model_config, training, codes, args.out, text_encoder, resume=args.resume,
-                        command=command_line(), device=args.device)  # fmt: skip
-    report_training(outcome.finished, outcome.step, Path(args.out))
+                        command=command_line(), device=args.device, changes=changes)  # fmt: skip
+    report_training(outcome.finished, outcome.step, Path(args.out), ema=training.ema_decay > 0)
 
 
 def run_train_clip(args: argparse.Namespace) -> None:
@@ -143,11 +146,12 @@ def run_train_clip(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         hard_negatives=args.hard_negatives,
     )
+    training, changes = apply_overrides(training, args.override, args.resume)
     options = {"captioned": True} if args.data == "shapes" else {}
     dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
     _, step, finished = train_clip(config, training, dataset, args.out, resume=args.resume, command=command_line(),
-                                   device=args.device)  # fmt: skip
-    report_training(finished, step, Path(args.out))
+                                   device=args.device, changes=changes)  # fmt: skip
+    report_training(finished, step, Path(args.out), ema=False)
 
 
 def run_train_judge(args: argparse.Namespace) -> None:

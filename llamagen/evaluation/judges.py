@@ -156,4 +156,5 @@ def load_judge(source, device=None) -> Judge:
     path, contents = read_model_checkpoint(source, kind="judge")
     if contents.config is None:
         raise ValueError(f"{str(path)!r} carries no judge config: it is not a judge saved by this project")
-    return load_into(Judge(JudgeConfig.from_dict(contents.config)), contents, path, device, None)
+    judge_config = JudgeConfig.from_dict(contents.config)
+    return load_into(lambda: Judge(judge_config), contents, path, device, None)

@@ -86,4 +86,4 @@ def load_gpt(
         gpt_config = GPTConfig.from_dict(contents.config)
     else:
         gpt_config = infer_gpt_config(contents.state_dict, repr(str(path)))
-    return load_into(GPT(gpt_config), contents, path, device, dtype)
+    return load_into(lambda: GPT(gpt_config), contents, path, device, dtype)

@@ -105,6 +105,9 @@ class GPT(nn.Module):
     def check_condition(self, cond: torch.Tensor, cond_mask: torch.Tensor | None, allow_null: bool = True) -> None:
         """Refuse a condition of the wrong kind, shape or range before any work is done."""
         config = self.config
+        for name, value in (("cond", cond), ("cond_mask", cond_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor (e.g. torch.tensor([3, 7])), got a {type(value).__name__}")
         if config.model_type == "c2i":
             if cond_mask is not None:
                 raise ValueError("cond_mask is for caption prefixes; a class-conditional model takes none")

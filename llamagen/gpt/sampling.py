@@ -7,6 +7,8 @@ condition as one doubled batch and mixes their logits at every step:
 
 from __future__ import annotations
 
+import math
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -21,10 +23,13 @@ _MEMORY_SHARE = 0.8
 
 
 def check_sampling_options(vocab_size: int, cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
-    if cfg_scale < 0:
+    # Written so that NaN fails each comparison and is refused, instead of failing at the first draw.
+    if not 0 <= cfg_scale < math.inf:
         raise ValueError(f"cfg_scale must be >= 0 (1 is no guidance, 0 is unconditional), got {cfg_scale}")
-    if temperature < 0:
+    if not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise ValueError(f"top_k must be a whole number of tokens, got {top_k!r}")
     if not 0 <= top_k <= vocab_size:
         raise ValueError(f"top_k must be in [0, {vocab_size}] (0 keeps the whole vocabulary), got {top_k}")
     if not 0 < top_p <= 1:
@@ -150,7 +155,8 @@ def generate(
     per token, compiled or not (`GPT.decode_step`), which is faster than the compiled step, and compile is
     ignored. On a GPU every step is replayed from a CUDA graph (`llamagen.gpt.cuda_graphs`), with compile of the
     compiled step.
-    The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it.
+    The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it. A model has
+    one cache, so generations on one model from several threads run one after another (`generation_lock`).
     On the CPU, the first call moves the model's weights to 2 MB pages (`llamagen.huge_pages`): the same
     parameters and values at new addresses.
     """
@@ -188,6 +194,14 @@ def generate(
             logits = guided(logits, cfg_scale)
         return sample(logits, temperature, top_k, top_p, generator)
 
+    with generation_lock(gpt):
+        return _decode(gpt, cond, cond_mask, batch, guides, next_token, progress, compile)
+
+
+def _decode(gpt: GPT, cond, cond_mask, batch: int, guides, next_token, progress, compile: bool) -> torch.Tensor:
+    """`generate`'s loop once its options are checked: prefill `cond` (`batch` rows, doubled when guided), then
+    one token a step over the KV cache."""
+    config, rows, use_guidance = gpt.config, cond.shape[0], cond.shape[0] != batch
     tokens = torch.empty(batch, config.block_size, dtype=torch.long, device=gpt.device)
     if gpt.device.type == "cpu":
         kernels.load()  # the decoding steps' products and attention, when this CPU can run them
@@ -217,6 +231,18 @@ def generate(
         tokens[:, i : i + 1] = next_token(logits, guide)
         _report(progress, i + 1, config.block_size)
     return tokens
+
+
+# Per model: the lock its generations hold while they use its KV cache.
+_generation_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_generation_locks_guard = threading.Lock()
+
+
+def generation_lock(gpt: GPT) -> threading.Lock:
+    """The lock under which a generation on `gpt` uses its one KV cache: a second thread generating on the same
+    model waits for the first, instead of both overwriting the cache's keys and values (wrong tokens, silently)."""
+    with _generation_locks_guard:
+        return _generation_locks.setdefault(gpt, threading.Lock())
 
 
 # Per model: the fingerprint of its weights when its decoding step was compiled, and that step.

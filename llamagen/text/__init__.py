@@ -22,7 +22,7 @@ def load_text_encoder(source: str | os.PathLike, device: str | torch.device | No
     or `open_clip:ARCHITECTURE:PATH` for a local open_clip checkpoint of a real model (for example
     `open_clip:ViT-B-32:/models/open_clip_pytorch_model.bin`): nothing is downloaded.
     """
-    from llamagen.checkpoints import load_into, read_model_checkpoint
+    from llamagen.checkpoints import first_line, load_into, read_model_checkpoint
     from llamagen.devices import resolve_device
 
     text = str(source)
@@ -36,12 +36,17 @@ def load_text_encoder(source: str | os.PathLike, device: str | torch.device | No
             raise ValueError(f"unknown open_clip architecture {architecture!r} in {text!r}")
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(f"{text!r}: no checkpoint file at {path!r} (give OPEN_CLIP:ARCHITECTURE:PATH)")
-        model = open_clip.create_model(architecture, pretrained=path, device=resolve_device(device))
+        try:
+            model = open_clip.create_model(architecture, pretrained=path, device=resolve_device(device))
+        except Exception as error:  # open_clip reads the file with torch.load and fails in many ways on a bad one
+            reason = first_line(error)
+            raise ValueError(f"{text!r}: {path!r} is not a readable {architecture} checkpoint ({reason})") from None
         return ClipTextEncoder(model, None, text).eval().requires_grad_(False)
     path, contents = read_model_checkpoint(source, kind=ClipTextEncoder.checkpoint_kind)
     if contents.config is None:
         raise ValueError(
             f"{str(path)!r} carries no CLIP config: give open_clip checkpoints as {OPEN_CLIP_PREFIX}ARCH:PATH"
         )
-    encoder = ClipTextEncoder.from_config(ClipConfig.from_dict(contents.config), text)
-    return load_into(encoder, contents, path, device, None).requires_grad_(False)
+    clip_config = ClipConfig.from_dict(contents.config)
+    encoder = load_into(lambda: ClipTextEncoder.from_config(clip_config, text), contents, path, device, None)
+    return encoder.requires_grad_(False)

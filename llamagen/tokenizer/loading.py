@@ -67,4 +67,4 @@ def load_tokenizer(
         vq_config = VQConfig.from_dict(contents.config)
     else:
         vq_config = infer_vq_config(contents.state_dict, repr(str(path)))
-    return load_into(VQModel(vq_config), contents, path, device, dtype)
+    return load_into(lambda: VQModel(vq_config), contents, path, device, dtype)

@@ -19,6 +19,7 @@ features of every process gathered, which these small runs do not need).
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,15 @@ from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES, recaption
 from llamagen.text.clip import ClipConfig, ClipTextEncoder
-from llamagen.training.common import TrainingRun, adamw_decaying_matrices, check_loop_settings, run_steps, warmup_cosine
-from llamagen.training.distributed import start_processes
+from llamagen.training.common import (
+    TrainingRun,
+    adamw_decaying_matrices,
+    check_loop_settings,
+    load_optimizer_state,
+    run_steps,
+    warmup_cosine,
+)
+from llamagen.training.distributed import process_group
 
 
 @dataclass
@@ -63,6 +71,7 @@ def train_clip(
     show_progress: bool = True,
     command: str | None = None,
     device: str | torch.device | None = None,
+    changes: Collection[str] = (),
 ) -> tuple[ClipTextEncoder, int, bool]:
     """Train (or continue) a CLIP on `dataset` items with "image" and "caption"; the weights go to
     `final.safetensors`. Returns (the encoder, steps done, whether it finished)."""
@@ -70,8 +79,12 @@ def train_clip(
         raise ValueError("train clip runs in one process (its loss would need every process's features)")
     if training.hard_negatives and "phrasing" not in dataset[0]:
         raise ValueError("hard negatives rephrase shapes captions for another shape and colour: train on --data shapes")
-    processes = start_processes(device)
-    run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command)
+    with process_group(device) as processes:
+        return _train(config, training, dataset, Path(out_dir), resume, show_progress, command, processes, changes)
+
+
+def _train(config, training, dataset, out_dir, resume, show_progress, command, processes, changes):
+    run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, changes=changes)
     torch.manual_seed(training.seed)
     encoder = ClipTextEncoder.from_config(config, source=str(Path(out_dir) / "final.safetensors"))
     encoder = encoder.to(processes.device).train()
@@ -79,8 +92,8 @@ def train_clip(
     optimizer = adamw_decaying_matrices(encoder, training.lr, (0.9, 0.98), training.weight_decay)
     if run.state is not None:
         encoder.load_state_dict(run.state["model"])
-        optimizer.load_state_dict(run.state["optimizer"])
-    run.restore_rng()
+        load_optimizer_state(optimizer, run.state["optimizer"])
+    run.start_rng()
     batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed)
 
     def take_step(batch: dict, step: int) -> dict[str, float]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import signal
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from llamagen.checkpoints import write_atomically, write_text_atomically
+from llamagen.checkpoints import first_line, write_atomically, write_text_atomically
 from llamagen.training.distributed import Processes
 
 LATEST_CHECKPOINT = "latest.pt"
+PREVIOUS_CHECKPOINT = "previous.pt"
+# Training settings that change what is logged or saved when, not the weights: a resumed run may change them.
+_FREE_SETTINGS = ("log_every", "checkpoint_every")
 
 
 def check_loop_settings(settings) -> None:
@@ -40,6 +47,22 @@ def adamw_decaying_matrices(module: nn.Module, lr: float, betas: tuple[float, fl
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+@contextlib.contextmanager
+def keeping_hyperparameters(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block the optimizer's state is loaded; its groups' hyper-parameters (weight decay, betas) stay
+    those of this run's settings, not the checkpoint's, so that a setting changed on resume takes effect."""
+    kept = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    yield
+    for group, values in zip(optimizer.param_groups, kept, strict=True):
+        group.update(values)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The checkpoint's moments and step counts, this run's hyper-parameters (`keeping_hyperparameters`)."""
+    with keeping_hyperparameters(optimizer):
+        optimizer.load_state_dict(state)
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (the usage window) are copied."""
@@ -58,8 +81,15 @@ def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> flo
 
 
 def save_training_state(directory: Path, state: dict[str, Any]) -> Path:
-    """Write the resumable state atomically: a kill during the write leaves the previous checkpoint whole."""
-    path = directory / LATEST_CHECKPOINT
+    """Write the resumable state atomically, keeping the one before as `previous.pt`: a kill during the write
+    leaves the last checkpoint whole, and a checkpoint that later proves unreadable has one to fall back on.
+    At every moment `latest.pt` is a whole checkpoint (the previous one is hard-linked aside first)."""
+    path, previous = directory / LATEST_CHECKPOINT, directory / PREVIOUS_CHECKPOINT
+    if path.is_file():
+        aside = directory / f".{PREVIOUS_CHECKPOINT}.tmp"
+        aside.unlink(missing_ok=True)
+        os.link(path, aside)
+        os.replace(aside, previous)
     write_atomically(path, lambda temporary: torch.save(state, temporary))
     return path
 
@@ -70,6 +100,27 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _readable_checkpoint(directory: Path) -> tuple[Path, list[str]]:
+    """The newest checkpoint of `directory` that loads (latest.pt, else previous.pt), and why newer ones did
+    not; a ValueError naming each failure when none does."""
+    failures = []
+    for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = directory / name
+        if not path.is_file():
+            failures.append(f"{name} is missing")
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or garbage file fails in many ways inside the unpickler
+            failures.append(f"{name} is unreadable ({first_line(error)})")
+            continue
+        if not isinstance(state, dict) or "step" not in state:
+            failures.append(f"{name} is not a training checkpoint")
+            continue
+        return path, failures
+    raise ValueError(f"nothing to resume in {str(directory)!r}: " + "; ".join(failures))
 
 
 class StopRequest:
@@ -117,35 +168,116 @@ class MetricsLog:
 
 
 class TrainingRun:
-    """A run's folder, shared by every training loop: refusing to overwrite another run, the resumed state,
-    `config.json` (with the command that started it, for its model card), the log, the progress bar and
-    checkpoints. Only the first process writes."""
+    """A run's folder, shared by every training loop: the lock that keeps other writers out, the resumed state,
+    `config.json` (the settings and command that started it, for its model card; never rewritten),
+    `history.jsonl` (each start and resume, with the settings it changed), the log, the progress bar and
+    checkpoints. The first process does the folder's work; every process learns whether it may go on.
 
-    def __init__(self, out_dir, resume: bool, processes: Processes, model_config: dict, training, command):
+    A resumed run must use the settings its checkpoint was trained with: those that differ are refused, unless
+    named in `changes` (then recorded in the history). `data` describes what the run trains on, compared alike.
+    """
+
+    def __init__(self, out_dir, resume: bool, processes: Processes, model_config: dict, training, command,
+                 data: dict | None = None, changes: Collection[str] = ()):  # fmt: skip
         self.out_dir, self.processes, self.model_config = Path(out_dir), processes, model_config
-        if not resume and (self.out_dir / "metrics.jsonl").exists():
-            raise ValueError(
-                f"{str(self.out_dir)!r} already holds a training run; pass resume=True (--resume) to continue it"
-            )
-        self.state = load_training_state(self.out_dir) if resume else None
-        if self.state is not None and self.state["model_config"] != model_config:
-            raise ValueError(f"the checkpoint in {str(self.out_dir)!r} was trained with another model config")
+        self.settings = {**dataclasses.asdict(training), "data": data}
+        self._lock, self._resumed = None, None
+        processes.on_close.append(self.close)
+        refusal, checkpoint = None, None
+        if processes.is_main:
+            try:
+                checkpoint = self._open(resume, training, command, changes)
+            except (ValueError, OSError) as error:
+                refusal = error
+        # The other processes wait on this for the first one's verdict instead of hanging in their first collective.
+        verdict = processes.share(None if refusal is None else str(refusal))
+        if verdict is not None:
+            self.close()
+            if refusal is not None:
+                raise refusal
+            raise ValueError(verdict)
+        checkpoint = processes.share(checkpoint)
+        if processes.is_main or checkpoint is None:
+            self.state = self._resumed
+        else:
+            self.state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         self.start = self.state["step"] if self.state is not None else 0
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         if processes.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            settings = {"model": model_config, "training": dataclasses.asdict(training), "command": command}
-            (self.out_dir / "config.json").write_text(json.dumps(settings, indent=2))
             self.log.drop_after(self.start)  # lines a killed run wrote after its last checkpoint come again
 
-    def restore_rng(self) -> None:
-        """After the model is built (which draws from the RNG), continue the interrupted run's random stream."""
+    def _open(self, resume: bool, training, command, changes) -> str | None:
+        """Lock the folder, check it holds what `resume` says, write the history; the checkpoint to resume."""
+        out = self.out_dir
+        if resume and not (out / "config.json").is_file():
+            raise ValueError(f"nothing to resume: {str(out)!r} holds no training run (check --out)")
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(out)
+        for partial in out.glob(".*.tmp"):  # what a killed write left; no other process writes here now
+            partial.unlink()
+        event = {"time": round(time.time(), 3), "command": command}
+        if not resume:
+            if any((out / name).exists() for name in ("config.json", "metrics.jsonl", LATEST_CHECKPOINT)):
+                raise ValueError(
+                    f"{str(out)!r} already holds a training run; pass resume=True (--resume) to continue it"
+                )
+            settings = {"model": self.model_config, "training": dataclasses.asdict(training), "command": command}
+            write_text_atomically(out / "config.json", json.dumps(settings, indent=2))
+            self._append_history({"event": "start", "step": 0, **event})
+            return None
+        path, failures = _readable_checkpoint(out)
+        state = self._resumed = torch.load(path, map_location="cpu", weights_only=True)
+        if state["model_config"] != self.model_config:
+            raise ValueError(f"the checkpoint in {str(out)!r} was trained with another model config")
+        changed = _changed_settings(state.get("settings", {}), self.settings)
+        refused = {name: values for name, values in changed.items() if name not in changes}
+        if refused:
+            described = "; ".join(f"{name}: the run used {old!r}, this asks for {new!r}" for name, (old, new)
+                                  in refused.items())  # fmt: skip
+            raise ValueError(
+                f"resuming {str(out)!r} with other settings ({described}). Repeat the run's settings, "
+                "or change them knowingly with --override NAME[=VALUE]"
+            )
+        if failures:
+            print(f"resuming from {path.name}: " + "; ".join(failures), file=sys.stderr)
+            if (out / LATEST_CHECKPOINT).is_file():  # kept for a look, and kept from becoming previous.pt
+                os.replace(out / LATEST_CHECKPOINT, out / f"{LATEST_CHECKPOINT}.unreadable")
+        changed_values = {name: list(values) for name, values in changed.items()}
+        self._append_history(
+            {"event": "resume", "step": state["step"], "checkpoint": path.name, "changed": changed_values, **event}
+        )
+        return str(path)
+
+    def _append_history(self, record: dict[str, Any]) -> None:
+        with (self.out_dir / "history.jsonl").open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Let go of the folder's lock (a process that ends lets go of it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def start_rng(self) -> None:
+        """After the models are built (alike on every process, from the seed), the random stream of this process:
+        the interrupted run's, when resuming; otherwise one of its own for each process after the first, so that
+        dropout and condition dropout draw independent masks on each."""
         if self.state is not None:
-            torch.set_rng_state(self.state["rng"])
+            states = self.state["rng"]
+            if len(states) != self.processes.world:
+                raise ValueError(
+                    f"the checkpoint was trained by {len(states)} process(es), not {self.processes.world}: "
+                    "resume it with as many"
+                )
+            _set_rng_state(states[self.processes.rank], self.processes.device)
+        elif self.processes.rank > 0:
+            torch.manual_seed(torch.initial_seed() * 1_000_003 + self.processes.rank)
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """Every process calls this: each one's random stream goes into the checkpoint, which the first writes."""
+        rng = self.processes.gather(_rng_state(self.processes.device))
         if self.processes.is_main:
-            extra = {"step": step, "rng": torch.get_rng_state(), "model_config": self.model_config}
+            extra = {"step": step, "rng": rng, "model_config": self.model_config, "settings": self.settings}
             save_training_state(self.out_dir, {**state, **extra})
 
     def write(self, record: dict[str, Any]) -> None:
@@ -154,6 +286,43 @@ class TrainingRun:
 
     def progress_bar(self, total: int, show: bool) -> tqdm:
         return tqdm(total=total, initial=self.start, disable=not (show and self.processes.is_main), dynamic_ncols=True)
+
+
+def _lock_folder(folder: Path):
+    """An exclusive lock on the run folder for as long as the returned file stays open (the system lets go of it
+    when the process ends, however it ends); refused at once when another process holds it."""
+    handle = (folder / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"{str(folder)!r} is being written by a training run ({holder}): wait for it to end, "
+                         "or train into another --out") from None  # fmt: skip
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _changed_settings(used: dict[str, Any], asked: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """name -> (what the run used, what is asked now) for the settings that differ, bar the free ones."""
+    names = [name for name in {**used, **asked} if name not in _FREE_SETTINGS]
+    return {name: (used.get(name), asked.get(name)) for name in names if used.get(name) != asked.get(name)}
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def run_steps(

@@ -6,12 +6,23 @@ The first process (rank 0) alone writes checkpoints, logs and the progress bar.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import gc
+import math
 import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+TIMEOUT_VARIABLE = "LLAMAGEN_COLLECTIVE_TIMEOUT"
+DEFAULT_COLLECTIVE_TIMEOUT = 600
 
 
 @dataclass
@@ -19,6 +30,8 @@ class Processes:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Called when the processes close, whatever ended the work: what must be let go of (a run folder's lock).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -54,10 +67,32 @@ class Processes:
             tensor.copy_(carrier.bool())
         return tensor
 
-    def close(self) -> None:
+    def share(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) on every process."""
+        if not self.distributed:
+            return value
+        carrier = [value]
+        dist.broadcast_object_list(carrier, src=0)
+        return carrier[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (any picklable object), in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def close(self, cleanly: bool = True) -> None:
+        """Let go of what the work held, then of the process group. `cleanly`: every process got here without
+        error, so they can wait for each other before the group goes (not after a collective timed out)."""
+        for release in self.on_close:
+            release()
+        self.on_close.clear()
         if self.distributed and dist.is_initialized():
-            # Every rank reaches here before any tears the group down, so none has collective work in flight.
-            dist.barrier()
+            if cleanly:
+                # Every rank reaches here before any tears the group down, so none has collective work in flight.
+                dist.barrier()
             dist.destroy_process_group()
             # The group's C++ side (gloo's worker threads) lives on while the finished run's DDP or FSDP
             # structures, which sit in reference cycles, still hold it. Left to interpreter exit, its teardown
@@ -66,8 +101,28 @@ class Processes:
             gc.collect()
 
 
+@contextlib.contextmanager
+def process_group(device: str | torch.device | None = None) -> Iterator[Processes]:
+    """`start_processes` for the work of a `with` block, closed after it; a collective that timed out comes out
+    as a `CollectiveTimeout` with a one-line message."""
+    processes = start_processes(device)
+    try:
+        yield processes
+    except Exception as error:
+        timed_out = processes.distributed and is_collective_timeout(error)
+        processes.close(cleanly=False)
+        if timed_out:
+            raise describe_collective_timeout() from None
+        raise
+    processes.close()
+
+
 def start_processes(device: str | torch.device | None = None) -> Processes:
-    """The process group torchrun asked for (initialised here), or a single process."""
+    """The process group torchrun asked for (initialised here), or a single process.
+
+    Under torchrun, a collective that waits longer than LLAMAGEN_COLLECTIVE_TIMEOUT seconds (default 600) for
+    another process fails (`CollectiveTimeout`) instead of blocking for good behind a frozen or dead process, and
+    each process stops as SIGTERM would stop it (saving a checkpoint) when the launcher dies."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,5 +134,50 @@ def start_processes(device: str | torch.device | None = None) -> Processes:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = collective_timeout()
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+        _stop_when_the_launcher_dies()
     return Processes(rank=rank, world=world, device=device)
+
+
+def collective_timeout() -> float:
+    """Seconds a collective may wait for the other processes (LLAMAGEN_COLLECTIVE_TIMEOUT; default 600)."""
+    text = os.environ.get(TIMEOUT_VARIABLE, str(DEFAULT_COLLECTIVE_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{TIMEOUT_VARIABLE} must be a number of seconds above 0, got {text!r}")
+    return seconds
+
+
+class CollectiveTimeout(TimeoutError):
+    """A process waited longer than the collective timeout for the others."""
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """Whether `error`, raised out of a collective or DDP's backward, says it timed out waiting for a process."""
+    text = str(error)
+    return isinstance(error, RuntimeError | dist.DistBackendError) and ("Timed out" in text or "timed out" in text)
+
+
+def describe_collective_timeout() -> CollectiveTimeout:
+    return CollectiveTimeout(
+        f"another process did not answer within {collective_timeout():g} s (frozen or dead; "
+        f"{TIMEOUT_VARIABLE} sets the wait): this one stops; --resume continues from the last checkpoint"
+    )
+
+
+def _stop_when_the_launcher_dies() -> None:
+    """Watch the parent process (torchrun's agent); when it is gone, send this process SIGTERM, which makes the
+    training loop save and stop, instead of running on unsupervised beside a new launch."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()

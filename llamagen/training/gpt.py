@@ -10,7 +10,9 @@ Under torchrun the model is wrapped in DDP; every batch is a pure function of (s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,13 @@ from llamagen.training.common import (
     TrainingRun,
     adamw_decaying_matrices,
     check_loop_settings,
+    keeping_hyperparameters,
+    load_optimizer_state,
     run_steps,
     update_ema,
     warmup_cosine,
 )
-from llamagen.training.distributed import Processes, start_processes
+from llamagen.training.distributed import Processes, process_group
 
 
 @dataclass
@@ -91,6 +95,7 @@ def train_gpt(
     show_progress: bool = True,
     command: str | None = None,
     device: str | torch.device | None = None,
+    changes: Collection[str] = (),
 ) -> GPTTrainingOutcome:
     """Train (or, with `resume`, continue) a generator; the EMA goes to `final.safetensors`.
 
@@ -98,13 +103,12 @@ def train_gpt(
 
     `model_config` must match the codes (see `generator_config_for`); `text_encoder` (a frozen
     `llamagen.text` encoder) turns the captions of text-conditional codes into prefix features.
+    A resumed run must have the settings and data it was trained with, but those named in `changes`
+    (`TrainingRun`).
     """
-    processes = start_processes(device)
-    try:
+    with process_group(device) as processes:
         return _train(model_config, training, codes, Path(out_dir), text_encoder, resume,
-                      show_progress, command, processes)  # fmt: skip
-    finally:
-        processes.close()
+                      show_progress, command, processes, changes)  # fmt: skip
 
 
 class _Parts:
@@ -151,10 +155,11 @@ class _Parts:
 
             whole = dcp.StateDictOptions(full_state_dict=True)
             dcp.set_model_state_dict(self.model, state["model"], options=whole)
-            dcp.set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=whole)
+            with keeping_hyperparameters(self.optimizer):
+                dcp.set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=whole)
             return
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.ema is not None:
             if "ema" not in state:
                 raise ValueError("the checkpoint was trained without an EMA (ema_decay 0): resume with --ema-decay 0")
@@ -198,14 +203,15 @@ def _require_text_encoder(text_encoder) -> None:
         raise ValueError("the codes carry captions: train with a text encoder (--text-encoder)")
 
 
-def _train(model_config, training, codes, out_dir, text_encoder, resume, show_progress, command, processes):
+def _train(model_config, training, codes, out_dir, text_encoder, resume, show_progress, command, processes, changes):
     dataset = codes if isinstance(codes, CodesDataset | CodesOnTheFly) else CodesDataset(codes, seed=training.seed)
     _check_codes(model_config, dataset.info, text_encoder)
-    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command)
+    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command,
+                      _data_description(dataset.info), changes)  # fmt: skip
     parts = _Parts(model_config, training, processes)
     if run.state is not None:
         parts.load(run.state)
-    run.restore_rng()
+    run.start_rng()
     if text_encoder is not None:
         text_encoder = text_encoder.to(processes.device).eval()
     batches = step_loader(
@@ -227,6 +233,13 @@ def _train(model_config, training, codes, out_dir, text_encoder, resume, show_pr
         save(final, run.out_dir / "final.safetensors", metadata=metadata)
     # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
     return GPTTrainingOutcome(final, step, finished, final if parts.sharded else parts.model.eval())
+
+
+def _data_description(info: CodesInfo) -> dict[str, Any]:
+    """What tells one training set of codes from another, for a resumed run to compare: their shape, classes
+    and how they were made (not the command that trains on them, which a resume changes)."""
+    made = {key: value for key, value in info.metadata.items() if key != "command"}
+    return {**{key: value for key, value in dataclasses.asdict(info).items() if key != "metadata"}, **made}
 
 
 def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,16 @@ from llamagen.checkpoints import save
 from llamagen.data.loading import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
-from llamagen.training.common import TrainingRun, check_loop_settings, run_steps, update_ema, warmup_cosine
+from llamagen.training.common import (
+    TrainingRun,
+    check_loop_settings,
+    load_optimizer_state,
+    run_steps,
+    update_ema,
+    warmup_cosine,
+)
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
-from llamagen.training.distributed import Processes, start_processes
+from llamagen.training.distributed import Processes, process_group
 
 
 @dataclass
@@ -79,22 +87,31 @@ def train_tokenizer(
     workers: int = 0,
     device: str | torch.device | None = None,
     lpips: LPIPS | None = None,
+    changes: Collection[str] = (),
 ) -> TrainingOutcome:
     """Train (or, with `resume`, continue) a tokenizer; its EMA weights go to `final.safetensors` at the end.
 
     `dataset` items are dicts with an "image" in [-1, 1] (see `llamagen.data`); `workers` processes read
     them. Under torchrun every process runs this with the same arguments and takes its share of each batch.
     `lpips` adds the perceptual loss; `training.disc_start` the PatchGAN. `command`, the command line that
-    started the run, is recorded in `config.json` for its model card.
+    started the run, is recorded in `config.json` for its model card. A resumed run must have the settings
+    it was trained with, but those named in `changes` (`TrainingRun`).
     """
     out_dir = Path(out_dir)
-    processes = start_processes(device)
-    try:
+    with process_group(device) as processes:
         return _train(
-            model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips
+            model_config,
+            training,
+            dataset,
+            out_dir,
+            resume,
+            show_progress,
+            command,
+            workers,
+            processes,
+            lpips,
+            changes,
         )
-    finally:
-        processes.close()
 
 
 class _Parts:
@@ -132,22 +149,23 @@ class _Parts:
     def load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.discriminator is not None:
             if "discriminator" not in state:
                 raise ValueError("the checkpoint was trained without a discriminator; resume it without one")
             self.discriminator.load_state_dict(state["discriminator"])
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
 
 
-def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips):
-    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command)
+def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips,
+           changes):  # fmt: skip
+    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
     parts = _Parts(model_config, training, processes)
     if lpips is not None:
         lpips = lpips.to(processes.device)
     if run.state is not None:
         parts.load(run.state)
-    run.restore_rng()
+    run.start_rng()
     batches = step_loader(
         dataset, training.batch_size, run.start, training.steps, training.seed, workers, processes.rank, processes.world
     )
