@@ -29,6 +29,11 @@ class Reconstruction:
     bits_per_pixel: float  # tokens x log2(codebook size) / pixels of the original image
     distinct_codes: int
 
+    @property
+    def ssim_text(self) -> str:
+        """SSIM as shown to a user: 4 decimals, or why there is none."""
+        return "n/a (image under 11 pixels)" if math.isnan(self.ssim) else f"{self.ssim:.4f}"
+
     def side_by_side(self) -> Image.Image:
         """The original on the left, the reconstruction on the right."""
         width, height = self.original.size

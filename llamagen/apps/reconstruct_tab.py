@@ -38,10 +38,10 @@ def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
     result = reconstruct(tokenizer, image)
     rows, columns = result.codes.shape
     size = tokenizer.config.codebook_size
-    ssim = "n/a (image under 11 pixels)" if math.isnan(result.ssim) else f"{result.ssim:.4f}"
     numbers = (
         f"| PSNR | SSIM | bits per pixel | tokens | distinct codes |\n|---|---|---|---|---|\n"
-        f"| {result.psnr:.2f} dB | {ssim} | {result.bits_per_pixel:.4f} | {columns}x{rows} = {rows * columns} | "
+        f"| {result.psnr:.2f} dB | {result.ssim_text} | {result.bits_per_pixel:.4f} | "
+        f"{columns}x{rows} = {rows * columns} | "
         f"{result.distinct_codes} ({100 * result.distinct_codes / size:.2f}% of {size}) |"
     )
     return (

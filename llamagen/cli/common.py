@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,11 @@ def check_writable(path: Path, option: str) -> None:
         raise FileNotFoundError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"{option} {str(path)!r} is a folder, not a file")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise PermissionError(f"{option} {str(path)!r} cannot be written (no permission)")
+    try:  # a file made and removed again: what permissions, a read-only disk or a special folder allow
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{option} {str(path)!r} cannot be written: {error.strerror}") from None
 
 
 def format_of(path: Path) -> str:

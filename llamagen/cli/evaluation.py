@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llamagen.cli.common import add_device_options, parse_config
+from llamagen.cli.common import add_device_options, check_writable, parse_config
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
@@ -91,6 +91,7 @@ def run_sweep_codebook(args: argparse.Namespace) -> None:
 
     chosen = {"dimensions": args.dims, "sizes": args.sizes, "steps": args.steps, "batch_size": args.batch_size}
     settings = SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    check_writable(Path(args.out), "--out")
     results = sweep_codebook(settings, args.out, args.work_dir)
     print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
     for name, run in results["runs"].items():
@@ -101,6 +102,7 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
     from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
 
+    check_writable(Path(args.out), "--out")
     inception = None
     if args.inception:
         from llamagen.evaluation.fid import InceptionFeatures

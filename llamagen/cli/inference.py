@@ -42,7 +42,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
         f"({100 * result.distinct_codes / config.codebook_size:.1f}% of the codebook)"
     )
     print(f"PSNR        {result.psnr:.2f} dB")
-    print(f"SSIM        {result.ssim:.4f} (data range 255)")
+    print(f"SSIM        {result.ssim_text} (data range 255)")
     print(f"bits/pixel  {result.bits_per_pixel:.4f}")
     print(f"wrote       {out} (original | reconstruction)")
 

@@ -7,7 +7,14 @@ import dataclasses
 import time
 from pathlib import Path
 
-from llamagen.cli.common import add_run_options, apply_overrides, command_line, parse_config, report_training
+from llamagen.cli.common import (
+    add_run_options,
+    apply_overrides,
+    check_writable,
+    command_line,
+    parse_config,
+    report_training,
+)
 
 
 def _conditioned_data(args: argparse.Namespace, size: int):
@@ -30,6 +37,7 @@ def run_extract_codes(args: argparse.Namespace) -> None:
     from llamagen.data.loading import is_procedural
     from llamagen.tokenizer.loading import load_tokenizer
 
+    check_writable(Path(args.out), "--out")
     dataset, condition = _conditioned_data(args, source_size(args.augment, args.image_size))
     if args.count is None and is_procedural(dataset):
         raise ValueError(f"{args.data} draws images without end: say how many with --count")
@@ -160,6 +168,7 @@ def run_train_judge(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must name a .safetensors file, got {str(out)!r}")
+    check_writable(out, "--out")
     training = JudgeTraining(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     started = time.time()
     judge, accuracy = train_judge(args.kind, training)
