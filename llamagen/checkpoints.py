@@ -95,8 +95,7 @@ def read_checkpoint(path: str | os.PathLike, prefer_ema: bool = False) -> Checkp
     """Tensors and config of a `.safetensors` file of the project's or a published `.pt` pickle, told apart by
     their contents, not their names (a safetensors file renamed `.pt` is still read as one)."""
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {str(path)!r} is an empty file")
+    _refuse_empty(path)
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
     return CheckpointContents(_extract_state_dict(_safe_torch_load(path), path, prefer_ema), None, None)
@@ -129,6 +128,11 @@ def load_into(build: Callable[[], nn.Module], contents: CheckpointContents, path
     model = build()
     load_state_dict_strictly(model, contents.state_dict, source)
     return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or torch.float32).eval()
+
+
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is an empty file")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -169,6 +173,7 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 def _open_safetensors(path: Path, read: Callable) -> Any:
     """`read(file)` of the opened safetensors file, with a truncated or garbage file refused in one line."""
+    _refuse_empty(path)
     try:
         with safe_open(path, framework="pt") as file:
             return read(file)

@@ -11,6 +11,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
+def digit_codes(tmp_path_factory) -> Path:
+    """A codes file of 40 digits, five crops each, by a random tokenizer (`helpers.write_digit_codes`)."""
+    from helpers import write_digit_codes
+
+    path = tmp_path_factory.mktemp("codes") / "digits.safetensors"
+    write_digit_codes(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def vq_reference() -> dict[str, torch.Tensor]:
     """Weights, inputs and outputs of the original implementation's small tokenizer."""
     return load_file(FIXTURES / "vq_small.safetensors")

@@ -86,3 +86,38 @@ def decode_module_by_module(patch) -> None:
     one replay of a CUDA graph (on a GPU)."""
     patch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
     patch.setattr(sampling, "use_cuda_graphs", lambda gpt: False)
+
+
+# A generator trained on codes of digits by a random tokenizer: 16x16 digits -> 4x4 codes of 64.
+DIGIT_TOKENIZER = vq_preset("VQ-4-tiny", codebook_size=64)
+TINY_GENERATOR = {"dim": 32, "n_layer": 2, "n_head": 2, "multiple_of": 8}
+
+
+def digit_tokenizer() -> VQModel:
+    torch.manual_seed(0)
+    return VQModel(DIGIT_TOKENIZER).eval()
+
+
+def write_digit_codes(path) -> None:
+    """Codes of 40 digits, five crops each, by the random `digit_tokenizer`."""
+    from llamagen.data.codes import extract_codes, source_size
+    from llamagen.data.digits import Digits
+
+    data = Digits("train", size=source_size("crops", 16))
+    extract_codes(digit_tokenizer(), data, path, 16, "crops", count=40, show_progress=False,
+                  description={"tokenizer": "digits-vq", "command": "llamagen extract-codes ..."})  # fmt: skip
+
+
+def generator_config(codes, **overrides) -> GPTConfig:
+    from llamagen.data.codes import CodesDataset
+    from llamagen.training.gpt import generator_config_for
+
+    return generator_config_for(CodesDataset(codes).info, GPTConfig(**TINY_GENERATOR, **overrides))
+
+
+def generator_training(steps: int, **overrides):
+    from llamagen.training.gpt import GPTTrainingConfig
+
+    values = {"batch_size": 4, "warmup_steps": 0, "final_lr_ratio": 1.0, "lr": 1e-3, "log_every": 1,
+              "checkpoint_every": 2, "bf16": False, "ema_decay": 0.9}  # fmt: skip
+    return GPTTrainingConfig(steps=steps, **{**values, **overrides})

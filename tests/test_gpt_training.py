@@ -9,43 +9,14 @@ import textwrap
 
 import pytest
 import torch
+from helpers import TINY_GENERATOR, digit_tokenizer, generator_config, generator_training
 
 from llamagen import load_gpt
 from llamagen.data.codes import CodesDataset, augmented_views, extract_codes, source_size
 from llamagen.data.digits import Digits
 from llamagen.gpt import GPTConfig
-from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.training.common import load_training_state
-from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
-
-TOKENIZER = vq_preset("VQ-4-tiny", codebook_size=64)  # 16x16 digits -> 4x4 codes
-SMALL = {"dim": 32, "n_layer": 2, "n_head": 2, "multiple_of": 8}
-
-
-def tokenizer() -> VQModel:
-    torch.manual_seed(0)
-    return VQModel(TOKENIZER).eval()
-
-
-@pytest.fixture(scope="module")
-def digit_codes(tmp_path_factory):
-    """Codes of 40 digits, five crops each, by a random tokenizer."""
-    path = tmp_path_factory.mktemp("codes") / "digits.safetensors"
-    data = Digits("train", size=source_size("crops", 16))
-    extract_codes(tokenizer(), data, path, 16, "crops", count=40, show_progress=False,
-                  description={"tokenizer": "digits-vq", "command": "llamagen extract-codes ..."})  # fmt: skip
-    return path
-
-
-def model_config(codes, **overrides) -> GPTConfig:
-    base = GPTConfig(**SMALL, **overrides)
-    return generator_config_for(CodesDataset(codes).info, base)
-
-
-def training(steps: int, **overrides) -> GPTTrainingConfig:
-    values = {"batch_size": 4, "warmup_steps": 0, "final_lr_ratio": 1.0, "lr": 1e-3, "log_every": 1,
-              "checkpoint_every": 2, "bf16": False, "ema_decay": 0.9}  # fmt: skip
-    return GPTTrainingConfig(steps=steps, **{**values, **overrides})
+from llamagen.training.gpt import GPTTrainingConfig, train_gpt
 
 
 def test_views_are_the_original_ten_crops():
@@ -65,7 +36,7 @@ def test_codes_are_the_tokenizers_codes_of_each_view(digit_codes):
     assert data.info.class_names == [str(d) for d in range(10)] and data.info.conditioning == "c2i"
     image = Digits("train", size=18)[7]
     centre = augmented_views(image["image"][None], "crops", 16)[:, 4]
-    assert torch.equal(data.codes[7, 4].long(), tokenizer().tokenize(centre)[0])
+    assert torch.equal(data.codes[7, 4].long(), digit_tokenizer().tokenize(centre)[0])
     assert data.labels[7] == image["label"]
     # Item k is image k mod N in a view drawn from (seed, k): later epochs see other views.
     views = {tuple(data[7 + 40 * epoch]["tokens"].tolist()) for epoch in range(12)}
@@ -76,21 +47,23 @@ def test_extraction_refuses_what_it_cannot_condition_on(tmp_path):
     from llamagen.data.photos import PhotoCrops
 
     with pytest.raises(ValueError, match="have no labels"):
-        extract_codes(tokenizer(), PhotoCrops(size=16), tmp_path / "c.safetensors", 16, count=2, show_progress=False)
+        extract_codes(
+            digit_tokenizer(), PhotoCrops(size=16), tmp_path / "c.safetensors", 16, count=2, show_progress=False
+        )
     with pytest.raises(ValueError, match="unknown augmentation"):
-        extract_codes(tokenizer(), Digits(size=16), tmp_path / "c.safetensors", 16, "rotate", show_progress=False)
+        extract_codes(digit_tokenizer(), Digits(size=16), tmp_path / "c.safetensors", 16, "rotate", show_progress=False)
     assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_training_learns_and_resuming_continues_exactly(tmp_path, digit_codes):
-    config = model_config(digit_codes)
-    straight = train_gpt(config, training(8), digit_codes, tmp_path / "straight", show_progress=False)
+    config = generator_config(digit_codes)
+    straight = train_gpt(config, generator_training(8), digit_codes, tmp_path / "straight", show_progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
-    half = train_gpt(config, training(4), digit_codes, tmp_path / "resumed", show_progress=False)
+    half = train_gpt(config, generator_training(4), digit_codes, tmp_path / "resumed", show_progress=False)
     assert half.finished and load_training_state(tmp_path / "resumed")["step"] == 4
-    resumed = train_gpt(config, training(8), digit_codes, tmp_path / "resumed", resume=True, show_progress=False,
-                        changes=["steps"])  # fmt: skip
+    resumed = train_gpt(config, generator_training(8), digit_codes, tmp_path / "resumed", resume=True,
+                        show_progress=False, changes=["steps"])  # fmt: skip
     assert resumed.step == 8
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name  # the EMA
@@ -103,8 +76,8 @@ def test_training_learns_and_resuming_continues_exactly(tmp_path, digit_codes):
 def test_sigterm_saves_and_resume_finishes_like_an_uninterrupted_run(tmp_path, digit_codes, monkeypatch):
     import llamagen.training.gpt as gpt_training
 
-    config = model_config(digit_codes)
-    straight = train_gpt(config, training(6), digit_codes, tmp_path / "straight", show_progress=False)
+    config = generator_config(digit_codes)
+    straight = train_gpt(config, generator_training(6), digit_codes, tmp_path / "straight", show_progress=False)
 
     class Terminating(CodesDataset):
         calls = 0
@@ -116,11 +89,13 @@ def test_sigterm_saves_and_resume_finishes_like_an_uninterrupted_run(tmp_path, d
             return super().__getitem__(index)
 
     monkeypatch.setattr(gpt_training, "CodesDataset", Terminating)
-    stopped = train_gpt(config, training(6), digit_codes, tmp_path / "resumed", show_progress=False)
+    stopped = train_gpt(config, generator_training(6), digit_codes, tmp_path / "resumed", show_progress=False)
     assert (stopped.step, stopped.finished) == (3, False)
     assert not (tmp_path / "resumed" / "final.safetensors").exists()
     monkeypatch.setattr(gpt_training, "CodesDataset", CodesDataset)
-    resumed = train_gpt(config, training(6), digit_codes, tmp_path / "resumed", resume=True, show_progress=False)
+    resumed = train_gpt(
+        config, generator_training(6), digit_codes, tmp_path / "resumed", resume=True, show_progress=False
+    )
     for name, value in straight.trained.state_dict().items():
         assert torch.equal(value, resumed.trained.state_dict()[name]), name
 
@@ -129,22 +104,24 @@ def test_tokenizing_on_the_fly_trains_as_extracted_codes_do(tmp_path):
     """The same images in the same order, tokenized while training instead of beforehand: the same weights."""
     from llamagen.data.codes import CodesOnTheFly
 
-    extract_codes(tokenizer(), Digits(size=16), tmp_path / "codes.safetensors", 16, show_progress=False)
-    on_the_fly = CodesOnTheFly(Digits(size=16), tokenizer(), 16, "label", {"tokenizer": "digits-vq"})
+    extract_codes(digit_tokenizer(), Digits(size=16), tmp_path / "codes.safetensors", 16, show_progress=False)
+    on_the_fly = CodesOnTheFly(Digits(size=16), digit_tokenizer(), 16, "label", {"tokenizer": "digits-vq"})
     assert on_the_fly.info.grid == 4 and on_the_fly.info.class_names == [str(d) for d in range(10)]
-    config = model_config(tmp_path / "codes.safetensors")
-    extracted = train_gpt(config, training(3), tmp_path / "codes.safetensors", tmp_path / "a", show_progress=False)
-    live = train_gpt(config, training(3), on_the_fly, tmp_path / "b", show_progress=False)
+    config = generator_config(tmp_path / "codes.safetensors")
+    extracted = train_gpt(
+        config, generator_training(3), tmp_path / "codes.safetensors", tmp_path / "a", show_progress=False
+    )
+    live = train_gpt(config, generator_training(3), on_the_fly, tmp_path / "b", show_progress=False)
     for name, value in extracted.trained.state_dict().items():
         assert torch.equal(value, live.trained.state_dict()[name]), name
     with pytest.raises(ValueError, match="not a multiple of the tokenizer's downsampling 4"):
-        CodesOnTheFly(Digits(size=18), tokenizer(), 18)
+        CodesOnTheFly(Digits(size=18), digit_tokenizer(), 18)
 
 
 def test_the_final_file_names_what_a_pipeline_needs(tmp_path, digit_codes):
     from llamagen.pipeline import generator_metadata
 
-    train_gpt(model_config(digit_codes), training(2), digit_codes, tmp_path / "run", show_progress=False)
+    train_gpt(generator_config(digit_codes), generator_training(2), digit_codes, tmp_path / "run", show_progress=False)
     final = tmp_path / "run" / "final.safetensors"
     assert generator_metadata(final) == {
         "tokenizer": "digits-vq",
@@ -156,11 +133,11 @@ def test_the_final_file_names_what_a_pipeline_needs(tmp_path, digit_codes):
 
 
 def test_mismatches_are_refused_before_any_work(tmp_path, digit_codes):
-    config = model_config(digit_codes)
+    config = generator_config(digit_codes)
 
     def refused(model, match, **kwargs):
         with pytest.raises(ValueError, match=match):
-            train_gpt(model, training(2), digit_codes, tmp_path / "refused", show_progress=False, **kwargs)
+            train_gpt(model, generator_training(2), digit_codes, tmp_path / "refused", show_progress=False, **kwargs)
         assert not (tmp_path / "refused").exists()
 
     refused(GPTConfig(**{**config.to_dict(), "vocab_size": 128}), "4x4 grids of a 64-code tokenizer")
@@ -168,16 +145,16 @@ def test_mismatches_are_refused_before_any_work(tmp_path, digit_codes):
     refused(GPTConfig(**{**config.to_dict(), "model_type": "t2i", "caption_dim": 8}), "t2i generator cannot")
     refused(config, "a text encoder has nothing to encode", text_encoder=object())
     with pytest.raises(ValueError, match="no codes file"):
-        train_gpt(config, training(2), tmp_path / "missing.safetensors", tmp_path / "x", show_progress=False)
+        train_gpt(config, generator_training(2), tmp_path / "missing.safetensors", tmp_path / "x", show_progress=False)
     (tmp_path / "junk.safetensors").write_bytes(b"not a codes file")
     with pytest.raises(ValueError, match="is not a codes file"):
         CodesDataset(tmp_path / "junk.safetensors")
-    train_gpt(config, training(2), digit_codes, tmp_path / "run", show_progress=False)
+    train_gpt(config, generator_training(2), digit_codes, tmp_path / "run", show_progress=False)
     with pytest.raises(ValueError, match="already holds a training run"):
-        train_gpt(config, training(2), digit_codes, tmp_path / "run", show_progress=False)
+        train_gpt(config, generator_training(2), digit_codes, tmp_path / "run", show_progress=False)
     bigger = GPTConfig(**{**config.to_dict(), "dim": 64, "n_head": 4})
     with pytest.raises(ValueError, match="another model config"):
-        train_gpt(bigger, training(4), digit_codes, tmp_path / "run", resume=True, show_progress=False)
+        train_gpt(bigger, generator_training(4), digit_codes, tmp_path / "run", resume=True, show_progress=False)
 
 
 @pytest.mark.slow
@@ -185,7 +162,7 @@ def test_two_processes_under_torchrun_train_like_one(tmp_path, digit_codes):
     """DDP over gloo with two CPU processes, each taking half of every batch, reaches the weights of one
     process on whole batches (without dropout, whose masks each process draws for itself)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    no_dropout = {**SMALL, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
+    no_dropout = {**TINY_GENERATOR, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
                   "class_dropout_prob": 0.0}  # fmt: skip
 
     def command(out):
@@ -212,7 +189,7 @@ def test_fsdp_under_torchrun_trains_and_resumes_like_one_process(tmp_path, digit
     """FSDP2 over two CPU processes, stopped after 2 steps and resumed to 4 (its checkpoint gathered from the
     shards and scattered back), ends at the weights one process reaches in 4 steps."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash shows its Python stack
-    no_dropout = {**SMALL, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
+    no_dropout = {**TINY_GENERATOR, "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
                   "class_dropout_prob": 0.0}  # fmt: skip
 
     def command(out, steps, *extra):
@@ -250,7 +227,7 @@ def test_fsdp_training_lets_go_of_its_process_group_before_exit(tmp_path, digit_
         from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
 
         codes = CodesDataset({str(digit_codes)!r})
-        config = generator_config_for(codes.info, GPTConfig(**{SMALL!r}))
+        config = generator_config_for(codes.info, GPTConfig(**{TINY_GENERATOR!r}))
         training = GPTTrainingConfig(steps=2, batch_size=4, ema_decay=0, fsdp=True, bf16=False)
         outcome = train_gpt(config, training, codes, {str(tmp_path / "run")!r}, show_progress=False)
         print("FSDP modules alive:", sum(isinstance(o, FSDPModule) for o in gc.get_objects()))
@@ -273,7 +250,7 @@ def test_cli_extracts_trains_and_refuses_endless_data(tmp_path):
                  "--augment", "crops", "--out", str(codes)]) == 0  # fmt: skip
     info = CodesDataset(codes).info
     assert (info.images, info.views, info.grid) == (1500, 5, 8) and info.metadata["tokenizer"] == "digits-vq"
-    config = json.dumps({**SMALL, "n_layer": 1})
+    config = json.dumps({**TINY_GENERATOR, "n_layer": 1})
     args = ["train", "gpt", "--codes", str(codes), "--config", config, "--out", str(tmp_path / "run"), "--steps", "2",
             "--batch-size", "2", "--fp32"]  # fmt: skip
     assert main(args) == 0
