@@ -76,7 +76,7 @@ def test_weights_that_are_not_numbers_are_refused(tmp_path):
     with torch.no_grad():
         model.layers[1].attention.wo.weight[0, 0] = float("nan")
     save(model, tmp_path / "nan.safetensors")
-    with pytest.raises(ValueError, match="NaN or infinite weights: 1 tensor.*layers.1.attention.wo.weight"):
+    with pytest.raises(ValueError, match=r"NaN or infinite weights: 1 tensor.*layers\.1\.attention\.wo\.weight"):
         load_gpt(tmp_path / "nan.safetensors")
 
 
@@ -161,13 +161,13 @@ def test_bad_values_for_the_library_are_refused_with_what_to_give():
     from llamagen.pipeline import load_pipeline
 
     model = small()
-    with pytest.raises(ValueError, match="top_k must be a whole number of tokens, got 2.5"):
+    with pytest.raises(ValueError, match=r"top_k must be a whole number of tokens, got 2\.5"):
         generate(model, torch.tensor([1]), top_k=2.5)
-    with pytest.raises(ValueError, match="cond must be a tensor .*got a list"):
+    with pytest.raises(ValueError, match=r"cond must be a tensor .*got a list"):
         generate(model, [1, 2])
     pipe = load_pipeline("shapes-c2i")
     for label in (True, 1.5):
-        with pytest.raises(ValueError, match="give a class id .* or a class name"):
+        with pytest.raises(ValueError, match=r"give a class id .* or a class name"):
             pipe(class_labels=[label])
     for seed in (2**70, -1, 1.5):
         with pytest.raises(ValueError, match="seed must be a whole number"):
