@@ -121,3 +121,15 @@ def generator_training(steps: int, **overrides):
     values = {"batch_size": 4, "warmup_steps": 0, "final_lr_ratio": 1.0, "lr": 1e-3, "log_every": 1,
               "checkpoint_every": 2, "bf16": False, "ema_decay": 0.9}  # fmt: skip
     return GPTTrainingConfig(steps=steps, **{**values, **overrides})
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """Run the `llamagen` command: it must exit with status 2 and end its stderr (where a progress bar may have
+    been drawn) with one line of error and no traceback; that line is returned."""
+    from llamagen.cli import main
+
+    status = main(list(argv))
+    stderr = capsys.readouterr().err
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    assert status == 2 and "Traceback" not in stderr and last.startswith("llamagen "), (status, stderr[-2000:])
+    return last

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from helpers import small
+from helpers import one_line_error, small
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -15,14 +15,6 @@ from llamagen import load_gpt, save
 from llamagen.cli import main
 from llamagen.gpt import GPT
 from llamagen.gpt.sampling import generate
-
-
-def one_line_error(capsys, *argv: str) -> str:
-    """Run the command; it must fail with exit status 2 and one line on stderr, which is returned."""
-    status = main(list(argv))
-    error = capsys.readouterr().err.strip()
-    assert status == 2 and len(error.splitlines()) == 1, (status, error)
-    return error
 
 
 def test_threads_generating_on_one_model_each_get_what_they_get_alone():
