@@ -102,6 +102,11 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether `directory` holds a checkpoint to resume from (readable or not)."""
+    return any((directory / name).is_file() for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT))
+
+
 def _readable_checkpoint(directory: Path) -> tuple[Path, list[str]]:
     """The newest checkpoint of `directory` that loads (latest.pt, else previous.pt), and why newer ones did
     not; a ValueError naming each failure when none does."""
@@ -229,7 +234,10 @@ class TrainingRun:
         state = self._resumed = torch.load(path, map_location="cpu", weights_only=True)
         if state["model_config"] != self.model_config:
             raise ValueError(f"the checkpoint in {str(out)!r} was trained with another model config")
-        changed = _changed_settings(state.get("settings", {}), self.settings)
+        used = state.get("settings")
+        if used is None:  # a checkpoint written before checkpoints kept their settings: config.json has them
+            used = {**json.loads((out / "config.json").read_text())["training"], "data": self.settings["data"]}
+        changed = _changed_settings(used, self.settings)
         refused = {name: values for name, values in changed.items() if name not in changes}
         if refused:
             described = "; ".join(f"{name}: the run used {old!r}, this asks for {new!r}" for name, (old, new)
@@ -264,6 +272,8 @@ class TrainingRun:
         dropout and condition dropout draw independent masks on each."""
         if self.state is not None:
             states = self.state["rng"]
+            if isinstance(states, torch.Tensor):  # written before checkpoints kept a stream per process
+                states = [{"cpu": states}]
             if len(states) != self.processes.world:
                 raise ValueError(
                     f"the checkpoint was trained by {len(states)} process(es), not {self.processes.world}: "

@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from llamagen.checkpoints import write_text_atomically
 from llamagen.data.photos import PhotoCrops
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.tokenizer import vq_preset
+from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
 from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
@@ -76,12 +78,14 @@ def sweep_codebook(settings: SweepSettings, out: str | Path, work_dir: str | Pat
             continue
         config = vq_preset(settings.preset, codebook_size=size, codebook_embed_dim=dim, codebook_l2_norm=l2)
         run_dir = work_dir / name
+        if run_dir.exists() and not has_checkpoint(run_dir):
+            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume, so it starts again
         outcome = train_tokenizer(
             config,
             training,
             PhotoCrops(size=settings.image_size, seed=settings.seed),
             run_dir,
-            resume=(run_dir / "metrics.jsonl").exists(),
+            resume=run_dir.exists(),
             show_progress=show_progress,
         )
         if not outcome.finished:
