@@ -240,10 +240,10 @@ class TrainingRun:
         changed = _changed_settings(used, self.settings)
         refused = {name: values for name, values in changed.items() if name not in changes}
         if refused:
-            described = "; ".join(f"{name}: the run used {old!r}, this asks for {new!r}" for name, (old, new)
-                                  in refused.items())  # fmt: skip
+            differences = [f"{name}: the run used {before!r}, this asks for {now!r}"
+                           for name, (before, now) in refused.items()]  # fmt: skip
             raise ValueError(
-                f"resuming {str(out)!r} with other settings ({described}). Repeat the run's settings, "
+                f"resuming {str(out)!r} with other settings ({'; '.join(differences)}). Repeat the run's settings, "
                 "or change them knowingly with --override NAME[=VALUE]"
             )
         if failures:
@@ -281,7 +281,7 @@ class TrainingRun:
                 )
             _set_rng_state(states[self.processes.rank], self.processes.device)
         elif self.processes.rank > 0:
-            torch.manual_seed(torch.initial_seed() * 1_000_003 + self.processes.rank)
+            torch.manual_seed((torch.initial_seed() * 1_000_003 + self.processes.rank) % 2**63)
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> None:
         """Every process calls this: each one's random stream goes into the checkpoint, which the first writes."""
