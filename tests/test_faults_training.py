@@ -15,7 +15,7 @@ import torch
 from helpers import TINY_GENERATOR, digit_tokenizer, generator_config, generator_training, one_line_error
 
 from llamagen.cli import main
-from llamagen.training.common import _lock_folder, load_training_state
+from llamagen.training.common import load_training_state, lock_run_folder
 from llamagen.training.gpt import train_gpt
 
 
@@ -115,7 +115,7 @@ def test_the_command_line_overrides_by_name_and_value(tmp_path, digit_codes, cap
 def test_a_folder_being_written_is_refused_to_a_second_run(tmp_path, digit_codes):
     run = tmp_path / "run"
     train(digit_codes, run)
-    holder = _lock_folder(run)  # as a run in progress holds it
+    holder = lock_run_folder(run)  # as a run in progress holds it
     try:
         with pytest.raises(ValueError, match=f"is being written by a training run \\(process {os.getpid()}\\)"):
             train(digit_codes, run, resume=True)
@@ -228,7 +228,7 @@ def test_a_killed_launcher_ends_its_workers_after_they_save(tmp_path, digit_code
             os.kill(pid, signal.SIGKILL)
     saved = load_training_state(out)["step"]
     assert saved >= 3 and saved >= records(out, "metrics.jsonl")[-1]["step"]
-    _lock_folder(out).close()  # nobody holds the folder any more
+    lock_run_folder(out).close()  # nobody holds the folder any more
 
 
 @pytest.mark.slow

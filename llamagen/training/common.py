@@ -217,7 +217,7 @@ class TrainingRun:
         if resume and not (out / "config.json").is_file():
             raise ValueError(f"nothing to resume: {str(out)!r} holds no training run (check --out)")
         out.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_folder(out)
+        self._lock = lock_run_folder(out)
         for partial in out.glob(".*.tmp"):  # what a killed write left; no other process writes here now
             partial.unlink()
         event = {"time": round(time.time(), 3), "command": command}
@@ -298,7 +298,7 @@ class TrainingRun:
         return tqdm(total=total, initial=self.start, disable=not (show and self.processes.is_main), dynamic_ncols=True)
 
 
-def _lock_folder(folder: Path):
+def lock_run_folder(folder: Path):
     """An exclusive lock on the run folder for as long as the returned file stays open (the system lets go of it
     when the process ends, however it ends); refused at once when another process holds it."""
     handle = (folder / ".lock").open("a+")
