@@ -193,13 +193,16 @@ def alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_under_torchrun_each_process_draws_its_own_masks_and_a_resume_continues_exactly(tmp_path, digit_codes):
     """With dropout on, two processes seed their streams apart (each checkpoint keeps both), and a run stopped
-    after 2 steps and resumed to 4 ends on the weights of one never stopped."""
+    after 2 steps and resumed to 4 ends on the weights of one never stopped. A refused resume is reported once."""
     straight = torchrun(digit_codes, tmp_path / "straight", 4)
     assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
     first = torchrun(digit_codes, tmp_path / "resumed", 2)
     assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
     streams = load_training_state(tmp_path / "resumed")["rng"]
     assert len(streams) == 2 and not torch.equal(streams[0]["cpu"], streams[1]["cpu"])
+    refused = torchrun(digit_codes, tmp_path / "resumed", 4, "--resume")
+    _, stderr = refused.communicate(timeout=300)
+    assert refused.returncode != 0 and stderr.count("llamagen train: error: resuming") == 1  # the first one says it
     second = torchrun(digit_codes, tmp_path / "resumed", 4, "--resume", "--override", "steps")
     assert second.wait(timeout=300) == 0, second.stderr.read()[-3000:]
     one = load_training_state(tmp_path / "straight")["model"]
@@ -238,8 +241,14 @@ def test_a_frozen_process_makes_the_others_stop_with_one_line(tmp_path, digit_co
     frozen = None
     try:
         wait_for_steps(out, 2)
-        frozen = next(pid for pid in children(launcher.pid) if rank_of(pid) == 1)
+        workers = {rank_of(pid): pid for pid in children(launcher.pid)}
+        frozen = workers[1]
         os.kill(frozen, signal.SIGSTOP)
+        deadline = time.time() + 120
+        while alive(workers[0]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not alive(workers[0])
+        os.kill(frozen, signal.SIGKILL)  # what the launcher would do after its grace period
         _, stderr = launcher.communicate(timeout=180)
     finally:
         if frozen is not None and alive(frozen):

@@ -198,7 +198,7 @@ def test_fsdp_under_torchrun_trains_and_resumes_like_one_process(tmp_path, digit
                 "--lr", "1e-3", "--ema-decay", "0", *extra]  # fmt: skip
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    for steps, extra in ((2, ()), (4, ("--resume",))):  # within the warm-up the learning rate ignores --steps
+    for steps, extra in ((2, ()), (4, ("--resume", "--override", "steps"))):  # the warm-up's lr ignores --steps
         sharded = subprocess.run([*launcher, *command(tmp_path / "fsdp", steps, "--fsdp", *extra)], env=env,
                                  capture_output=True, text=True)  # fmt: skip
         assert sharded.returncode == 0, sharded.stderr[-3000:]

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except USER_ERRORS as error:
-        print(f"llamagen {args.command}: error: {error}", file=sys.stderr)
+        if not getattr(error, "reported_elsewhere", False):  # under torchrun, by the first process
+            print(f"llamagen {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -172,6 +172,12 @@ class MetricsLog:
             file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
+class RefusedByTheFirstProcess(ValueError):
+    """The first process's refusal of a run, on the other processes: it reports the error, they need not."""
+
+    reported_elsewhere = True
+
+
 class TrainingRun:
     """A run's folder, shared by every training loop: the lock that keeps other writers out, the resumed state,
     `config.json` (the settings and command that started it, for its model card; never rewritten),
@@ -200,7 +206,7 @@ class TrainingRun:
             self.close()
             if refusal is not None:
                 raise refusal
-            raise ValueError(verdict)
+            raise RefusedByTheFirstProcess(verdict)
         checkpoint = processes.share(checkpoint)
         if processes.is_main or checkpoint is None:
             self.state = self._resumed
