@@ -11,7 +11,13 @@ TINY = SweepSettings(dimensions=(4, 64), sizes=(128,), image_size=16, steps=6, b
 
 
 def test_the_sweep_records_every_combination_and_resumes(tmp_path, monkeypatch):
+    """Also: a run killed (kill -9) before its first checkpoint left a folder with a log and nothing to resume;
+    it starts again."""
     out = tmp_path / "sweep.json"
+    killed = tmp_path / "runs" / run_name(4, 128, True)
+    killed.mkdir(parents=True)
+    (killed / "config.json").write_text("{}")
+    (killed / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     results = sweep_codebook(TINY, out, tmp_path / "runs", show_progress=False)
     assert set(results["runs"]) == {run_name(d, 128, l2) for d in (4, 64) for l2 in (True, False)}
     for run in results["runs"].values():
@@ -33,14 +39,3 @@ def test_other_settings_do_not_overwrite_a_sweep(tmp_path):
     out.write_text(json.dumps({"settings": SweepSettings().as_dict(), "runs": {}}))
     with pytest.raises(ValueError, match="other settings"):
         sweep_codebook(TINY, out, tmp_path / "runs", show_progress=False)
-
-
-def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
-    """A kill -9 before a run's first checkpoint leaves its folder with a log and nothing to resume."""
-    one = SweepSettings(dimensions=(4,), sizes=(128,), l2=(True,), image_size=16, steps=2, batch_size=2)
-    killed = tmp_path / "runs" / run_name(4, 128, True)
-    killed.mkdir(parents=True)
-    (killed / "config.json").write_text("{}")
-    (killed / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
-    results = sweep_codebook(one, tmp_path / "sweep.json", tmp_path / "runs", show_progress=False)
-    assert [step for step, _ in results["runs"][run_name(4, 128, True)]["usage_over_steps"]] == [1, 2]
