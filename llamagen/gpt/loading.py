@@ -34,7 +34,7 @@ def infer_gpt_config(
         return state_dict[key].shape
 
     vocab_size, dim = shape("tok_embeddings.weight")
-    n_layer = len({int(m.group(1)) for key in state_dict if (m := re.match(r"^layers\.(\d+)\.", key))})
+    n_layer = _layer_count(state_dict)
     values: dict[str, Any] = {"dim": dim, "n_layer": n_layer, "vocab_size": vocab_size}
     n_head = overrides.get("n_head")
     if n_head is None:
@@ -86,4 +86,20 @@ def load_gpt(
         gpt_config = GPTConfig.from_dict(contents.config)
     else:
         gpt_config = infer_gpt_config(contents.state_dict, repr(str(path)))
+    _check_layer_count(gpt_config, contents.state_dict, path)
     return load_into(lambda: GPT(gpt_config), contents, path, device, dtype)
+
+
+def _layer_count(state_dict: dict[str, torch.Tensor]) -> int:
+    return len({int(m.group(1)) for key in state_dict if (m := re.match(r"^layers\.(\d+)\.", key))})
+
+
+def _check_layer_count(config: GPTConfig, state_dict: dict[str, torch.Tensor], path) -> None:
+    """Refuse a config with another number of layers than the file before building even a skeleton: a config
+    claiming millions of layers would take minutes to build on the meta device."""
+    layers = _layer_count(state_dict)
+    if layers != config.n_layer:
+        raise ValueError(
+            f"gpt checkpoint {str(path)!r} holds {layers} layer(s), but the config asks for {config.n_layer}. "
+            "Check the config (or preset) passed with the checkpoint."
+        )
