@@ -1,6 +1,7 @@
 """load_gpt: published layouts, the architecture read off the weights, project files, strictness."""
 
 import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -62,8 +63,12 @@ def test_a_head_count_no_preset_explains_is_asked_for(tmp_path, c2i_reference):
 def test_a_wrong_preset_names_the_mismatched_keys(tmp_path, c2i_reference):
     path = tmp_path / "c2i.pt"
     torch.save({"model": c2i_reference[0]}, path)
+    layers = reference_gpt_config("gpt_c2i_small").n_layer
+    wrong = gpt_preset("GPT-XS", num_classes=20, vocab_size=512, block_size=16, n_layer=layers)
     with pytest.raises(ValueError, match=r"mis-shaped key\(s\): cls_embedding.embedding_table.weight"):
-        load_gpt(path, config=gpt_preset("GPT-XS", num_classes=20, vocab_size=512, block_size=16), device="cpu")
+        load_gpt(path, config=wrong, device="cpu")
+    with pytest.raises(ValueError, match=rf"holds {layers} layer\(s\), but the config asks for {layers + 1}"):
+        load_gpt(path, config=dataclasses.replace(wrong, n_layer=layers + 1), device="cpu")
 
 
 def test_project_files_carry_their_config_and_round_trip(tmp_path):
