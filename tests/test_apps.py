@@ -214,12 +214,22 @@ def test_caption_comparison_needs_a_text_generator(client, models_file):
 
 
 @pytest.mark.parametrize(("model", "class_name", "prompt"), [("digits-c2i", "6", ""), ("tiny-t2i", None, "a star")])
-def test_prefix_attention_is_a_share_per_layer(client, model, class_name, prompt):
+def test_prefix_attention_tab_shows_the_librarys_shares(client, models_file, model, class_name, prompt):
+    """The tab's per-layer means are those of `prefix_attention` on the image the pipeline makes with that seed
+    (whose closed form `test_gpt_model` checks)."""
+    from llamagen.analysis.attention import prefix_attention
+
     image, picture, summary = client.predict(model, class_name, prompt, 4.0, 1, api_name="/prefix_attention")
-    shares = [float(x) for x in summary.split(":")[1].split(",")]
-    layers = 4 if model == "digits-c2i" else 2
-    assert len(shares) == layers and all(0.0 < s <= 1.0 for s in shares)
-    assert png(picture).shape[1] > png(picture).shape[0] and png(image).std() > 0
+    source = model if model == "digits-c2i" else json.loads(models_file.read_text())["generators"][model]["gpt"]
+    pipe = load_pipeline(source, device="cpu")
+    condition = {"class_labels": [class_name]} if class_name else {"prompts": [prompt]}
+    output = pipe(**condition, cfg_scale=4.0, seed=1)
+    cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
+    shares = prefix_attention(pipe.gpt, output.tokens, cond, cond_mask)
+    expected = ", ".join(f"{m:.3f}" for m in shares[:, 0].float().mean(1))
+    assert summary == f"mean share of attention to the prefix, per layer: {expected}"
+    assert np.array_equal(png(image), np.asarray(output.images[0]))
+    assert png(picture).shape[1] > png(picture).shape[0]
 
 
 def test_codebook_usage_is_counted_on_the_chosen_images(client):

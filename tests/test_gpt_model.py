@@ -186,13 +186,25 @@ def test_attention_weights_are_what_the_layer_computes():
         torch.testing.assert_close(attention.wo(mixed), attention(x, rope, attn_mask), rtol=1e-4, atol=1e-5)
 
 
-def test_prefix_attention_shares():
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+def test_prefix_attention_is_the_closed_form_where_attention_is_uniform(model_type):
+    """With layer 1's wqkv zeroed, its queries and keys are 0 and attention is uniform over what a query sees: the
+    query predicting image token j sees the v visible prefix positions (padding hidden) and j image tokens, so its
+    share is exactly v / (v + j). Layer 0 keeps its weights, so its shares differ. Checked by hand once: a version
+    that ignores the caption mask (v = 4 for the padded caption) and one that returns layer 0 for every layer
+    each fail here."""
     from llamagen.analysis.attention import prefix_attention
 
-    model = small(model_type="t2i", cls_token_num=4)
+    model = small(model_type=model_type, cls_token_num=1 if model_type == "c2i" else 4)
+    with torch.no_grad():
+        model.layers[1].attention.wqkv.weight.zero_()
     cond, mask = condition(model)
     tokens = torch.randint(0, model.config.vocab_size, (3, model.config.block_size))
     shares = prefix_attention(model, tokens, cond, mask)
     assert shares.shape == (2, 3, model.config.block_size)
-    torch.testing.assert_close(shares[:, :, 0], torch.ones(2, 3))  # the last prefix position sees only the prefix
-    assert (shares >= 0).all() and (shares <= 1 + 1e-6).all() and (shares[:, :, 1:] < 1).all()
+    visible = torch.ones(3) if mask is None else mask.sum(1)  # (3,): 4, 2 and 4 caption tokens, or the class
+    j = torch.arange(model.config.block_size)
+    expected = visible[:, None] / (visible[:, None] + j)
+    torch.testing.assert_close(shares[1], expected)
+    assert (shares[0, :, 1:] - expected[:, 1:]).abs().max() > 1e-3  # layer 0's own attention is not uniform
+    torch.testing.assert_close(shares[0, :, 0], torch.ones(3))  # the last prefix position sees only the prefix
