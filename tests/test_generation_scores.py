@@ -123,7 +123,8 @@ def test_text_to_image_scores_read_only_what_the_caption_states():
 
     clip = ClipTextEncoder.from_config(ClipConfig.preset("shapes-clip")).eval()  # random: the plumbing only
     with_clip = evaluate_text_conditional(RealImagesPipe(seen, clip), seen[:20])
-    assert 0 <= with_clip["clip_score"] <= 100
+    images, captions = torch.stack([item["image"] for item in seen[:20]]), [item["caption"] for item in seen[:20]]
+    assert with_clip["clip_score"] == pytest.approx(float(clip.clip_score(images, captions).mean()), rel=1e-6)
     # Images of other captions (a shifted list) are judged wrong on what those captions state.
     shifted = RealImagesPipe([{**a, "image": b["image"]} for a, b in zip(seen, seen[1:] + seen[:1], strict=True)])
     assert evaluate_text_conditional(shifted, seen)["accuracy"]["all_stated"] < 0.2

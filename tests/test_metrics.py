@@ -70,3 +70,16 @@ def test_ssim_is_undefined_below_the_window_and_shapes_must_match():
     assert math.isnan(ssim(a, b, 255.0).item())
     with pytest.raises(ValueError, match="same"):
         psnr(a, b[:4], 255.0)
+
+
+def test_code_perplexity_is_the_effective_number_of_codes():
+    """exp(entropy): n codes used equally give n, one code gives 1, and any counts give scipy's entropy. Checked by
+    hand once: a version in log2 (2 ** entropy in nats) or one that keeps the unused codes in the average fails."""
+    from scipy.stats import entropy
+
+    from llamagen.evaluation.metrics import code_perplexity
+
+    assert code_perplexity(torch.tensor([0, 5, 5, 5, 5, 0])) == pytest.approx(4.0)
+    assert code_perplexity(torch.tensor([0, 0, 17, 0])) == pytest.approx(1.0)
+    counts = torch.randint(0, 50, (300,), generator=torch.Generator().manual_seed(0))
+    assert code_perplexity(counts) == pytest.approx(math.exp(entropy(counts.numpy())), rel=1e-12)

@@ -271,3 +271,25 @@ def test_a_text_generator_ships_with_its_clip_and_is_scored_on_captions(tmp_path
     with pytest.raises(ValueError, match="not an embedded model: export it first"):
         export_generator(tmp_path / "t2i", "other", "captioned shapes", assets_dir=assets,
                          text_encoder=str(tmp_path / "clip" / "final.safetensors"))  # fmt: skip
+
+
+def test_clip_score_is_a_hundred_times_the_cosine_clamped_at_zero(monkeypatch):
+    """Against open_clip's own towers and cosine, and on stand-in embeddings with known angles. Checked by hand
+    once: a version without the normalisation of either embedding, or without the clamp, fails here."""
+    encoder = load_text_encoder("shapes-clip")
+    from llamagen.data.shapes import Shapes
+
+    shapes = Shapes(size=encoder.model.visual.image_size[0], captioned=True, seed=5)
+    items = [shapes[i] for i in range(6)]
+    images, prompts = torch.stack([item["image"] for item in items]), [item["caption"] for item in items]
+    ids, _, _ = encoder.token_ids(prompts)
+    with torch.no_grad():
+        cosine = F.cosine_similarity(encoder.model.encode_image(images), encoder.model.encode_text(ids), dim=-1)
+    torch.testing.assert_close(encoder.clip_score(images, prompts), 100 * cosine.clamp(min=0))
+    shuffled = prompts[1:] + prompts[:1]
+    assert encoder.clip_score(images, prompts).mean() > encoder.clip_score(images, shuffled).mean()
+
+    angles = torch.tensor([0.0, 60.0, 90.0, 180.0]).deg2rad()
+    monkeypatch.setattr(encoder, "embed_images", lambda images: torch.tensor([[1.0, 0.0]]).expand(4, 2))
+    monkeypatch.setattr(encoder, "embed_text", lambda prompts: torch.stack([angles.cos(), angles.sin()], dim=1))
+    torch.testing.assert_close(encoder.clip_score(None, [""] * 4), torch.tensor([100.0, 50.0, 0.0, 0.0]))

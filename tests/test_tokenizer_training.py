@@ -167,11 +167,18 @@ def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch
 
 
 def test_evaluation_counts_codes():
+    """Usage and perplexity are those of the codes the tokenizer gives the images, counted here on their own."""
+    from llamagen.evaluation.metrics import code_perplexity
+    from llamagen.images import pil_to_tensor
+
     tokenizer = load_tokenizer_for_eval()
-    result = evaluate_tokenizer(tokenizer, held_out_crops(32))
-    assert result.images == 15
-    assert result.used_codes + result.dead_codes == 64
-    assert 1 <= result.perplexity <= result.used_codes
+    images = held_out_crops(32)
+    result = evaluate_tokenizer(tokenizer, images)
+    codes = torch.cat([tokenizer.tokenize(pil_to_tensor(image)).flatten() for image in images])
+    counts = torch.bincount(codes, minlength=64)
+    assert result.images == 15 and result.used_codes == int((counts > 0).sum()) == 64 - result.dead_codes
+    assert result.codebook_usage == result.used_codes / 64
+    assert result.perplexity == pytest.approx(code_perplexity(counts))
     assert result.bits_per_pixel == pytest.approx(6 / 16)  # log2(64) bits per 4x4 pixels
     assert result.fid > 0 and result.fid_features == "random-conv"
 
