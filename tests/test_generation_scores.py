@@ -70,6 +70,19 @@ def test_wrong_conditions_and_collapse_are_caught(real_shapes):
     assert collapsed.recall < 0.05
 
 
+def test_best_scale_takes_the_highest_accuracy_and_breaks_ties_by_the_lower_fid():
+    """Accuracies equal to 4 decimals tie, and the lower FID wins. Checked by hand once: a version that compares
+    unrounded accuracies picks 1.0, and one that prefers the higher FID picks 3.0."""
+    rows = [
+        {"cfg_scale": 1.0, "accuracy_class": 0.90004, "fid": 12.0},
+        {"cfg_scale": 2.0, "accuracy_class": 0.9, "fid": 8.0},
+        {"cfg_scale": 3.0, "accuracy_class": 0.9, "fid": 9.0},
+        {"cfg_scale": 4.0, "accuracy_class": 0.8, "fid": 1.0},
+    ]
+    assert best_scale(rows) == 2.0
+    assert best_scale(rows[2:]) == 3.0  # a higher accuracy wins over a lower FID
+
+
 def test_guidance_sweep_rows_and_csv(tmp_path):
     from helpers import small, small_tokenizer
 
