@@ -226,5 +226,8 @@ def test_cuda_asked_for_without_a_gpu_is_an_error(published_vq_file):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="no usable CUDA GPU"):
         load_tokenizer(published_vq_file, device="cuda")
+
+
+def test_an_unknown_dtype_is_an_error(published_vq_file):
     with pytest.raises(ValueError, match="unknown dtype"):
         load_tokenizer(published_vq_file, device="cpu", dtype="float8")

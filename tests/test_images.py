@@ -81,6 +81,12 @@ def test_files_of_every_mode_load_as_rgb(tmp_path, mode):
     name = "image.jpg" if mode == "CMYK" else "image.tiff" if mode in ("I;16",) else "image.png"
     loaded = load_image(save_to(tmp_path, image, name))
     assert loaded.mode == "RGB" and loaded.size == (9, 7)
+    # The pixels PIL itself gives that image as RGB; 16 bits scaled to 8 (30000 / 257); JPEG's CMYK within its loss.
+    if mode == "I;16":
+        expected, tolerance = np.full((7, 9, 3), round(30000 / 257)), 0
+    else:
+        expected, tolerance = pixels(image.convert("RGB")).astype(int), 3 if mode == "CMYK" else 0
+    assert np.abs(pixels(loaded).astype(int) - expected).max() <= tolerance
 
 
 def test_exif_orientation_is_applied(tmp_path):

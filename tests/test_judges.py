@@ -17,13 +17,25 @@ def test_a_digits_judge_learns_in_a_few_steps_and_round_trips(tmp_path):
     assert accuracies(loaded, images, labels) == accuracy
 
 
-def test_shifts_move_the_digit_and_fill_with_black():
+def test_shifts_move_the_digit_by_the_drawn_offsets_and_fill_with_black():
+    """The one white pixel lands where the generator's draws say, for every seed tried (among them shifts by the
+    full MAX_SHIFT each way). Checked by hand once: a shift of zero, or rows and columns swapped, fails here."""
     import numpy as np
 
-    image = torch.full((3, 8, 8), -1.0)
-    image[:, 3, 3] = 1.0
-    moved = shifted(image, np.random.default_rng(3))
-    assert moved.shape == image.shape and (moved == 1.0).sum() == 3 and (moved == -1.0).sum() == 3 * 63
+    from llamagen.training.judge import MAX_SHIFT
+
+    offsets = set()
+    for seed in range(40):
+        image = torch.full((3, 16, 16), -1.0)
+        image[:, 6, 9] = 1.0
+        dy, dx = np.random.default_rng(seed).integers(-MAX_SHIFT, MAX_SHIFT + 1, size=2)
+        moved = shifted(image, np.random.default_rng(seed))
+        expected = torch.full_like(image, -1.0)
+        expected[:, 6 + dy, 9 + dx] = 1.0
+        assert torch.equal(moved, expected), seed
+        offsets.add((int(dy), int(dx)))
+    assert (MAX_SHIFT, -MAX_SHIFT) in offsets or (-MAX_SHIFT, MAX_SHIFT) in offsets
+    assert any(dy != dx for dy, dx in offsets)  # rows and columns are told apart
 
 
 def test_a_judge_refuses_images_of_the_wrong_size():

@@ -66,3 +66,36 @@ def test_hinge_losses():
     assert hinge_discriminator_loss(torch.tensor([2.0]), torch.tensor([-2.0])) == 0  # confident and right
     assert hinge_discriminator_loss(torch.tensor([0.0]), torch.tensor([0.0])) == 1
     assert hinge_generator_loss(torch.tensor([1.0, 3.0])) == -2
+
+
+def test_lpips_is_the_papers_weighted_distance_of_unit_features(lpips_files):
+    """Eq. 1 of the LPIPS paper (Zhang et al., 2018), written out here over torchvision's own VGG16: at relu1_2,
+    relu2_2, relu3_3, relu4_3 and relu5_3, features scaled to unit length over channels, their squared differences
+    weighted per channel by the linear layer, averaged over positions, summed over the layers; the input first
+    shifted and scaled as LPIPS's VGG expects. Checked by hand once: without the unit scaling, or summing over
+    positions, it fails here."""
+    import torch.nn.functional as F
+    from torchvision.models import vgg16
+
+    vgg_path, lin_path = lpips_files
+    network = vgg16(weights=None).features.eval()
+    network.load_state_dict(
+        {k.removeprefix("features."): v for k, v in torch.load(vgg_path).items() if "features" in k}
+    )
+    weights = [w.view(1, -1, 1, 1) for w in torch.load(lin_path).values()]
+    shift, scale = torch.tensor([-0.030, -0.088, -0.188]), torch.tensor([0.458, 0.448, 0.450])
+
+    def unit_features(images):
+        x, found = (images - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1), []
+        for index, layer in enumerate(network):
+            x = layer(x)
+            if index in (3, 8, 15, 22, 29):
+                found.append(F.normalize(x, dim=1, eps=1e-10))
+        return found
+
+    torch.manual_seed(2)
+    a, b = torch.rand(2, 3, 48, 48) * 2 - 1, torch.rand(2, 3, 48, 48) * 2 - 1
+    with torch.no_grad():
+        pairs = zip(weights, unit_features(a), unit_features(b), strict=True)
+        expected = sum((w * (fa - fb) ** 2).sum(1).mean((1, 2)) for w, fa, fb in pairs)
+        torch.testing.assert_close(load_lpips(*lpips_files)(a, b), expected, rtol=1e-5, atol=1e-7)
