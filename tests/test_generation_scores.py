@@ -28,6 +28,30 @@ def test_precision_and_recall_of_sets_that_match_or_do_not():
     assert precision == 1.0 and recall < 0.5
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_precision_and_recall_match_a_plain_loop(seed):
+    """Kynkaenniemi et al. (2019), written out as loops with scipy's distances: a point is covered when it lies
+    within the distance from some other set's point to that point's k-th nearest neighbour (itself not counted).
+    Checked by hand once: counting a point as its own neighbour (the (k-1)-th), or swapping the two sets' roles,
+    fails here."""
+    from scipy.spatial.distance import cdist
+
+    from llamagen.evaluation.generation import NEIGHBOURS
+
+    generator = torch.Generator().manual_seed(seed)
+    real, fake = torch.randn(60, 3, generator=generator), torch.randn(50, 3, generator=generator) * 1.5 + 0.5
+
+    def covered(points, centres):
+        within = cdist(centres, centres)
+        radii = [sorted(row)[NEIGHBOURS] for row in within]  # row[0] is the centre itself
+        distances = cdist(points, centres)
+        return sum(any(distances[i][j] <= radii[j] for j in range(len(centres))) for i in range(len(points)))
+
+    precision, recall = precision_recall(real, fake)
+    assert precision == pytest.approx(covered(fake.numpy(), real.numpy()) / 50)
+    assert recall == pytest.approx(covered(real.numpy(), fake.numpy()) / 60)
+
+
 def test_spread_within_groups():
     features = torch.tensor([[0.0], [2.0], [10.0], [10.0]])
     assert within_group_spread(features, torch.tensor([0, 0, 1, 1])) == pytest.approx(1.0)  # (2 + 0) / 2
