@@ -5,6 +5,11 @@ import json
 
 import pytest
 
+from llamagen.analysis.codebook import code_counts
+from llamagen.evaluation.metrics import code_perplexity
+from llamagen.evaluation.tokenizer import held_out_images
+from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.training.common import load_training_state
 from llamagen.training.sweep import SweepSettings, run_name, sweep_codebook
 
 TINY = SweepSettings(dimensions=(4, 64), sizes=(128,), image_size=16, steps=6, batch_size=2)
@@ -23,6 +28,14 @@ def test_the_sweep_records_every_combination_and_resumes(tmp_path, monkeypatch):
     for run in results["runs"].values():
         assert 0 < run["usage_eval"] <= 1 and 0 < run["usage_train"] <= 1 and 1 <= run["perplexity"] <= 128
         assert [step for step, _ in run["usage_over_steps"]] == list(range(1, 7))
+    # A run's numbers are those of its trained weights (not their EMA) on the held-out tiles, counted here again.
+    name = run_name(64, 128, False)
+    trained = VQModel(vq_preset(TINY.preset, codebook_size=128, codebook_embed_dim=64, codebook_l2_norm=False))
+    trained.load_state_dict(load_training_state(tmp_path / "runs" / name)["model"])
+    tiles, _ = held_out_images("photo-tiles", TINY.image_size)
+    counts = code_counts(trained.eval(), tiles)
+    assert results["runs"][name]["usage_eval"] == int((counts > 0).sum()) / 128
+    assert results["runs"][name]["perplexity"] == pytest.approx(code_perplexity(counts))
     assert json.loads(out.read_text()) == results
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert len(rows) == 4 and {row["codebook_dim"] for row in rows} == {"4", "64"}
