@@ -74,7 +74,7 @@ def test_ssim_is_undefined_below_the_window_and_shapes_must_match():
 
 def test_code_perplexity_is_the_effective_number_of_codes():
     """exp(entropy): n codes used equally give n, one code gives 1, and any counts give scipy's entropy. Checked by
-    hand once: a version in log2 (2 ** entropy in nats) or one that keeps the unused codes in the average fails."""
+    hand once: a version taking 2 to the entropy in nats fails here."""
     from scipy.stats import entropy
 
     from llamagen.evaluation.metrics import code_perplexity
