@@ -109,10 +109,10 @@ def process_group(device: str | torch.device | None = None) -> Iterator[Processe
     try:
         yield processes
     except Exception as error:
-        timed_out = processes.distributed and is_collective_timeout(error)
+        timed_out = processes.distributed and _is_collective_timeout(error)
         processes.close(cleanly=False)
         if timed_out:
-            raise describe_collective_timeout() from None
+            raise _collective_timeout_error() from None
         raise
     processes.close()
 
@@ -157,13 +157,13 @@ class CollectiveTimeout(TimeoutError):
     """A process waited longer than the collective timeout for the others."""
 
 
-def is_collective_timeout(error: BaseException) -> bool:
+def _is_collective_timeout(error: BaseException) -> bool:
     """Whether `error`, raised out of a collective or DDP's backward, says it timed out waiting for a process."""
     text = str(error)
     return isinstance(error, RuntimeError | dist.DistBackendError) and ("Timed out" in text or "timed out" in text)
 
 
-def describe_collective_timeout() -> CollectiveTimeout:
+def _collective_timeout_error() -> CollectiveTimeout:
     return CollectiveTimeout(
         f"another process did not answer within {collective_timeout():g} s (frozen or dead; "
         f"{TIMEOUT_VARIABLE} sets the wait): this one stops; --resume continues from the last checkpoint"
