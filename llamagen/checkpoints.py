@@ -126,7 +126,7 @@ def load_into(build: Callable[[], nn.Module], contents: CheckpointContents, path
     check_state_dict_matches(skeleton, contents.state_dict, source)
     _check_finite(contents.state_dict, source)
     model = build()
-    load_state_dict_strictly(model, contents.state_dict, source)
+    _load_matching(model, contents.state_dict)
     return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or torch.float32).eval()
 
 
@@ -268,9 +268,13 @@ def load_state_dict_strictly(
 ) -> None:
     """Load `state_dict` into `model`, or raise naming each missing, unexpected and mis-shaped key."""
     check_state_dict_matches(model, state_dict, source, hint)
-    expected = model.state_dict()
+    _load_matching(model, state_dict)
+
+
+def _load_matching(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a state dict already checked against the model's keys and shapes."""
     # Derived entries the file lacks keep the model's own values; those it has without a place are dropped.
-    complete = {k: state_dict.get(k, v) for k, v in expected.items()}
+    complete = {k: state_dict.get(k, v) for k, v in model.state_dict().items()}
     model.load_state_dict(complete, strict=True)
 
 
