@@ -11,7 +11,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup test lint format demo bench clean notebooks
+.PHONY: setup test lint format demo bench clean notebooks lab
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -48,6 +48,10 @@ format: setup
 # Re-execute the notebooks in place (outputs kept, volatile metadata stripped); `make test` checks them with nbval.
 notebooks: setup
 	cd notebooks && ../$(BIN)/python execute.py
+
+# The notebooks in JupyterLab (widgets included), served on this machine only.
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
 
 # The Gradio apps with the embedded models, on http://127.0.0.1:7860 (MODELS=file.json adds published checkpoints).
 demo: setup

@@ -7,6 +7,7 @@ from llamagen.checkpoints import save
 from llamagen.gpt import GPT, GPTConfig, gpt_preset
 from llamagen.gpt.loading import load_gpt
 from llamagen.gpt.sampling import generate
+from llamagen.pipeline import Pipeline, load_pipeline
 from llamagen.tokenizer import VQConfig, VQModel, vq_preset
 from llamagen.tokenizer.loading import load_tokenizer
 
@@ -14,11 +15,13 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT",
     "GPTConfig",
+    "Pipeline",
     "VQConfig",
     "VQModel",
     "generate",
     "gpt_preset",
     "load_gpt",
+    "load_pipeline",
     "load_tokenizer",
     "save",
     "vq_preset",

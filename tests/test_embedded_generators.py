@@ -78,3 +78,39 @@ def test_each_text_generator_still_scores_what_its_card_says(name):
     held_out = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=evaluation["best_cfg_scale"])
     reported = evaluation["held_out_pairs_at_best_cfg_scale"]["accuracy"]
     assert held_out["accuracy"] == pytest.approx(reported, abs=0.02)
+
+
+# What each embedded pipeline draws for seed 0 at guidance 2 (fp32, on the CPU): its first 16 token ids, the sum of
+# all 64, and pixels 8-15 of row 12 of the red channel.
+PINNED = {
+    "digits-c2i": (
+        {"class_labels": [3]},
+        [74, 115, 204, 327, 266, 371, 421, 410, 375, 448, 390, 120, 62, 92, 450, 410],
+        18227,
+        [-0.9405, -0.8896, -0.7289, -0.4017, -0.0434, 0.2833, 0.4985, 0.6601],
+    ),
+    "shapes-c2i": (
+        {"class_labels": ["red circle"]},
+        [436, 479, 236, 405, 342, 102, 73, 70, 302, 15, 317, 369, 246, 202, 70, 288],
+        17216,
+        [0.7117, 0.7133, 0.7087, 0.7104, 0.699, 0.6959, 0.6764, 0.6773],
+    ),
+    "shapes-t2i": (
+        {"prompts": ["a red star"]},
+        [24, 202, 26, 202, 26, 202, 465, 130, 198, 10, 35, 198, 24, 10, 24, 68],
+        14488,
+        [0.0042, 0.0039, 0.0024, 0.0014, 0.0026, 0.0014, 0.0013, -0.0],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_each_embedded_pipeline_draws_its_pinned_tokens_and_pixels(name):
+    """A change in what the library draws for a seed (the order of candidates, the use of the random stream, the
+    rounding of a step) fails here; if the change is meant, pin the new values."""
+    import llamagen
+
+    condition, first_tokens, token_sum, pixels = PINNED[name]
+    output = llamagen.load_pipeline(name)(**condition, seed=0, cfg_scale=2.0)
+    assert output.tokens[0, :16].tolist() == first_tokens and int(output.tokens.sum()) == token_sum
+    torch.testing.assert_close(output.pixels[0, 0, 12, 8:16], torch.tensor(pixels), rtol=0, atol=2e-4)
