@@ -49,9 +49,9 @@ format: setup
 notebooks: setup
 	cd notebooks && ../$(BIN)/python execute.py
 
-# The notebooks in JupyterLab (widgets included), served on this machine only.
+# The notebooks in JupyterLab (widgets included), served on this machine only (as root too, as in a container).
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The Gradio apps with the embedded models, on http://127.0.0.1:7860 (MODELS=file.json adds published checkpoints).
 demo: setup
