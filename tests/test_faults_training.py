@@ -214,7 +214,7 @@ def test_under_torchrun_each_process_draws_its_own_masks_and_a_resume_continues_
 @pytest.mark.slow
 def test_a_killed_launcher_ends_its_workers_after_they_save(tmp_path, digit_codes):
     out = tmp_path / "run"
-    launcher = torchrun(digit_codes, out, 100_000, "--checkpoint-every", "100000")
+    launcher, workers = torchrun(digit_codes, out, 100_000, "--checkpoint-every", "100000"), []
     try:
         wait_for_steps(out, 3)
         workers = children(launcher.pid)
@@ -227,8 +227,9 @@ def test_a_killed_launcher_ends_its_workers_after_they_save(tmp_path, digit_code
     finally:
         launcher.kill()
         launcher.wait()
-        for pid in children(os.getpid()):
-            os.kill(pid, signal.SIGKILL)
+        for pid in workers:  # orphans now, if they outlived their launcher
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     saved = load_training_state(out)["step"]
     assert saved >= 3 and saved >= records(out, "metrics.jsonl")[-1]["step"]
     lock_run_folder(out).close()  # nobody holds the folder any more
