@@ -60,7 +60,7 @@ def test_each_class_generator_still_scores_what_its_card_says(name):
     )
     # Sampling is seeded; only the order of floating-point sums (threads) may flip a rare token.
     assert scores.accuracy["class"] == pytest.approx(best_row(evaluation)["accuracy_class"], abs=0.02)
-    assert scores.accuracy["class"] >= 0.95  # the generator issue's goal
+    assert scores.accuracy["class"] >= 0.95  # what an embedded class generator must reach
 
 
 @pytest.mark.slow

@@ -263,7 +263,7 @@ def compiled_decode_step(gpt: GPT) -> CompiledStep:
     (benchmarks/decode_speed.py). In fp32 the autotuner chooses only among inductor's own C++ matrix
     kernels, not MKL's: it times each product alone, its weights hot in the cache, where MKL can win, while
     a decoding step streams every weight from memory, where the C++ kernels read faster (a step of GPT-B,
-    16x16, batch 8, took 56 ms with them, 74 in an earlier run with MKL allowed). Not in bf16: there the
+    16x16, batch 8, took 56 ms with them and 74 with MKL allowed). Not in bf16: there the
     alternative is oneDNN, whose bf16 dot-product instructions the C++ kernels lack, and at batch 8 they
     made a step 2.6-2.9x slower. Where llamagen's CPU kernels are loaded (`llamagen.kernels`), products of at
     most 8 rows (batch 1 to 4 with guidance) go to them instead, so these choices matter for larger batches. The
