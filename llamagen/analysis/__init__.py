@@ -1,1 +1,2 @@
-"""Studies over trained models: guidance sweeps (and, later, codebook geometry and prefix attention)."""
+"""Studies over trained models: codebook geometry, guidance sweeps, the attention paid to the condition prefix,
+caption and class-embedding comparisons, and the pictures the apps and notebooks draw of them."""

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
 
 from llamagen.images import check_image_size, to_rgb
+
+if TYPE_CHECKING:
+    from llamagen.apps.models import ModelRegistry
+    from llamagen.pipeline import Pipeline
 
 # Pixels matter in every image the apps show: PNG, never Gradio's default lossy WebP.
 IMAGE_FORMAT = "png"
@@ -80,3 +85,23 @@ def picture(label: str, height: int | None = 300, pixels: bool = True, **options
     for figures, which are drawn at full size)."""
     classes = ["pixelated"] if pixels else []
     return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
+
+
+def condition_of(pipe: Pipeline, classes, prompt) -> dict:
+    """class_labels= or prompts= for the pipeline, from the class picker or the prompt box."""
+    if pipe.model_type == "t2i":
+        if not prompt or not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image to generate")
+        return {"prompts": [prompt]}
+    labels = [classes] if isinstance(classes, str | int) else list(classes or [])
+    if not labels:
+        raise ValueError("pick at least one class")
+    return {"class_labels": [pipe.class_id(label) for label in labels]}  # unknown classes refused here
+
+
+def class_choices(registry: ModelRegistry, model) -> list[str] | None:
+    """The generator's class names (ids where it has none), or None for a text-conditional generator."""
+    pipe = registry.pipeline(model)
+    if pipe.model_type == "t2i":
+        return None
+    return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]

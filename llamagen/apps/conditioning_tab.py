@@ -21,11 +21,12 @@ from llamagen.apps.common import (
     SHARED_QUEUE,
     checked_cfg_scale,
     checked_seed,
+    class_choices,
+    condition_of,
     number_in_range,
     picture,
     shown_errors,
 )
-from llamagen.apps.generate_tab import class_choices, condition_of
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline, image_grid
 

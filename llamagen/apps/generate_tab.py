@@ -16,6 +16,8 @@ from llamagen.apps.common import (
     SHARED_QUEUE,
     checked_cfg_scale,
     checked_seed,
+    class_choices,
+    condition_of,
     number_in_range,
     picture,
     shown_errors,
@@ -34,18 +36,6 @@ def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, top_k, top_p, temp
         "temperature": number_in_range("temperature", temperature, 0.0, 10.0),
         "seed": checked_seed(seed),
     }
-
-
-def condition_of(pipe: Pipeline, classes, prompt) -> dict:
-    """class_labels= or prompts= for the pipeline, from the class picker or the prompt box."""
-    if pipe.model_type == "t2i":
-        if not prompt or not prompt.strip():
-            raise ValueError("the prompt is empty: describe the image to generate")
-        return {"prompts": [prompt]}
-    labels = [classes] if isinstance(classes, str | int) else list(classes or [])
-    if not labels:
-        raise ValueError("pick at least one class")
-    return {"class_labels": [pipe.class_id(label) for label in labels]}  # unknown classes refused here
 
 
 def token_grid_picture(pipe: Pipeline, tokens):
@@ -83,14 +73,6 @@ def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_int
         output.grid(columns=min(total, math.ceil(math.sqrt(total)) if conditions == 1 else count)),
         summary,
     )
-
-
-def class_choices(registry: ModelRegistry, model) -> list[str] | None:
-    """The generator's class names (ids where it has none), or None for a text-conditional generator."""
-    pipe = registry.pipeline(model)
-    if pipe.model_type == "t2i":
-        return None
-    return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
 
 
 @shown_errors
