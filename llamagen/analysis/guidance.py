@@ -12,8 +12,8 @@ import csv
 import io
 from pathlib import Path
 
-from llamagen.checkpoints import write_text_atomically
 from llamagen.evaluation.generation import evaluate_class_conditional
+from llamagen.files import write_text_atomically
 
 DEFAULT_SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 

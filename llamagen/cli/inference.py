@@ -11,8 +11,8 @@ from llamagen.images import DEFAULT_MAX_MEGAPIXELS
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     # Imported here so that `llamagen --help` answers at once.
-    from llamagen.checkpoints import write_atomically
     from llamagen.data.photos import load_photo
+    from llamagen.files import write_atomically
     from llamagen.images import load_image
     from llamagen.reconstruction import reconstruct
     from llamagen.tokenizer.loading import load_tokenizer
@@ -48,7 +48,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from llamagen.checkpoints import write_atomically
+    from llamagen.files import write_atomically
     from llamagen.pipeline import load_pipeline
 
     out = Path(args.out)

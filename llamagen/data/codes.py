@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from llamagen.checkpoints import write_atomically
+from llamagen.files import write_atomically
 
 # The original's `crop_range`: images are enlarged by this factor before the crops are cut.
 CROP_ENLARGEMENT = 1.1

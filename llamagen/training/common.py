@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from llamagen.checkpoints import first_line, write_atomically, write_text_atomically
+from llamagen.checkpoints import first_line
+from llamagen.files import write_atomically, write_text_atomically
 from llamagen.training.distributed import Processes
 
 LATEST_CHECKPOINT = "latest.pt"

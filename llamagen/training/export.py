@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from llamagen.checkpoints import ASSETS_DIR, embedded_models, save, write_text_atomically
+from llamagen.checkpoints import ASSETS_DIR, embedded_models, save
 from llamagen.evaluation.judges import judge_reconstructions
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
+from llamagen.files import write_text_atomically
 from llamagen.tokenizer.loading import load_tokenizer
 from llamagen.training.common import LATEST_CHECKPOINT, MetricsLog
 

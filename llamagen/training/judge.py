@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamagen.checkpoints import save, write_text_atomically
+from llamagen.checkpoints import save
 from llamagen.data.digits import TEST_IMAGES
 from llamagen.data.loading import sample_index
 from llamagen.evaluation.judges import (
@@ -30,6 +30,7 @@ from llamagen.evaluation.judges import (
     judge_loss,
     labelled,
 )
+from llamagen.files import write_text_atomically
 from llamagen.training.common import warmup_cosine
 
 MAX_SHIFT = 2

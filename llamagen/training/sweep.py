@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamagen.checkpoints import write_text_atomically
 from llamagen.data.photos import PhotoCrops
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
+from llamagen.files import write_text_atomically
 from llamagen.tokenizer import vq_preset
 from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
