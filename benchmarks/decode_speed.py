@@ -281,7 +281,7 @@ def measure_row(grid: int, batch: int, dtype_name: str, options: Options) -> dic
 
 
 def run(grids: list[int], batches: list[int], dtypes: list[str], options: Options) -> list[dict]:
-    """Every row is measured in a fresh process, as a user's first generation in a session would run: in one
+    """Every row is measured in a fresh process, as a user's first generation in a new process would run: in one
     process, rows measured after other models had been compiled came out 10-20% slower (not from dynamo's
     guards over the extra graphs: a dozen more graphs on the shared decode step add under 0.01 ms a token)."""
     rows = []

@@ -73,7 +73,7 @@ def test_each_text_generator_still_scores_what_its_card_says(name):
     seen = evaluate_text_conditional(pipe, sets["seen"], cfg_scale=evaluation["best_cfg_scale"])["accuracy"]
     for attribute, accuracy in seen.items():
         assert accuracy == pytest.approx(best[f"accuracy_{attribute}"], abs=0.02), attribute
-        # The generator issue's goal: each attribute a caption states, drawn right at least 90% of the time.
+        # What an embedded text generator must reach: each attribute a caption states, drawn right 90% of the time.
         assert attribute == "all_stated" or accuracy >= 0.9, attribute
     held_out = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=evaluation["best_cfg_scale"])
     reported = evaluation["held_out_pairs_at_best_cfg_scale"]["accuracy"]

@@ -23,7 +23,7 @@ def test_a_shipped_tokenizer_matches_its_card(name):
 
 
 def test_shapes_vq_meets_its_goals():
-    """The tokenizer-training issue's goals: at least 30 dB and 90% of the codebook used."""
+    """What shapes-vq was trained to reach: at least 30 dB and 90% of the codebook used."""
     images, _ = held_out_images("shapes")
     measured = evaluate_tokenizer(load_tokenizer("shapes-vq", device="cpu"), images)
     assert measured.psnr >= 30 and measured.codebook_usage >= 0.9
