@@ -100,6 +100,11 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     path = directory / LATEST_CHECKPOINT
     if not path.is_file():
         return None
+    return _read_state(path)
+
+
+def _read_state(path: Path) -> Any:
+    """A checkpoint's contents, tensors and plain data only (nothing in it can run code)."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -108,9 +113,9 @@ def has_checkpoint(directory: Path) -> bool:
     return any((directory / name).is_file() for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT))
 
 
-def _readable_checkpoint(directory: Path) -> tuple[Path, list[str]]:
-    """The newest checkpoint of `directory` that loads (latest.pt, else previous.pt), and why newer ones did
-    not; a ValueError naming each failure when none does."""
+def _readable_checkpoint(directory: Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest checkpoint of `directory` that loads (latest.pt, else previous.pt), its state, and why newer
+    ones did not; a ValueError naming each failure when none does."""
     failures = []
     for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = directory / name
@@ -118,14 +123,14 @@ def _readable_checkpoint(directory: Path) -> tuple[Path, list[str]]:
             failures.append(f"{name} is missing")
             continue
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _read_state(path)
         except Exception as error:  # a truncated or garbage file fails in many ways inside the unpickler
             failures.append(f"{name} is unreadable ({first_line(error)})")
             continue
         if not isinstance(state, dict) or "step" not in state:
             failures.append(f"{name} is not a training checkpoint")
             continue
-        return path, failures
+        return path, state, failures
     raise ValueError(f"nothing to resume in {str(directory)!r}: " + "; ".join(failures))
 
 
@@ -212,7 +217,7 @@ class TrainingRun:
         if processes.is_main or checkpoint is None:
             self.state = self._resumed
         else:
-            self.state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            self.state = _read_state(checkpoint)
         self.start = self.state["step"] if self.state is not None else 0
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         if processes.is_main:
@@ -237,8 +242,8 @@ class TrainingRun:
             write_text_atomically(out / "config.json", json.dumps(settings, indent=2))
             self._append_history({"event": "start", "step": 0, **event})
             return None
-        path, failures = _readable_checkpoint(out)
-        state = self._resumed = torch.load(path, map_location="cpu", weights_only=True)
+        path, state, failures = _readable_checkpoint(out)
+        self._resumed = state
         if state["model_config"] != self.model_config:
             raise ValueError(f"the checkpoint in {str(out)!r} was trained with another model config")
         used = state.get("settings")
