@@ -17,10 +17,10 @@ $(BIN)/python:
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 
-# The CPU decoding kernels (llamagen/kernels) are built here, once, rather than at the first generation.
-$(STAMP): $(BIN)/python pyproject.toml $(wildcard llamagen/kernels/*.cpp)
+# The CPU decoding kernels (llamagen/fast/kernels) are built here, once, rather than at the first generation.
+$(STAMP): $(BIN)/python pyproject.toml $(wildcard llamagen/fast/kernels/*.cpp llamagen/fast/kernels/*.h)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -m llamagen.kernels
+	$(BIN)/python -m llamagen.fast.kernels
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -58,10 +58,10 @@ demo: setup
 	$(BIN)/llamagen demo $(if $(MODELS),--models $(MODELS))
 
 # Decoding speed (GPT-B, random weights) against the original's loop and the memory-bandwidth bound:
-# prints a table, writes benchmarks/results/decode_cpu.md and puts it in the README (about half an hour); then how
-# fast llamagen's product kernel reads the weights against torch's product (benchmarks/results/small_batch_linear.md).
+# prints a table and writes it to benchmarks/results/decode_cpu_DATE.md (about half an hour); then how fast
+# llamagen's product kernel reads the weights against torch's (benchmarks/results/small_batch_linear_DATE.md).
 bench: setup
-	$(BIN)/python benchmarks/decode_speed.py --readme
+	$(BIN)/python benchmarks/decode_speed.py
 	$(BIN)/python benchmarks/small_batch_linear.py
 
 clean:

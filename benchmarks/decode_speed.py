@@ -4,9 +4,9 @@ Decoding one token at a time reads every weight of the transformer once per step
 take less than (bytes of weights) / (memory bandwidth). This benchmark measures milliseconds per
 generated token for GPT-B with random weights (guidance on: the batch is doubled), and compares:
 
-- ours: `llamagen.generate`, its steps module by module (eager, and compiled by torch.compile) and in one call
-  (what `generate` then uses): on a CPU with llamagen's kernels, for up to 8 rows, one call of the whole-step
-  kernel; on a GPU, one replay of a CUDA graph of the compiled step;
+- ours: `llamagen.generate` with `decoding="plain"` (the model's modules on torch's ops, eager and compiled by
+  torch.compile) and with its default, the fastest way `llamagen.fast` knows: on a CPU with llamagen's kernels,
+  up to 16 rows, one call of the whole-step kernel; on a GPU, one replay of a CUDA graph of the compiled step;
 - (a) the original: a plain re-statement of LlamaGen's decoding loop (torch's own products, a static cache
   indexed by position and attended over its whole length, a boolean causal-mask gather per step, K/V expanded
   with repeat_interleave, top-k by filtering the full vocabulary, softmax over the full vocabulary);
@@ -15,18 +15,17 @@ generated token for GPT-B with random weights (guidance on: the batch is doubled
   product of two large matrices in the same dtype, about what this CPU's vector units can do at all. Batch 1
   is far from it; with guidance, batch 8 multiplies 16 rows by every weight, and it is no longer far.
 
-Run with `make bench`; it prints a table, writes it to benchmarks/results/, and puts it in the README.
-On a GPU: `python benchmarks/decode_speed.py --device cuda --readme`, into a table of its own in the README.
+Run with `make bench`; it prints a table and writes it to benchmarks/results/decode_DEVICE_DATE.md, which
+docs/performance.md cites. On a GPU: `python benchmarks/decode_speed.py --device cuda`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import datetime
 import functools
 import multiprocessing
 import platform
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llamagen import generate, huge_pages, kernels
-from llamagen.gpt import GPT, gpt_preset, sampling
+from llamagen import generate
+from llamagen.fast import huge_pages
+from llamagen.gpt import GPT, gpt_preset
 from llamagen.gpt.config import find_multiple
-from llamagen.gpt.cuda_graphs import use_cuda_graphs
 from llamagen.gpt.layers import apply_rope
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +121,7 @@ def measure_bandwidth_gbs(
     device: str = "cpu", dtype: torch.dtype = torch.float32, megabytes: int = 512, repeats: int = 5
 ) -> float:
     """Read bandwidth: the best of a few full reductions over a buffer far larger than the caches; on the CPU
-    on 2 MB pages like the weights generation reads (`llamagen.huge_pages`), which this machine reads faster."""
+    on 2 MB pages like the weights generation reads (`llamagen.fast.huge_pages`), which this machine reads faster."""
     buffer = _bandwidth_buffer(device, dtype, megabytes)
     buffer.sum()
     best = min(_timed(buffer.sum, device) for _ in range(repeats))
@@ -204,47 +203,36 @@ def check_same_tokens(gpt: GPT) -> None:
         raise AssertionError("the restated original loop and ours generate different tokens")
 
 
-# Our ways of decoding, as the table's columns name them: op by op eager, compiled, and in one call.
-OURS = ("eager", "compiled", "one_call")
-
-
-@contextlib.contextmanager
-def _module_by_module():
-    """Decoding steps through the modules (their products and attention still llamagen's kernels), not as one call
-    of the whole-step kernel (a CPU) or one replay of a CUDA graph (a GPU), which `generate` would otherwise use
-    wherever it can."""
-    decide_kernel, decide_graphs = kernels.use_decode_step, sampling.use_cuda_graphs
-    kernels.use_decode_step, sampling.use_cuda_graphs = (lambda gpt, rows: False), (lambda gpt: False)
-    try:
-        yield
-    finally:
-        kernels.use_decode_step, sampling.use_cuda_graphs = decide_kernel, decide_graphs
+# Our ways of decoding, as the table's columns name them: the plain model, eager and compiled, and generate's
+# default.
+OURS = ("plain", "compiled", "fastest")
 
 
 def measure(gpt: GPT, batch: int, options: Options) -> dict:
-    """Milliseconds per token of our decoding, module by module (eager and compiled) and in one call where the
-    whole-step kernel serves, of the original's loop, and the read bandwidth around the fastest of ours."""
+    """Milliseconds per token of our decoding, plain (eager and compiled) and the fastest way, of the original's
+    loop, and the read bandwidth around the fastest of ours."""
     labels = torch.arange(batch, device=gpt.device) % gpt.config.num_classes
     generator = torch.Generator(gpt.device).manual_seed(0)
 
-    def ours(compile: bool, one_call: bool):
+    def ours(compile: bool, decoding: str):
         def run():
-            with contextlib.nullcontext() if one_call else _module_by_module():
-                generate(gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile)
+            generate(
+                gpt, labels, cfg_scale=CFG_SCALE, top_k=TOP_K, generator=generator, compile=compile, decoding=decoding
+            )
 
         return run
 
-    functions = {"eager": ours(compile=False, one_call=False), "compiled": ours(compile=True, one_call=False)}
-    gpt.setup_cache(2 * batch)
-    with torch.no_grad():  # as in generate
-        if options.device == "cpu" and kernels.load() and kernels.use_decode_step(gpt, 2 * batch):
-            functions["one_call"] = ours(compile=False, one_call=True)
-        elif use_cuda_graphs(gpt):
-            functions["one_call"] = ours(compile=True, one_call=True)
+    functions = {
+        "plain": ours(compile=False, decoding="plain"),
+        "compiled": ours(compile=True, decoding="plain"),
+        # On a GPU the fastest is the graphs of the compiled step; on a CPU compile changes nothing where the
+        # whole-step kernel serves, and is left out so that the column shows what a generation gets by default.
+        "fastest": ours(compile=options.device == "cuda", decoding="fastest"),
+    }
     if not options.skip_original:
         functions["original"] = lambda: original_generate(gpt, labels, CFG_SCALE, TOP_K, generator)
     measured = ms_per_token_in_turns(functions, gpt.config.block_size, options)
-    fastest_of_ours = min(measured[name] for name in OURS if name in measured)
+    fastest_of_ours = min(measured[name] for name in OURS)
     ms = {name: measured[name][0] if name in measured else None for name in (*OURS, "original")}
     return {**ms, "bandwidth": fastest_of_ours[1]}
 
@@ -324,7 +312,7 @@ def measure_busy_rows_again(rows: list[dict], options: Options) -> list[dict]:
 
 
 HEADER = (
-    "| grid | batch (x2 guidance) | dtype | ours, op by op | ours, compiled | ours, one call | (a) original "
+    "| grid | batch (x2 guidance) | dtype | ours, plain | ours, plain compiled | ours, fastest | (a) original "
     "| bandwidth, GB/s | (b) bound | matmul, GFLOP/s | (c) compute floor | (a) / ours | ours / (b) "
     "| ours / max(b, c) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -332,22 +320,21 @@ HEADER = (
 
 
 def format_row(row: dict) -> str:
-    best = min(row[name] for name in OURS if row[name] is not None)
-    one_call = f"{row['one_call']:.1f}" if row["one_call"] else "-"
+    best = min(row[name] for name in OURS)
     original = f"{row['original']:.1f}" if row["original"] else "-"
     speedup = f"{row['original'] / best:.1f}x" if row["original"] else "-"
     return (
-        f"| {row['grid']}x{row['grid']} | {row['batch']} | {row['dtype']} | {row['eager']:.1f} | {row['compiled']:.1f} "
-        f"| {one_call} | {original} "
+        f"| {row['grid']}x{row['grid']} | {row['batch']} | {row['dtype']} | {row['plain']:.1f} "
+        f"| {row['compiled']:.1f} | {row['fastest']:.1f} | {original} "
         f"| {row['bandwidth']:.1f} | {row['bound']:.1f} | {row['gflops']:.0f} | {row['floor']:.1f} | {speedup} "
         f"| {best / row['bound']:.2f}x | {best / max(row['bound'], row['floor']):.2f}x |"
     )
 
 
-# What the table's "one call" is, on each device.
-ONE_CALL = {
-    "cpu": "the whole-step CPU kernel, which generate uses for up to 8 rows (batch 4 with guidance)",
-    "cuda": "one replay of a CUDA graph of the compiled step, which generate uses on a GPU with compile",
+# What the table's "fastest" is, on each device.
+FASTEST = {
+    "cpu": "with llamagen's kernels, one call of the whole-step CPU kernel for up to 16 rows (batch 8 with guidance)",
+    "cuda": "one replay of a CUDA graph of the compiled step",
 }
 
 
@@ -361,24 +348,14 @@ def render(rows: list[dict], options: Options, device: str) -> str:
         "just before and one just after the fastest of ours, this machine's bandwidth moving within seconds) and "
         "the multiply-add rate its compute floor divides by; a row during which that rate fell below "
         f"{BUSY_SHARE:.0%} of its dtype's best in the run (the machine busy with something else) was measured once "
-        "more and the less busy kept. Ours op by op: each step through the modules, eager or compiled; in one call: "
-        f"{ONE_CALL[options.device]}. The ratios use the fastest of ours.",
+        "more and the less busy kept. Ours plain: each step through the model's modules on torch's ops, eager or "
+        f"compiled; fastest: what generate does by default, {FASTEST[options.device]}. The ratios use the fastest "
+        "of ours.",
         "",
         HEADER,
         *(format_row(row) for row in rows),
     ]
     return "\n".join(lines) + "\n"
-
-
-def update_readme(table: str, device: str) -> None:
-    """Put the table between the README's markers for the device: bench (the CPU) or bench-cuda."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    name = "bench" if device == "cpu" else "bench-cuda"
-    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> markers")
-    readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,8 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", help="the table's file (default: benchmarks/results/decode_DEVICE.md)")
-    parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
+    parser.add_argument("--out", help="the table's file (default: benchmarks/results/decode_DEVICE_DATE.md)")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -398,14 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         description = f"GPU ({torch.cuda.get_device_name()})"
     else:
         description = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}.md")
+    today = datetime.date.today().isoformat()
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}_{today}.md")
     print(HEADER, flush=True)
     options = Options(args.repeats, args.skip_original, args.device)
     table = render(run(args.grids, args.batches, args.dtypes, options), options, description)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    if args.readme:
-        update_readme(table, args.device)
     print(f"\nwrote {out}")
 
 

@@ -4,14 +4,15 @@ For each weight shape of GPT-B (and its output layer), 2 and 8 rows (batch 1 and
 guidance) times the matrix, in GB/s of weights read, beside the bandwidth a plain reduction reaches. The
 matrix is cycled over copies (at least 24, and at least 96 MB: three times this machine's L3 cache), so that its
 weights come from memory as a step's do; the copies and the reduction's buffer lie on 2 MB pages, as generation
-places the weights (`llamagen.huge_pages`). Then all of a step's matrices one after another, as a step reads
+places the weights (`llamagen.fast.huge_pages`). Then all of a step's matrices one after another, as a step reads
 them: read alone (torch's sum of each) and multiplied by 2 rows, beside the bound of a plain reduction. Run with
-`make bench`; it prints the tables and writes them to benchmarks/results/small_batch_linear.md.
+`make bench`; it prints the tables and writes them to benchmarks/results/small_batch_linear_DATE.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from decode_speed import measure_bandwidth_gbs  # this script's folder
 
-from llamagen import huge_pages, kernels
+from llamagen.fast import huge_pages, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # GPT-B: dim 768, 12 heads, SwiGLU hidden 2048, vocabulary 16384
@@ -108,7 +109,8 @@ def matrices_in_turn() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "small_batch_linear.md"))
+    today = datetime.date.today().isoformat()
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"small_batch_linear_{today}.md"))
     args = parser.parse_args()
     if not kernels.load():
         raise SystemExit("the kernel is not available on this CPU (or did not build): nothing to compare")

@@ -4,9 +4,9 @@ Importing the package loads no model and changes no global state.
 """
 
 from llamagen.checkpoints import save
+from llamagen.generation import generate
 from llamagen.gpt import GPT, GPTConfig, gpt_preset
 from llamagen.gpt.loading import load_gpt
-from llamagen.gpt.sampling import generate
 from llamagen.pipeline import Pipeline, load_pipeline
 from llamagen.tokenizer import VQConfig, VQModel, vq_preset
 from llamagen.tokenizer.loading import load_tokenizer

@@ -21,8 +21,9 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from llamagen.checkpoints import read_safetensors_metadata, resolve_source
+from llamagen.generation import generate
 from llamagen.gpt import GPT
-from llamagen.gpt.sampling import check_sampling_options, generate
+from llamagen.gpt.sampling import check_sampling_options
 from llamagen.images import tensor_to_pil
 from llamagen.tokenizer import VQModel
 

@@ -2,8 +2,7 @@
 
 import torch
 
-from llamagen import kernels
-from llamagen.gpt import GPT, GPTConfig, sampling
+from llamagen.gpt import GPT, GPTConfig
 from llamagen.text import ClipConfig, ClipTextEncoder
 from llamagen.tokenizer import VQModel, vq_preset
 
@@ -29,23 +28,17 @@ def condition(model: GPT, batch: int = 3, seed: int = 0):
     return features, mask
 
 
-@torch.no_grad()  # as generation decodes: on a CPU with llamagen's kernels, each step in one call
-def cached_logits(model: GPT, tokens, cond, cond_mask, fixed_shapes: bool = False):
+@torch.no_grad()
+def cached_logits(model: GPT, tokens, cond, cond_mask, position_tensor: bool = False):
     """Prefill, then decode the given tokens one at a time: the (B, t+1, vocab) logits of every step
-    (`fixed_shapes`: by `decode_step_at`, the step CUDA graphs replay)."""
+    (`position_tensor`: each position given as a one-element tensor, as a CUDA graph replays the step)."""
     model.setup_cache(tokens.shape[0])
     steps = [model.prefill(cond, cond_mask)]
     for i in range(tokens.shape[1]):
-        steps.append(decode(model, tokens[:, i : i + 1], model.prefix_length + i, fixed_shapes))
+        position = model.prefix_length + i
+        steps.append(model.decode_step(tokens[:, i : i + 1], torch.tensor([position]) if position_tensor else position))
     model.clear_cache()
     return torch.stack(steps, 1)
-
-
-def decode(model: GPT, tokens, position: int, fixed_shapes: bool):
-    """One decoding step: `decode_step`, or with `fixed_shapes` `decode_step_at` (the position as a tensor)."""
-    if fixed_shapes:
-        return model.decode_step_at(tokens, torch.tensor([position]), model.visible_keys)
-    return model.decode_step(tokens, position)
 
 
 def small_tokenizer(codebook_size: int = 64) -> VQModel:
@@ -78,14 +71,6 @@ def logits_with_ties(vocab: int, seed: int = 0) -> torch.Tensor:
     for start, step, value in [(0, 5, float("nan")), (1, 7, float("inf")), (2, 7, float("-inf")), (3, 4, -0.0)]:
         logits[3, start::step] = value
     return logits
-
-
-def decode_module_by_module(patch) -> None:
-    """Through `patch` (pytest's monkeypatch or one of its contexts): decoding steps through the modules, whose
-    products and attention are still llamagen's kernels, not as one call of the whole-step kernel (on a CPU) or
-    one replay of a CUDA graph (on a GPU)."""
-    patch.setattr(kernels, "use_decode_step", lambda gpt, rows: False)
-    patch.setattr(sampling, "use_cuda_graphs", lambda gpt: False)
 
 
 # A generator trained on codes of digits by a random tokenizer: 16x16 digits -> 4x4 codes of 64.

@@ -27,7 +27,7 @@ from llamagen.analysis.pictures import (
     prefix_attention_figure,
 )
 from llamagen.data.shapes import BACKGROUNDS, OPTIONAL_ATTRIBUTES, POSITIONS, SIZES, ShapeAttributes, describe, render
-from llamagen.gpt.sampling import generate
+from llamagen.generation import generate
 from llamagen.images import pil_to_tensor
 
 

@@ -15,9 +15,9 @@ from llamagen import save
 from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.pictures import labelled_rows
 from llamagen.apps.conditioning_tab import CAPTION_ROLES
-from llamagen.evaluation.metrics import code_perplexity
+from llamagen.metrics import code_perplexity
 from llamagen.pipeline import load_pipeline
-from llamagen.reconstruction import reconstruct
+from llamagen.tokenizer.reconstruction import reconstruct
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow

@@ -1,76 +1,60 @@
-"""Decoding steps in fixed shapes, the step a CUDA graph replays: the same generations as the usual steps. The
-graphs themselves need a GPU; their tests run where there is one."""
+"""Decoding steps replayed from CUDA graphs (`llamagen.fast.cuda_graphs`): they generate what the model's step
+does. The step a graph records is the model's own, with the position a tensor; that it computes what the full
+forward does is checked in test_gpt_model.py. The graphs themselves need a GPU; their tests run where there is
+one."""
 
 import pytest
 import torch
-from helpers import cached_logits, condition, decode, decode_module_by_module, small
+from helpers import cached_logits, condition, small
 
 from llamagen import generate
+from llamagen.fast import cuda_graphs
 from llamagen.gpt import GPT
-from llamagen.gpt.cuda_graphs import graphed_decode_steps, use_cuda_graphs
 
 needs_a_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
-
-@pytest.fixture
-def fixed_shape_steps(monkeypatch):
-    """generate's steps by `decode_step_at` (the position a tensor), eagerly and module by module; returns the
-    usual `GPT.decode_step`."""
-    decode_module_by_module(monkeypatch)
-    usual = GPT.decode_step
-    monkeypatch.setattr(GPT, "decode_step", lambda model, tokens, position: decode(model, tokens, position, True))
-    return usual
 
 
 def small_of(model_type: str, seed: int) -> GPT:
     return small(model_type=model_type, n_kv_head=2, cls_token_num=1 if model_type == "c2i" else 6, seed=seed)
 
 
-@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-def test_fixed_shape_steps_generate_what_the_usual_steps_do(model_type, fixed_shape_steps, monkeypatch):
-    """Guidance that ends part-way (the first rows of the cache continue alone) and padded captions."""
-    model = small_of(model_type, seed=3)
-    cond, cond_mask = condition(model, batch=2)
-    fixed = generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1)
-    monkeypatch.setattr(GPT, "decode_step", fixed_shape_steps)
-    assert torch.equal(fixed, generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1))
-
-
 @pytest.mark.slow
-def test_the_compiled_fixed_shape_step_generates_what_it_does_eagerly(fixed_shape_steps, monkeypatch):
+def test_the_step_compiles_whole_with_the_position_a_tensor(monkeypatch):
     """The step that the GPU's graphs record with compile, traced whole (no graph breaks) and run on the CPU."""
     model = small_of("t2i", seed=6)
     cond, cond_mask = condition(model, batch=2)
-    eager = generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1)
-    compiled = torch.compile(GPT.decode_step_at, fullgraph=True)
+    options = {"cfg_scale": 2.0, "cfg_interval": 4, "top_k": 1, "decoding": "plain"}
+    eager = generate(model, cond, cond_mask, **options)
+    compiled = torch.compile(GPT.decode_step, fullgraph=True)
 
     def compiled_step(model, tokens, position):
-        return compiled(model, tokens, torch.tensor([position]), model.visible_keys)
+        return compiled(model, tokens, torch.tensor([position]))
 
     monkeypatch.setattr(GPT, "decode_step", compiled_step)
-    assert torch.equal(eager, generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1))
+    assert torch.equal(
+        eager, generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, top_k=1, decoding="plain")
+    )
 
 
 def test_cuda_graphs_serve_only_a_gpu_model_without_gradients():
     model = small()
     with torch.no_grad():
-        assert not use_cuda_graphs(model)  # on the CPU
+        assert not cuda_graphs.serves(model)  # on the CPU
         if torch.cuda.is_available():
-            assert use_cuda_graphs(model.cuda())
+            assert cuda_graphs.serves(model.cuda())
     if torch.cuda.is_available():
-        assert not use_cuda_graphs(model)  # gradients enabled
+        assert not cuda_graphs.serves(model)  # gradients enabled
 
 
 @needs_a_gpu
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-@pytest.mark.usefixtures("fixed_shape_steps")
-def test_cuda_graphs_replay_what_the_fixed_shape_step_computes(model_type, monkeypatch):
-    """Generations from replayed graphs against the same steps run eagerly, token for token, greedy and sampled
+def test_cuda_graphs_replay_what_the_plain_step_computes(model_type):
+    """Generations from replayed graphs against the model's step run eagerly, token for token, greedy and sampled
     with one seed: guidance ending part-way (a second graph, for half the rows), and a second generation, whose
     different conditions (captions of other lengths) the graphs recorded for the first must read."""
     model = small_of(model_type, seed=4).cuda()
 
-    def generations():
+    def generations(decoding):
         tokens = []
         for seed in (0, 1):
             cond, cond_mask = condition(model, batch=2, seed=seed)
@@ -78,13 +62,12 @@ def test_cuda_graphs_replay_what_the_fixed_shape_step_computes(model_type, monke
                 cond_mask = (cond_mask if seed == 0 else cond_mask.flip(0)).cuda()  # the padding in the other row
             cond = cond.cuda()
             for options in ({"top_k": 1}, {"top_k": 5, "generator": torch.Generator("cuda").manual_seed(seed)}):
-                tokens.append(generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, **options))
+                tokens.append(
+                    generate(model, cond, cond_mask, cfg_scale=2.0, cfg_interval=4, decoding=decoding, **options)
+                )
         return tokens
 
-    eager = generations()
-    monkeypatch.setattr("llamagen.gpt.sampling.use_cuda_graphs", use_cuda_graphs)  # undo decode_module_by_module
-    graphed = generations()
-    for expected, replayed in zip(eager, graphed, strict=True):
+    for expected, replayed in zip(generations("plain"), generations("fastest"), strict=True):
         assert torch.equal(expected, replayed)
 
 
@@ -93,8 +76,7 @@ def test_cuda_graphs_replay_what_the_fixed_shape_step_computes(model_type, monke
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
 @pytest.mark.parametrize("compile", [False, True])
 def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol, compile):
-    """The replayed step's logits, compiled or not, against the modules' step over the cache's first positions
-    only."""
+    """The replayed step's logits, compiled or not, against the modules' step."""
     model = small_of(model_type, seed=5).cuda().to(dtype)
     cond, cond_mask = condition(model, batch=2)
     cond, cond_mask = cond.cuda(), None if cond_mask is None else cond_mask.cuda()
@@ -102,7 +84,7 @@ def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol, compi
     usual = cached_logits(model, tokens, cond, cond_mask)
     with torch.no_grad():
         model.setup_cache(2)
-        steps, replayed = graphed_decode_steps(model, compile), [model.prefill(cond, cond_mask)]
+        steps, replayed = cuda_graphs.graphed_decode_steps(model, compile), [model.prefill(cond, cond_mask)]
         for i in range(tokens.shape[1]):
             replayed.append(steps(tokens[:, i : i + 1], model.prefix_length + i))
     torch.testing.assert_close(torch.stack(replayed, 1), usual, atol=atol, rtol=rtol)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from llamagen.data import open_dataset
+from llamagen.data.batches import StepBatches, collate_images, sample_index, step_loader
 from llamagen.data.digits import TEST_IMAGES, Digits
 from llamagen.data.folders import CaptionedImages, ImageFolder
-from llamagen.data.loading import StepBatches, collate_images, open_dataset, sample_index, step_loader
 from llamagen.data.shapes import (
     BACKGROUNDS,
     CLASS_NAMES,

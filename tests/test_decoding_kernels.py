@@ -1,13 +1,13 @@
-"""The CPU kernels of a decoding step (`llamagen.kernels`): they build where the CPU can run them, the product
+"""The CPU kernels of a decoding step (`llamagen.fast.kernels`): they build where the CPU can run them, the product
 computes x @ W^T and the attention softmax(q k^T / sqrt(d)) v as float64 does, the whole step in one call
-computes what the modules do, and decoding through them generates what torch's ops do."""
+computes what the modules do, and decoding through them generates what the plain model does."""
 
 import pytest
 import torch
-from helpers import condition, decode_module_by_module, small
+from helpers import condition, small
 
-from llamagen import generate, kernels
-from llamagen.gpt import sampling
+from llamagen import generate
+from llamagen.fast import compiled, kernels, one_call
 
 ready = kernels.load()
 needs_kernel = pytest.mark.skipif(not ready, reason="this CPU lacks AVX-512 BF16: torch's own products serve")
@@ -31,19 +31,6 @@ def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features)
     # float32: summation order only; bf16: the result is rounded to bf16 (8 bits of mantissa), as torch's is.
     tolerance = 1e-5 if dtype == torch.float32 else 2**-8
     assert relative_error(got, exact) < tolerance
-
-
-@needs_kernel
-def test_only_a_few_rows_without_gradients_go_to_the_kernel():
-    weight = torch.randn(64, 32)
-    assert kernels.use_small_batch_linear(torch.randn(2, 1, 32), weight)
-    assert kernels.use_small_batch_linear(torch.randn(8, 1, 32), weight)  # batch 4 with guidance
-    assert not kernels.use_small_batch_linear(torch.randn(9, 1, 32), weight)  # a larger batch, training, prefill
-    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, requires_grad=True), weight)
-    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 24), torch.randn(64, 24))  # 24: not whole chunks
-    assert not kernels.use_small_batch_linear(torch.randn(2, 1, 32, dtype=torch.float64), weight.double())
-    with torch.no_grad():
-        assert kernels.use_small_batch_linear(torch.randn(2, 1, 32), weight.requires_grad_())
 
 
 @needs_kernel
@@ -75,66 +62,52 @@ def test_the_kernel_computes_single_query_attention(dtype, batch, heads, kv_head
 
 
 @needs_kernel
-def test_only_attention_without_gradients_goes_to_the_kernel():
-    q, k = torch.randn(2, 4, 1, 16), torch.randn(2, 4, 9, 16)
-    assert kernels.use_single_query_attention(q, k, k)
-    assert not kernels.use_single_query_attention(q.double(), k.double(), k.double())
-    assert not kernels.use_single_query_attention(q.bfloat16(), k, k)  # mixed dtypes
-    assert not kernels.use_single_query_attention(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k)
-    assert not kernels.use_single_query_attention(q.requires_grad_(), k, k)
-
-
-@needs_kernel
-@pytest.mark.parametrize("one_call", [True, False], ids=["one-call-step", "op-by-op"])
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
-def test_decoding_through_the_kernels_generates_what_torchs_ops_do(model_type, one_call, monkeypatch):
+def test_decoding_through_the_kernels_generates_what_the_plain_model_does(model_type, monkeypatch):
     model = small(model_type=model_type, cls_token_num=6 if model_type == "t2i" else 1)  # 6: captions padded
     cond, cond_mask = condition(model, batch=2)
-    if one_call:
-        calls = {"decode_step": [], "top_k": []}
-    else:
-        decode_module_by_module(monkeypatch)
-        calls = {"small_batch_linear": [], "single_query_attention": [], "top_k": []}
-    for name in calls:
-        decide = getattr(kernels, f"use_{name}")
-        monkeypatch.setattr(
-            kernels, f"use_{name}", lambda *args, decide=decide, name=name: _record(calls[name], decide(*args))
-        )
-    options = {"cfg_scale": 2.0, "top_k": 5}
+    calls = {"one_call": 0, "top_k": 0}
+    step, top_k = one_call.OneCallStep.__call__, torch.ops.llamagen.top_k
 
-    def sampled():
-        return generate(model, cond, cond_mask, **options, generator=torch.Generator().manual_seed(0))
+    def counted(name, function):
+        def call(*args):
+            calls[name] += 1
+            return function(*args)
 
-    through_kernel = sampled()
-    # Batch 2, doubled by guidance: every decoding step (or each of its products and attentions) and top-k went
-    # to the kernels.
-    assert all(sum(decisions) > 0 for decisions in calls.values())
-    if one_call:
-        assert all(calls["decode_step"])
-    monkeypatch.setattr(kernels, "ready", False)
-    assert torch.equal(through_kernel, sampled())
+        return call
+
+    monkeypatch.setattr(one_call.OneCallStep, "__call__", counted("one_call", step))
+    monkeypatch.setattr(torch.ops.llamagen, "top_k", counted("top_k", top_k))
+
+    def sampled(decoding):
+        generator = torch.Generator().manual_seed(0)
+        return generate(model, cond, cond_mask, cfg_scale=2.0, top_k=5, generator=generator, decoding=decoding)
+
+    through_kernels = sampled("fastest")
+    # Batch 2, doubled by guidance: every decoding step was one call of the kernel, every top-k the kernel's.
+    assert calls == {"one_call": 15, "top_k": 16}
+    assert torch.equal(through_kernels, sampled("plain"))
 
 
-def _decode(model, cond, cond_mask, tokens, one_call: bool, monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _decode(model, cond, cond_mask, tokens, one_call_step: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The logits of a prefill and then of each of `tokens`' columns, and the caches they left, with the steps in one
-    call of the whole-step kernel or module by module (whose products and attention are still the kernels)."""
-    with monkeypatch.context() as patch, torch.no_grad():
-        if not one_call:
-            decode_module_by_module(patch)
+    call of the whole-step kernel or through the model's modules."""
+    with torch.no_grad():
         model.setup_cache(tokens.shape[0])
+        assert one_call.serves(model, tokens.shape[0])
+        step = one_call.OneCallStep(model) if one_call_step else model.decode_step
         logits = [model.prefill(cond, cond_mask)]
         for i in range(tokens.shape[1]):
-            assert kernels.use_decode_step(model, tokens.shape[0]) == one_call
-            logits.append(model.decode_step(tokens[:, i : i + 1], model.prefix_length + i))
-        _, caches = model.one_call_tensors
+            logits.append(step(tokens[:, i : i + 1], model.prefix_length + i))
+        _, caches = one_call.step_tensors(model)
         return torch.stack(logits, 1), [cache.clone() for cache in caches]
 
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: batch 4 with guidance, the most the products take
+@pytest.mark.parametrize("rows", [1, 3, 8, 11, 16])  # 8: one pass of the product; 11, 16: two, the last partial
 @pytest.mark.parametrize("model_type, n_kv_head", [("c2i", None), ("c2i", 2), ("t2i", 2)])
-def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, rows, dtype, monkeypatch):
+def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, rows, dtype):
     """Logits and the keys and values it caches, with grouped-query attention and padded captions too. The modules
     round to bf16 at the same places (norms, rotations, SwiGLU, residuals), so bf16 differs only where float32
     sums in another order land on the other side of a rounding."""
@@ -143,10 +116,10 @@ def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, r
     cond, cond_mask = condition(model, batch=max(rows, 2))
     cond, cond_mask = cond[:rows], None if cond_mask is None else cond_mask[:rows]
     tokens = torch.randint(0, model.config.vocab_size, (rows, 12), generator=torch.Generator().manual_seed(rows))
-    one_call, one_call_caches = _decode(model, cond, cond_mask, tokens, True, monkeypatch)
-    by_module, module_caches = _decode(model, cond, cond_mask, tokens, False, monkeypatch)
+    one_call_logits, one_call_caches = _decode(model, cond, cond_mask, tokens, True)
+    by_module, module_caches = _decode(model, cond, cond_mask, tokens, False)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.1, "rtol": 2**-7}
-    torch.testing.assert_close(one_call, by_module, **tolerance)
+    torch.testing.assert_close(one_call_logits, by_module, **tolerance)
     for got, expected in zip(one_call_caches, module_caches, strict=True):
         torch.testing.assert_close(got, expected, **tolerance)
 
@@ -154,27 +127,25 @@ def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, r
 @needs_kernel
 def test_the_one_call_step_serves_only_what_it_computes_like_the_modules():
     model = small()
-    assert not kernels.use_decode_step(model, 2)  # no cache yet
-    model.setup_cache(9)
+    assert not one_call.serves(model, 2)  # no cache yet
+    model.setup_cache(one_call.MAX_ROWS + 1)
     with torch.no_grad():
-        assert kernels.use_decode_step(model, 8)
-        assert not kernels.use_decode_step(model, 9)  # batch 5 with guidance: more rows than the products take
+        assert one_call.serves(model, one_call.MAX_ROWS)
+        assert not one_call.serves(model, one_call.MAX_ROWS + 1)  # torch's products read the weights once
         model.train()  # dropout would apply in the modules
-        assert not kernels.use_decode_step(model, 2)
-    model.eval()
-    assert not kernels.use_decode_step(model, 2)  # gradients wanted: only the modules record them
-    model.setup_cache(2, dtype=torch.bfloat16)  # a cache of another dtype than the weights
-    assert model.one_call_tensors is None
+        assert not one_call.serves(model, 2)
+        model.eval()
+        model.setup_cache(2, dtype=torch.bfloat16)  # a cache of another dtype than the weights
+        assert not one_call.serves(model, 2)
     model.setup_cache(2)
-    model.to(torch.bfloat16)  # caches and weights converted: what setup_cache gathered is stale
-    assert model.one_call_tensors is None
+    assert not one_call.serves(model, 2)  # gradients wanted: only the modules record them
 
 
 @needs_kernel
 def test_the_one_call_step_refuses_what_it_cannot_read():
     model = small()
     model.setup_cache(2)
-    weights, caches = model.one_call_tensors
+    weights, caches = one_call.step_tensors(model)
     tokens = torch.tensor([[1], [2]])
 
     def step(tokens=tokens, weights=weights, caches=caches, position=3):
@@ -204,7 +175,7 @@ def test_compile_is_left_to_steps_that_one_call_does_not_serve(monkeypatch):
     def no_compiling(gpt):
         raise AssertionError("compiled a step that the whole-step kernel serves")
 
-    monkeypatch.setattr(sampling, "compiled_decode_step", no_compiling)
+    monkeypatch.setattr(compiled, "compiled_decode_step", no_compiling)
     model = small()
     labels = torch.tensor([1, 2])
     assert torch.equal(

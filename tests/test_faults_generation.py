@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from llamagen import load_gpt, save
 from llamagen.cli import main
+from llamagen.generation import generate
 from llamagen.gpt import GPT
-from llamagen.gpt.sampling import generate
 
 
 def test_threads_generating_on_one_model_each_get_what_they_get_alone():

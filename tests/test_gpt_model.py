@@ -6,7 +6,7 @@ from helpers import SMALL, cached_logits, condition, small
 
 from llamagen.gpt import GPT, GPTConfig, gpt_preset
 from llamagen.gpt.layers import rope_table_2d
-from llamagen.gpt.model import prefix_attention_mask
+from llamagen.gpt.model import attention_mask
 
 
 @pytest.mark.parametrize(
@@ -32,15 +32,15 @@ def test_larger_presets_follow_the_published_pattern(preset, layers, dim, heads,
 
 @pytest.mark.parametrize("model_type", ["c2i", "t2i"])
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["decode_step", "decode_step_at"])
-def test_cached_decoding_equals_the_full_forward(model_type, n_kv_head, fixed_shapes):
-    """Also with grouped-query attention (where the original's cache breaks) and caption masks, and in the fixed
-    shapes of CUDA graphs' step (the whole cache attended, later positions hidden)."""
+@pytest.mark.parametrize("position_tensor", [False, True], ids=["position-int", "position-tensor"])
+def test_cached_decoding_equals_the_full_forward(model_type, n_kv_head, position_tensor):
+    """Also with grouped-query attention (where the original's cache breaks) and caption masks, and with the
+    position a tensor, as a CUDA graph replays the step."""
     model = small(model_type=model_type, n_kv_head=n_kv_head, cls_token_num=1 if model_type == "c2i" else 6)
     cond, mask = condition(model)
     tokens = torch.randint(0, 97, (3, 15), generator=torch.Generator().manual_seed(1))
     full = model(tokens, cond, mask)
-    torch.testing.assert_close(cached_logits(model, tokens, cond, mask, fixed_shapes), full, atol=2e-5, rtol=0)
+    torch.testing.assert_close(cached_logits(model, tokens, cond, mask, position_tensor), full, atol=2e-5, rtol=0)
 
 
 def test_grouped_query_attention_has_fewer_key_value_weights_and_cache():
@@ -64,7 +64,7 @@ def test_a_masked_caption_equals_the_caption_without_its_padding_for_image_token
 
 
 def test_prefix_mask_hides_padding_from_everyone_but_itself():
-    mask = prefix_attention_mask(torch.tensor([[0, 1, 1]]), 5)[0, 0]
+    mask = attention_mask(torch.tensor([[False, True, True, True, True]]), torch.arange(5))[0, 0]
     expected = torch.tensor(
         [
             [1, 0, 0, 0, 0],
@@ -180,7 +180,7 @@ def test_attention_weights_are_what_the_layer_computes():
         attention = model.layers[1].attention
         weights = attention.attention_weights(x, rope, attn_mask)
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
-        _, _, v = attention._project(x, rope)
+        _, _, v = attention.project(x, rope)
         v = v.repeat_interleave(attention.n_head // attention.n_kv_head, dim=1)
         mixed = (weights @ v).transpose(1, 2).reshape(3, x.shape[1], -1)
         torch.testing.assert_close(attention.wo(mixed), attention(x, rope, attn_mask), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Tensors on 2 MB pages (llamagen.huge_pages): what the decoding step streams lives there, unchanged."""
+"""Tensors on 2 MB pages (llamagen.fast.huge_pages): what the decoding step streams lives there, unchanged."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llamagen import generate, huge_pages
+from llamagen import generate
+from llamagen.fast import huge_pages
 from llamagen.gpt import GPT, GPTConfig
 
 needs_huge_pages = pytest.mark.skipif(not huge_pages.available(), reason="this system gives no 2 MB pages")
@@ -59,7 +60,7 @@ def test_without_huge_pages_zeros_are_ordinary_and_weights_stay(monkeypatch):
     assert torch.equal(a, torch.zeros(4, 4))
     gpt = tiny_gpt()
     before = [p.data_ptr() for p in gpt.parameters()]
-    huge_pages.move_parameters(gpt)
+    huge_pages.move_to_huge_pages(gpt)
     assert [p.data_ptr() for p in gpt.parameters()] == before
 
 
@@ -68,19 +69,21 @@ def test_moving_parameters_keeps_objects_values_and_generations():
     gpt = tiny_gpt()
     parameters = list(gpt.parameters())
     values = [p.detach().clone() for p in parameters]
-    before = generate(gpt, torch.tensor([1, 2]), cfg_scale=2.0, top_k=8, generator=torch.Generator().manual_seed(3))
-    huge_pages.move_parameters(gpt)
+    options = {"cfg_scale": 2.0, "top_k": 8, "decoding": "plain"}  # plain: moves nothing itself
+    before = generate(gpt, torch.tensor([1, 2]), **options, generator=torch.Generator().manual_seed(3))
+    assert not any(asks_for_huge_pages(p) for p in parameters)
+    huge_pages.move_to_huge_pages(gpt)
     assert list(gpt.parameters()) == parameters
     assert all(torch.equal(p, v) for p, v in zip(parameters, values, strict=True))
     assert all(asks_for_huge_pages(p) for p in parameters)
-    after = generate(gpt, torch.tensor([1, 2]), cfg_scale=2.0, top_k=8, generator=torch.Generator().manual_seed(3))
+    after = generate(gpt, torch.tensor([1, 2]), **options, generator=torch.Generator().manual_seed(3))
     assert torch.equal(before, after)
 
     moved = [p.data_ptr() for p in parameters]
-    huge_pages.move_parameters(gpt)  # already there: nothing moves
+    huge_pages.move_to_huge_pages(gpt)  # already there: nothing moves
     assert [p.data_ptr() for p in parameters] == moved
     gpt.output.weight.data = gpt.output.weight.data.clone()  # replaced: moved again
-    huge_pages.move_parameters(gpt)
+    huge_pages.move_to_huge_pages(gpt)
     assert asks_for_huge_pages(gpt.output.weight)
     replaced = next(i for i, p in enumerate(parameters) if p is gpt.output.weight)
     assert [p.data_ptr() for i, p in enumerate(parameters) if i != replaced] == moved[:replaced] + moved[replaced + 1 :]
@@ -93,15 +96,15 @@ def test_parameters_sharing_storage_stay_shared():
     tied.b = nn.Parameter(tied.a.data)  # two parameters, one storage
     tied.c = nn.Parameter(torch.randn(16)[4:12])  # a view into a larger storage
     before = [p.data_ptr() for p in (tied.a, tied.b, tied.c)]
-    huge_pages.move_parameters(tied)
+    huge_pages.move_to_huge_pages(tied)
     assert [p.data_ptr() for p in (tied.a, tied.b, tied.c)] == before
 
 
 @needs_huge_pages
-def test_the_cpu_kv_cache_is_on_huge_pages():
+def test_generation_on_the_cpu_moves_the_weights_and_the_kv_cache_to_huge_pages():
     gpt = tiny_gpt()
-    gpt.setup_cache(4)
+    generate(gpt, torch.tensor([1, 2]), cfg_scale=2.0, top_k=1)
     cache = gpt.layers[1].attention.kv_cache
     assert asks_for_huge_pages(cache.k_cache) and asks_for_huge_pages(cache.v_cache)
+    assert all(asks_for_huge_pages(p) for p in gpt.parameters())
     assert cache.k_cache.shape == (4, gpt.config.n_kv_head, gpt.max_sequence_length, gpt.config.head_dim)
-    assert not cache.k_cache.any()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from llamagen.evaluation.metrics import psnr, ssim
+from llamagen.metrics import psnr, ssim
 
 
 def noisy_pair(seed=0, shape=(40, 50, 3), noise=30):
@@ -77,7 +77,7 @@ def test_code_perplexity_is_the_effective_number_of_codes():
     hand once: a version taking 2 to the entropy in nats fails here."""
     from scipy.stats import entropy
 
-    from llamagen.evaluation.metrics import code_perplexity
+    from llamagen.metrics import code_perplexity
 
     assert code_perplexity(torch.tensor([0, 5, 5, 5, 5, 0])) == pytest.approx(4.0)
     assert code_perplexity(torch.tensor([0, 0, 17, 0])) == pytest.approx(1.0)

@@ -14,8 +14,8 @@ from skimage.metrics import structural_similarity
 
 from llamagen.cli import main
 from llamagen.data.photos import PHOTO_NAMES, load_photo
-from llamagen.reconstruction import pad_to_multiple, reconstruct
 from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.tokenizer.reconstruction import pad_to_multiple, reconstruct
 
 
 def photo_file(tmp_path, size=(30, 22), name="photo.png"):

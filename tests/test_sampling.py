@@ -2,11 +2,13 @@
 
 import pytest
 import torch
-from helpers import condition, decode_module_by_module, logits_with_ties, small
+from helpers import condition, logits_with_ties, small
 
-from llamagen import generate, kernels
-from llamagen.gpt import GPT, sampling
-from llamagen.gpt.sampling import guided, sample, top_k_candidates
+from llamagen import generate, generation
+from llamagen.fast import kernels
+from llamagen.fast.top_k import top_k_candidates
+from llamagen.gpt import GPT
+from llamagen.gpt.sampling import guided, sample, sorted_top_k
 
 
 def test_top_k_only_ever_samples_the_k_best():
@@ -15,31 +17,35 @@ def test_top_k_only_ever_samples_the_k_best():
     assert set(drawn.flatten().tolist()) == {1, 3}
 
 
-def _top_k_path(kernel: bool, monkeypatch) -> None:
-    """Send top-k to llamagen's CPU kernel or to torch's ops."""
-    if kernel and not kernels.load():
+def _top_k_path(way: str, monkeypatch):
+    """The sampler's top-k (a stable sort), or `llamagen.fast`'s through the CPU kernel or through torch's ops."""
+    if way == "kernel" and not kernels.load():
         pytest.skip("this CPU lacks AVX-512 BF16: the kernel is not built")
-    monkeypatch.setattr(kernels, "ready", kernel)
+    monkeypatch.setattr(kernels, "ready", way == "kernel")
+    return sorted_top_k if way == "sort" else top_k_candidates
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
-def test_top_k_candidates_come_largest_first_and_equal_logits_by_token_id(kernel, monkeypatch):
+TOP_K_WAYS = ["sort", "kernel", "threshold"]
+
+
+@pytest.mark.parametrize("way", TOP_K_WAYS)
+def test_top_k_candidates_come_largest_first_and_equal_logits_by_token_id(way, monkeypatch):
     """The draw depends on the candidates' order, so equal logits (common in bf16) must not be left to an
     algorithm's whims: the order is that of a stable descending sort, with or without the CPU kernel."""
-    _top_k_path(kernel, monkeypatch)
+    top_k = _top_k_path(way, monkeypatch)
     logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, -0.0, 0.0, -1.0], [0.0, -0.0, 0.0, 5.0, 5.0, 7.0, -1.0, 0.0]])
-    values, ids = top_k_candidates(logits, 4)
+    values, ids = top_k(logits, 4)
     assert ids.tolist() == [[1, 2, 4, 3], [5, 3, 4, 0]]
     assert torch.equal(values, logits.gather(-1, ids))
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+@pytest.mark.parametrize("way", ["kernel", "threshold"])
 @pytest.mark.parametrize("vocab, k", [(16384, 2000), (97, 1), (97, 97), (40, 23)])  # 40: a partial register
-def test_top_k_candidates_are_the_first_k_of_a_stable_sort(kernel, vocab, k, monkeypatch):
+def test_top_k_candidates_are_the_first_k_of_a_stable_sort(way, vocab, k, monkeypatch):
     """The kernel and torch's own ops give the same candidates in the same order, also on rows of equal
     values, infinities, signed zeros and NaN; all rows at once (the kernel's rows in parallel) and one by one
     (torch's ops take another path for a row with NaN)."""
-    _top_k_path(kernel, monkeypatch)
+    top_k_candidates = _top_k_path(way, monkeypatch)
     logits = logits_with_ties(vocab, seed=vocab + k)
     sorted_values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     for rows in [slice(None), *(slice(row, row + 1) for row in range(len(logits)))]:
@@ -106,10 +112,10 @@ def test_cfg_interval_guides_only_the_first_tokens(monkeypatch):
         return original_decode(self, tokens, position)
 
     monkeypatch.setattr(GPT, "decode_step", recording_decode)
-    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, cfg_interval=3, top_k=1)
+    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, cfg_interval=3, top_k=1, decoding="plain")
     assert batch_rows == [4] * 4 + [2] * 11  # tokens 1..4 guided (doubled batch), tokens 5..15 not
     batch_rows.clear()
-    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, top_k=1)
+    generate(model, torch.tensor([1, 2]), cfg_scale=3.0, top_k=1, decoding="plain")
     assert batch_rows == [4] * 15
 
 
@@ -171,7 +177,7 @@ def test_guidance_needs_a_null_class():
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused(monkeypatch):
     model = small()
-    monkeypatch.setattr(sampling, "available_memory_bytes", lambda device: 10_000_000)
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda device: 10_000_000)
     with pytest.raises(ValueError, match=r"doubled for guidance.*use a smaller batch"):
         generate(model, torch.zeros(4000, dtype=torch.long), cfg_scale=4.0)
 
@@ -181,7 +187,7 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
     labels = torch.tensor([0, 3])
     expected = generate(model, labels, cfg_scale=2.0, top_k=1)
     cache = model.layers[0].attention.kv_cache.k_cache
-    monkeypatch.setattr(sampling, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(generation, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         generate(model, torch.tensor([4, 1]), cfg_scale=2.0)
     monkeypatch.undo()
@@ -193,15 +199,8 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
     assert all(layer.attention.kv_cache is None for layer in model.layers)
 
 
-@pytest.fixture
-def op_by_op(monkeypatch):
-    """Decoding steps module by module, compiled or not: where llamagen's CPU kernels are loaded, the whole-step
-    kernel would otherwise serve these small batches and compile would be left unused."""
-    decode_module_by_module(monkeypatch)
-
-
 @pytest.mark.slow
-def test_compiled_decoding_generates_what_eager_decoding_does(op_by_op):
+def test_compiled_decoding_generates_what_eager_decoding_does():
     """The compiled step (weights frozen into the graph on the CPU) follows the model, also when models
     alternate, after its weights change and when guidance ends part-way (a smaller batch). Models share one
     code object and so torch's recompilation limit: a step that fell back to eager decoding past it would fail
@@ -213,25 +212,28 @@ def test_compiled_decoding_generates_what_eager_decoding_does(op_by_op):
         # must still tell the two models apart.
         for model in (first, second, first):
             assert torch.equal(
-                generate(model, labels, cfg_scale=2.0, top_k=1, compile=True),
-                generate(model, labels, cfg_scale=2.0, top_k=1),
+                generate(model, labels, cfg_scale=2.0, top_k=1, compile=True, decoding="plain"),
+                generate(model, labels, cfg_scale=2.0, top_k=1, decoding="plain"),
             )
         with torch.no_grad():
             first.output.weight.normal_(std=0.5)
         assert torch.equal(
-            generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1, compile=True),
-            generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1),
+            generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1, compile=True, decoding="plain"),
+            generate(first, labels, cfg_scale=2.0, cfg_interval=3, top_k=1, decoding="plain"),
         )
 
 
 @pytest.mark.slow
-def test_compiled_decoding_with_caption_masks_generates_what_eager_decoding_does(op_by_op):
-    """Captions of different lengths: the padded prefix positions stay hidden in the compiled step's attention
-    (on the CPU, llamagen's attention kernel with its mask) as in eager decoding."""
+def test_compiled_decoding_with_caption_masks_generates_what_eager_decoding_does():
+    """Captions of different lengths: the padded prefix positions stay hidden in the compiled step's attention as
+    in eager decoding, also for the next caption's padding (the step reads the mask that each prefill writes; a
+    mask frozen into the graph would keep the first caption's)."""
     model = small(model_type="t2i", cls_token_num=6, seed=2)
     cond, cond_mask = condition(model, batch=2)
     assert not cond_mask.all()  # some prefix positions are padding
-    assert torch.equal(
-        generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1, compile=True),
-        generate(model, cond, cond_mask, cfg_scale=2.0, top_k=1),
-    )
+    other_mask = cond_mask.flip(0)
+    for mask in (cond_mask, other_mask):
+        assert torch.equal(
+            generate(model, cond, mask, cfg_scale=2.0, top_k=1, compile=True, decoding="plain"),
+            generate(model, cond, mask, cfg_scale=2.0, top_k=1, decoding="plain"),
+        )

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from llamagen.evaluation.metrics import code_perplexity
 from llamagen.evaluation.tokenizer import held_out_images
 from llamagen.images import pil_to_tensor
+from llamagen.metrics import code_perplexity
 from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.training.common import load_training_state
 from llamagen.training.sweep import SweepSettings, run_name, sweep_codebook

@@ -111,7 +111,7 @@ def test_the_contrastive_loss_is_open_clips_and_hard_negatives_only_push_images_
 
 
 def test_hard_negatives_rephrase_each_caption_for_another_shape_and_colour_never_a_held_out_pair():
-    from llamagen.data.loading import collate_images
+    from llamagen.data.batches import collate_images
     from llamagen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES, Shapes, recaption
     from llamagen.training.clip import hard_negative_captions
 

@@ -168,8 +168,8 @@ def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch
 
 def test_evaluation_counts_codes():
     """Usage and perplexity are those of the codes the tokenizer gives the images, counted here on their own."""
-    from llamagen.evaluation.metrics import code_perplexity
     from llamagen.images import pil_to_tensor
+    from llamagen.metrics import code_perplexity
 
     tokenizer = load_tokenizer_for_eval()
     images = held_out_crops(32)

@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import torch
 
-from llamagen.reconstruction import tokenize_image
 from llamagen.tokenizer.model import VQModel
+from llamagen.tokenizer.reconstruction import tokenize_image
 
 PROJECTIONS = ("pca", "umap")
 

@@ -15,8 +15,8 @@ from llamagen.analysis.pictures import codebook_figure
 from llamagen.apps.common import IMAGE_FORMAT, SHARED_QUEUE, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import IMAGE_SETS, image_set
-from llamagen.evaluation.metrics import code_perplexity
 from llamagen.images import tensor_to_pil
+from llamagen.metrics import code_perplexity
 
 NEIGHBOURS = 8
 PATCH_PIXELS = 96

@@ -14,7 +14,7 @@ from llamagen.apps.common import SHARED_QUEUE, number_in_range, picture, shown_e
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
 from llamagen.images import tensor_to_pil
-from llamagen.reconstruction import reconstruct, tokenize_image
+from llamagen.tokenizer.reconstruction import reconstruct, tokenize_image
 
 REPLACE_BY = ("code index", "nearest neighbour")
 # The code map is drawn at least this wide, so that a cell is big enough to click.

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,33 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="float32 (default) or bf16")
 
 
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+    """A flag for every field of a training settings dataclass (`llamagen.training.common.setting`): --NAME with
+    the field's type, default and help, or the flag its metadata names. A boolean is a switch that turns its
+    default around (`--fp32` sets bf16 to False, `--hard-negatives` sets hard_negatives)."""
+    types = typing.get_type_hints(settings)
+    for field in dataclasses.fields(settings):
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        help = field.metadata.get("help", "")
+        if types[field.name] is bool:
+            parser.add_argument(
+                flag, dest=field.name, action="store_false" if field.default else "store_true", help=help
+            )
+            continue
+        kind = next(t for t in typing.get_args(types[field.name]) or (types[field.name],) if t is not type(None))
+        shown = "none" if field.default is None else field.default
+        metavar = field.metadata.get("metavar")
+        parser.add_argument(flag, dest=field.name, type=kind, default=field.default, metavar=metavar,
+                            help=f"{help} (default {shown})")  # fmt: skip
+
+
+def settings_from_flags(settings: type, args: argparse.Namespace):
+    """The settings dataclass from the flags `add_settings_flags` added."""
+    return settings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(settings)})
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options every training loop shares: precision, seed, logging, checkpoints, resuming, device."""
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--checkpoint-every", type=int, default=500)
+    """The options of a training run beside its settings: resuming and the device."""
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument(
         "--override",

@@ -14,8 +14,8 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     from llamagen.data.photos import load_photo
     from llamagen.files import write_atomically
     from llamagen.images import load_image
-    from llamagen.reconstruction import reconstruct
     from llamagen.tokenizer.loading import load_tokenizer
+    from llamagen.tokenizer.reconstruction import reconstruct
 
     out = Path(args.out)
     check_output_path(out)

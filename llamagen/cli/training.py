@@ -9,17 +9,20 @@ from pathlib import Path
 
 from llamagen.cli.common import (
     add_run_options,
+    add_settings_flags,
     apply_overrides,
     check_writable,
     command_line,
     parse_config,
     report_training,
+    settings_from_flags,
 )
+from llamagen.training.settings import ClipTrainingConfig, GPTTrainingConfig, TokenizerTrainingConfig
 
 
 def _conditioned_data(args: argparse.Namespace, size: int):
     """(data set, "label" or "caption") for --data, --captions and --seed: what a generator is conditioned on."""
-    from llamagen.data.loading import open_dataset
+    from llamagen.data import open_dataset
 
     if args.captions and args.data != "shapes":
         raise ValueError("--captions applies to the shapes data set (captions:FILE.jsonl always has them)")
@@ -33,8 +36,8 @@ def _codes_description(args: argparse.Namespace) -> dict:
 
 
 def run_extract_codes(args: argparse.Namespace) -> None:
+    from llamagen.data.batches import is_procedural
     from llamagen.data.codes import extract_codes, source_size
-    from llamagen.data.loading import is_procedural
     from llamagen.tokenizer.loading import load_tokenizer
 
     check_writable(Path(args.out), "--out")
@@ -49,27 +52,14 @@ def run_extract_codes(args: argparse.Namespace) -> None:
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> None:
-    from llamagen.data.loading import open_dataset
+    from llamagen.data import open_dataset
     from llamagen.tokenizer import VQConfig
-    from llamagen.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+    from llamagen.training.tokenizer import train_tokenizer
 
     model_config = VQConfig.coerce(parse_config(args.config))
     if args.entropy_loss is not None:
         model_config = dataclasses.replace(model_config, entropy_loss_ratio=args.entropy_loss)
-    training = TokenizerTrainingConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        ema_decay=args.ema_decay,
-        bf16=not args.fp32,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        perceptual_weight=args.perceptual_weight,
-        disc_start=args.disc_start,
-        disc_weight=args.disc_weight,
-        restart_dead_codes_every=args.restart_dead_codes,
-    )
+    training = settings_from_flags(TokenizerTrainingConfig, args)
     training, changes = apply_overrides(training, args.override, args.resume)
     lpips = None
     if args.lpips_vgg or args.lpips_lin:
@@ -101,7 +91,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
     from llamagen.data.codes import CodesDataset, CodesOnTheFly
     from llamagen.gpt import GPTConfig
     from llamagen.tokenizer.loading import load_tokenizer
-    from llamagen.training.gpt import GPTTrainingConfig, generator_config_for, train_gpt
+    from llamagen.training.gpt import generator_config_for, train_gpt
 
     if bool(args.codes) == bool(args.data):
         raise ValueError("train on extracted codes (--codes FILE) or on images tokenized as they come (--data)")
@@ -120,18 +110,7 @@ def run_train_gpt(args: argparse.Namespace) -> None:
 
         text_encoder = load_text_encoder(args.text_encoder)
     model_config = generator_config_for(info, GPTConfig.coerce(parse_config(args.config)), text_encoder)
-    training = GPTTrainingConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        ema_decay=args.ema_decay,
-        bf16=not args.fp32,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        fsdp=args.fsdp,
-    )
+    training = settings_from_flags(GPTTrainingConfig, args)
     training, changes = apply_overrides(training, args.override, args.resume)
     outcome = train_gpt(model_config, training, codes, args.out, text_encoder, resume=args.resume,
                         command=command_line(), device=args.device, changes=changes)  # fmt: skip
@@ -139,21 +118,12 @@ def run_train_gpt(args: argparse.Namespace) -> None:
 
 
 def run_train_clip(args: argparse.Namespace) -> None:
-    from llamagen.data.loading import open_dataset
+    from llamagen.data import open_dataset
     from llamagen.text import ClipConfig
-    from llamagen.training.clip import ClipTrainingConfig, train_clip
+    from llamagen.training.clip import train_clip
 
     config = ClipConfig.coerce(parse_config(args.config))
-    training = ClipTrainingConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        bf16=not args.fp32,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        hard_negatives=args.hard_negatives,
-    )
+    training = settings_from_flags(ClipTrainingConfig, args)
     training, changes = apply_overrides(training, args.override, args.resume)
     options = {"captioned": True} if args.data == "shapes" else {}
     dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
@@ -218,28 +188,15 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     tok.add_argument("--image-size", type=int, default=64)
     tok.add_argument("--hue-jitter", action="store_true", help="photos: turn the hue of half the crops at random")
     tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")
-    tok.add_argument("--steps", type=int, default=10_000)
-    tok.add_argument("--batch-size", type=int, default=16)
-    tok.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
     tok.add_argument(
         "--entropy-loss",
         type=float,
         help="weight of the entropy loss, which spreads codes over the codebook "
         "(default: the config's, 0 in the presets)",
     )
-    tok.add_argument(
-        "--restart-dead-codes",
-        type=int,
-        metavar="N",
-        help="every N steps, move codebook entries unused in the "
-        "usage window onto poorly represented latents (not in the original; against collapse)",
-    )
-    tok.add_argument("--ema-decay", type=float, default=0.999)
     tok.add_argument("--lpips-vgg", help="torchvision's VGG16 weights (vgg16-397923af.pth), for the LPIPS loss")
     tok.add_argument("--lpips-lin", help="LPIPS's linear layers for VGG (vgg.pth of the lpips package)")
-    tok.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of LPIPS (default 1.0)")
-    tok.add_argument("--disc-start", type=int, help="step at which the PatchGAN starts (default: no GAN)")
-    tok.add_argument("--disc-weight", type=float, default=0.5, help="weight of the adversarial loss (default 0.5)")
+    add_settings_flags(tok, TokenizerTrainingConfig)
     add_run_options(tok)
     tok.set_defaults(run=run_train_tokenizer)
     gpt = train.add_parser(
@@ -258,14 +215,7 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     gpt.add_argument("--config", default="GPT-S", help="a preset, a JSON file or inline JSON of GPTConfig fields")
     gpt.add_argument("--text-encoder", help="for captioned codes: an embedded CLIP's name or a checkpoint")
     gpt.add_argument("--out", required=True, help="the run's folder")
-    gpt.add_argument("--steps", type=int, default=10_000)
-    gpt.add_argument("--batch-size", type=int, default=64)
-    gpt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the original's)")
-    gpt.add_argument("--weight-decay", type=float, default=0.05, help="on matrices only (default 0.05)")
-    gpt.add_argument("--ema-decay", type=float, default=0.9999, help="0: keep no EMA (required with --fsdp)")
-    gpt.add_argument(
-        "--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP2), not DDP"
-    )
+    add_settings_flags(gpt, GPTTrainingConfig)
     add_run_options(gpt)
     gpt.set_defaults(run=run_train_gpt)
     clip = train.add_parser(
@@ -277,14 +227,7 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     clip.add_argument("--config", default="shapes-clip", help="a preset, JSON file or inline JSON of ClipConfig")
     clip.add_argument("--data", default="shapes", help="shapes or captions:FILE.jsonl")
     clip.add_argument("--out", required=True, help="the run's folder")
-    clip.add_argument("--steps", type=int, default=3000)
-    clip.add_argument("--batch-size", type=int, default=128)
-    clip.add_argument("--lr", type=float, default=5e-4)
-    clip.add_argument(
-        "--hard-negatives",
-        action="store_true",
-        help="shapes: also contrast each image with its caption for another shape and for another colour",
-    )
+    add_settings_flags(clip, ClipTrainingConfig)
     add_run_options(clip)
     clip.set_defaults(run=run_train_clip)
     judge = train.add_parser(

@@ -12,10 +12,10 @@ from torch import nn
 
 from llamagen.evaluation.fid import RandomFeatures, frechet_distance, image_features
 from llamagen.evaluation.judges import HELD_OUT_SEED
-from llamagen.evaluation.metrics import code_perplexity
 from llamagen.images import pil_to_tensor, tensor_to_pil
-from llamagen.reconstruction import reconstruct, reconstruct_batch
+from llamagen.metrics import code_perplexity
 from llamagen.tokenizer import VQModel
+from llamagen.tokenizer.reconstruction import reconstruct, reconstruct_batch
 
 HELD_OUT_CROPS_PER_PHOTO = 5  # the four corners and the centre
 

@@ -1,7 +1,9 @@
 """Building blocks of the Llama decoder: RMSNorm, SwiGLU, 2-D RoPE, grouped-query attention, KV cache.
 
 Module and parameter names reproduce the published state-dict keys (`attention.wqkv`, `attention.wo`,
-`feed_forward.w1/w2/w3`, `attention_norm`, `ffn_norm`).
+`feed_forward.w1/w2/w3`, `attention_norm`, `ffn_norm`). Every product is a plain `nn.Linear` without bias and
+every attention torch's `scaled_dot_product_attention`; faster ways to run a decoding step live apart, in
+`llamagen.fast`.
 """
 
 from __future__ import annotations
@@ -12,21 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamagen import kernels
 from llamagen.gpt.config import GPTConfig
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` without bias whose product of a few rows (a decoding step's) runs on llamagen's CPU kernel
-    when it is loaded (`llamagen.kernels`): same weights and keys, the same result up to rounding."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.use_small_batch_linear(x, self.weight):
-            return torch.ops.llamagen.small_batch_linear(x, self.weight)
-        return F.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -47,9 +35,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.ffn_hidden_dim
-        self.w1 = Linear(config.dim, hidden)
-        self.w3 = Linear(config.dim, hidden)
-        self.w2 = Linear(hidden, config.dim)
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
         self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,28 +85,23 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", k_cache, persistent=False)
         self.register_buffer("v_cache", v_cache, persistent=False)
 
-    def update(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (b, n_kv_head, S, head_dim) keys/values at positions start..start+S-1 of the first b rows;
-        return the keys and values of positions 0..start+S-1 of those rows. With `start` a one-element tensor on
-        the cache's device (one position, S = 1; `GPT.decode_step_at`), every position of those rows: the shapes
-        do not depend on it, and the caller's mask hides what lies beyond."""
+    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (b, n_kv_head, S, head_dim) keys/values at the S `positions` of the first b rows; return all the
+        keys and values of those rows. The shapes never depend on the positions: the caller's mask hides what
+        lies beyond them (so a CUDA graph can replay a step at any position)."""
         b = k.shape[0]
-        if isinstance(start, torch.Tensor):  # unlike slice assignment, index_copy_ converts no dtype (autocast)
-            self.k_cache[:b].index_copy_(2, start, k.to(self.k_cache.dtype))
-            self.v_cache[:b].index_copy_(2, start, v.to(self.v_cache.dtype))
-            return self.k_cache[:b], self.v_cache[:b]
-        end = start + k.shape[2]
-        self.k_cache[:b, :, start:end] = k
-        self.v_cache[:b, :, start:end] = v
-        return self.k_cache[:b, :, :end], self.v_cache[:b, :, :end]
+        # Unlike slice assignment, index_copy_ converts no dtype (autocast): the conversion is explicit.
+        self.k_cache[:b].index_copy_(2, positions, k.to(self.k_cache.dtype))
+        self.v_cache[:b].index_copy_(2, positions, v.to(self.v_cache.dtype))
+        return self.k_cache[:b], self.v_cache[:b]
 
 
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim)
-        self.wo = Linear(config.dim, config.dim)
+        self.wqkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
         self.kv_cache: KVCache | None = None
@@ -128,30 +111,28 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         mask: torch.Tensor | None,
-        cache_start: int | torch.Tensor | None = None,
+        cache_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, S, dim); rope (S, head_dim/2, 2); mask: boolean, broadcastable to (B, 1, S, keys), True where
-        attention is allowed, or None for plain causal attention. With `cache_start`, the keys and values
-        are written to the cache at that position and the queries attend to everything cached before too."""
+        attention is allowed, or None for plain causal attention. With `cache_positions` (S,), the keys and
+        values are written to the cache there and the queries attend over the whole cache, which `mask` must
+        then limit to what precedes them."""
         b, s, _ = x.shape
-        q, k, v = self._project(x, rope)
-        if cache_start is not None:
-            k, v = self.kv_cache.update(cache_start, k, v)
-        if s == 1 and cache_start is not None:
-            y = single_query_attention(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None,  # only ever from position 0 (forward, prefill): top-left aligned
-                dropout_p=self.attn_dropout_p if self.training else 0.0,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+        q, k, v = self.project(x, rope)
+        if cache_positions is not None:
+            k, v = self.kv_cache.update(cache_positions, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, self.n_head * self.head_dim)))
 
-    def _project(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, S, dim) -> q (B, H, S, D), k and v (B, H_kv, S, D), RoPE applied to q and k."""
         b, s, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
@@ -163,32 +144,12 @@ class Attention(nn.Module):
     def attention_weights(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The (B, H, S, S) float32 attention probabilities of a whole-sequence forward: what the fused kernel
         computes without showing (for studying how the condition is used, `llamagen.analysis.attention`)."""
-        q, k, _ = self._project(x, rope)
+        q, k, _ = self.project(x, rope)
         k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(self.head_dim)
         s = x.shape[1]
         allowed = torch.ones(s, s, dtype=torch.bool, device=x.device).tril() if mask is None else mask
         return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-
-
-def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
-    """One decoding step's attention: q (B, H, 1, D) over the cache k, v (B, H_kv, L, D), in float32.
-
-    Written out because the fused SDPA kernels cost more in set-up than this does in arithmetic for one
-    query; the query heads are grouped per key/value head, so grouped-query attention reads each
-    cached key once. Everything cached precedes the query: only the caption mask (B, 1, 1, L) applies.
-    On the CPU, llamagen's kernel does the same without first converting the whole cache to float32
-    (`llamagen.kernels`).
-    """
-    if kernels.use_single_query_attention(q, k, v):
-        return torch.ops.llamagen.single_query_attention(q, k, v, mask)
-    b, heads, _, dim = q.shape
-    kv_heads = k.shape[1]
-    grouped = q.reshape(b, kv_heads, heads // kv_heads, dim).float()
-    scores = grouped @ k.float().transpose(-1, -2) / math.sqrt(dim)  # (B, H_kv, H/H_kv, L)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.reshape(b, 1, 1, -1), float("-inf"))
-    return (scores.softmax(-1) @ v.float()).to(q.dtype).reshape(b, heads, 1, dim)
 
 
 class DropPath(nn.Module):
@@ -214,6 +175,6 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, rope, mask, cache_start=None) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache_start))
+    def forward(self, x, rope, mask, cache_positions=None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache_positions))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))

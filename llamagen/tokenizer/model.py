@@ -106,7 +106,7 @@ class VQModel(nn.Module):
         if height % f or width % f:
             raise ValueError(
                 f"image height and width must be multiples of the downsample factor {f}, got {height}x{width}"
-                " (llamagen.reconstruction pads and crops back for you)"
+                " (llamagen.tokenizer.reconstruction pads and crops back for you)"
             )
         low, high = images.min().item(), images.max().item()
         if low < -1 - _PIXEL_RANGE_TOLERANCE or high > 1 + _PIXEL_RANGE_TOLERANCE:

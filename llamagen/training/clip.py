@@ -20,46 +20,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llamagen.checkpoints import save
-from llamagen.data.loading import step_loader
+from llamagen.data.batches import step_loader
 from llamagen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES, recaption
 from llamagen.text.clip import ClipConfig, ClipTextEncoder
 from llamagen.training.common import (
     TrainingRun,
     adamw_decaying_matrices,
-    check_loop_settings,
     load_optimizer_state,
-    run_steps,
-    warmup_cosine,
 )
 from llamagen.training.distributed import process_group
-
-
-@dataclass
-class ClipTrainingConfig:
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.1  # on matrices only, as open_clip's training does
-    warmup_steps: int = 100
-    final_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    bf16: bool = True
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
-    hard_negatives: bool = False  # also contrast the images with each caption for another shape and colour
-
-    def __post_init__(self) -> None:
-        check_loop_settings(self)
-        if self.batch_size < 2:
-            raise ValueError("a contrastive batch needs at least 2 pairs")
+from llamagen.training.settings import ClipTrainingConfig
 
 
 def train_clip(
@@ -80,56 +56,57 @@ def train_clip(
     if training.hard_negatives and "phrasing" not in dataset[0]:
         raise ValueError("hard negatives rephrase shapes captions for another shape and colour: train on --data shapes")
     with process_group(device) as processes:
-        return _train(config, training, dataset, Path(out_dir), resume, show_progress, command, processes, changes)
+        run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, changes=changes)
+        torch.manual_seed(training.seed)
+        encoder = ClipTextEncoder.from_config(config, source=str(Path(out_dir) / "final.safetensors"))
+        encoder = encoder.to(processes.device).train()
+        # open_clip's defaults for ViTs: betas (0.9, 0.98)
+        optimizer = adamw_decaying_matrices(encoder, training.lr, (0.9, 0.98), training.weight_decay)
+        if run.state is not None:
+            encoder.load_state_dict(run.state["model"])
+            load_optimizer_state(optimizer, run.state["optimizer"])
+        run.start_rng()
+        batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed)
+
+        def state() -> dict:
+            return {"model": encoder.state_dict(), "optimizer": optimizer.state_dict()}
+
+        for step, batch in run.steps(batches, show_progress):
+            losses = _train_step(encoder, optimizer, training, batch, step, processes.device)
+            if run.log_due():
+                run.log(losses, shown=("loss", "batch_retrieval"))
+            if run.checkpoint_due():
+                run.checkpoint(state())
+        run.checkpoint(state())
+        encoder.eval()
+        if run.finished:
+            save(encoder, run.out_dir / "final.safetensors")
+        return encoder, run.step, run.finished
 
 
-def _train(config, training, dataset, out_dir, resume, show_progress, command, processes, changes):
-    run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, changes=changes)
-    torch.manual_seed(training.seed)
-    encoder = ClipTextEncoder.from_config(config, source=str(Path(out_dir) / "final.safetensors"))
-    encoder = encoder.to(processes.device).train()
-    # open_clip's defaults for ViTs: betas (0.9, 0.98)
-    optimizer = adamw_decaying_matrices(encoder, training.lr, (0.9, 0.98), training.weight_decay)
-    if run.state is not None:
-        encoder.load_state_dict(run.state["model"])
-        load_optimizer_state(optimizer, run.state["optimizer"])
-    run.start_rng()
-    batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed)
-
-    def take_step(batch: dict, step: int) -> dict[str, float]:
-        lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images = batch["image"].to(processes.device)
-        captions = list(batch["caption"])
-        if training.hard_negatives:  # drawn from the step, not the global RNG, so that a resumed run draws alike
-            captions += hard_negative_captions(batch, torch.Generator().manual_seed(training.seed * 1_000_003 + step))
-        ids, _, _ = encoder.token_ids(captions)
-        with torch.autocast(processes.device.type, dtype=torch.bfloat16, enabled=training.bf16):
-            image_features = encoder.model.encode_image(images, normalize=True)
-            text_features = encoder.model.encode_text(ids.to(processes.device), normalize=True)
-        scale = encoder.model.logit_scale.exp()
-        loss = contrastive_loss(image_features.float(), text_features.float(), scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), training.grad_clip)
-        optimizer.step()
-        with torch.no_grad():  # open_clip clamps the temperature at 100
-            encoder.model.logit_scale.clamp_(0, 4.6052)
-            similarity = image_features.float() @ text_features[: len(images)].float().T
-            matched = (similarity.argmax(1) == torch.arange(len(images), device=images.device)).float().mean()
-        return {"loss": loss.item(), "batch_retrieval": matched.item(), "logit_scale": scale.item(), "lr": lr}
-
-    def state() -> dict:
-        return {"model": encoder.state_dict(), "optimizer": optimizer.state_dict()}
-
-    step = run_steps(run, batches, training.steps, training.batch_size, take_step, state, training.log_every,
-                     training.checkpoint_every, show_progress, shown=("loss", "batch_retrieval"))  # fmt: skip
-    finished = step >= training.steps
-    encoder.eval()
-    if finished:
-        save(encoder, run.out_dir / "final.safetensors")
-    return encoder, step, finished
+def _train_step(encoder: ClipTextEncoder, optimizer, training: ClipTrainingConfig, batch: dict, step: int, device):
+    lr = training.lr_at(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = batch["image"].to(device)
+    captions = list(batch["caption"])
+    if training.hard_negatives:  # drawn from the step, not the global RNG, so that a resumed run draws alike
+        captions += hard_negative_captions(batch, torch.Generator().manual_seed(training.seed * 1_000_003 + step))
+    ids, _, _ = encoder.token_ids(captions)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=training.bf16):
+        image_features = encoder.model.encode_image(images, normalize=True)
+        text_features = encoder.model.encode_text(ids.to(device), normalize=True)
+    scale = encoder.model.logit_scale.exp()
+    loss = contrastive_loss(image_features.float(), text_features.float(), scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(encoder.parameters(), training.grad_clip)
+    optimizer.step()
+    with torch.no_grad():  # open_clip clamps the temperature at 100
+        encoder.model.logit_scale.clamp_(0, 4.6052)
+        similarity = image_features.float() @ text_features[: len(images)].float().T
+        matched = (similarity.argmax(1) == torch.arange(len(images), device=images.device)).float().mean()
+    return {"loss": loss.item(), "batch_retrieval": matched.item(), "logit_scale": scale.item(), "lr": lr}
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Pieces every training loop shares: weight EMA, atomic resumable checkpoints, clean stops, JSONL logs."""
+"""What every training loop shares: its run folder (`TrainingRun`: lock, resume, checkpoints, logs, clean stops),
+the weight EMA and the optimizer. The settings are in `settings.py`."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +22,12 @@ from tqdm import tqdm
 from llamagen.checkpoints import first_line
 from llamagen.files import write_atomically, write_text_atomically
 from llamagen.training.distributed import Processes
+from llamagen.training.settings import TrainingSettings
 
 LATEST_CHECKPOINT = "latest.pt"
 PREVIOUS_CHECKPOINT = "previous.pt"
 # Training settings that change what is logged or saved when, not the weights: a resumed run may change them.
 _FREE_SETTINGS = ("log_every", "checkpoint_every")
-
-
-def check_loop_settings(settings) -> None:
-    """Refuse training settings no loop can run: counts below 1, an EMA decay outside [0, 1)."""
-    for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-        if getattr(settings, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
-    decay = getattr(settings, "ema_decay", 0.0)
-    if not 0 <= decay < 1:
-        raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
 
 
 def adamw_decaying_matrices(module: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
@@ -71,14 +62,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_param.lerp_(param.detach(), 1.0 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
-
-
-def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up, then a cosine down to `final_ratio` at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def save_training_state(directory: Path, state: dict[str, Any]) -> Path:
@@ -192,11 +175,15 @@ class TrainingRun:
 
     A resumed run must use the settings its checkpoint was trained with: those that differ are refused, unless
     named in `changes` (then recorded in the history). `data` describes what the run trains on, compared alike.
+
+    A trainer writes its loop over `run.steps(batches)`, logs when `run.log_due()` and checkpoints when
+    `run.checkpoint_due()`, and once more after the loop.
     """
 
-    def __init__(self, out_dir, resume: bool, processes: Processes, model_config: dict, training, command,
-                 data: dict | None = None, changes: Collection[str] = ()):  # fmt: skip
+    def __init__(self, out_dir, resume: bool, processes: Processes, model_config: dict, training: TrainingSettings,
+                 command, data: dict | None = None, changes: Collection[str] = ()):  # fmt: skip
         self.out_dir, self.processes, self.model_config = Path(out_dir), processes, model_config
+        self.training = training
         self.settings = {**dataclasses.asdict(training), "data": data}
         self._lock, self._resumed = None, None
         processes.on_close.append(self.close)
@@ -219,9 +206,12 @@ class TrainingRun:
         else:
             self.state = _read_state(checkpoint)
         self.start = self.state["step"] if self.state is not None else 0
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.step = self.start  # steps done
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         if processes.is_main:
-            self.log.drop_after(self.start)  # lines a killed run wrote after its last checkpoint come again
+            self.metrics.drop_after(self.start)  # lines a killed run wrote after its last checkpoint come again
+        self._window_start, self._window_samples, self._skipped = time.perf_counter(), 0, 0
+        self._progress: tqdm | None = None
 
     def _open(self, resume: bool, training, command, changes) -> str | None:
         """Lock the folder, check it holds what `resume` says, write the history; the checkpoint to resume."""
@@ -295,19 +285,59 @@ class TrainingRun:
         elif self.processes.rank > 0:
             torch.manual_seed((torch.initial_seed() * 1_000_003 + self.processes.rank) % 2**63)
 
-    def checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """Every process calls this: each one's random stream goes into the checkpoint, which the first writes."""
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.training.steps
+
+    def steps(self, batches: Iterable[dict], show_progress: bool = True) -> Iterator[tuple[int, dict]]:
+        """(step, batch) for each step from the run's start (steps count from 0), while the batches last. SIGINT
+        and SIGTERM end the loop between steps, on every process at once; `self.step` counts the steps done,
+        the one just yielded included."""
+        self._progress = tqdm(total=self.training.steps, initial=self.start, dynamic_ncols=True,
+                              disable=not (show_progress and self.processes.is_main))  # fmt: skip
+        with StopRequest() as stop:
+            for batch in batches:
+                if self.processes.any(stop.requested):
+                    break
+                if batch["skipped"]:
+                    self._skipped += batch["skipped"]
+                    if len(batch) == 1:
+                        raise ValueError(f"none of the samples of step {self.step + 1} could be read")
+                self.step += 1
+                self._window_samples += self.training.batch_size
+                self._progress.update()
+                yield self.step - 1, batch
+        self._progress.close()
+
+    def log_due(self) -> bool:
+        return self.step % self.training.log_every == 0
+
+    def log(self, losses: dict[str, float], shown: tuple[str, ...] = ("loss",), **extra: float) -> None:
+        """Log the step's losses (their mean over the processes), `extra`, the throughput since the last line and
+        the unreadable samples met so far; show `shown` beside the progress bar. Every process calls this."""
+        record = {
+            "step": self.step,
+            **self.processes.mean(losses),
+            **extra,
+            "images_per_s": self._window_samples / (time.perf_counter() - self._window_start),
+        }
+        if self._skipped:
+            record["unreadable_images"] = self._skipped
+        if self.processes.is_main:
+            self.metrics.write(record)
+        self._progress.set_postfix({key: f"{record[key]:.4g}" for key in (*shown, "images_per_s") if key in record})
+        self._window_start, self._window_samples = time.perf_counter(), 0
+
+    def checkpoint_due(self) -> bool:
+        return self.step % self.training.checkpoint_every == 0
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Checkpoint `state` at the steps done. Every process calls this: each one's random stream goes into
+        the checkpoint, which the first writes."""
         rng = self.processes.gather(_rng_state(self.processes.device))
         if self.processes.is_main:
-            extra = {"step": step, "rng": rng, "model_config": self.model_config, "settings": self.settings}
+            extra = {"step": self.step, "rng": rng, "model_config": self.model_config, "settings": self.settings}
             save_training_state(self.out_dir, {**state, **extra})
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.processes.is_main:
-            self.log.write(record)
-
-    def progress_bar(self, total: int, show: bool) -> tqdm:
-        return tqdm(total=total, initial=self.start, disable=not (show and self.processes.is_main), dynamic_ncols=True)
 
 
 def lock_run_folder(folder: Path):
@@ -345,59 +375,3 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def run_steps(
-    run: TrainingRun,
-    batches: Iterable[dict],
-    total: int,
-    batch_size: int,
-    take_step: Callable[[dict, int], dict[str, float]],
-    state: Callable[[], dict[str, Any]],
-    log_every: int,
-    checkpoint_every: int,
-    show_progress: bool,
-    extra_record: Callable[[], dict[str, float]] = dict,
-    shown: tuple[str, ...] = ("loss",),
-) -> int:
-    """The loop every trainer shares; returns the step reached (short of `total` when a signal stopped it).
-
-    `take_step(batch, step)` updates the models and returns the step's losses; every `log_every` steps their
-    mean over the processes goes to the log, with `extra_record()` and the throughput; every
-    `checkpoint_every` steps, and at the end, `state()` is checkpointed. SIGINT and SIGTERM stop the loop
-    between steps, on every process at once.
-    """
-    processes = run.processes
-    progress = run.progress_bar(total, show_progress)
-    window_start, window_samples, skipped = time.perf_counter(), 0, 0
-    step = run.start
-    with StopRequest() as stop:
-        for batch in batches:
-            if processes.any(stop.requested):
-                break
-            if batch["skipped"]:
-                skipped += batch["skipped"]
-                if len(batch) == 1:
-                    raise ValueError(f"none of the samples of step {step + 1} could be read")
-            losses = take_step(batch, step)
-            window_samples += batch_size
-            step += 1
-            progress.update()
-            if step % log_every == 0:
-                losses = processes.mean(losses)
-                record = {
-                    "step": step,
-                    **losses,
-                    **extra_record(),
-                    "images_per_s": window_samples / (time.perf_counter() - window_start),
-                }
-                if skipped:
-                    record["unreadable_images"] = skipped
-                run.write(record)
-                progress.set_postfix({key: f"{record[key]:.4g}" for key in (*shown, "images_per_s") if key in record})
-                window_start, window_samples = time.perf_counter(), 0
-            if step % checkpoint_every == 0:
-                run.checkpoint(step, state())
-    progress.close()
-    run.checkpoint(step, state())
-    return step

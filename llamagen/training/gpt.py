@@ -22,47 +22,18 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from llamagen.checkpoints import save
+from llamagen.data.batches import step_loader
 from llamagen.data.codes import CodesDataset, CodesInfo, CodesOnTheFly
-from llamagen.data.loading import step_loader
 from llamagen.gpt import GPT, GPTConfig
 from llamagen.training.common import (
     TrainingRun,
     adamw_decaying_matrices,
-    check_loop_settings,
     keeping_hyperparameters,
     load_optimizer_state,
-    run_steps,
     update_ema,
-    warmup_cosine,
 )
 from llamagen.training.distributed import Processes, process_group
-
-
-@dataclass
-class GPTTrainingConfig:
-    steps: int = 10_000
-    batch_size: int = 64
-    lr: float = 1e-4  # the original's, with AdamW betas (0.9, 0.95) and weight decay 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    final_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999  # the original's; 0 keeps no EMA (the final file holds the trained weights)
-    bf16: bool = True
-    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
-
-    def __post_init__(self) -> None:
-        check_loop_settings(self)
-        if self.fsdp and self.ema_decay > 0:
-            raise ValueError(
-                "FSDP shards the weights over the processes, and a weight EMA would need a whole copy in each: "
-                "train with ema_decay=0 (--ema-decay 0)"
-            )
+from llamagen.training.settings import GPTTrainingConfig
 
 
 @dataclass
@@ -106,9 +77,35 @@ def train_gpt(
     A resumed run must have the settings and data it was trained with, but those named in `changes`
     (`TrainingRun`).
     """
+    dataset = codes if isinstance(codes, CodesDataset | CodesOnTheFly) else CodesDataset(codes, seed=training.seed)
+    _check_codes(model_config, dataset.info, text_encoder)
     with process_group(device) as processes:
-        return _train(model_config, training, codes, Path(out_dir), text_encoder, resume,
-                      show_progress, command, processes, changes)  # fmt: skip
+        run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command,
+                          _data_description(dataset.info), changes)  # fmt: skip
+        parts = _Parts(model_config, training, processes)
+        if run.state is not None:
+            parts.load(run.state)
+        run.start_rng()
+        if text_encoder is not None:
+            text_encoder = text_encoder.to(processes.device).eval()
+        batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed, 0,
+                              processes.rank, processes.world)  # fmt: skip
+        for step, batch in run.steps(batches, show_progress):
+            tokens = dataset.tokens(batch, processes.device)  # (B, block_size)
+            losses = _train_step(parts, training, tokens, batch, step, text_encoder, processes.device)
+            parts.update_ema(training.ema_decay)
+            if run.log_due():
+                run.log(losses)
+            if run.checkpoint_due():
+                run.checkpoint(parts.state())
+        run.checkpoint(parts.state())
+        final = parts.final()
+        if run.finished and processes.is_main:
+            save(
+                final, run.out_dir / "final.safetensors", metadata=_generator_file_metadata(dataset.info, text_encoder)
+            )
+        # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
+        return GPTTrainingOutcome(final, run.step, run.finished, final if parts.sharded else parts.model.eval())
 
 
 class _Parts:
@@ -203,38 +200,6 @@ def _require_text_encoder(text_encoder) -> None:
         raise ValueError("the codes carry captions: train with a text encoder (--text-encoder)")
 
 
-def _train(model_config, training, codes, out_dir, text_encoder, resume, show_progress, command, processes, changes):
-    dataset = codes if isinstance(codes, CodesDataset | CodesOnTheFly) else CodesDataset(codes, seed=training.seed)
-    _check_codes(model_config, dataset.info, text_encoder)
-    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command,
-                      _data_description(dataset.info), changes)  # fmt: skip
-    parts = _Parts(model_config, training, processes)
-    if run.state is not None:
-        parts.load(run.state)
-    run.start_rng()
-    if text_encoder is not None:
-        text_encoder = text_encoder.to(processes.device).eval()
-    batches = step_loader(
-        dataset, training.batch_size, run.start, training.steps, training.seed, 0, processes.rank, processes.world
-    )
-
-    def take_step(batch: dict, step: int) -> dict[str, float]:
-        tokens = dataset.tokens(batch, processes.device)  # (B, block_size)
-        losses = _train_step(parts, training, tokens, batch, step, text_encoder, processes.device)
-        parts.update_ema(training.ema_decay)
-        return losses
-
-    step = run_steps(run, batches, training.steps, training.batch_size, take_step, parts.state,
-                     training.log_every, training.checkpoint_every, show_progress)  # fmt: skip
-    finished = step >= training.steps
-    final = parts.final()
-    if finished and processes.is_main:
-        metadata = _generator_file_metadata(dataset.info, text_encoder)
-        save(final, run.out_dir / "final.safetensors", metadata=metadata)
-    # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
-    return GPTTrainingOutcome(final, step, finished, final if parts.sharded else parts.model.eval())
-
-
 def _data_description(info: CodesInfo) -> dict[str, Any]:
     """What tells one training set of codes from another, for a resumed run to compare: their shape, classes
     and how they were made (not the command that trains on them, which a resume changes)."""
@@ -256,7 +221,7 @@ def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, st
 
 
 def _train_step(parts: _Parts, training: GPTTrainingConfig, tokens, batch: dict, step: int, text_encoder, device):
-    lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
+    lr = training.lr_at(step)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
     cond_mask = None

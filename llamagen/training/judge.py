@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from llamagen.checkpoints import save
+from llamagen.data.batches import sample_index
 from llamagen.data.digits import TEST_IMAGES
-from llamagen.data.loading import sample_index
 from llamagen.evaluation.judges import (
     HELD_OUT_SEED,
     HELD_OUT_SHAPES,
@@ -31,7 +31,7 @@ from llamagen.evaluation.judges import (
     labelled,
 )
 from llamagen.files import write_text_atomically
-from llamagen.training.common import warmup_cosine
+from llamagen.training.settings import warmup_cosine
 
 MAX_SHIFT = 2
 

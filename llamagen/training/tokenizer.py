@@ -22,19 +22,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from llamagen.checkpoints import save
-from llamagen.data.loading import step_loader
+from llamagen.data.batches import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
-from llamagen.training.common import (
-    TrainingRun,
-    check_loop_settings,
-    load_optimizer_state,
-    run_steps,
-    update_ema,
-    warmup_cosine,
-)
+from llamagen.training.common import TrainingRun, load_optimizer_state, update_ema
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from llamagen.training.distributed import Processes, process_group
+from llamagen.training.settings import TokenizerTrainingConfig
 
 
 @dataclass
@@ -43,37 +37,6 @@ class TrainingOutcome:
     step: int  # steps done
     finished: bool  # False when a signal stopped the run first; --resume continues it
     trained: VQModel  # the weights themselves (in a short run their EMA trails far behind)
-
-
-@dataclass
-class TokenizerTrainingConfig:
-    steps: int = 10_000
-    batch_size: int = 16
-    lr: float = 1e-4  # the original's learning rate, with its Adam betas (0.9, 0.95)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    final_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    bf16: bool = True  # autocast on the CPU's AVX512-BF16 units (4-5x faster matmuls); losses in fp32
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
-    perceptual_weight: float = 1.0  # LPIPS, when its weights are given
-    disc_start: int | None = None  # the step the PatchGAN starts at (the original: 20,000); None: no GAN
-    disc_weight: float = 0.5  # the original's weight of the adversarial loss
-    # Every this many steps, codebook entries unused in the usage window move onto poorly represented
-    # latents (not in the original; against collapse in small runs). None: never.
-    restart_dead_codes_every: int | None = None
-
-    def __post_init__(self) -> None:
-        check_loop_settings(self)
-        if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
-            raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
-        if self.disc_start is not None and self.disc_start < 0:
-            raise ValueError(f"disc_start must be a step (0 or more), got {self.disc_start}")
 
 
 def train_tokenizer(
@@ -97,21 +60,28 @@ def train_tokenizer(
     started the run, is recorded in `config.json` for its model card. A resumed run must have the settings
     it was trained with, but those named in `changes` (`TrainingRun`).
     """
-    out_dir = Path(out_dir)
     with process_group(device) as processes:
-        return _train(
-            model_config,
-            training,
-            dataset,
-            out_dir,
-            resume,
-            show_progress,
-            command,
-            workers,
-            processes,
-            lpips,
-            changes,
-        )
+        run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
+        parts = _Parts(model_config, training, processes)
+        if lpips is not None:
+            lpips = lpips.to(processes.device)
+        if run.state is not None:
+            parts.load(run.state)
+        run.start_rng()
+        batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed, workers,
+                              processes.rank, processes.world)  # fmt: skip
+        for step, batch in run.steps(batches, show_progress):
+            images = batch["image"].to(processes.device, non_blocking=True)
+            losses = _train_step(parts, training, images, step, lpips, processes)
+            update_ema(parts.ema, parts.model, training.ema_decay)
+            if run.log_due():
+                run.log(losses, shown=("loss", "psnr", "usage"), usage=parts.model.codebook_usage())
+            if run.checkpoint_due():
+                run.checkpoint(parts.state())
+        run.checkpoint(parts.state())
+        if run.finished and processes.is_main:
+            save(parts.ema, run.out_dir / "final.safetensors")
+        return TrainingOutcome(parts.ema, run.step, run.finished, parts.model.eval())
 
 
 class _Parts:
@@ -157,44 +127,6 @@ class _Parts:
             load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
 
 
-def _train(model_config, training, dataset, out_dir, resume, show_progress, command, workers, processes, lpips,
-           changes):  # fmt: skip
-    run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
-    parts = _Parts(model_config, training, processes)
-    if lpips is not None:
-        lpips = lpips.to(processes.device)
-    if run.state is not None:
-        parts.load(run.state)
-    run.start_rng()
-    batches = step_loader(
-        dataset, training.batch_size, run.start, training.steps, training.seed, workers, processes.rank, processes.world
-    )
-
-    def take_step(batch: dict, step: int) -> dict[str, float]:
-        images = batch["image"].to(processes.device, non_blocking=True)
-        losses = _train_step(parts, training, images, step, lpips, processes)
-        update_ema(parts.ema, parts.model, training.ema_decay)
-        return losses
-
-    step = run_steps(
-        run,
-        batches,
-        training.steps,
-        training.batch_size,
-        take_step,
-        parts.state,
-        training.log_every,
-        training.checkpoint_every,
-        show_progress,
-        extra_record=lambda: {"usage": parts.model.codebook_usage()},
-        shown=("loss", "psnr", "usage"),
-    )
-    finished = step >= training.steps
-    if finished and processes.is_main:
-        save(parts.ema, run.out_dir / "final.safetensors")
-    return TrainingOutcome(parts.ema, step, finished, parts.model.eval())
-
-
 def _wrap_for_processes(module: torch.nn.Module, processes: Processes) -> torch.nn.Module:
     if not processes.distributed:
         return module
@@ -229,7 +161,7 @@ def _train_step(
     processes: Processes,
 ) -> dict[str, Any]:
     """One update of the tokenizer (and, once it has started, of the discriminator)."""
-    lr = training.lr * warmup_cosine(step, training.steps, training.warmup_steps, training.final_lr_ratio)
+    lr = training.lr_at(step)
     optimizers = [parts.optimizer] + ([parts.disc_optimizer] if parts.disc_optimizer else [])
     for optimizer in optimizers:
         for group in optimizer.param_groups:

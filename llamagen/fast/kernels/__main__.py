@@ -1,6 +1,6 @@
-"""`python -m llamagen.kernels`: build the CPU kernels now (make setup does), not at the first generation."""
+"""`python -m llamagen.fast.kernels`: build the CPU kernels now (make setup does), not at the first generation."""
 
-from llamagen.kernels import cpu_has_instructions, load
+from llamagen.fast.kernels import cpu_has_instructions, load
 
 if load():
     print("llamagen CPU kernels: ready")

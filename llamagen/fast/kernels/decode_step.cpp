@@ -1,5 +1,5 @@
-// A whole decoding step of the Llama generator in one call: the token embeddings of 1 to 8 rows (batch 1 to 4
-// with guidance) through every layer into the KV cache, to the logits of the next token.
+// A whole decoding step of the Llama generator in one call: the token embeddings of its rows (each row a
+// sequence; guidance doubles them) through every layer into the KV cache, to the logits of the next token.
 //
 // Op by op, a step of GPT-B is some 200 calls through torch's dispatcher (and, eager, through Python's modules):
 // about 2 ms of a 7 ms bf16 step at batch 1 went to the graph's own small kernels, their calls, the attention's
@@ -150,8 +150,14 @@ class Step {
   static int64_t round_up(int64_t values) { return (values + 31) / 32 * 32; }  // buffers 64-byte aligned
   static at::ScalarType dtype() { return c10::CppTypeToScalarType<Scalar>::value; }
 
+  // The product takes up to kMaxRows rows at a time: more rows read the weights once per group of them.
   void linear(const Scalar* x, const at::Tensor& weight, Scalar* y) const {
-    llamagen::small_batch_linear_rows(dtype(), x, weight.data_ptr(), y, s_.rows, weight.size(0), weight.size(1));
+    const int64_t n_out = weight.size(0), k_in = weight.size(1);
+    for (int64_t first = 0; first < s_.rows; first += llamagen::kMaxRows) {
+      const int64_t rows = std::min(llamagen::kMaxRows, s_.rows - first);
+      llamagen::small_batch_linear_rows(dtype(), x + first * k_in, weight.data_ptr(), y + first * n_out, rows, n_out,
+                                        k_in);
+    }
   }
 
   // RMSNorm (layers.py): x scaled by the inverse root of its mean square in float32, rounded, times the weight.
@@ -268,8 +274,8 @@ Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList cac
   TORCH_CHECK(tokens.dim() <= 2 && tokens.numel() == tokens.size(0), "tokens must be (rows, 1), got ", tokens.sizes());
   Shape s{tokens.numel(), embeddings.size(1), heads, cache.size(1), cache.size(3), weights[5].size(0),
           weights.back().size(0), layers};
-  TORCH_CHECK(s.rows >= 1 && s.rows <= llamagen::kMaxRows && s.rows <= cache.size(0), "1 to ",
-              std::min(llamagen::kMaxRows, cache.size(0)), " rows (the cache's batch), got ", s.rows);
+  TORCH_CHECK(s.rows >= 1 && s.rows <= cache.size(0), "1 to ", cache.size(0), " rows (the cache's batch), got ",
+              s.rows);
   TORCH_CHECK(heads % s.kv_heads == 0 && s.q_size() == s.dim, "heads must be a multiple of the caches' ",
               s.kv_heads, " with heads * head_dim the model's width");
   const int64_t lanes = dtype == at::kFloat ? 16 : 32;

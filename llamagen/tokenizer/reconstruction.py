@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llamagen.evaluation.metrics import psnr, ssim
 from llamagen.images import pil_to_tensor, tensor_to_uint8
+from llamagen.metrics import psnr, ssim
 from llamagen.tokenizer.model import VQModel
 
 

@@ -10,7 +10,8 @@ the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16):
   and values, read in place in their own dtype (single_query_attention.cpp);
 - `torch.ops.llamagen.top_k(logits, k)`: the sampler's k largest logits of each row, by radix select (top_k.cpp);
 - `torch.ops.llamagen.decode_step(tokens, weights, caches, rope, visible, position, heads, eps)`: a whole
-  decoding step of the generator in one call, over the two kernels above (decode_step.cpp).
+  decoding step of the generator in one call, over the two kernels above (decode_step.cpp; `llamagen.fast`
+  calls it through `one_call.py`).
 
 The build takes about half a minute, once per machine: the library is cached in torch's extension folder
 (`TORCH_EXTENSIONS_DIR`, which the Makefile points into `.cache/`; `make setup` builds it). Where the CPU lacks
@@ -33,13 +34,11 @@ _SOURCES = [
     for name in ("small_batch_linear.cpp", "single_query_attention.cpp", "top_k.cpp", "decode_step.cpp")
 ]
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-MAX_ROWS = 8  # small_batch_linear's limit: batch 1 to 4 with guidance
 # The dtypes the kernels handle, and the values of each in one 512-bit register: small_batch_linear needs the
 # inner dimension to be a multiple of it.
 LANES = {torch.float32: 16, torch.bfloat16: 32}
 
-# None until the first `load`; then whether the kernels can be called. The layers read this flag (not the
-# loader) so that torch.compile sees a plain global.
+# None until the first `load`; then whether the kernels can be called.
 ready: bool | None = None
 _lock = threading.Lock()
 
@@ -93,58 +92,6 @@ def _build_and_load() -> bool:
     return True
 
 
-def use_small_batch_linear(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x @ weight^T should go to the kernel: few rows on the CPU, nothing to differentiate, a dtype
-    and an inner dimension it handles, and the kernel loaded."""
-    return (
-        ready is True
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and x.dtype in LANES
-        and x.shape[-1] % LANES[x.dtype] == 0
-        and 0 < x.numel() <= MAX_ROWS * x.shape[-1]
-        and weight.is_contiguous()
-        and not _needs_gradient(x, weight)
-    )
-
-
-def use_single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether a decoding step's attention (q (B, H, 1, D) over the cached k, v (B, H_kv, L, D)) should go to
-    the kernel: on the CPU, nothing to differentiate, one dtype it handles, and the kernel loaded."""
-    return (
-        ready is True
-        and q.device.type == "cpu"
-        and q.dtype in LANES
-        and q.dtype == k.dtype == v.dtype
-        and k.stride(-1) == 1
-        and v.stride(-1) == 1
-        and not _needs_gradient(q, k, v)
-    )
-
-
-def use_decode_step(gpt, rows: int) -> bool:
-    """Whether a decoding step of `gpt` (a `llamagen.gpt.GPT`) for `rows` tokens should run as one call of the
-    whole-step kernel: 1 to 8 rows, nothing to differentiate, no dropout that the modules would apply, a dtype
-    and widths the products handle, the weights and caches gathered by `setup_cache` (on the CPU), not inside a
-    step being compiled, and the kernel loaded."""
-    config = gpt.config
-    lanes = LANES.get(gpt.dtype)
-    return (
-        ready is True
-        and gpt.one_call_tensors is not None
-        and lanes is not None
-        and config.dim % lanes == 0
-        and config.ffn_hidden_dim % lanes == 0
-        and config.head_dim % 2 == 0
-        and 0 < rows <= MAX_ROWS
-        and gpt.decode_step_replaceable  # a compiled step (batch 5 or more) traces the modules, whatever its rows
-    )
-
-
 def use_top_k(logits: torch.Tensor) -> bool:
     """Whether the top-k of (rows, vocab) logits should go to the kernel: float32 on the CPU, kernel loaded."""
     return ready is True and logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
-
-
-def _needs_gradient(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)

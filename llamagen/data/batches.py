@@ -15,30 +15,6 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
-DATA_SETS = ("photos", "shapes", "digits", "folder:PATH", "captions:FILE.jsonl")
-
-
-def open_dataset(spec: str, size: int, seed: int = 0, **options) -> torch.utils.data.Dataset:
-    """A training data set by name: photos, shapes, digits, folder:PATH (ImageNet layout), captions:FILE.jsonl."""
-    kind, _, path = spec.partition(":")
-    if kind == "photos":
-        from llamagen.data.photos import PhotoCrops
-
-        return PhotoCrops(size=size, seed=seed, **options)
-    if kind == "shapes":
-        from llamagen.data.shapes import Shapes
-
-        return Shapes(size=size, seed=seed, **options)
-    if kind == "digits":
-        from llamagen.data.digits import Digits
-
-        return Digits(size=size, **options)
-    if kind in ("folder", "captions") and path:
-        from llamagen.data.folders import CaptionedImages, ImageFolder
-
-        return (ImageFolder if kind == "folder" else CaptionedImages)(path, size=size, seed=seed)
-    raise ValueError(f"unknown data set {spec!r}; choose one of {', '.join(DATA_SETS)}")
-
 
 @functools.lru_cache(maxsize=2)
 def _permutation(length: int, seed: int, epoch: int) -> torch.Tensor:

@@ -6,12 +6,12 @@ pages, a hundred. Linux gives 2 MB pages (transparent huge pages) to memory that
 madvise where /sys/kernel/mm/transparent_hugepage/enabled says "madvise", as on this project's machine, and
 torch's allocator asks only when THP_MEM_ALLOC_ENABLE=1 is set before it first runs. So the tensors here come
 from a mapping of their own that asks. Measured here, alternating between two copies of the same weights, one
-on each kind of page: `llamagen.kernels`' products of 2 rows by GPT-B's 61 matrices in bf16 read 31-34 GB/s
+on each kind of page: `llamagen.fast.kernels`' products of 2 rows by GPT-B's 61 matrices in bf16 read 31-34 GB/s
 against 28-30, and compiled generations (16x16, batch 1, weights and cache on them) took 6.3-6.6 ms a token in
 bf16 against 6.8-7.2, 14.7-15.4 in fp32 against 15.3-16.1.
 
 Where the system gives no huge pages (another OS, or "never"), `zeros` returns ordinary tensors and
-`move_parameters` leaves the weights where they are.
+`move_to_huge_pages` leaves the tensors where they are.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from torch import nn
 _PAGE_BYTES = 2 * 2**20
 _ALIGNMENT = 64  # a cache line: each tensor starts on one, as the vector kernels' loads prefer
 _SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-# Set on a parameter moved here: the address its data had then. A parameter whose data has been replaced
-# since (another address) is moved again.
+# Set on a tensor moved here: the address its data had then. A tensor whose data has been replaced since
+# (another address) is moved again.
 _MOVED_TO = "_llamagen_huge_page_address"
 _moving = threading.Lock()
 
@@ -69,35 +69,33 @@ def zeros(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor
     return tensors
 
 
-def move_parameters(module: nn.Module) -> None:
-    """Copy the module's CPU parameters into memory from `zeros` and point them there: the same Parameter
-    objects and values, new addresses. Parameters moved before and not replaced since stay; so do those
-    that share a storage with another parameter or view part of one (tied or flattened weights), whose
-    sharing a copy would break."""
+def move_to_huge_pages(module: nn.Module) -> None:
+    """Copy the module's CPU parameters and buffers (a model's weights, its KV cache) into memory from `zeros` and
+    point them there: the same tensor objects and values, new addresses. Tensors moved before and not replaced
+    since stay; so do those that share a storage with another or view part of one (tied or flattened weights),
+    whose sharing a copy would break."""
     if not available():
         return
-    with _moving, torch.no_grad():  # two first generations at once (an app's threads) move the weights once
-        parameters = [p for p in module.parameters() if p.device.type == "cpu"]
-        candidates = [p for p in parameters if _needs_moving(p)]
+    with _moving, torch.no_grad():  # two first generations at once (an app's threads) move the tensors once
+        tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu"]
+        candidates = [t for t in tensors if _needs_moving(t)]
         if not candidates:
             return  # every generation after the first
-        storage_users = Counter(p.untyped_storage().data_ptr() for p in parameters)
-        movable = [p for p in candidates if storage_users[p.untyped_storage().data_ptr()] == 1]
-        for parameter, moved in zip(movable, zeros([(tuple(p.shape), p.dtype) for p in movable]), strict=True):
-            moved.copy_(parameter)
-            parameter.data = moved
-            setattr(parameter, _MOVED_TO, moved.data_ptr())
+        storage_users = Counter(t.untyped_storage().data_ptr() for t in tensors)
+        movable = [t for t in candidates if storage_users[t.untyped_storage().data_ptr()] == 1]
+        for tensor, moved in zip(movable, zeros([(tuple(t.shape), t.dtype) for t in movable]), strict=True):
+            moved.copy_(tensor)
+            tensor.data = moved
+            setattr(tensor, _MOVED_TO, moved.data_ptr())
 
 
-def _needs_moving(parameter: nn.Parameter) -> bool:
-    if getattr(parameter, _MOVED_TO, None) == parameter.data_ptr():
+def _needs_moving(tensor: torch.Tensor) -> bool:
+    if getattr(tensor, _MOVED_TO, None) == tensor.data_ptr():
         return False
     owns_its_storage = (
-        parameter.is_contiguous()
-        and parameter.storage_offset() == 0
-        and parameter.untyped_storage().nbytes() == parameter.nbytes
+        tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == tensor.nbytes
     )
-    return owns_its_storage and parameter.numel() > 0
+    return owns_its_storage and tensor.numel() > 0
 
 
 def _rounded(nbytes: int, multiple: int) -> int:

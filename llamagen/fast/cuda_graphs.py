@@ -3,8 +3,9 @@
 On a GPU a decoding step of GPT-B at batch 1 is some five hundred small kernels, each launched from Python through
 torch's dispatcher, and the launches, not the GPU, set the pace: reading its weights takes an H200 under 0.1 ms.
 A CUDA graph records the kernels of one step once and replays them all with one launch. It replays fixed
-addresses and shapes, so what it records is `GPT.decode_step_at`: the tokens, the position and the caption's
-visible keys are copied into tensors the graph reads, and every step attends over the whole cache.
+addresses and shapes: the model's step has fixed shapes (it attends over the whole cache, masked), the position
+is a tensor on the device that each replay fills, the tokens are copied into a tensor the graph reads, and the
+caption's visible keys are the model's own, which every prefill writes in place.
 
 A model's graphs are recorded at the first step of each number of rows (guidance that ends halves them), with or
 without a caption mask, and kept for later generations while every tensor they read (weights, caches, RoPE
@@ -22,13 +23,18 @@ from collections.abc import Callable
 
 import torch
 
-from llamagen.gpt.model import GPT, RECOMPILE_LIMIT
+from llamagen.fast.compiled import RECOMPILE_LIMIT
+from llamagen.gpt.model import GPT
 
 
-def use_cuda_graphs(gpt: GPT) -> bool:
-    """Whether `gpt`'s decoding steps should be replayed from CUDA graphs: on a GPU, nothing to differentiate, no
-    dropout that the modules would apply, and not inside a step being compiled."""
-    return gpt.device.type == "cuda" and gpt.decode_step_replaceable
+def serves(gpt: GPT) -> bool:
+    """Whether `gpt`'s decoding steps can be replayed from CUDA graphs: on a GPU, nothing to differentiate, and no
+    dropout that training mode would apply in a step (a graph replays one draw of it)."""
+    config = gpt.config
+    dropout = (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+    return (
+        gpt.device.type == "cuda" and not torch.is_grad_enabled() and not (gpt.training and any(p > 0 for p in dropout))
+    )
 
 
 def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:
@@ -42,8 +48,8 @@ def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:
 
 
 class GraphedDecodeSteps:
-    """`gpt.decode_step(tokens, position)`, each number of rows (with or without a caption mask) recorded into a
-    CUDA graph at its first step and replayed at the others. Valid while the tensors at `addresses` stay there
+    """`gpt.decode_step(tokens, position)`, each number of rows recorded into a CUDA graph at its first step and
+    replayed at the others. Valid while the tensors at `addresses` stay there
     (`graphed_decode_steps` checks).
 
     With `compile`, what is recorded is the step compiled by torch.compile: a GPU runs each kernel of a graph for
@@ -55,28 +61,26 @@ class GraphedDecodeSteps:
         self.addresses = addresses
         self._gpt = weakref.ref(gpt)  # kept per model (a weak key): no reference back to it
         self._compile = compile
-        self._step = torch.compile(GPT.decode_step_at, fullgraph=True) if compile else GPT.decode_step_at
-        self._steps: dict[tuple[int, bool], _RecordedStep] = {}
+        self._step = torch.compile(GPT.decode_step, fullgraph=True) if compile else GPT.decode_step
+        self._steps: dict[int, _RecordedStep] = {}
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         gpt = self._gpt()
-        kind = (tokens.shape[0], gpt.visible_keys is not None)
-        if kind not in self._steps:
+        rows = tokens.shape[0]
+        if rows not in self._steps:
             with _recompile_limit_raised() if self._compile else contextlib.nullcontext():
-                self._steps[kind] = _RecordedStep(gpt, self._step, tokens, position)
-        return self._steps[kind].replay(gpt, tokens, position)
+                self._steps[rows] = _RecordedStep(gpt, self._step, tokens, position)
+        return self._steps[rows].replay(tokens, position)
 
 
 class _RecordedStep:
-    """One CUDA graph of `step` (`GPT.decode_step_at`, or it compiled) for a number of rows, with the tensors it
+    """One CUDA graph of `step` (`GPT.decode_step`, or it compiled) for a number of rows, with the tensors it
     reads and writes."""
 
     def __init__(self, gpt: GPT, step: Callable, tokens: torch.Tensor, position: int) -> None:
         device = tokens.device
         self._tokens = tokens.clone()
         self._position = torch.tensor([position], device=device)
-        self._keys_of = gpt.visible_keys  # the prefill's whose keys the graph's copy holds
-        self._visible_keys = None if self._keys_of is None else self._keys_of[: tokens.shape[0]].clone()
         # The real step, outside the graph and on a side stream, as recording asks; the replay that follows
         # writes the same keys and values at this position again. Recorded on that same stream: libraries create
         # their handles per stream on first use, which must not happen while recording. Errors only for unsafe
@@ -84,24 +88,22 @@ class _RecordedStep:
         side = _side_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            step(gpt, self._tokens, self._position, self._visible_keys)
+            step(gpt, self._tokens, self._position)
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph, stream=side, capture_error_mode="thread_local"):
-            self._logits = step(gpt, self._tokens, self._position, self._visible_keys)
+            self._logits = step(gpt, self._tokens, self._position)
 
-    def replay(self, gpt: GPT, tokens: torch.Tensor, position: int) -> torch.Tensor:
+    def replay(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         self._tokens.copy_(tokens)
         self._position.fill_(position)
-        if gpt.visible_keys is not self._keys_of:  # a later generation's caption mask
-            self._keys_of = gpt.visible_keys
-            self._visible_keys.copy_(self._keys_of[: tokens.shape[0]])
         self._graph.replay()
         return self._logits.clone()  # the graph writes its next step's logits into the same memory
 
 
 def _addresses(gpt: GPT) -> tuple:
-    return tuple((t.data_ptr(), t.dtype, t.shape) for t in (*gpt.parameters(), *gpt.buffers()))
+    tensors = (*gpt.parameters(), *gpt.buffers(), gpt.visible_keys)
+    return tuple((t.data_ptr(), t.dtype, t.shape) for t in tensors)
 
 
 # Per device, one stream to warm up and record on: each stream a step runs on gets cuBLAS workspaces of its own,

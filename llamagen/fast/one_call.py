@@ -1,0 +1,78 @@
+"""A decoding step as one call of the CPU's whole-step kernel (`kernels/decode_step.cpp`).
+
+Op by op, a step of GPT-B is some two hundred calls through torch's dispatcher, and for the few rows a step
+multiplies, their overhead and torch's products for so few rows leave much of the time on the table; the kernel
+reads the weights and caches in place and runs the whole step in C++.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llamagen.fast import kernels
+from llamagen.gpt.model import GPT
+
+# More rows than this are left to torch's products, which read the weights once for all the rows; the kernel
+# reads them once per 8 (benchmarks/results/decode_cpu.md).
+MAX_ROWS = 16
+
+
+def serves(gpt: GPT, rows: int) -> bool:
+    """Whether the kernel can run `gpt`'s step for `rows` rows exactly as the modules would: the kernels loaded,
+    on the CPU, 1 to MAX_ROWS rows, nothing to differentiate, no dropout that training mode would apply in a step
+    (token, residual and feed-forward dropout, stochastic depth), a dtype and widths it handles, and a cache of
+    the weights' dtype."""
+    config = gpt.config
+    lanes = kernels.LANES.get(gpt.dtype)
+    cache = gpt.layers[0].attention.kv_cache
+    dropout = (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+    return (
+        kernels.ready is True
+        and gpt.device.type == "cpu"
+        and 0 < rows <= MAX_ROWS
+        and not torch.is_grad_enabled()
+        and not (gpt.training and any(p > 0 for p in dropout))
+        and lanes is not None
+        and config.dim % lanes == 0
+        and config.ffn_hidden_dim % lanes == 0
+        and config.head_dim % 2 == 0
+        and cache is not None
+        and cache.k_cache.dtype == gpt.dtype
+    )
+
+
+class OneCallStep:
+    """`gpt.decode_step(tokens, position)` as one call of the kernel, over the weights and caches the model has
+    now (gathered once: a new cache or moved weights need a new OneCallStep)."""
+
+    def __init__(self, gpt: GPT) -> None:
+        self._gpt = gpt
+        self._weights, self._caches = step_tensors(gpt)
+
+    def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        gpt = self._gpt
+        return torch.ops.llamagen.decode_step(
+            tokens,
+            self._weights,
+            self._caches,
+            gpt.freqs_cis,
+            gpt.visible_keys,
+            position,
+            gpt.config.n_head,
+            gpt.config.norm_eps,
+        )
+
+
+def step_tensors(gpt: GPT) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The weights (embeddings, each layer's seven, the norm, the output) and caches (each layer's keys and values)
+    in the kernel's order. A weight that is not contiguous (tied or transposed by hand) is copied: the kernel reads
+    rows in place."""
+    weights = [gpt.tok_embeddings.weight]
+    caches = []
+    for layer in gpt.layers:
+        attention, feed_forward = layer.attention, layer.feed_forward
+        weights += [layer.attention_norm.weight, attention.wqkv.weight, attention.wo.weight, layer.ffn_norm.weight]
+        weights += [feed_forward.w1.weight, feed_forward.w3.weight, feed_forward.w2.weight]
+        caches += [attention.kv_cache.k_cache, attention.kv_cache.v_cache]
+    weights += [gpt.norm.weight, gpt.output.weight]
+    return [w.detach().contiguous() for w in weights], caches
