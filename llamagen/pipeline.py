@@ -160,7 +160,28 @@ class Pipeline:
         progress: Callable[[int, int], None] | None = None,
         compile: bool = False,
     ) -> PipelineOutput:
-        """Images for each class label (an id or a name) or prompt; the same seed gives the same images."""
+        """Images for each class label or prompt; the same seed gives the same images.
+
+        Args:
+            class_labels: for a class-conditional generator: class ids or names, e.g. `["3", 7]`, or one of them;
+                an unknown name is refused with the nearest known ones.
+            prompts: for a text-to-image generator: captions, e.g. `["a red star on a white background"]`; a
+                caption longer than the text encoder's context is cut, and `output.notes` says so.
+            cfg_scale: classifier-free guidance scale; 1 is none, 0 is unconditional, above 1 conditions more
+                strongly, e.g. 2.0.
+            cfg_interval: -1 guides every token; n >= 0 guides tokens 0 .. n+1 only, e.g. 20.
+            top_k: sample among the k most likely tokens, e.g. 100; 0 keeps the whole vocabulary, 1 is greedy.
+            top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.9; 1 keeps them all.
+            temperature: divides the logits, e.g. 0.9; 0 is greedy.
+            seed: the seed of the draws, a whole number from 0 to 2**64 - 1, e.g. 0.
+            num_images_per_condition: images of each label or prompt, e.g. 4 (they come grouped by condition).
+            progress: called as `progress(tokens_done, tokens_per_image)` after every token, e.g. for a bar.
+            compile: compile the decoding step with torch.compile (`llamagen.generate`), e.g. for many calls of
+                one batch size on a GPU.
+
+        Returns a `PipelineOutput`: `images` (PIL), `tokens` (N, block_size), `conditions` (each image's label or
+        prompt), `pixels` (N, 3, H, W) in [-1, 1] and `notes`.
+        """
         check_sampling_options(self.gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
         check_seed(seed)
         if num_images_per_condition < 1:

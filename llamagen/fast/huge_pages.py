@@ -3,12 +3,11 @@
 A decoding step reads every weight once: 200 MB for GPT-B in bf16, over 61 matrices. On 4 KB pages that is
 about 50,000 pages a step, each a miss in the address-translation cache (TLB) and a page-table walk; on 2 MB
 pages, a hundred. Linux gives 2 MB pages (transparent huge pages) to memory that asks for them with
-madvise where /sys/kernel/mm/transparent_hugepage/enabled says "madvise", as on this project's machine, and
+madvise where /sys/kernel/mm/transparent_hugepage/enabled says "always" or "madvise" (the common default), and
 torch's allocator asks only when THP_MEM_ALLOC_ENABLE=1 is set before it first runs. So the tensors here come
-from a mapping of their own that asks. Measured here, alternating between two copies of the same weights, one
-on each kind of page: `llamagen.fast.kernels`' products of 2 rows by GPT-B's 61 matrices in bf16 read 31-34 GB/s
-against 28-30, and compiled generations (16x16, batch 1, weights and cache on them) took 6.3-6.6 ms a token in
-bf16 against 6.8-7.2, 14.7-15.4 in fp32 against 15.3-16.1.
+from a mapping of their own that asks. Alternating between two copies of the same weights, one on each kind of
+page, the product kernel of 2 rows read GPT-B's 61 matrices in bf16 about 10% faster from 2 MB pages
+(benchmarks/small_batch_linear.py times the kernel on them).
 
 Where the system gives no huge pages (another OS, or "never"), `zeros` returns ordinary tensors and
 `move_to_huge_pages` leaves the tensors where they are.

@@ -187,9 +187,10 @@ class GPT(nn.Module):
         rows, prefix = cond.shape[0], self.prefix_length
         self.visible_keys.fill_(True)
         if cond_mask is not None:
-            self.visible_keys[:rows, :prefix] = cond_mask.bool()
+            self.visible_keys[:rows, :prefix] = cond_mask.to(self.device).bool()
         positions = torch.arange(prefix, device=self.device)
-        h = self.transformer(self._prefix(cond), positions, attention_mask(self.visible_keys[:rows], positions), True)
+        mask = attention_mask(self.visible_keys[:rows], positions)
+        h = self.transformer(self._prefix(cond), positions, mask, cached=True)
         return self.output(h[:, -1]).float()
 
     def decode_step(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
@@ -199,9 +200,10 @@ class GPT(nn.Module):
         b may be smaller than the cache's batch: the first b rows continue (guidance that has ended
         drops the unconditional half).
         """
-        positions = position.view(1) if isinstance(position, torch.Tensor) else self._position_tensor(position)
+        if isinstance(position, torch.Tensor):
+            positions = position.view(1)
+        else:
+            positions = torch.tensor([position], device=self.device)
         mask = attention_mask(self.visible_keys[: tokens.shape[0]], positions)
-        return self.output(self.transformer(self.tok_embeddings(tokens), positions, mask, cached=True)).float()[:, 0]
-
-    def _position_tensor(self, position: int) -> torch.Tensor:
-        return torch.tensor([position], device=self.device)
+        h = self.transformer(self.tok_embeddings(tokens), positions, mask, cached=True)
+        return self.output(h).float()[:, 0]

@@ -1,0 +1,96 @@
+"""Condition use read from the predictions (`llamagen.analysis.condition_use`), on tiny generators whose answer
+is known: one that ignores its condition reads zero everywhere; one whose layers pass nothing between positions
+reads the condition at the first position only, exactly as a hand computation gives; a random one reads it at
+every position."""
+
+import torch
+from helpers import condition, small
+
+from llamagen.analysis.condition_use import condition_use, loss_per_image
+
+
+def tokens_for(model, batch: int = 3):
+    return torch.randint(0, model.config.vocab_size, (batch, model.config.block_size),
+                         generator=torch.Generator().manual_seed(5))  # fmt: skip
+
+
+def test_a_generator_that_ignores_its_condition_reads_zero():
+    model = small()
+    with torch.no_grad():
+        table = model.cls_embedding.embedding_table.weight
+        table.copy_(table[:1].expand_as(table))  # every class, the null one included, the same prefix
+    labels, _ = condition(model)
+    use = condition_use(model, tokens_for(model), labels)
+    assert torch.equal(use.kl, torch.zeros_like(use.kl))
+    assert torch.equal(use.log_ratio, torch.zeros_like(use.log_ratio))
+
+
+def test_without_paths_between_positions_only_the_first_prediction_reads_the_condition():
+    """Attention and feed-forward outputs zeroed: each position's output is its own input, so the prediction of
+    token 0 (made at the prefix) is the only one the condition reaches."""
+    model = small()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+    labels, _ = condition(model)
+    tokens = tokens_for(model)
+    use = condition_use(model, tokens, labels)
+    assert torch.equal(use.kl[:, 1:], torch.zeros_like(use.kl[:, 1:]))
+
+    def first_prediction(classes):
+        return torch.log_softmax(model.output(model.norm(model.cls_embedding.embedding_table(classes))), -1)
+
+    with torch.no_grad():
+        conditional, null = first_prediction(labels), first_prediction(model.unconditional(labels))
+    expected_kl = (conditional.exp() * (conditional - null)).sum(-1)
+    torch.testing.assert_close(use.kl[:, 0], expected_kl)
+    expected_ratio = (conditional - null).gather(-1, tokens[:, :1])[:, 0]
+    torch.testing.assert_close(use.log_ratio[:, 0], expected_ratio)
+
+
+def test_a_random_generator_reads_its_condition_everywhere_and_captions_too():
+    for model_type in ("c2i", "t2i"):
+        model = small(model_type=model_type, cls_token_num=1 if model_type == "c2i" else 4)
+        cond, mask = condition(model)
+        use = condition_use(model, tokens_for(model), cond, mask)
+        assert use.kl.shape == (3, model.config.block_size)
+        assert (use.kl > 1e-6).all()
+
+
+def test_the_loss_per_image_is_the_mean_cross_entropy():
+    model = small()
+    labels, _ = condition(model)
+    tokens = tokens_for(model)
+    logits = model(tokens[:, :-1], labels)
+    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(-1)
+    torch.testing.assert_close(loss_per_image(model, tokens, labels), expected)
+
+
+def test_the_generator_as_a_classifier_picks_the_class_whose_prefix_it_was_made_to_predict_from():
+    """With paths between positions removed, log p(x|c) differs between classes only through the first token's
+    prediction, so the class whose prefix makes the first token most likely wins: a known answer."""
+    model = small()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+    from llamagen.analysis.condition_use import class_log_likelihoods
+
+    tokens = tokens_for(model, batch=6)
+    scores = class_log_likelihoods(model, tokens, batch=4)
+    assert scores.shape == (6, model.config.num_classes)
+    with torch.no_grad():
+        first = torch.log_softmax(model.output(model.norm(model.cls_embedding.embedding_table.weight[:-1])), -1)
+    assert torch.equal(scores.argmax(1), first[:, tokens[:, 0]].argmax(0))
+
+
+def test_attention_to_the_prefix_comes_with_its_controls():
+    from llamagen.analysis.attention import prefix_attention_with_controls
+
+    model = small()
+    labels, _ = condition(model)
+    shares = prefix_attention_with_controls(model, tokens_for(model), labels, (labels + 1) % 5)
+    assert set(shares) == {"true", "null", "wrong", "true - null"}
+    torch.testing.assert_close(shares["true - null"], shares["true"] - shares["null"])
+    assert not torch.equal(shares["true"], shares["null"])

@@ -1,0 +1,42 @@
+"""Bootstrap intervals (`llamagen.analysis.statistics`) against the answer known for normal samples."""
+
+import math
+
+import pytest
+import torch
+
+from llamagen.analysis.statistics import bootstrap_mean, by_grid_row
+
+
+def test_the_interval_of_normal_samples_is_about_the_normal_one():
+    """For n draws of N(0, 1) the 95% interval of the mean is +-1.96/sqrt(n) around it."""
+    samples = torch.randn(400, generator=torch.Generator().manual_seed(1))
+    estimate = bootstrap_mean(samples)
+    half = 1.96 * samples.double().std().item() / math.sqrt(len(samples))
+    assert estimate.mean.item() == pytest.approx(samples.double().mean().item())
+    assert estimate.high.item() - estimate.mean.item() == pytest.approx(half, rel=0.15)
+    assert estimate.mean.item() - estimate.low.item() == pytest.approx(half, rel=0.15)
+    assert estimate.n == 400 and "n=400" in str(estimate)
+
+
+def test_intervals_cover_the_true_mean_about_as_often_as_they_say():
+    generator = torch.Generator().manual_seed(2)
+    covered = 0
+    for trial in range(200):
+        samples = torch.randn(50, generator=generator) + 3.0
+        estimate = bootstrap_mean(samples, resamples=500, seed=trial)
+        covered += int(estimate.low.item() <= 3.0 <= estimate.high.item())
+    assert 0.88 <= covered / 200 <= 0.99  # 95% nominal; the percentile bootstrap runs a little narrow at n = 50
+
+
+def test_per_position_values_keep_their_shape_and_rows_average():
+    values = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 16)
+    estimate = bootstrap_mean(values)
+    assert estimate.mean.shape == estimate.low.shape == (16,)
+    assert (estimate.low <= estimate.mean).all() and (estimate.mean <= estimate.high).all()
+    assert torch.equal(by_grid_row(values, 4)[0], torch.tensor([1.5, 5.5, 9.5, 13.5]))
+
+
+def test_one_sample_has_no_interval():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        bootstrap_mean(torch.ones(1))
