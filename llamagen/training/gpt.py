@@ -105,7 +105,11 @@ def train_gpt(
                 final, run.out_dir / "final.safetensors", metadata=_generator_file_metadata(dataset.info, text_encoder)
             )
         # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
-        return GPTTrainingOutcome(final, run.step, run.finished, final if parts.sharded else parts.model.eval())
+        outcome = GPTTrainingOutcome(final, run.step, run.finished, final if parts.sharded else parts.model.eval())
+        del (
+            parts
+        )  # the DDP or FSDP structures, in reference cycles: closing the group collects them (`Processes.close`)
+        return outcome
 
 
 class _Parts:

@@ -81,7 +81,9 @@ def train_tokenizer(
         run.checkpoint(parts.state())
         if run.finished and processes.is_main:
             save(parts.ema, run.out_dir / "final.safetensors")
-        return TrainingOutcome(parts.ema, run.step, run.finished, parts.model.eval())
+        outcome = TrainingOutcome(parts.ema, run.step, run.finished, parts.model.eval())
+        del parts  # the DDP structures, in reference cycles: closing the group collects them (`Processes.close`)
+        return outcome
 
 
 class _Parts:
