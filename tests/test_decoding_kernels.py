@@ -105,7 +105,7 @@ def _decode(model, cond, cond_mask, tokens, one_call_step: bool) -> tuple[torch.
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, 8, 11, 16])  # 8: one pass of the product; 11, 16: two, the last partial
+@pytest.mark.parametrize("rows", [1, 3, 8, 11, 16, 37])  # 8: one pass of the product; 11, 16, 37: more
 @pytest.mark.parametrize("model_type, n_kv_head", [("c2i", None), ("c2i", 2), ("t2i", 2)])
 def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, rows, dtype):
     """Logits and the keys and values it caches, with grouped-query attention and padded captions too. The modules
@@ -125,12 +125,14 @@ def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, r
 
 
 @needs_kernel
-def test_the_one_call_step_serves_only_what_it_computes_like_the_modules():
+def test_the_one_call_step_serves_only_what_it_computes_like_the_modules(monkeypatch):
     model = small()
     assert not one_call.serves(model, 2)  # no cache yet
     model.setup_cache(one_call.MAX_ROWS + 1)
     with torch.no_grad():
         assert one_call.serves(model, one_call.MAX_ROWS)
+        assert one_call.serves(model, one_call.MAX_ROWS + 1)  # a small model's weights stay in the caches
+        monkeypatch.setattr(one_call, "CACHED_WEIGHT_BYTES", 0)  # as if they streamed from memory
         assert not one_call.serves(model, one_call.MAX_ROWS + 1)  # torch's products read the weights once
         model.train()  # dropout would apply in the modules
         assert not one_call.serves(model, 2)

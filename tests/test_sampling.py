@@ -5,7 +5,7 @@ import torch
 from helpers import condition, logits_with_ties, small
 
 from llamagen import generate, generation
-from llamagen.fast import kernels
+from llamagen.fast import compiled, kernels
 from llamagen.fast.top_k import top_k_candidates
 from llamagen.gpt import GPT
 from llamagen.gpt.sampling import guided, sample, sorted_top_k
@@ -199,7 +199,15 @@ def test_the_cache_is_reused_and_a_failed_generation_leaves_no_trace(monkeypatch
     assert all(layer.attention.kv_cache is None for layer in model.layers)
 
 
+@pytest.fixture
+def quick_compiles(monkeypatch):
+    """The compile manager as generate uses it, without autotuning the products: what these tests check is which
+    graphs run and what they compute, not how fast (autotuning a tiny model's products took most of a minute)."""
+    monkeypatch.setattr(compiled, "CPU_MODE", "default")
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_compiles")
 def test_compiled_decoding_generates_what_eager_decoding_does():
     """The compiled step (weights frozen into the graph on the CPU) follows the model, also when models
     alternate, after its weights change and when guidance ends part-way (a smaller batch). Models share one
@@ -224,6 +232,7 @@ def test_compiled_decoding_generates_what_eager_decoding_does():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_compiles")
 def test_compiled_decoding_with_caption_masks_generates_what_eager_decoding_does():
     """Captions of different lengths: the padded prefix positions stay hidden in the compiled step's attention as
     in eager decoding, also for the next caption's padding (the step reads the mask that each prefill writes; a

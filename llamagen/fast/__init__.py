@@ -44,9 +44,10 @@ def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest") ->
     """The decoding step for a generation of `rows` rows on `gpt`, whose KV cache is set up.
 
     "fastest": on a CPU with llamagen's kernels (built by `make setup`, AVX-512 BF16), up to
-    `one_call.MAX_ROWS` rows run as one call of the whole-step kernel, compiled or not (nothing is left for a
-    compiler to fuse); the weights and the cache move to 2 MB pages first. On a GPU every step is replayed from a
-    CUDA graph, of the compiled step with `compile`. Otherwise the modules run, compiled with `compile`.
+    `one_call.MAX_ROWS` rows (any number for a model of a few MB) run as one call of the whole-step kernel,
+    compiled or not (nothing is left for a compiler to fuse); the weights and the cache move to 2 MB pages
+    first. On a GPU every step is replayed from a CUDA graph, of the compiled step with `compile`. Otherwise the
+    modules run, compiled with `compile`.
     """
     if way not in WAYS:
         raise ValueError(f"decoding must be one of {', '.join(WAYS)}, got {way!r}")

@@ -15,6 +15,10 @@ from llamagen.gpt.model import GPT
 # default of 8 the step silently runs eagerly (a demo serving three models at two batch sizes would hit it).
 RECOMPILE_LIMIT = 64
 
+# The compile mode on the CPU: the matrix kernels autotuned, without CUDA graphs (asking for them there only
+# logs, every compilation, that they were skipped).
+CPU_MODE = "max-autotune-no-cudagraphs"
+
 # Per model: the fingerprint of its weights when its decoding step was compiled, and that step.
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -47,8 +51,7 @@ def compiled_decode_step(gpt: GPT) -> CompiledStep:
     settings = {"freezing": True, "cpp_wrapper": True, "cpp.min_chunk_size": 1 << 16} if on_cpu else {}
     if on_cpu and gpt.dtype == torch.float32:
         settings["max_autotune_gemm_backends"] = "CPP"
-    # Without CUDA graphs on the CPU: asking for them there only logs, every compilation, that they were skipped.
-    compiled = torch.compile(gpt.decode_step, mode="max-autotune-no-cudagraphs" if on_cpu else None)
+    compiled = torch.compile(gpt.decode_step, mode=CPU_MODE if on_cpu else None)
     step = CompiledStep(compiled, {"recompile_limit": RECOMPILE_LIMIT}, settings)
     _compiled_steps[gpt] = (fingerprint, step)
     return step
