@@ -66,7 +66,15 @@ def load() -> bool:
 
 
 def _build_and_load() -> bool:
-    from torch.utils.cpp_extension import load as build_extension
+    # Importing torch's extension builder warns, on a machine without CUDA, that it found no CUDA runtime: true,
+    # and of no concern to a CPU build, so it is kept out of the user's output.
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load as build_extension
+    finally:
+        builder_log.setLevel(level)
 
     try:
         build_extension(
