@@ -22,9 +22,9 @@ from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import (
     code_map,
     codebook_figure,
+    condition_use_figure,
     error_map,
     labelled_rows,
-    prefix_attention_figure,
 )
 from llamagen.data.shapes import BACKGROUNDS, OPTIONAL_ATTRIBUTES, POSITIONS, SIZES, ShapeAttributes, describe, render
 from llamagen.generation import generate
@@ -107,7 +107,8 @@ def test_pictures_have_the_expected_sizes_and_colours():
     assert errors.shape == (10, 20, 3) and len(np.unique(errors.reshape(-1, 3), axis=0)) == 1  # one colour: exact
     with pytest.raises(ValueError, match="differ in size"):
         error_map(image, random_image(10, 10))
-    assert prefix_attention_figure(torch.rand(2, 16), grid=4).size[0] > 200
+    shares = {"true": torch.rand(3), "null": torch.rand(3)}
+    assert condition_use_figure(torch.rand(16), grid=4, attention=shares).size[0] > 200
     counts = torch.zeros(64, dtype=torch.long)
     counts[:10] = torch.arange(1, 11)
     assert codebook_figure(np.random.default_rng(0).normal(size=(64, 2)), counts, selected=3).size[0] > 200

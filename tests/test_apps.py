@@ -214,20 +214,25 @@ def test_caption_comparison_needs_a_text_generator(client, models_file):
 
 
 @pytest.mark.parametrize(("model", "class_name", "prompt"), [("digits-c2i", "6", ""), ("tiny-t2i", None, "a star")])
-def test_prefix_attention_tab_shows_the_librarys_shares(client, models_file, model, class_name, prompt):
-    """The tab's per-layer means are those of `prefix_attention` on the image the pipeline makes with that seed
-    (whose closed form `test_gpt_model` checks)."""
+def test_the_condition_use_tab_shows_the_librarys_measures(client, models_file, model, class_name, prompt):
+    """The tab's numbers are those of `condition_use` and of `prefix_attention` under the condition and the null one,
+    on the image the pipeline makes with that seed (both measures are checked on models with known answers in
+    test_condition_use and test_gpt_model)."""
     from llamagen.analysis.attention import prefix_attention
+    from llamagen.analysis.condition_use import condition_use
 
-    image, picture, summary = client.predict(model, class_name, prompt, 4.0, 1, api_name="/prefix_attention")
+    image, picture, summary = client.predict(model, class_name, prompt, 4.0, 1, api_name="/condition_use")
     source = model if model == "digits-c2i" else json.loads(models_file.read_text())["generators"][model]["gpt"]
     pipe = load_pipeline(source, device="cpu")
     condition = {"class_labels": [class_name]} if class_name else {"prompts": [prompt]}
     output = pipe(**condition, cfg_scale=4.0, seed=1)
     cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
-    shares = prefix_attention(pipe.gpt, output.tokens, cond, cond_mask)
-    expected = ", ".join(f"{m:.3f}" for m in shares[:, 0].float().mean(1))
-    assert summary == f"mean share of attention to the prefix, per layer: {expected}"
+    kl = condition_use(pipe.gpt, output.tokens, cond, cond_mask).kl[0]
+    grid = pipe.gpt.config.grid_size
+    assert f"nats: {kl.sum():.3f} in all, per row of the grid " in summary
+    assert ", ".join(f"{value:.3f}" for value in kl.view(grid, grid).mean(1)) in summary
+    null = prefix_attention(pipe.gpt, output.tokens, pipe.gpt.unconditional(cond), cond_mask)[:, 0].float().mean(1)
+    assert "under the null condition: " + ", ".join(f"{value:.3f}" for value in null) in summary
     assert np.array_equal(png(image), np.asarray(output.images[0]))
     assert png(picture).shape[1] > png(picture).shape[0]
 

@@ -122,9 +122,9 @@ def test_compare_conditioning_tab(page):
     assert fetched_png(page, "#guidance-rows img").shape[0] == 4 * 3 * 36 + 3 * 4  # 4 rows of 36 pixels, x3
     page.click("#blend-button")
     page.wait_for_function("document.querySelectorAll('#blend-gallery img').length >= 5")
-    page.click("#attention-button")
-    page.locator("#attention-map img").wait_for()
-    assert fetched_png(page, "#attention-map img").std() > 0
+    page.click("#condition-button")
+    page.locator("#condition-map img").wait_for()
+    assert fetched_png(page, "#condition-map img").std() > 0
     page.screenshot(path=ARTIFACTS / "conditioning.png", full_page=True)
 
 

@@ -1,4 +1,4 @@
-"""Pictures of what the models do, as PIL images: code maps, error maps, prefix attention, the codebook.
+"""Pictures of what the models do, as PIL images: code maps, error maps, condition use, the codebook.
 
 Drawn with Matplotlib's object API (a `Figure`, never pyplot), so nothing global changes and the apps can
 draw from several threads.
@@ -70,24 +70,29 @@ def figure_image(figure: Figure) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def prefix_attention_figure(shares: torch.Tensor, grid: int) -> Image.Image:
-    """(n_layer, block_size) shares of attention paid to the prefix -> one grid x grid map per layer, plus the
-    mean share per layer; the colour scale (0 to 1) is the same for every layer."""
-    layers = shares.shape[0]
-    figure = Figure(figsize=(1.6 * (layers + 1), 2.2))
-    axes = figure.subplots(1, layers + 1)
-    for layer, ax in enumerate(axes[:-1]):
-        ax.imshow(shares[layer].float().view(grid, grid).numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-        ax.set_title(f"layer {layer}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    means = shares.float().mean(1).numpy()
-    axes[-1].bar(np.arange(layers), means, color="#4063d8")
-    axes[-1].set_ylim(0, 1)
-    axes[-1].set_title("mean share", fontsize=8)
-    axes[-1].set_xlabel("layer", fontsize=8)
-    axes[-1].tick_params(labelsize=7)
-    figure.suptitle("attention of each image token's prediction to the condition prefix", fontsize=9)
+def condition_use_figure(kl: torch.Tensor, grid: int, attention: dict[str, torch.Tensor]) -> Image.Image:
+    """One image's condition use: the (block_size,) KL of each token's prediction to its prediction under the
+    null condition, as a grid x grid map and per row of the grid; beside them, each layer's share of attention to
+    the prefix under the condition and under the null one (`attention`: name -> (n_layer,) shares)."""
+    figure = Figure(figsize=(9.0, 2.4))
+    heat, rows, shares = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.3, 1.3], "wspace": 0.45})
+    shown = heat.imshow(kl.float().view(grid, grid).numpy(), cmap="magma", vmin=0.0)
+    figure.colorbar(shown, ax=heat, fraction=0.046)
+    heat.set_title("KL to the null condition, nats", fontsize=8)
+    heat.set_xticks([])
+    heat.set_yticks([])
+    rows.bar(np.arange(grid), kl.float().view(grid, grid).mean(1).numpy(), color="#cb3c33")
+    rows.set_title("mean per row of the grid", fontsize=8)
+    rows.set_xlabel("row", fontsize=8)
+    layers = np.arange(len(next(iter(attention.values()))))
+    width = 0.8 / len(attention)
+    for i, (name, values) in enumerate(attention.items()):
+        shares.bar(layers + i * width, values.float().numpy(), width, label=name)
+    shares.set_title("attention to the prefix", fontsize=8)
+    shares.set_xlabel("layer", fontsize=8)
+    shares.legend(fontsize=7)
+    for ax in (rows, shares):
+        ax.tick_params(labelsize=7)
     return figure_image(figure)
 
 

@@ -1,9 +1,10 @@
-"""The Compare conditioning tab: one seed, the condition varied, and how much the model attends to it.
+"""The Compare conditioning tab: one seed, the condition varied, and how much of it the model uses.
 
 - guidance: a row of images per guidance scale (Sec. 3.3: classifier-free guidance at every token);
 - two classes and blends of their prefix embeddings;
 - for a text-conditional generator: a caption, a paraphrase and the caption with one attribute left out;
-- the share of attention that each image token's prediction pays to the condition prefix, per layer.
+- how much of the condition each token's prediction carries (`llamagen.analysis.condition_use`), beside the
+  attention paid to the prefix under the condition and under the null one: the same shares, an attention sink.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import functools
 import gradio as gr
 
 from llamagen.analysis.attention import prefix_attention
+from llamagen.analysis.condition_use import condition_use
 from llamagen.analysis.interpolation import blended_class_generator
-from llamagen.analysis.pictures import labelled_rows, prefix_attention_figure
+from llamagen.analysis.pictures import condition_use_figure, labelled_rows
 from llamagen.apps.common import (
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
@@ -99,8 +101,10 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
 
 
 @shown_errors
-def attention_to_prefix(registry: ModelRegistry, model, class_name, prompt, cfg_scale, seed):
-    """One image, and the share of attention its tokens' predictions pay to the condition, layer by layer."""
+def condition_information(registry: ModelRegistry, model, class_name, prompt, cfg_scale, seed):
+    """One image; how much of the condition each of its tokens' predictions carries (KL to the prediction under
+    the null condition, by teacher forcing on the image's tokens); and each layer's share of attention to the
+    prefix under the condition and under the null one."""
     cfg_scale = checked_cfg_scale(cfg_scale)
     seed = checked_seed(seed)
     pipe = registry.pipeline(model)
@@ -109,12 +113,26 @@ def attention_to_prefix(registry: ModelRegistry, model, class_name, prompt, cfg_
         output = pipe(**condition, cfg_scale=cfg_scale, seed=seed)
         cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
         device = pipe.device
-        shares = prefix_attention(pipe.gpt, output.tokens.to(device), cond.to(device),
-                                  None if cond_mask is None else cond_mask.to(device))  # fmt: skip
+        tokens, cond = output.tokens.to(device), cond.to(device)
+        cond_mask = None if cond_mask is None else cond_mask.to(device)
+        kl = condition_use(pipe.gpt, tokens, cond, cond_mask).kl[0].cpu()
+        attention = {
+            name: prefix_attention(pipe.gpt, tokens, prefix, cond_mask)[:, 0].float().mean(1).cpu()
+            for name, prefix in (("true", cond), ("null", pipe.gpt.unconditional(cond)))
+        }
     grid = pipe.gpt.config.grid_size
-    layer_means = shares[:, 0].float().mean(1)
-    summary = "mean share of attention to the prefix, per layer: " + ", ".join(f"{m:.3f}" for m in layer_means)
-    return output.images[0], prefix_attention_figure(shares[:, 0].cpu(), grid), summary
+    rows = kl.view(grid, grid).mean(1)
+    summary = (
+        f"information about the condition per token, nats: {kl.sum():.3f} in all, per row of the grid "
+        + ", ".join(f"{value:.3f}" for value in rows)
+        + ". Share of attention to the prefix per layer, under the condition: "
+        + ", ".join(f"{value:.3f}" for value in attention["true"])
+        + "; under the null condition: "
+        + ", ".join(f"{value:.3f}" for value in attention["null"])
+        + ". Where the two shares agree, the prefix is an attention sink: the attention says nothing of the "
+        "condition, the KL does."
+    )
+    return output.images[0], condition_use_figure(kl, grid, attention), summary
 
 
 def _condition_inputs(names: list[str] | None, label: str, index: int = 0):
@@ -173,15 +191,18 @@ def build(registry: ModelRegistry) -> None:
         run_captions = gr.Button("Compare the captions", elem_id="captions-button")
     caption_rows_image = picture("A row per prompt", height=None, visible=text, elem_id="caption-rows")
 
-    gr.Markdown("### How much the model reads the condition\nFor one generated image: the share of attention that "
-                "each token's prediction gives to the prefix, per layer and position.")  # fmt: skip
+    gr.Markdown("### How much of the condition the model uses\nFor one generated image, each token's prediction "
+                "under the condition against its prediction under the null condition (the one guidance subtracts): "
+                "their KL, in nats, is the information about the condition that the prediction carries (zero for a "
+                "model that ignores its condition). Beside it, the share of attention each layer gives the prefix, "
+                "under the condition and under the null one.")  # fmt: skip
     with gr.Row():
-        attention_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
-        run_attention = gr.Button("Measure attention to the prefix", elem_id="attention-button")
+        condition_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
+        run_condition = gr.Button("Measure the condition's use", elem_id="condition-button")
     with gr.Row():
-        attention_image = picture("Image", height=240)
-        attention_map = picture("Attention to the prefix", height=None, pixels=False, scale=3, elem_id="attention-map")
-    attention_summary = gr.Markdown()
+        condition_image = picture("Image", height=240)
+        condition_map = picture("Condition use", height=None, pixels=False, scale=3, elem_id="condition-map")
+    condition_summary = gr.Markdown()
 
     model.change(functools.partial(model_inputs, registry), model,
                  [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image],
@@ -194,7 +215,7 @@ def build(registry: ModelRegistry) -> None:
     run_captions.click(functools.partial(compare_captions, registry),
                        [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_rows_image,
                        api_name="compare_captions", **SHARED_QUEUE)  # fmt: skip
-    run_attention.click(functools.partial(attention_to_prefix, registry),
-                        [model, class_name, prompt, attention_cfg, seed],
-                        [attention_image, attention_map, attention_summary], api_name="prefix_attention",
+    run_condition.click(functools.partial(condition_information, registry),
+                        [model, class_name, prompt, condition_cfg, seed],
+                        [condition_image, condition_map, condition_summary], api_name="condition_use",
                         **SHARED_QUEUE)  # fmt: skip

@@ -131,16 +131,17 @@ def labelled(items: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return torch.stack([item["image"] for item in items]), labels
 
 
-def held_out(kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def held_out(kind: str, count: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The held-out real images of `kind` and their labels: all of them, or the first `count`."""
     data = judge_data(kind, train=False)
-    return labelled([data[i] for i in range(len(data))])
+    return labelled([data[i] for i in range(len(data) if count is None else min(count, len(data)))])
 
 
 @torch.no_grad()
-def judge_reconstructions(tokenizer, kind: str) -> dict[str, float]:
-    """The judge's accuracy on the held-out real images after a round trip through `tokenizer`: whether
-    what the images show survives tokenization."""
-    images, labels = held_out(kind)
+def judge_reconstructions(tokenizer, kind: str, count: int | None = None) -> dict[str, float]:
+    """The judge's accuracy on the held-out real images (all, or the first `count`) after a round trip through
+    `tokenizer`: whether what the images show survives tokenization."""
+    images, labels = held_out(kind, count)
     judge = load_judge(f"{kind}-judge", device=tokenizer.device)
     rounds = [
         tokenizer.detokenize(tokenizer.tokenize(images[i : i + 64].to(tokenizer.device)))
