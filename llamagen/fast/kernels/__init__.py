@@ -87,16 +87,6 @@ def _build_and_load() -> bool:
     except Exception as error:  # a missing or failing compiler: decoding still works, only slower
         logger.warning("llamagen's CPU decoding kernels could not be built (%s); using torch's own ops", error)
         return False
-    # What torch.compile needs to trace a call: the shape and dtype of the result.
-    torch.library.register_fake("llamagen::small_batch_linear")(
-        lambda x, weight: x.new_empty((*x.shape[:-1], weight.shape[0]))
-    )
-    torch.library.register_fake("llamagen::single_query_attention")(lambda q, k, v, mask: q.new_empty(q.shape))
-    torch.library.register_fake("llamagen::decode_step")(
-        lambda tokens, weights, caches, *_: weights[0].new_empty(
-            (tokens.numel(), weights[-1].shape[0]), dtype=torch.float32
-        )
-    )
     return True
 
 
