@@ -29,12 +29,8 @@ from llamagen.gpt.model import GPT
 
 def serves(gpt: GPT) -> bool:
     """Whether `gpt`'s decoding steps can be replayed from CUDA graphs: on a GPU, nothing to differentiate, and no
-    dropout that training mode would apply in a step (a graph replays one draw of it)."""
-    config = gpt.config
-    dropout = (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
-    return (
-        gpt.device.type == "cuda" and not torch.is_grad_enabled() and not (gpt.training and any(p > 0 for p in dropout))
-    )
+    dropout drawn in a step (`GPT.drops_out_in_a_step`: a graph would replay one draw of it)."""
+    return gpt.device.type == "cuda" and not torch.is_grad_enabled() and not gpt.drops_out_in_a_step
 
 
 def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:

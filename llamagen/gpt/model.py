@@ -76,6 +76,15 @@ class GPT(nn.Module):
         return self.tok_embeddings.weight.dtype
 
     @property
+    def drops_out_in_a_step(self) -> bool:
+        """Whether a decoding step through the modules would draw dropout masks: in training mode, with token,
+        residual or feed-forward dropout or stochastic depth configured (attention dropout is for whole sequences
+        only). A step run any other way (one kernel call, a replayed graph) must not serve such a model."""
+        config = self.config
+        dropout = (config.token_dropout_p, config.resid_dropout_p, config.ffn_dropout_p, config.drop_path_rate)
+        return self.training and any(p > 0 for p in dropout)
+
+    @property
     def prefix_length(self) -> int:
         return self.config.cls_token_num
 
