@@ -15,6 +15,7 @@ from llamagen.analysis.codebook import (
     code_patch,
     codebook_vectors,
     nearest_codes,
+    nearest_neighbours,
     project_2d,
     replace_code,
 )
@@ -66,6 +67,17 @@ def test_pca_projection_keeps_the_two_largest_directions():
     assert np.var(points, axis=0) == pytest.approx([25.0, 9.0], rel=0.2)
     with pytest.raises(ValueError, match="unknown projection"):
         project_2d(vectors, "tsne")
+
+
+def test_the_exact_neighbour_graph_for_umap_matches_a_brute_force_search_across_chunks():
+    points = torch.randn(300, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    indices, distances = nearest_neighbours(points, 5, chunk=64)
+    assert indices.shape == distances.shape == (300, 5)
+    assert (indices[:, 0] == np.arange(300)).all() and (distances[:, 0] == 0).all()  # each point first, as UMAP's
+    for i in (0, 63, 64, 299):  # both sides of a chunk's edge
+        by_hand = np.linalg.norm(points.numpy() - points[i].numpy(), axis=1)
+        assert list(indices[i]) == list(np.argsort(by_hand)[:5])
+        np.testing.assert_allclose(distances[i], np.sort(by_hand)[:5], atol=1e-12)
 
 
 def test_token_surgery_changes_the_decoded_image_and_a_no_op_edit_does_not():

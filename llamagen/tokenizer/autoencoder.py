@@ -61,8 +61,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        # (B,C,H,W) -> (B,1,H*W,C): one head; SDPA avoids materialising the (HW x HW) matrix on large images.
-        q, k, v = (proj(y).reshape(b, 1, c, h * w).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        # (B,C,H,W) -> (B,1,H*W,C): one head; SDPA avoids materialising the (HW x HW) matrix on large images, if
+        # its inputs are contiguous (transposed views send it to the math path, which does, and runs 2-3x slower).
+        q, k, v = (proj(y).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for proj in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)
         y = y.transpose(2, 3).reshape(b, c, h, w)
         return x + self.proj_out(y)

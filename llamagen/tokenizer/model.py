@@ -13,6 +13,10 @@ from llamagen.tokenizer.quantizer import QuantizerOutput, VectorQuantizer
 
 # Pixel values a tokenizer accepts; a little slack absorbs rounding in the caller's scaling.
 _PIXEL_RANGE_TOLERANCE = 1e-3
+# Images a CPU encodes or decodes at a time: a few images' activations stay in its caches, where a large batch's
+# go to memory and back at every layer (1,000 64x64 shapes decode in 13 s in sixteens, 26 s at once, on two
+# cores). Each image is computed on its own either way, so the results are the same.
+CPU_IMAGES_AT_A_TIME = 16
 
 
 @dataclass
@@ -81,6 +85,9 @@ class VQModel(nn.Module):
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [-1, 1] -> (B, H/f, W/f) int64 codes."""
         self._check_images(images)
+        return torch.cat([self._tokenize(part) for part in self._parts(images)])
+
+    def _tokenize(self, images: torch.Tensor) -> torch.Tensor:
         latent = self.quant_conv(self.encoder(images.to(self.device, self.dtype)))
         return self.quantize.nearest_codes(latent)
 
@@ -88,7 +95,15 @@ class VQModel(nn.Module):
     def detokenize(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) integer codes -> (B, 3, h*f, w*f) images (float32, about [-1, 1])."""
         self._check_codes(codes)
-        return self.decode(self.quantize.lookup(codes.to(self.device))).float()
+        return torch.cat(
+            [self.decode(self.quantize.lookup(part.to(self.device))).float() for part in self._parts(codes)]
+        )
+
+    def _parts(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch in the pieces it is run in: `CPU_IMAGES_AT_A_TIME` images on a CPU, all at once elsewhere."""
+        if self.device.type != "cpu" or len(batch) <= CPU_IMAGES_AT_A_TIME:
+            return (batch,)
+        return batch.split(CPU_IMAGES_AT_A_TIME)
 
     def codebook_usage(self) -> float:
         return self.quantize.usage()
