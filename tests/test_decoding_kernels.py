@@ -19,8 +19,10 @@ def test_the_kernels_build_wherever_the_cpu_can_run_them():
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])  # 5 to 8: fewer sums per row of x
-@pytest.mark.parametrize("out_features, in_features", [(160, 768), (33, 96), (7, 32)])  # 96, 32: a chunk left
+# 5 to 8: fewer sums per row of x; 9 to 16: two weight rows at a time, over two groups of rows of x.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 16])
+# 96, 32: a chunk left; 33, 7: a weight row left after the pairs.
+@pytest.mark.parametrize("out_features, in_features", [(160, 768), (33, 96), (7, 32)])
 def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features):
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 1, in_features, generator=generator).to(dtype)

@@ -98,7 +98,8 @@ class _RecordedStep:
 
 
 def _addresses(gpt: GPT) -> tuple:
-    tensors = (*gpt.parameters(), *gpt.buffers(), gpt.visible_keys)
+    read_by_a_step = (gpt.visible_keys, gpt.condition_tokens, gpt.condition_visible)
+    tensors = (*gpt.parameters(), *gpt.buffers(), *(t for t in read_by_a_step if t is not None))
     return tuple((t.data_ptr(), t.dtype, t.shape) for t in tensors)
 
 

@@ -24,8 +24,8 @@ CACHED_WEIGHT_BYTES = 16 * 2**20
 def serves(gpt: GPT, rows: int) -> bool:
     """Whether the kernel can run `gpt`'s step for `rows` rows exactly as the modules would, and faster: the
     kernels loaded, on the CPU, 1 to MAX_ROWS rows (any number for small weights), nothing to differentiate, no
-    dropout drawn in a step (`GPT.drops_out_in_a_step`), a dtype and widths it handles, and a cache of the
-    weights' dtype."""
+    dropout drawn in a step (`GPT.drops_out_in_a_step`), the condition only in the prefix (the published
+    models'; the kernel has no other), a dtype and widths it handles, and a cache of the weights' dtype."""
     config = gpt.config
     lanes = kernels.LANES.get(gpt.dtype)
     cache = gpt.layers[0].attention.kv_cache
@@ -35,6 +35,7 @@ def serves(gpt: GPT, rows: int) -> bool:
         and (0 < rows <= MAX_ROWS or (rows > 0 and _weight_bytes(gpt) <= CACHED_WEIGHT_BYTES))
         and not torch.is_grad_enabled()
         and not gpt.drops_out_in_a_step
+        and config.condition == "prefix"
         and lanes is not None
         and config.dim % lanes == 0
         and config.ffn_hidden_dim % lanes == 0

@@ -1,13 +1,17 @@
-"""How the condition enters the decoder: as prefix ("prefilling") token embeddings (Sec. 2.2).
+"""The condition's embeddings: prefix ("prefilling") tokens (Sec. 2.2), and what the layers read of them.
 
 Class-conditional: a learned table with one extra row, the null class, used for the unconditional
-half of classifier-free guidance. Text-conditional: caption features (B, cls_token_num, caption_dim)
-projected by a two-layer MLP; the unconditional prefix is a fixed random feature sequence.
-During training the condition is replaced by the unconditional one with probability
-`class_dropout_prob`, which is what makes guidance possible at sampling time.
+half of classifier-free guidance; each class has `cls_token_num` tokens (the published models: one).
+Text-conditional: caption features (B, cls_token_num, caption_dim) projected by a two-layer MLP; the
+unconditional caption is a fixed random feature sequence. During training the condition is replaced by the
+unconditional one with probability `class_dropout_prob`, which is what makes guidance possible at sampling time.
+
+Where the condition also enters the layers (`GPTConfig.condition`), they read it as a `LayerCondition`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +21,13 @@ from llamagen.gpt.config import GPTConfig
 
 
 class ClassEmbedding(nn.Module):
-    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float, token_num: int = 1):
         super().__init__()
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
+        self.token_num = token_num
         # The null-class row exists only when the condition can be dropped, as in the original's files.
-        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim * token_num)
 
     @property
     def has_null_class(self) -> bool:
@@ -32,11 +37,11 @@ class ClassEmbedding(nn.Module):
         return torch.full_like(labels, self.num_classes)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        """(B,) class ids (num_classes = the null class) -> (B, 1, dim)."""
+        """(B,) class ids (num_classes = the null class) -> (B, token_num, dim)."""
         if self.training and self.dropout_prob > 0:
             dropped = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
             labels = torch.where(dropped, self.num_classes, labels)
-        return self.embedding_table(labels).unsqueeze(1)
+        return self.embedding_table(labels).view(labels.shape[0], self.token_num, -1)
 
 
 class CaptionMLP(nn.Module):
@@ -70,5 +75,23 @@ class CaptionEmbedding(nn.Module):
 
 def build_condition_embedding(config: GPTConfig) -> nn.Module:
     if config.model_type == "c2i":
-        return ClassEmbedding(config.num_classes, config.dim, config.class_dropout_prob)
+        return ClassEmbedding(config.num_classes, config.dim, config.class_dropout_prob, config.cls_token_num)
     return CaptionEmbedding(config.caption_dim, config.dim, config.class_dropout_prob, config.cls_token_num)
+
+
+@dataclass(frozen=True)
+class LayerCondition:
+    """The condition as the layers read it: its embedded tokens (B, n, dim), which of them are real (B, n)
+    booleans (a caption's padding False; None: all), and their mean over the real ones (B, 1, dim)."""
+
+    tokens: torch.Tensor
+    visible: torch.Tensor | None
+    mean: torch.Tensor
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, visible: torch.Tensor | None) -> LayerCondition:
+        if visible is None:
+            return cls(tokens, None, tokens.mean(1, keepdim=True))
+        weights = visible.to(tokens.dtype)[..., None]
+        mean = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+        return cls(tokens, visible, mean)

@@ -13,6 +13,13 @@ from typing import Any
 from llamagen.configs import ModelConfig
 
 MODEL_TYPES = ("c2i", "t2i")
+# How the condition enters the decoder. "prefix": as the first tokens of the sequence (the paper's, Sec. 2.2; the
+# published models'). "every_layer": as the prefix, and its mean added again to every position at every layer's
+# input. "adaln_zero": a learned start token instead of the prefix; the condition's mean scales, shifts and
+# gates each block's norms and branches (adaLN-zero, as DiT, Peebles & Xie 2023, Sec. 3.2). "cross_attention":
+# a learned start token; each block attends from the image tokens to the condition's tokens after its
+# self-attention. A class label gives `cls_token_num` condition tokens, a caption one per caption token.
+CONDITIONINGS = ("prefix", "every_layer", "adaln_zero", "cross_attention")
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -42,6 +49,7 @@ class GPTConfig(ModelConfig):
     vocab_size: int = 16384
     cls_token_num: int = 1
     block_size: int = 256
+    condition: str = "prefix"  # one of CONDITIONINGS
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -51,6 +59,12 @@ class GPTConfig(ModelConfig):
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions before the first image token: the condition's tokens, or one learned start token where the
+        condition enters the layers instead."""
+        return self.cls_token_num if self.condition in ("prefix", "every_layer") else 1
 
     @property
     def grid_size(self) -> int:
@@ -71,6 +85,8 @@ class GPTConfig(ModelConfig):
         )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"GPTConfig.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.condition not in CONDITIONINGS:
+            raise ValueError(f"GPTConfig.condition must be one of {CONDITIONINGS}, got {self.condition!r}")
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamagen.gpt.conditioning import LayerCondition
 from llamagen.gpt.config import GPTConfig
 
 
@@ -45,7 +46,7 @@ class FeedForward(nn.Module):
 
 
 def rope_table_2d(config: GPTConfig) -> torch.Tensor:
-    """(cls_token_num + block_size, head_dim/2, 2) cos/sin table of 2-D rotary embeddings (Sec. 2.2).
+    """(prefix_length + block_size, head_dim/2, 2) cos/sin table of 2-D rotary embeddings (Sec. 2.2).
 
     A token at grid cell (row, col) rotates the first half of each head's dimension pairs by row
     angles and the second half by column angles, at frequencies base^(-2i/(head_dim/2)). The
@@ -61,7 +62,7 @@ def rope_table_2d(config: GPTConfig) -> torch.Tensor:
         [angles[:, None, :].expand(grid, grid, -1), angles[None, :, :].expand(grid, grid, -1)], dim=-1
     ).flatten(0, 1)  # (grid*grid, head_dim/2): raster order, row angles then column angles
     table = torch.stack([angles_2d.cos(), angles_2d.sin()], dim=-1)
-    return torch.cat([torch.zeros(config.cls_token_num, half, 2), table])
+    return torch.cat([torch.zeros(config.prefix_length, half, 2), table])
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -166,15 +167,71 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+class CrossAttention(nn.Module):
+    """Image tokens attending to the condition's tokens (no rotary embeddings: the condition has no grid), the
+    padding of a caption hidden. Its output projection starts at zero, so a new block starts as the plain one."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.wq = nn.Linear(config.dim, config.dim, bias=False)
+        self.wkv = nn.Linear(config.dim, 2 * config.dim, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.resid_dropout = nn.Dropout(config.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, condition: LayerCondition) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.wq(x).view(b, s, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.wkv(condition.tokens.to(x.dtype)).chunk(2, dim=-1)
+        k, v = (t.view(b, -1, self.n_head, self.head_dim).transpose(1, 2) for t in (k, v))
+        mask = None if condition.visible is None else condition.visible[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, s, -1)))
+
+
 class TransformerBlock(nn.Module):
+    """Pre-norm attention then SwiGLU, each a residual branch; where `config.condition` says so, the condition
+    enters too (see `GPTConfig`): added to the input, modulating the norms (adaLN-zero) or cross-attended."""
+
     def __init__(self, config: GPTConfig, drop_path: float):
         super().__init__()
+        self.condition = config.condition
         self.attention = Attention(config)
         self.feed_forward = FeedForward(config)
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.drop_path = DropPath(drop_path)
+        if self.condition == "adaln_zero":
+            # Shift, scale and gate for each of the two branches, from the condition; zero at the start, so
+            # every block starts as the identity (DiT's initialisation).
+            self.modulation = nn.Linear(config.dim, 6 * config.dim)
+        elif self.condition == "cross_attention":
+            self.cross_attention_norm = RMSNorm(config.dim, config.norm_eps)
+            self.cross_attention = CrossAttention(config)
 
-    def forward(self, x, rope, mask, cache_positions=None) -> torch.Tensor:
+    def start_as_the_plain_block(self) -> None:
+        """Zero what the condition adds (after the model's initialisation): at the first step the condition's
+        branches add nothing, and adaLN-zero's gates close both branches."""
+        if self.condition == "adaln_zero":
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
+        elif self.condition == "cross_attention":
+            nn.init.zeros_(self.cross_attention.wo.weight)
+
+    def forward(self, x, rope, mask, cache_positions=None, condition: LayerCondition | None = None) -> torch.Tensor:
+        if self.condition == "adaln_zero":
+            return self.modulated(x, rope, mask, cache_positions, condition)
+        if self.condition == "every_layer":
+            x = x + condition.mean.to(x.dtype)
         h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache_positions))
+        if self.condition == "cross_attention":
+            h = h + self.drop_path(self.cross_attention(self.cross_attention_norm(h), condition))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+    def modulated(self, x, rope, mask, cache_positions, condition: LayerCondition) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(F.silu(condition.mean.to(x.dtype))).chunk(
+            6, dim=-1
+        )
+        attended = self.attention(self.attention_norm(x) * (1 + scale_a) + shift_a, rope, mask, cache_positions)
+        h = x + self.drop_path(gate_a * attended)
+        return h + self.drop_path(gate_f * self.feed_forward(self.ffn_norm(h) * (1 + scale_f) + shift_f))

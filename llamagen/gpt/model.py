@@ -1,6 +1,7 @@
 """The Llama image generator (Sec. 2.2 of the paper): a decoder-only transformer over image tokens.
 
-One stack of layers, run three ways:
+The condition enters as prefix tokens, as the paper's, or also (or instead) through the layers, as
+`GPTConfig.condition` chooses (`llamagen.gpt.conditioning`). One stack of layers, run three ways:
 - `forward(tokens, cond, cond_mask)`: the whole sequence at once (training, and checking);
 - `prefill(cond, cond_mask)`: the condition prefix into the KV cache, logits of the first image token;
 - `decode_step(tokens, position)`: one token per row into the cache at `position`, logits of the next.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llamagen.gpt.conditioning import build_condition_embedding
+from llamagen.gpt.conditioning import LayerCondition, build_condition_embedding
 from llamagen.gpt.config import GPTConfig
 from llamagen.gpt.layers import KVCache, RMSNorm, TransformerBlock, rope_table_2d
 
@@ -38,6 +39,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.cls_embedding = build_condition_embedding(config)
+        if not self.prefix_holds_condition:  # the sequence starts from a learned token; the layers read the condition
+            self.start_token = nn.Parameter(torch.empty(1, 1, config.dim))
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout_p)
         # Stochastic depth grows linearly with depth, from 0 to drop_path_rate at the last layer.
@@ -52,8 +55,16 @@ class GPT(nn.Module):
         # query skips. Written in place by `prefill`, so a recorded step reads the current caption's. Not a
         # buffer: torch.compile's freezing would fold a buffer that the step does not write into a constant.
         self.visible_keys: torch.Tensor | None = None
+        # Where the layers read the condition: its embedded tokens (batch, cls_token_num, dim) and which are real
+        # (batch, cls_token_num), allocated with the cache and written in place by `prefill`, as `visible_keys`.
+        self.condition_tokens: torch.Tensor | None = None
+        self.condition_visible: torch.Tensor | None = None
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)  # the original starts from uniform predictions
+        if not self.prefix_holds_condition:
+            nn.init.normal_(self.start_token, std=config.initializer_range)
+        for layer in self.layers:
+            layer.start_as_the_plain_block()
 
     def _apply(self, fn, recurse=True):
         # `.to(bf16)` must not round the RoPE table: rotations stay in float32 (recomputed on the new device).
@@ -61,6 +72,9 @@ class GPT(nn.Module):
         self.freqs_cis = rope_table_2d(self.config).to(self.freqs_cis.device)
         if self.visible_keys is not None:  # booleans, not a buffer (see __init__): moved, never converted
             self.visible_keys = self.visible_keys.to(self.freqs_cis.device)
+        if self.condition_tokens is not None:  # the layers' condition, converted as the cache is
+            self.condition_tokens = fn(self.condition_tokens)
+            self.condition_visible = self.condition_visible.to(self.freqs_cis.device)
         return self
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -86,7 +100,15 @@ class GPT(nn.Module):
 
     @property
     def prefix_length(self) -> int:
-        return self.config.cls_token_num
+        return self.config.prefix_length
+
+    @property
+    def prefix_holds_condition(self) -> bool:
+        return self.config.condition in ("prefix", "every_layer")
+
+    @property
+    def condition_enters_layers(self) -> bool:
+        return self.config.condition != "prefix"
 
     # --- the condition -----------------------------------------------------------------------
 
@@ -121,22 +143,32 @@ class GPT(nn.Module):
         """The condition of the unconditional half of guidance: the null class, or the fixed null caption."""
         return self.cls_embedding.unconditional(cond)
 
-    def _prefix(self, cond: torch.Tensor) -> torch.Tensor:
-        """(B, cls_token_num, dim) prefix embeddings; condition dropout applies in training mode."""
+    def _embed_condition(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition's (B, cls_token_num, dim) embeddings, and the (B, prefix_length, dim) prefix: those, or
+        the start token. Condition dropout applies in training mode."""
         if self.config.model_type == "t2i":
             cond = cond.to(self.dtype)
-        return self.cls_embedding(cond)[:, : self.prefix_length]
+        embedded = self.cls_embedding(cond)
+        if self.prefix_holds_condition:
+            return embedded, embedded
+        return embedded, self.start_token.expand(cond.shape[0], -1, -1)
 
     # --- the layers ----------------------------------------------------------------------------
 
     def transformer(
-        self, h: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cached: bool
+        self,
+        h: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cached: bool,
+        condition: LayerCondition | None = None,
     ) -> torch.Tensor:
         """(B, S, dim) embeddings at sequence `positions` (S,) through every layer and the final norm. `cached`:
-        keys and values go into the KV cache at those positions, and `mask` spans the whole cache."""
+        keys and values go into the KV cache at those positions, and `mask` spans the whole cache. `condition`:
+        what the layers read of it, where it enters them."""
         rope = self.freqs_cis.index_select(0, positions)
         for layer in self.layers:
-            h = layer(h, rope, mask, positions if cached else None)
+            h = layer(h, rope, mask, positions if cached else None, condition)
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,13 +182,16 @@ class GPT(nn.Module):
                 f"tokens must be (B, t) with B = {cond.shape[0]} and t <= {self.config.block_size}, "
                 f"got {tuple(tokens.shape)}"
             )
-        h = self.tok_dropout(torch.cat([self._prefix(cond), self.tok_embeddings(tokens)], dim=1))
+        embedded, prefix = self._embed_condition(cond)
+        h = self.tok_dropout(torch.cat([prefix, self.tok_embeddings(tokens)], dim=1))
         positions = torch.arange(h.shape[1], device=h.device)
+        visible = None if cond_mask is None else cond_mask.to(h.device).bool()
         mask = None  # plain causal attention
-        if cond_mask is not None:
+        if visible is not None and self.prefix_holds_condition:
             image = torch.ones(tokens.shape[0], tokens.shape[1], dtype=torch.bool, device=h.device)
-            mask = attention_mask(torch.cat([cond_mask.to(h.device).bool(), image], dim=1), positions)
-        h = self.transformer(h, positions, mask, cached=False)
+            mask = attention_mask(torch.cat([visible, image], dim=1), positions)
+        condition = LayerCondition.of(embedded, visible) if self.condition_enters_layers else None
+        h = self.transformer(h, positions, mask, cached=False, condition=condition)
         # Only the positions that predict image tokens: the last prefix position and every image token.
         return self.output(h[:, self.prefix_length - 1 :]).float()
 
@@ -183,24 +218,45 @@ class GPT(nn.Module):
         # Its own check: a model that shares its layers with another (`analysis.interpolation`) shares their caches.
         if self.visible_keys is None or self.visible_keys.shape[0] != batch_size:
             self.visible_keys = torch.ones(batch_size, self.max_sequence_length, dtype=torch.bool, device=self.device)
+        if self.condition_enters_layers and (
+            self.condition_tokens is None or self.condition_tokens.shape[0] != batch_size
+        ):
+            shape = (batch_size, self.config.cls_token_num)
+            self.condition_tokens = torch.zeros(*shape, self.config.dim, dtype=self.dtype, device=self.device)
+            self.condition_visible = torch.ones(shape, dtype=torch.bool, device=self.device)
 
     def clear_cache(self) -> None:
         """Free the KV cache (generation keeps it for the next call of the same batch size)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.visible_keys = None
+        self.condition_tokens = self.condition_visible = None
 
     def prefill(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the condition prefix into the cache; return (B, vocab) float32 logits of image token 0."""
         self.check_condition(cond, cond_mask)
-        rows, prefix = cond.shape[0], self.prefix_length
+        rows, prefix_length = cond.shape[0], self.prefix_length
+        embedded, prefix = self._embed_condition(cond)
         self.visible_keys.fill_(True)
-        if cond_mask is not None:
-            self.visible_keys[:rows, :prefix] = cond_mask.to(self.device).bool()
-        positions = torch.arange(prefix, device=self.device)
+        if cond_mask is not None and self.prefix_holds_condition:
+            self.visible_keys[:rows, :prefix_length] = cond_mask.to(self.device).bool()
+        condition = None
+        if self.condition_enters_layers:
+            self.condition_tokens[:rows] = embedded
+            self.condition_visible.fill_(True)
+            if cond_mask is not None:
+                self.condition_visible[:rows] = cond_mask.to(self.device).bool()
+        condition = self._layer_condition(rows)
+        positions = torch.arange(prefix_length, device=self.device)
         mask = attention_mask(self.visible_keys[:rows], positions)
-        h = self.transformer(self._prefix(cond), positions, mask, cached=True)
+        h = self.transformer(prefix, positions, mask, cached=True, condition=condition)
         return self.output(h[:, -1]).float()
+
+    def _layer_condition(self, rows: int) -> LayerCondition | None:
+        """The condition the layers read in cached decoding, for the first `rows` rows, as the last prefill wrote."""
+        if not self.condition_enters_layers:
+            return None
+        return LayerCondition.of(self.condition_tokens[:rows], self.condition_visible[:rows])
 
     def decode_step(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) at sequence `position` (prefix included; an int, or a one-element int64 tensor on the
@@ -213,6 +269,9 @@ class GPT(nn.Module):
             positions = position.view(1)
         else:
             positions = torch.tensor([position], device=self.device)
-        mask = attention_mask(self.visible_keys[: tokens.shape[0]], positions)
-        h = self.transformer(self.tok_embeddings(tokens), positions, mask, cached=True)
+        rows = tokens.shape[0]
+        mask = attention_mask(self.visible_keys[:rows], positions)
+        h = self.transformer(
+            self.tok_embeddings(tokens), positions, mask, cached=True, condition=self._layer_condition(rows)
+        )
         return self.output(h).float()[:, 0]

@@ -49,7 +49,7 @@ def generator_config_for(codes: CodesInfo, base: GPTConfig, text_encoder=None) -
     values = base.to_dict()
     values.update(vocab_size=codes.codebook_size, block_size=codes.grid**2)
     if codes.conditioning == "c2i":
-        values.update(model_type="c2i", num_classes=len(codes.class_names), cls_token_num=1)
+        values.update(model_type="c2i", num_classes=len(codes.class_names))
     else:
         _require_text_encoder(text_encoder)
         values.update(model_type="t2i", caption_dim=text_encoder.width, cls_token_num=text_encoder.context_length)

@@ -4,7 +4,7 @@ A decoding step multiplies one or two rows (guidance doubles the batch) by every
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
 the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16):
 
-- `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 8 rows of x, reading the weights
+- `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 16 rows of x, reading the weights
   2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp);
 - `torch.ops.llamagen.single_query_attention(q, k, v, mask)`: one query per row and head over the cached keys
   and values, read in place in their own dtype (single_query_attention.cpp);

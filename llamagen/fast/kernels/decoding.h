@@ -7,7 +7,7 @@
 
 namespace llamagen {
 
-constexpr int64_t kMaxRows = 8;  // the product's limit: batch 1 to 4 with guidance
+constexpr int64_t kMaxRows = 16;  // the product's limit: batch 1 to 8 with guidance
 
 // y (rows, n_out) = x (rows, k_in) @ w (n_out, k_in)^T, all contiguous, of `dtype` (float32 or bf16); rows 1 to
 // kMaxRows, k_in a whole number of 512-bit registers.

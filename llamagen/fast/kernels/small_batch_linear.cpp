@@ -1,4 +1,4 @@
-// y = x @ weight^T for a few rows of x (1 to 8) and float32 or bf16 weights, on CPUs with AVX-512.
+// y = x @ weight^T for a few rows of x (1 to 16) and float32 or bf16 weights, on CPUs with AVX-512.
 //
 // A decoding step multiplies one or two rows (guidance doubles the batch) by every weight matrix of the model:
 // a matrix-vector product whose cost is reading the weights once. ATen's kernels for so few rows (MKL in
@@ -18,6 +18,9 @@ namespace {
 
 using llamagen::kMaxRows;
 
+// How far ahead of the loads the weights are prefetched (see one_weight_row).
+constexpr int64_t kPrefetchBytes = 2048;
+
 // One 512-bit register of each type: its element count, how to load it, and the multiply-add into
 // float32 sums (bf16: pairs of products summed in float32, AVX512-BF16's dot product).
 struct Float32 {
@@ -34,9 +37,10 @@ struct BFloat16 {
   static __m512 multiply_add(__m512 sum, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(sum, w, x); }
 };
 
+// y[m, n] for the M rows of x and the one weight row n.
 template <typename T, int M>
-void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
-                        int64_t n_out, int64_t k_in) {
+void one_weight_row(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y, int64_t n,
+                    int64_t n_out, int64_t k_in) {
   constexpr int64_t lanes = T::kLanes;
   // Chunks of a weight row read per iteration, each summed in its own register for every row of x: fewer
   // past 4 rows, where the rows' sums already run side by side (and more would not fit the 32 registers).
@@ -46,36 +50,85 @@ void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w
   // at 8 rows, bf16: 15.6 ms without, 11.2 with). At 1-3 rows the memory bus sets the pace, and the prefetches
   // only slowed the loop (2 rows: 7.7 ms, 9.5 with).
   constexpr bool kPrefetch = M >= 4;
-  constexpr int64_t kPrefetchBytes = 2048;
-  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const typename T::Scalar* row = w + n * k_in;
-      __m512 sums[kChains][M];
-      for (int c = 0; c < kChains; ++c)
-        for (int m = 0; m < M; ++m) sums[c][m] = _mm512_setzero_ps();
-      int64_t k = 0;
-      for (; k + kChains * lanes <= k_in; k += kChains * lanes) {
-        for (int c = 0; c < kChains; ++c) {
-          if constexpr (kPrefetch) {
-            _mm_prefetch(reinterpret_cast<const char*>(row + k + c * lanes) + kPrefetchBytes, _MM_HINT_T0);
-          }
-          const auto weights = T::load(row + k + c * lanes);
-          for (int m = 0; m < M; ++m) {
-            sums[c][m] = T::multiply_add(sums[c][m], weights, T::load(x + m * k_in + k + c * lanes));
-          }
-        }
+  const typename T::Scalar* row = w + n * k_in;
+  __m512 sums[kChains][M];
+  for (int c = 0; c < kChains; ++c)
+    for (int m = 0; m < M; ++m) sums[c][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kChains * lanes <= k_in; k += kChains * lanes) {
+    for (int c = 0; c < kChains; ++c) {
+      if constexpr (kPrefetch) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + k + c * lanes) + kPrefetchBytes, _MM_HINT_T0);
       }
-      for (; k < k_in; k += lanes) {  // the chunks left over
-        const auto weights = T::load(row + k);
-        for (int m = 0; m < M; ++m) sums[0][m] = T::multiply_add(sums[0][m], weights, T::load(x + m * k_in + k));
-      }
+      const auto weights = T::load(row + k + c * lanes);
       for (int m = 0; m < M; ++m) {
-        __m512 total = sums[0][m];
-        for (int c = 1; c < kChains; ++c) total = _mm512_add_ps(total, sums[c][m]);
-        y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(total));
+        sums[c][m] = T::multiply_add(sums[c][m], weights, T::load(x + m * k_in + k + c * lanes));
       }
     }
-  });
+  }
+  for (; k < k_in; k += lanes) {  // the chunks left over
+    const auto weights = T::load(row + k);
+    for (int m = 0; m < M; ++m) sums[0][m] = T::multiply_add(sums[0][m], weights, T::load(x + m * k_in + k));
+  }
+  for (int m = 0; m < M; ++m) {
+    __m512 total = sums[0][m];
+    for (int c = 1; c < kChains; ++c) total = _mm512_add_ps(total, sums[c][m]);
+    y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(total));
+  }
+}
+
+// y[m, n] and y[m, n + 1] for the M rows of x (M up to 8) and the two weight rows n, n + 1: each chunk of a row
+// of x is loaded once for both weight rows, 2 x M sums in one chain each.
+template <typename T, int M>
+void two_weight_rows(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y, int64_t n,
+                     int64_t n_out, int64_t k_in) {
+  constexpr int64_t lanes = T::kLanes;
+  const typename T::Scalar* first = w + n * k_in;
+  const typename T::Scalar* second = first + k_in;
+  __m512 sums[2][M];
+  for (int m = 0; m < M; ++m) sums[0][m] = sums[1][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < k_in; k += lanes) {
+    _mm_prefetch(reinterpret_cast<const char*>(first + k) + kPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(second + k) + kPrefetchBytes, _MM_HINT_T0);
+    const auto w0 = T::load(first + k), w1 = T::load(second + k);
+    for (int m = 0; m < M; ++m) {
+      const auto xm = T::load(x + m * k_in + k);
+      sums[0][m] = T::multiply_add(sums[0][m], w0, xm);
+      sums[1][m] = T::multiply_add(sums[1][m], w1, xm);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    y[m * n_out + n] = typename T::Scalar(_mm512_reduce_add_ps(sums[0][m]));
+    y[m * n_out + n + 1] = typename T::Scalar(_mm512_reduce_add_ps(sums[1][m]));
+  }
+}
+
+// Up to 8 rows of x, each weight row is read once for all of them (one_weight_row). Past 8, one weight row's sums
+// no longer fit the registers in two chains: two weight rows are read at a time instead (two_weight_rows), over
+// the rows of x in a group of 8 and a group of the rest, the second group reading the two weight rows again from
+// the core's first-level cache: 16 sums, and 10 loads for every 16 multiply-adds. (Eight rows twice, over the
+// whole matrix each time, read the weights from memory twice.)
+template <typename T, int M>
+void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
+                        int64_t n_out, int64_t k_in) {
+  if constexpr (M <= 8) {
+    at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) one_weight_row<T, M>(x, w, y, n, n_out, k_in);
+    });
+  } else {
+    const typename T::Scalar* rest = x + 8 * k_in;
+    typename T::Scalar* rest_out = y + 8 * n_out;
+    at::parallel_for(0, n_out / 2, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t n = 2 * begin; n < 2 * end; n += 2) {
+        two_weight_rows<T, 8>(x, w, y, n, n_out, k_in);
+        two_weight_rows<T, M - 8>(rest, w, rest_out, n, n_out, k_in);
+      }
+    });
+    if (n_out % 2) {  // an odd weight row left over
+      one_weight_row<T, 8>(x, w, y, n_out - 1, n_out, k_in);
+      one_weight_row<T, M - 8>(rest, w, rest_out, n_out - 1, n_out, k_in);
+    }
+  }
 }
 
 // rows_times_weights for the number of rows x has, M to kMaxRows.
