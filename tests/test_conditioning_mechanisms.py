@@ -23,7 +23,7 @@ def conditioned(kind: str, model_type: str = "c2i", seed: int = 0, **overrides) 
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "modulation" in name or "cross_attention.wo" in name:
-                parameter.normal_(std=0.05)
+                parameter.normal_(std=0.3)
     return model
 
 
@@ -82,7 +82,7 @@ def test_the_published_conditioning_is_the_default_and_others_add_only_their_par
 
     extra = {kind: added(kind) for kind in OTHERS}
     assert extra["every_layer"] == []
-    assert extra["adaln_zero"] == ["modulation.bias", "modulation.weight", "start_token"]
+    assert extra["adaln_zero"] == ["modulation.bias", "modulation.weight", "modulation_offset", "start_token"]
     assert extra["cross_attention"] == [
         "cross_attention.wkv.weight",
         "cross_attention.wo.weight",

@@ -82,16 +82,19 @@ def build_condition_embedding(config: GPTConfig) -> nn.Module:
 @dataclass(frozen=True)
 class LayerCondition:
     """The condition as the layers read it: its embedded tokens (B, n, dim), which of them are real (B, n)
-    booleans (a caption's padding False; None: all), and their mean over the real ones (B, 1, dim)."""
+    booleans (a caption's padding False; None: all), their mean over the real ones (B, 1, dim), and for
+    adaLN-zero the shared modulation computed from that mean (B, 1, 6 x dim)."""
 
     tokens: torch.Tensor
     visible: torch.Tensor | None
     mean: torch.Tensor
+    modulation: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, tokens: torch.Tensor, visible: torch.Tensor | None) -> LayerCondition:
+    def of(cls, tokens: torch.Tensor, visible: torch.Tensor | None, modulation: nn.Module | None) -> LayerCondition:
         if visible is None:
-            return cls(tokens, None, tokens.mean(1, keepdim=True))
-        weights = visible.to(tokens.dtype)[..., None]
-        mean = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
-        return cls(tokens, visible, mean)
+            mean = tokens.mean(1, keepdim=True)
+        else:
+            weights = visible.to(tokens.dtype)[..., None]
+            mean = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+        return cls(tokens, visible, mean, None if modulation is None else modulation(F.silu(mean)))

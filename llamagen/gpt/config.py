@@ -16,9 +16,12 @@ MODEL_TYPES = ("c2i", "t2i")
 # How the condition enters the decoder. "prefix": as the first tokens of the sequence (the paper's, Sec. 2.2; the
 # published models'). "every_layer": as the prefix, and its mean added again to every position at every layer's
 # input. "adaln_zero": a learned start token instead of the prefix; the condition's mean scales, shifts and
-# gates each block's norms and branches (adaLN-zero, as DiT, Peebles & Xie 2023, Sec. 3.2). "cross_attention":
-# a learned start token; each block attends from the image tokens to the condition's tokens after its
-# self-attention. A class label gives `cls_token_num` condition tokens, a caption one per caption token.
+# gates each block's norms and branches, the gates starting at zero (adaLN-zero, DiT, Peebles & Xie 2023,
+# Sec. 3.2), from one projection shared by the blocks plus a learned offset per block (PixArt-alpha's
+# adaLN-single, Chen et al. 2023, Sec. 2.3): DiT's projection in every block would add 6 x dim^2 per layer,
+# half again a small model's parameters. "cross_attention": a learned start token; each block attends from the
+# image tokens to the condition's tokens after its self-attention. A class label gives `cls_token_num`
+# condition tokens, a caption one per caption token.
 CONDITIONINGS = ("prefix", "every_layer", "adaln_zero", "cross_attention")
 
 

@@ -202,9 +202,9 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.drop_path = DropPath(drop_path)
         if self.condition == "adaln_zero":
-            # Shift, scale and gate for each of the two branches, from the condition; zero at the start, so
-            # every block starts as the identity (DiT's initialisation).
-            self.modulation = nn.Linear(config.dim, 6 * config.dim)
+            # This block's offset to the shared modulation (shift, scale and gate of each branch); zero at the
+            # start, as the shared projection, so every block starts as the identity (DiT's initialisation).
+            self.modulation_offset = nn.Parameter(torch.zeros(6 * config.dim))
         elif self.condition == "cross_attention":
             self.cross_attention_norm = RMSNorm(config.dim, config.norm_eps)
             self.cross_attention = CrossAttention(config)
@@ -213,8 +213,7 @@ class TransformerBlock(nn.Module):
         """Zero what the condition adds (after the model's initialisation): at the first step the condition's
         branches add nothing, and adaLN-zero's gates close both branches."""
         if self.condition == "adaln_zero":
-            nn.init.zeros_(self.modulation.weight)
-            nn.init.zeros_(self.modulation.bias)
+            nn.init.zeros_(self.modulation_offset)
         elif self.condition == "cross_attention":
             nn.init.zeros_(self.cross_attention.wo.weight)
 
@@ -229,9 +228,8 @@ class TransformerBlock(nn.Module):
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
     def modulated(self, x, rope, mask, cache_positions, condition: LayerCondition) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(F.silu(condition.mean.to(x.dtype))).chunk(
-            6, dim=-1
-        )
+        modulation = (condition.modulation + self.modulation_offset).to(x.dtype)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = modulation.chunk(6, dim=-1)
         attended = self.attention(self.attention_norm(x) * (1 + scale_a) + shift_a, rope, mask, cache_positions)
         h = x + self.drop_path(gate_a * attended)
         return h + self.drop_path(gate_f * self.feed_forward(self.ffn_norm(h) * (1 + scale_f) + shift_f))

@@ -41,6 +41,8 @@ class GPT(nn.Module):
         self.cls_embedding = build_condition_embedding(config)
         if not self.prefix_holds_condition:  # the sequence starts from a learned token; the layers read the condition
             self.start_token = nn.Parameter(torch.empty(1, 1, config.dim))
+        # adaLN-zero's projection of the condition to every block's shifts, scales and gates (see GPTConfig).
+        self.modulation = nn.Linear(config.dim, 6 * config.dim) if config.condition == "adaln_zero" else None
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout_p)
         # Stochastic depth grows linearly with depth, from 0 to drop_path_rate at the last layer.
@@ -63,6 +65,9 @@ class GPT(nn.Module):
         nn.init.zeros_(self.output.weight)  # the original starts from uniform predictions
         if not self.prefix_holds_condition:
             nn.init.normal_(self.start_token, std=config.initializer_range)
+        if self.modulation is not None:
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
         for layer in self.layers:
             layer.start_as_the_plain_block()
 
@@ -190,7 +195,7 @@ class GPT(nn.Module):
         if visible is not None and self.prefix_holds_condition:
             image = torch.ones(tokens.shape[0], tokens.shape[1], dtype=torch.bool, device=h.device)
             mask = attention_mask(torch.cat([visible, image], dim=1), positions)
-        condition = LayerCondition.of(embedded, visible) if self.condition_enters_layers else None
+        condition = LayerCondition.of(embedded, visible, self.modulation) if self.condition_enters_layers else None
         h = self.transformer(h, positions, mask, cached=False, condition=condition)
         # Only the positions that predict image tokens: the last prefix position and every image token.
         return self.output(h[:, self.prefix_length - 1 :]).float()
@@ -256,7 +261,7 @@ class GPT(nn.Module):
         """The condition the layers read in cached decoding, for the first `rows` rows, as the last prefill wrote."""
         if not self.condition_enters_layers:
             return None
-        return LayerCondition.of(self.condition_tokens[:rows], self.condition_visible[:rows])
+        return LayerCondition.of(self.condition_tokens[:rows], self.condition_visible[:rows], self.modulation)
 
     def decode_step(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) at sequence `position` (prefix included; an int, or a one-element int64 tensor on the
