@@ -12,6 +12,7 @@ from llamagen import generate
 from llamagen.fast import one_call
 from llamagen.gpt import GPT, GPTConfig
 from llamagen.gpt.config import CONDITIONINGS
+from llamagen.training.conditioning_arms import ARMS, CLASS_ONLY_ARMS, arm_config, parameter_count
 
 OTHERS = [c for c in CONDITIONINGS if c != "prefix"]
 
@@ -123,3 +124,25 @@ def test_a_model_of_another_conditioning_moves_to_bf16_with_its_condition():
     assert model.condition_tokens.dtype == torch.bfloat16 and model.condition_visible.dtype == torch.bool
     full = model(tokens, cond, mask)
     torch.testing.assert_close(cached_logits(model, tokens, cond, mask), full, atol=0.15, rtol=0.05)
+
+
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+def test_every_arm_of_the_study_has_the_parameters_of_the_prefix_arm_within_five_percent(model_type):
+    prefix = 1 if model_type == "c2i" else 24
+    sizes = {"dim": 96, "n_layer": 3, "n_head": 4, "block_size": 64, "multiple_of": 16, "vocab_size": 512}
+    conditions = {"model_type": model_type, "num_classes": 40, "caption_dim": 64, "cls_token_num": prefix}
+    base = GPTConfig.from_dict({**sizes, **conditions})
+    target = parameter_count(base)
+    for arm in ARMS:
+        if arm in CLASS_ONLY_ARMS and model_type == "t2i":
+            with pytest.raises(ValueError, match="for class labels"):
+                arm_config(base, arm)
+            continue
+        config = arm_config(base, arm)
+        assert config.condition == ARMS[arm].get("condition", "prefix")
+        assert abs(parameter_count(config) - target) <= 0.05 * target, arm
+        assert config.dim == base.dim and config.n_layer == base.n_layer  # only the feed-forward width moves
+        GPT(config)  # and it builds
+    assert arm_config(base, "cross-attention").ffn_hidden_dim < arm_config(base, "adaln-zero").ffn_hidden_dim
+    with pytest.raises(ValueError, match="unknown arm"):
+        arm_config(base, "film")
