@@ -1,4 +1,4 @@
-"""`llamagen eval tokenizer`, `llamagen export tokenizer|gpt` and `llamagen sweep codebook|cfg`."""
+"""`llamagen eval tokenizer`, `llamagen export tokenizer|gpt` and `llamagen sweep codebook|cfg|conditioning`."""
 
 from __future__ import annotations
 
@@ -114,6 +114,27 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
     print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
+def run_sweep_conditioning(args: argparse.Namespace) -> None:
+    from llamagen.text import load_text_encoder
+    from llamagen.tokenizer.loading import load_tokenizer
+    from llamagen.training.conditioning_study import StudySettings, run_study
+
+    chosen = {"arms": args.arms, "seeds": args.seeds, "steps": args.steps, "images_per_class": args.images_per_class,
+              "captions": args.captions}  # fmt: skip
+    settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    check_writable(Path(args.out), "--out")
+    tokenizer = load_tokenizer(args.tokenizer, device=args.device)
+    encoder = load_text_encoder(args.text_encoder, device=args.device) if args.text_encoder else None
+    rows = run_study(settings, args.codes, tokenizer, args.out, args.work_dir, encoder, on_row=_print_arm_row)
+    print(f"wrote       {args.out}: {len(rows)} runs")
+
+
+def _print_arm_row(row: dict) -> None:
+    accuracies = " ".join(f"{key.removeprefix('accuracy_at_')}: {float(value):.2f}"
+                          for key, value in row.items() if key.startswith("accuracy_at_"))  # fmt: skip
+    print(f"{row['arm']:<16} seed {row['seed']}  {row['parameters']:,} parameters  accuracy by scale {accuracies}")
+
+
 def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
     """The `eval` group: tokenizer."""
     ev = evaluate.add_parser(
@@ -168,7 +189,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook, cfg."""
+    """The `sweep` group: codebook, cfg, conditioning."""
     cb = sweep.add_parser(
         "codebook",
         help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
@@ -200,3 +221,23 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
     add_device_options(cfg)
     cfg.set_defaults(run=run_sweep_cfg)
+    cond = sweep.add_parser(
+        "conditioning",
+        help="the ways to condition, at equal parameters, trained and scored alike on the shapes codes",
+        description="Trains every arm (prefix, k prefix tokens, the condition at every layer, adaLN-zero, "
+        "cross-attention) with each seed on the same codes for the same steps and scores it (judged accuracy by "
+        "guidance scale, FID with its floor, the condition's use on held-out shapes, the generator as a "
+        "classifier); a CSV row after each run. Started again, it skips the runs already recorded.",
+    )
+    cond.add_argument("--codes", required=True, help="shapes codes with class labels or captions (extract-codes)")
+    cond.add_argument("--tokenizer", default="shapes-vq", help="the tokenizer that made the codes")
+    cond.add_argument("--text-encoder", help="captions: the CLIP whose features the generators read (shapes-clip)")
+    cond.add_argument("--out", required=True, help="the CSV (e.g. notebooks/data/conditioning_c2i.csv)")
+    cond.add_argument("--work-dir", default="runs/conditioning", help="where the runs' checkpoints go")
+    cond.add_argument("--arms", nargs="+", help="(default: all)")
+    cond.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1)")
+    cond.add_argument("--steps", type=int, help="training steps per run (default: 3000)")
+    cond.add_argument("--images-per-class", type=int, help="class labels: images per class and scale (default: 10)")
+    cond.add_argument("--captions", type=int, help="captions: captions per scale (default: 400)")
+    add_device_options(cond)
+    cond.set_defaults(run=run_sweep_conditioning)

@@ -103,7 +103,7 @@ def score_images(
     real = _embed(judge, _held_out_images(kind))
     second, second_labels = _second_real_set(kind, len(images))
     precision, recall = precision_recall(real, fake)
-    real_groups = _real_groups(kind, second_labels)
+    real_groups = class_ids_of(kind, second_labels)
     second_features = _embed(judge, second)
     real_spread = within_group_spread(second_features, real_groups)
     return GenerationScores(
@@ -150,7 +150,8 @@ def _second_real_set(kind: str, count: int) -> tuple[torch.Tensor, dict[str, tor
     return labelled([data[i] for i in range(min(count, len(data)))])
 
 
-def _real_groups(kind: str, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+def class_ids_of(kind: str, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The class ids (as the class-conditional generators number them) of real images' attribute labels."""
     if kind == "shapes":
         return labels["shape"] * len(COLOURS) + labels["colour"]
     return labels["digit"]

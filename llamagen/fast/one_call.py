@@ -12,7 +12,7 @@ import torch
 from llamagen.fast import kernels
 from llamagen.gpt.model import GPT
 
-# The kernel reads the weights once per 8 rows, torch's products once for all of them. Where the weights stream
+# The kernel reads the weights once per 16 rows, torch's products once for all of them. Where the weights stream
 # from memory (GPT-B: 200 MB in bf16), more rows than MAX_ROWS are left to torch's products; weights of up to
 # CACHED_WEIGHT_BYTES stay in the CPU's caches from one pass to the next, and the kernel serves any number of
 # rows (an embedded generator of 2.9M parameters generated 1,000 images with guidance in 13.6 s against 22.7

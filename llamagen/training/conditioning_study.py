@@ -1,0 +1,192 @@
+"""The conditioning study: every arm (`conditioning_arms`) trained on the same codes for the same steps, with
+each seed, and scored alike.
+
+One run per (arm, seed), in its own folder under the work directory, resumable; after each, a row goes to the
+results CSV, which a study started again reads to skip the runs it holds. A row records the arm's config and
+parameters, its training (steps, minutes, last loss) and, for its EMA weights:
+
+- judged accuracy at each guidance scale (1 is unguided), the same seeds at every scale; for captions, every
+  stated attribute right, and the held-out shape-colour pairs at the best scale;
+- FID in the judge's features against held-out real images at the best scale, beside the floor a second real
+  set of as many images reaches, and precision and recall there;
+- the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
+  per token in the first and the last row of the grid;
+- class labels: the generator as a classifier of those images (argmax over classes of log p(x | c)).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llamagen.analysis.condition_use import class_log_likelihoods, condition_use
+from llamagen.analysis.statistics import by_grid_row
+from llamagen.data.codes import CodesDataset
+from llamagen.data.shapes import CLASS_NAMES
+from llamagen.evaluation.generation import (
+    caption_sets,
+    class_ids_of,
+    evaluate_class_conditional,
+    evaluate_text_conditional,
+)
+from llamagen.evaluation.judges import held_out
+from llamagen.files import write_text_atomically
+from llamagen.gpt import GPTConfig
+from llamagen.pipeline import Pipeline
+from llamagen.training.conditioning_arms import ARMS, CLASS_ONLY_ARMS, arm_config, parameter_count
+from llamagen.training.export import read_metrics
+from llamagen.training.gpt import generator_config_for, train_gpt
+from llamagen.training.settings import GPTTrainingConfig
+
+# The base of every arm: shapes-c2i's and shapes-t2i's sizes.
+BASE = {"n_layer": 6, "n_head": 6, "dim": 192, "multiple_of": 16}
+SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+@dataclass
+class StudySettings:
+    arms: tuple[str, ...] = tuple(ARMS)
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    scales: tuple[float, ...] = SCALES
+    images_per_class: int = 10  # class labels: images of each class at each scale
+    captions: int = 400  # captions: captions at each scale, and held-out pairs at the best
+    real_images: int | None = None  # held-out real shapes that the condition's use is read on (None: all 1,000)
+    base: dict = dataclasses.field(default_factory=lambda: dict(BASE))
+
+
+def run_name(task: str, arm: str, seed: int) -> str:
+    return f"{task}-{arm}-s{seed}"
+
+
+def run_study(
+    settings: StudySettings,
+    codes: str | Path,
+    tokenizer,
+    out: str | Path,
+    work_dir: str | Path,
+    text_encoder=None,
+    show_progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train and score every (arm, seed) on `codes` (class labels or captions; `text_encoder` for captions),
+    decoded by `tokenizer`; rows are appended to `out` (CSV) after each run. Returns every row of `out`."""
+    out, work_dir = Path(out), Path(work_dir)
+    dataset = CodesDataset(codes)
+    task = dataset.info.conditioning
+    base = generator_config_for(dataset.info, GPTConfig.from_dict(settings.base), text_encoder)
+    rows = read_rows(out)
+    done = {(row["arm"], int(row["seed"])) for row in rows}
+    for arm in settings.arms:
+        if arm in CLASS_ONLY_ARMS and task != "c2i":
+            continue
+        config = arm_config(base, arm)
+        for seed in settings.seeds:
+            if (arm, seed) in done:
+                continue
+            run_dir = work_dir / run_name(task, arm, seed)
+            training = GPTTrainingConfig(
+                steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                log_every=max(1, settings.steps // 60), checkpoint_every=max(1, settings.steps // 10),
+            )  # fmt: skip
+            started = time.monotonic()
+            outcome = train_gpt(config, training, CodesDataset(codes, seed=seed), run_dir, text_encoder,
+                                resume=run_dir.exists(), show_progress=show_progress)  # fmt: skip
+            if not outcome.finished:
+                break  # stopped by a signal: the run resumes when the study starts again
+            pipe = Pipeline(outcome.model, tokenizer, text_encoder, dataset.info.class_names)
+            row = {
+                "task": task,
+                "arm": arm,
+                "seed": seed,
+                "condition": config.condition,
+                "prefix_tokens": config.prefix_length,
+                "ffn_hidden_dim": config.ffn_hidden_dim,
+                "parameters": parameter_count(config),
+                "steps": settings.steps,
+                "train_minutes": round((time.monotonic() - started) / 60, 1),
+                "final_loss": read_metrics(run_dir)[-1]["loss"],
+                **score_arm(pipe, settings),
+            }
+            rows.append(row)
+            write_rows(rows, out)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+@torch.no_grad()
+def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
+    """The scores of one trained arm (see the module's notes)."""
+    gpt = pipe.gpt.eval()
+    row: dict = {}
+    if gpt.config.model_type == "c2i":
+        by_scale = {
+            scale: evaluate_class_conditional(pipe, "shapes", settings.images_per_class, cfg_scale=scale)
+            for scale in settings.scales
+        }
+        accuracy = {scale: scores.accuracy["class"] for scale, scores in by_scale.items()}
+    else:
+        sets = caption_sets(settings.captions)
+        by_scale = {scale: evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale) for scale in settings.scales}
+        accuracy = {scale: scores["accuracy"]["all_stated"] for scale, scores in by_scale.items()}
+    for scale, value in accuracy.items():
+        row[f"accuracy_at_{scale:g}"] = value
+    best = max(accuracy, key=accuracy.get)
+    row["best_scale"] = best
+    if gpt.config.model_type == "c2i":
+        scores = by_scale[best]
+        row.update(fid_at_best=scores.fid, fid_floor=scores.fid_real_floor, precision_at_best=scores.precision,
+                   recall_at_best=scores.recall)  # fmt: skip
+    else:
+        held = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best)
+        row["held_out_pairs_at_best"] = held["accuracy"]["all_stated"]
+    row.update(condition_use_on_real_images(pipe, settings.real_images))
+    return row
+
+
+def condition_use_on_real_images(pipe: Pipeline, count: int | None = None) -> dict:
+    """Mean KL to the null condition per token in the first and last rows, on the judge's held-out shapes (class
+    labels: their classes; captions: captions stating shape and colour); for class labels also the generator's
+    accuracy as a classifier of them. `count`: the first so many images (None: all)."""
+    gpt = pipe.gpt
+    images, labels = held_out("shapes", count)
+    tokens = pipe.tokenizer.tokenize(images.to(pipe.device)).flatten(1)
+    if gpt.config.model_type == "c2i":
+        classes = class_ids_of("shapes", labels).to(pipe.device)
+        use = condition_use(gpt, tokens, classes)
+        guessed = class_log_likelihoods(gpt, tokens).argmax(1)
+        extra = {"classifier_accuracy": float((guessed == classes).float().mean())}
+    else:
+        # "red circle": one of the training captions' phrasings, stating shape and colour only.
+        prompts = [CLASS_NAMES[i] for i in class_ids_of("shapes", labels).tolist()]
+        cond, cond_mask, _, _ = pipe.encode_conditions(prompts=prompts)
+        use = condition_use(gpt, tokens, cond, cond_mask)
+        extra = {}
+    rows = by_grid_row(use.kl, gpt.config.grid_size).mean(0)
+    return {"kl_first_row": float(rows[0]), "kl_last_row": float(rows[-1]), "real_images": len(tokens), **extra}
+
+
+def read_rows(out: Path) -> list[dict]:
+    if not out.is_file():
+        return []
+    return list(csv.DictReader(io.StringIO(out.read_text())))
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, table.getvalue())

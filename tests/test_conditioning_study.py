@@ -1,0 +1,68 @@
+"""The conditioning study's driver: every arm trained on the same codes and scored alike, one CSV row per run,
+and a study started again skips the runs it holds."""
+
+import csv
+
+import pytest
+import torch
+
+from llamagen.data.codes import extract_codes
+from llamagen.data.shapes import Shapes
+from llamagen.text import load_text_encoder
+from llamagen.tokenizer.loading import load_tokenizer
+from llamagen.training import conditioning_study
+from llamagen.training.conditioning_study import StudySettings, run_study
+
+TINY = {"n_layer": 1, "n_head": 2, "dim": 32, "multiple_of": 16}
+
+
+def tiny_settings(**changes) -> StudySettings:
+    values = dict(seeds=(0,), steps=2, batch_size=4, scales=(1.0, 2.0), images_per_class=2, captions=8,
+                  real_images=16, base=TINY)  # fmt: skip
+    return StudySettings(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def shapes_vq():
+    return load_tokenizer("shapes-vq")
+
+
+@pytest.mark.slow
+def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monkeypatch):
+    torch.set_num_threads(2)
+    codes = extract_codes(shapes_vq, Shapes(seed=0, length=32), tmp_path / "codes.safetensors", 64, show_progress=False)
+    out = tmp_path / "study.csv"
+    settings = tiny_settings(arms=("prefix", "adaln-zero"))
+    rows = run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False)
+    assert [(row["arm"], row["seed"]) for row in rows] == [("prefix", 0), ("adaln-zero", 0)]
+    written = list(csv.DictReader(out.open()))
+    assert [row["arm"] for row in written] == ["prefix", "adaln-zero"]
+    prefix, adaln = written
+    assert adaln["condition"] == "adaln_zero" and adaln["prefix_tokens"] == "1"
+    assert abs(int(adaln["parameters"]) - int(prefix["parameters"])) <= 0.05 * int(prefix["parameters"])
+    for row in written:
+        for scale in ("1", "2"):
+            assert 0 <= float(row[f"accuracy_at_{scale}"]) <= 1
+        assert float(row["fid_floor"]) > 0 and 0 <= float(row["classifier_accuracy"]) <= 1
+        assert float(row["kl_first_row"]) >= 0 and row["real_images"] == "16"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(conditioning_study, "train_gpt", no_training)
+    again = run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False)
+    assert [row["arm"] for row in again] == ["prefix", "adaln-zero"]
+
+
+@pytest.mark.slow
+def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, shapes_vq):
+    clip = load_text_encoder("shapes-clip")
+    data = Shapes(seed=0, length=16, captioned=True)
+    codes = extract_codes(shapes_vq, data, tmp_path / "codes.safetensors", 64, condition="caption",
+                          description={"tokenizer": "shapes-vq"}, show_progress=False)  # fmt: skip
+    rows = run_study(tiny_settings(arms=("prefix-4", "cross-attention")), codes, shapes_vq, tmp_path / "study.csv",
+                     tmp_path / "runs", text_encoder=clip, show_progress=False)  # fmt: skip
+    assert [row["arm"] for row in rows] == ["cross-attention"]
+    row = rows[0]
+    assert row["task"] == "t2i" and row["prefix_tokens"] == 1
+    assert 0 <= row["held_out_pairs_at_best"] <= 1 and "classifier_accuracy" not in row
