@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llamagen.analysis.statistics import bootstrap_mean, by_grid_row
+from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion
 
 
 def test_the_interval_of_normal_samples_is_about_the_normal_one():
@@ -40,3 +40,16 @@ def test_per_position_values_keep_their_shape_and_rows_average():
 def test_one_sample_has_no_interval():
     with pytest.raises(ValueError, match="at least 2 samples"):
         bootstrap_mean(torch.ones(1))
+
+
+def test_a_proportions_interval_is_wilsons_and_stays_open_at_the_ends():
+    # Wilson's 95% interval for 5 of 10 is [0.2366, 0.7634]; for 0 of 10, [0, 0.2775] (standard tables).
+    half = proportion(5, 10)
+    assert (half.mean.item(), round(half.low.item(), 4), round(half.high.item(), 4)) == (0.5, 0.2366, 0.7634)
+    none = proportion(0, 10)
+    assert none.low.item() == 0 and round(none.high.item(), 4) == 0.2775
+    every = proportion(10, 10)
+    assert round(every.low.item(), 4) == 0.7225 and every.high.item() == 1
+    assert str(proportion(83, 100)).startswith("0.83 [") and "(n=100, 95%)" in str(proportion(83, 100))
+    with pytest.raises(ValueError, match="successes <= n"):
+        proportion(11, 10)

@@ -1,7 +1,9 @@
-"""Means with bootstrap confidence intervals: every number a study reports stands beside its n and its interval."""
+"""Means and proportions with confidence intervals: every number a study reports stands beside its n and its
+interval."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,25 @@ def bootstrap_mean(samples: torch.Tensor, resamples: int = 2000, level: float = 
     tail = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
     return Estimate(samples.mean(0), low, high, n, level)
+
+
+def proportion(successes: int, n: int, level: float = 0.95) -> Estimate:
+    """A share of `successes` among `n` trials (a judge's accuracy) with its Wilson score interval, which stays
+    inside [0, 1] and is not empty at 0 or n successes, where a bootstrap of 0/1 samples collapses to a point."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    z = _normal_quantile(1 - (1 - level) / 2)
+    share = successes / n
+    centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(share * (1 - share) / n + z**2 / (4 * n**2))
+    # At 0 or n successes one bound is exactly 0 or 1 (rounding would leave it a hair inside).
+    low = 0.0 if successes == 0 else centre - half
+    high = 1.0 if successes == n else centre + half
+    return Estimate(*(torch.tensor(value, dtype=torch.float64) for value in (share, low, high)), n, level)
+
+
+def _normal_quantile(p: float) -> float:
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(p, dtype=torch.float64)))
 
 
 def by_grid_row(per_position: torch.Tensor, grid: int) -> torch.Tensor:
