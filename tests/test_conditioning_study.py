@@ -66,3 +66,4 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
     row = rows[0]
     assert row["task"] == "t2i" and row["prefix_tokens"] == 1
     assert 0 <= row["held_out_pairs_at_best"] <= 1 and "classifier_accuracy" not in row
+    assert 0 <= row["word_accuracy_shape"] <= 1 and 0 <= row["word_accuracy_colour"] <= 1

@@ -11,7 +11,8 @@ parameters, its training (steps, minutes, last loss) and, for its EMA weights:
   set of as many images reaches, and precision and recall there;
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
   per token in the first and the last row of the grid;
-- class labels: the generator as a classifier of those images (argmax over classes of log p(x | c)).
+- the generator as a classifier of those images: for class labels, argmax over classes of log p(x | c); for
+  captions, the shape word and the colour word that make each image most likely (`analysis.captions`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from llamagen.analysis.captions import WORDS, word_choices
 from llamagen.analysis.condition_use import class_log_likelihoods, condition_use
 from llamagen.analysis.statistics import by_grid_row
 from llamagen.data.codes import CodesDataset
@@ -156,8 +158,9 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
 
 def condition_use_on_real_images(pipe: Pipeline, count: int | None = None) -> dict:
     """Mean KL to the null condition per token in the first and last rows, on the judge's held-out shapes (class
-    labels: their classes; captions: captions stating shape and colour); for class labels also the generator's
-    accuracy as a classifier of them. `count`: the first so many images (None: all)."""
+    labels: their classes; captions: captions stating shape and colour), and the generator's accuracy as a
+    classifier of them (captions: of the shape word and of the colour word). `count`: the first so many images
+    (None: all)."""
     gpt = pipe.gpt
     images, labels = held_out("shapes", count)
     tokens = pipe.tokenizer.tokenize(images.to(pipe.device)).flatten(1)
@@ -171,7 +174,8 @@ def condition_use_on_real_images(pipe: Pipeline, count: int | None = None) -> di
         prompts = [CLASS_NAMES[i] for i in class_ids_of("shapes", labels).tolist()]
         cond, cond_mask, _, _ = pipe.encode_conditions(prompts=prompts)
         use = condition_use(gpt, tokens, cond, cond_mask)
-        extra = {}
+        chosen = word_choices(pipe, tokens, {name: labels[name].to(pipe.device) for name in WORDS})
+        extra = {f"word_accuracy_{name}": float((chosen[name] == labels[name]).float().mean()) for name in WORDS}
     rows = by_grid_row(use.kl, gpt.config.grid_size).mean(0)
     return {"kl_first_row": float(rows[0]), "kl_last_row": float(rows[-1]), "real_images": len(tokens), **extra}
 
