@@ -48,8 +48,11 @@ def project_2d(vectors: torch.Tensor, method: str = "pca", seed: int = 0) -> np.
     # numba on every start (about 40 s for a 16,384-code codebook on two cores); the exact graph costs a second.
     neighbours = min(UMAP_NEIGHBOURS, len(points) - 1)
     indices, distances = nearest_neighbours(points, neighbours)
-    with warnings.catch_warnings():  # a fixed seed makes UMAP single-threaded, and it says so every time
+    with warnings.catch_warnings():
+        # A fixed seed makes UMAP single-threaded, and it says so every time; and a graph given to it cannot place
+        # new points later (`transform`), which nothing here does.
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)
         projection = umap.UMAP(
             n_components=2, n_neighbors=neighbours, random_state=seed, precomputed_knn=(indices, distances, None)
         )
