@@ -64,10 +64,15 @@ class GPTConfig(ModelConfig):
         return self.dim // self.n_head
 
     @property
+    def prefix_holds_condition(self) -> bool:
+        """Whether the sequence starts with the condition's tokens (else with one learned start token)."""
+        return self.condition in ("prefix", "every_layer")
+
+    @property
     def prefix_length(self) -> int:
         """Positions before the first image token: the condition's tokens, or one learned start token where the
         condition enters the layers instead."""
-        return self.cls_token_num if self.condition in ("prefix", "every_layer") else 1
+        return self.cls_token_num if self.prefix_holds_condition else 1
 
     @property
     def grid_size(self) -> int:

@@ -109,7 +109,7 @@ class GPT(nn.Module):
 
     @property
     def prefix_holds_condition(self) -> bool:
-        return self.config.condition in ("prefix", "every_layer")
+        return self.config.prefix_holds_condition
 
     @property
     def condition_enters_layers(self) -> bool:
