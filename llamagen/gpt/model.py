@@ -245,7 +245,6 @@ class GPT(nn.Module):
         self.visible_keys.fill_(True)
         if cond_mask is not None and self.prefix_holds_condition:
             self.visible_keys[:rows, :prefix_length] = cond_mask.to(self.device).bool()
-        condition = None
         if self.condition_enters_layers:
             self.condition_tokens[:rows] = embedded
             self.condition_visible.fill_(True)
