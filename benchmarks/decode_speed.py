@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from llamagen import generate
-from llamagen.fast import huge_pages
+from llamagen.fast import huge_pages, kernels
 from llamagen.gpt import GPT, gpt_preset
 from llamagen.gpt.config import find_multiple
 from llamagen.gpt.layers import apply_rope
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--device cuda: this machine has no usable CUDA GPU")
         description = f"GPU ({torch.cuda.get_device_name()})"
     else:
-        description = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        tiles = ", AMX tiles for bf16 products of 4 rows or more" if kernels.cpu_has_tiles() else ""
+        description = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads{tiles})"
     today = datetime.date.today().isoformat()
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}_{today}.md")
     print(HEADER, flush=True)

@@ -18,10 +18,17 @@ def test_the_kernels_build_wherever_the_cpu_can_run_them():
 
 
 @needs_kernel
+def test_bf16_products_use_the_tiles_wherever_the_cpu_has_them():
+    assert torch.ops.llamagen.tiles_ready() == kernels.cpu_has_tiles()
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-# 5 to 8: fewer sums per row of x; 9 to 16: two weight rows at a time, over two groups of rows of x.
+# 5 to 8: fewer sums per row of x; 9 to 16: two weight rows at a time, over two groups of rows of x; bf16 from 4
+# (decoding.h's kTilesFromRows) on AMX's tiles where the CPU has them.
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 16])
-# 96, 32: a chunk left; 33, 7: a weight row left after the pairs.
+# 96, 32: a chunk left (on the tiles, an odd chunk of 32); 33, 7: a weight row left after the pairs (on the tiles,
+# 1 and 7 after the blocks of 16, summed in registers).
 @pytest.mark.parametrize("out_features, in_features", [(160, 768), (33, 96), (7, 32)])
 def test_the_kernel_computes_the_product(dtype, rows, out_features, in_features):
     generator = torch.Generator().manual_seed(rows)

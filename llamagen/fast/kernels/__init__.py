@@ -2,10 +2,12 @@
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16):
+the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
+product uses AMX's tiles:
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 16 rows of x, reading the weights
-  2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp);
+  2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp); in bf16 from 4 rows on AMX's
+  tiles where the CPU has them (tile_linear.cpp): 16 rows cost there twice what 2 do, not five times;
 - `torch.ops.llamagen.single_query_attention(q, k, v, mask)`: one query per row and head over the cached keys
   and values, read in place in their own dtype (single_query_attention.cpp);
 - `torch.ops.llamagen.top_k(logits, k)`: the sampler's k largest logits of each row, by radix select (top_k.cpp);
@@ -31,7 +33,13 @@ logger = logging.getLogger(__name__)
 
 _SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("small_batch_linear.cpp", "single_query_attention.cpp", "top_k.cpp", "decode_step.cpp")
+    for name in (
+        "small_batch_linear.cpp",
+        "tile_linear.cpp",
+        "single_query_attention.cpp",
+        "top_k.cpp",
+        "decode_step.cpp",
+    )
 ]
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 # The dtypes the kernels handle, and the values of each in one 512-bit register: small_batch_linear needs the
@@ -43,14 +51,24 @@ ready: bool | None = None
 _lock = threading.Lock()
 
 
-def cpu_has_instructions() -> bool:
-    """Whether this CPU reports AVX-512 with its byte/word and BF16 extensions (Linux's /proc/cpuinfo)."""
+def _cpu_flags() -> set[str]:
+    """The instruction sets this CPU reports (Linux's /proc/cpuinfo); none where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+            return set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
     except OSError:
-        return False
-    return all(flag in flags for flag in _CPU_FLAGS)
+        return set()
+
+
+def cpu_has_instructions() -> bool:
+    """Whether this CPU reports AVX-512 with its byte/word and BF16 extensions."""
+    return set(_CPU_FLAGS) <= _cpu_flags()
+
+
+def cpu_has_tiles() -> bool:
+    """Whether this CPU reports AMX's tiles and their bf16 products, which the bf16 product uses from
+    `kTilesFromRows` rows of x (decoding.h, tile_linear.cpp)."""
+    return {"amx_tile", "amx_bf16"} <= _cpu_flags()
 
 
 def load() -> bool:

@@ -14,6 +14,17 @@ constexpr int64_t kMaxRows = 16;  // the product's limit: batch 1 to 8 with guid
 void small_batch_linear_rows(at::ScalarType dtype, const void* x, const void* w, void* y, int64_t rows,
                              int64_t n_out, int64_t k_in);
 
+// Whether this CPU has AMX's bf16 tiles and Linux lets this process use them (tile_linear.cpp).
+bool tiles_ready();
+
+// From this many rows of x, bf16 products run on the tiles where they are ready: below it, summing in 512-bit
+// registers reads the weights as fast and its multiply-adds keep up.
+constexpr int64_t kTilesFromRows = 4;
+
+// The first n_out / 16 * 16 columns of the product above on the tiles, bf16; returns how many it computed.
+int64_t tile_linear_rows(const at::BFloat16* x, const at::BFloat16* w, at::BFloat16* y, int64_t rows, int64_t n_out,
+                         int64_t k_in);
+
 // Keys or values cached per row, head and position, contiguous along head_dim.
 struct CachedHeads {
   const void* data;

@@ -5,7 +5,8 @@
 // float32, oneDNN in bf16) read the weights well below the memory bandwidth on this project's 2-core machine;
 // this loop reads each weight row once for all the rows of x, four chunks at a time into four independent sums
 // per row of x, so that the loads, not the latency of the multiply-adds, set the pace (two sums read 10-20%
-// slower with two threads here; `benchmarks/small_batch_linear.py` measures it).
+// slower with two threads here; `benchmarks/small_batch_linear.py` measures it). On CPUs with AMX, bf16 products
+// of 4 rows or more go to the tiles instead (tile_linear.cpp), whose multiply-adds do not grow with the rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -110,24 +111,25 @@ void weight_rows(const typename T::Scalar* x, const typename T::Scalar* w, typen
 // a time (`small_batch_linear` on 16 rows against two calls of 8, in turns, best of 7).
 constexpr int kWeightRows = 2;
 
+// Weight rows `first` to n_out - 1.
 template <typename T, int M>
 void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
-                        int64_t n_out, int64_t k_in) {
+                        int64_t first, int64_t n_out, int64_t k_in) {
   if constexpr (M <= 8) {
-    at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(first, n_out, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) one_weight_row<T, M>(x, w, y, n, n_out, k_in);
     });
   } else {
     const typename T::Scalar* rest = x + 8 * k_in;
     typename T::Scalar* rest_out = y + 8 * n_out;
-    const int64_t blocks = n_out / kWeightRows;
+    const int64_t blocks = (n_out - first) / kWeightRows;
     at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t n = kWeightRows * begin; n < kWeightRows * end; n += kWeightRows) {
+      for (int64_t n = first + kWeightRows * begin; n < first + kWeightRows * end; n += kWeightRows) {
         weight_rows<T, kWeightRows, 8>(x, w, y, n, n_out, k_in);
         weight_rows<T, kWeightRows, M - 8>(rest, w, rest_out, n, n_out, k_in);
       }
     });
-    for (int64_t n = blocks * kWeightRows; n < n_out; ++n) {  // the weight rows left over
+    for (int64_t n = first + blocks * kWeightRows; n < n_out; ++n) {  // the weight rows left over
       one_weight_row<T, 8>(x, w, y, n, n_out, k_in);
       one_weight_row<T, M - 8>(rest, w, rest_out, n, n_out, k_in);
     }
@@ -137,11 +139,11 @@ void rows_times_weights(const typename T::Scalar* x, const typename T::Scalar* w
 // rows_times_weights for the number of rows x has, M to kMaxRows.
 template <typename T, int M>
 void dispatch_rows_from(int64_t count, const typename T::Scalar* x, const typename T::Scalar* w, typename T::Scalar* y,
-                        int64_t n_out, int64_t k_in) {
+                        int64_t first, int64_t n_out, int64_t k_in) {
   if constexpr (M < kMaxRows) {
-    if (count > M) return dispatch_rows_from<T, M + 1>(count, x, w, y, n_out, k_in);
+    if (count > M) return dispatch_rows_from<T, M + 1>(count, x, w, y, first, n_out, k_in);
   }
-  rows_times_weights<T, M>(x, w, y, n_out, k_in);
+  rows_times_weights<T, M>(x, w, y, first, n_out, k_in);
 }
 
 at::Tensor small_batch_linear(const at::Tensor& x, const at::Tensor& weight) {
@@ -169,11 +171,15 @@ void small_batch_linear_rows(at::ScalarType dtype, const void* x, const void* w,
                              int64_t n_out, int64_t k_in) {
   if (dtype == at::kFloat) {
     dispatch_rows_from<Float32, 1>(rows, static_cast<const float*>(x), static_cast<const float*>(w),
-                                   static_cast<float*>(y), n_out, k_in);
+                                   static_cast<float*>(y), 0, n_out, k_in);
   } else {
     using Scalar = BFloat16::Scalar;
-    dispatch_rows_from<BFloat16, 1>(rows, static_cast<const Scalar*>(x), static_cast<const Scalar*>(w),
-                                    static_cast<Scalar*>(y), n_out, k_in);
+    const auto* xs = static_cast<const Scalar*>(x);
+    const auto* ws = static_cast<const Scalar*>(w);
+    auto* ys = static_cast<Scalar*>(y);
+    // The weight rows the tiles leave (n_out past a multiple of 16) are summed in registers.
+    const int64_t done = rows >= kTilesFromRows && tiles_ready() ? tile_linear_rows(xs, ws, ys, rows, n_out, k_in) : 0;
+    if (done < n_out) dispatch_rows_from<BFloat16, 1>(rows, xs, ws, ys, done, n_out, k_in);
   }
 }
 
