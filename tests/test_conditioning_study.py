@@ -67,3 +67,7 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
     assert row["task"] == "t2i" and row["prefix_tokens"] == 1
     assert 0 <= row["held_out_pairs_at_best"] <= 1 and "classifier_accuracy" not in row
     assert 0 <= row["word_accuracy_shape"] <= 1 and 0 <= row["word_accuracy_colour"] <= 1
+    # Decoupling: each changed word's effect and its leaks into the other attributes, beside the seeds' control.
+    for word, other in (("shape", "colour"), ("colour", "shape")):
+        assert 0 <= row[f"{word}_word_took_effect"] <= 1 and 0 <= row[f"{word}_word_changes_{other}"] <= 1
+    assert 0 <= row["seed_changes_position"] <= 1

@@ -12,7 +12,10 @@ parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
   per token in the first and the last row of the grid;
 - the generator as a classifier of those images: for class labels, argmax over classes of log p(x | c); for
-  captions, the shape word and the colour word that make each image most likely (`analysis.captions`).
+  captions, the shape word and the colour word that make each image most likely (`analysis.captions`);
+- for captions, decoupling at the best scale (`analysis.decoupling`): each caption's shape word, then its colour
+  word, changed with the seed kept, and how often the judge reads another attribute differently, beside how
+  often it does between two seeds of the unchanged caption.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from llamagen.analysis.captions import WORDS, word_choices
 from llamagen.analysis.condition_use import class_log_likelihoods, condition_use
+from llamagen.analysis.decoupling import word_swaps
 from llamagen.analysis.statistics import by_grid_row
 from llamagen.data.codes import CodesDataset
 from llamagen.data.shapes import CLASS_NAMES
@@ -152,7 +156,21 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
     else:
         held = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best)
         row["held_out_pairs_at_best"] = held["accuracy"]["all_stated"]
+        row.update(decoupling_at(pipe, sets["seen"], best))
     row.update(condition_use_on_real_images(pipe, settings.real_images))
+    return row
+
+
+def decoupling_at(pipe: Pipeline, items: list[dict], cfg_scale: float) -> dict:
+    """The shapes' captions each with its shape word and then its colour word changed (`analysis.decoupling`):
+    how often the changed word took effect, how often each other attribute changed with it (same seed), and how
+    often it changes between two seeds of the unchanged caption (the control, the same for both words)."""
+    row: dict = {}
+    for swap in word_swaps(pipe, items, cfg_scale=cfg_scale):
+        row[f"{swap.word}_word_took_effect"] = float(swap.took_effect.mean)
+        for name, changed in swap.changed.items():
+            row[f"{swap.word}_word_changes_{name}"] = float(changed.mean)
+            row[f"seed_changes_{name}"] = float(swap.control[name].mean)
     return row
 
 
