@@ -18,7 +18,7 @@ TINY = {"n_layer": 1, "n_head": 2, "dim": 32, "multiple_of": 16}
 
 def tiny_settings(**changes) -> StudySettings:
     values = dict(seeds=(0,), steps=2, batch_size=4, scales=(1.0, 2.0), images_per_class=2, captions=8,
-                  real_images=16, base=TINY)  # fmt: skip
+                  real_images=16, generated_for_decay=4, base=TINY)  # fmt: skip
     return StudySettings(**{**values, **changes})
 
 
@@ -45,6 +45,7 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
             assert 0 <= float(row[f"accuracy_at_{scale}"]) <= 1
         assert float(row["fid_floor"]) > 0 and 0 <= float(row["classifier_accuracy"]) <= 1
         assert float(row["kl_first_row"]) >= 0 and row["real_images"] == "16"
+        assert float(row["kl_first_row_generated_at_2"]) >= 0 and float(row["kl_last_row_generated_at_1"]) >= 0
 
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")

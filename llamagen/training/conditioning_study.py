@@ -10,7 +10,7 @@ parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 - FID in the judge's features against held-out real images at the best scale, beside the floor a second real
   set of as many images reaches, and precision and recall there;
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
-  per token in the first and the last row of the grid;
+  per token in the first and the last row of the grid; the same on images the arm drew at each scale;
 - the generator as a classifier of those images: for class labels, argmax over classes of log p(x | c); for
   captions, the shape word and the colour word that make each image most likely (`analysis.captions`);
 - for captions, decoupling at the best scale (`analysis.decoupling`): each caption's shape word, then its colour
@@ -67,6 +67,7 @@ class StudySettings:
     images_per_class: int = 10  # class labels: images of each class at each scale
     captions: int = 400  # captions: captions at each scale, and held-out pairs at the best
     real_images: int | None = None  # held-out real shapes that the condition's use is read on (None: all 1,000)
+    generated_for_decay: int = 80  # images drawn at each scale that the condition's use is read on
     base: dict = dataclasses.field(default_factory=lambda: dict(BASE))
 
 
@@ -147,6 +148,8 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
         accuracy = {scale: scores["accuracy"]["all_stated"] for scale, scores in by_scale.items()}
     for scale, value in accuracy.items():
         row[f"accuracy_at_{scale:g}"] = value
+        first, last = condition_use_on_generated(pipe, scale, settings.generated_for_decay)
+        row[f"kl_first_row_generated_at_{scale:g}"], row[f"kl_last_row_generated_at_{scale:g}"] = first, last
     best = max(accuracy, key=accuracy.get)
     row["best_scale"] = best
     if gpt.config.model_type == "c2i":
@@ -172,6 +175,24 @@ def decoupling_at(pipe: Pipeline, items: list[dict], cfg_scale: float) -> dict:
             row[f"{swap.word}_word_changes_{name}"] = float(changed.mean)
             row[f"seed_changes_{name}"] = float(swap.control[name].mean)
     return row
+
+
+def condition_use_on_generated(pipe: Pipeline, cfg_scale: float, count: int) -> tuple[float, float]:
+    """Mean KL to the null condition per token in the first and last rows of the grid, on `count` images the
+    generator drew at `cfg_scale` (class labels: the classes in turn; captions: the first training captions),
+    seed 0: how the condition's use decays along the images it makes itself."""
+    gpt = pipe.gpt
+    if gpt.config.model_type == "c2i":
+        labels = [i % gpt.config.num_classes for i in range(count)]
+        tokens = pipe(class_labels=labels, cfg_scale=cfg_scale).tokens
+        use = condition_use(gpt, tokens, torch.tensor(labels, device=pipe.device))
+    else:
+        prompts = [item["caption"] for item in caption_sets(count)["seen"]]
+        tokens = pipe(prompts=prompts, cfg_scale=cfg_scale).tokens
+        cond, cond_mask, _, _ = pipe.encode_conditions(prompts=prompts)
+        use = condition_use(gpt, tokens, cond, cond_mask)
+    rows = by_grid_row(use.kl, gpt.config.grid_size).mean(0)
+    return float(rows[0]), float(rows[-1])
 
 
 def condition_use_on_real_images(pipe: Pipeline, count: int | None = None) -> dict:
