@@ -1,4 +1,4 @@
-"""`llamagen extract-codes` and `llamagen train tokenizer|gpt|clip|judge`."""
+"""`llamagen extract-codes` and `llamagen train tokenizer|gpt|cca|clip|judge`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+
+import torch
 
 from llamagen.cli.common import (
     add_run_options,
@@ -17,7 +19,12 @@ from llamagen.cli.common import (
     report_training,
     settings_from_flags,
 )
-from llamagen.training.settings import ClipTrainingConfig, GPTTrainingConfig, TokenizerTrainingConfig
+from llamagen.training.settings import (
+    CCATrainingConfig,
+    ClipTrainingConfig,
+    GPTTrainingConfig,
+    TokenizerTrainingConfig,
+)
 
 
 def _conditioned_data(args: argparse.Namespace, size: int):
@@ -117,6 +124,18 @@ def run_train_gpt(args: argparse.Namespace) -> None:
     report_training(outcome.finished, outcome.step, Path(args.out), ema=training.ema_decay > 0)
 
 
+def run_train_cca(args: argparse.Namespace) -> None:
+    from llamagen.gpt.loading import load_gpt
+    from llamagen.training.cca import finetune_cca
+
+    pretrained = load_gpt(args.gpt, device=args.device, dtype=torch.float32)
+    training = settings_from_flags(CCATrainingConfig, args)
+    training, changes = apply_overrides(training, args.override, args.resume)
+    _, step, finished = finetune_cca(pretrained, training, args.codes, args.out, resume=args.resume,
+                                     command=command_line(), changes=changes)  # fmt: skip
+    report_training(finished, step, Path(args.out), ema=training.ema_decay > 0)
+
+
 def run_train_clip(args: argparse.Namespace) -> None:
     from llamagen.data import open_dataset
     from llamagen.text import ClipConfig
@@ -171,7 +190,7 @@ def add_extract_codes(commands: argparse._SubParsersAction) -> None:
 
 
 def add_train_commands(train: argparse._SubParsersAction) -> None:
-    """The `train` group: tokenizer, gpt, clip, judge."""
+    """The `train` group: tokenizer, gpt, cca, clip, judge."""
     tok = train.add_parser(
         "tokenizer",
         help="train a VQ tokenizer (one process, or several under torchrun)",
@@ -218,6 +237,20 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     add_settings_flags(gpt, GPTTrainingConfig)
     add_run_options(gpt)
     gpt.set_defaults(run=run_train_gpt)
+    cca = train.add_parser(
+        "cca",
+        help="fine-tune a class-conditional generator to sample without guidance (condition contrastive alignment)",
+        description="CCA (Chen et al. 2024): the generator, against a frozen copy of itself, learns to make each "
+        "image likelier under its own class and less likely under another's, so that unguided sampling draws what "
+        "guidance drew; --cca-lambda plays the guidance scale's part. On the codes it was trained on. Checkpoints, "
+        "--resume, signals and logs as for the generator. One process.",
+    )
+    cca.add_argument("--gpt", required=True, help="the generator: an embedded name (shapes-c2i) or a file")
+    cca.add_argument("--codes", required=True, help="its class-labelled codes (`llamagen extract-codes`)")
+    cca.add_argument("--out", required=True, help="the run's folder")
+    add_settings_flags(cca, CCATrainingConfig)
+    add_run_options(cca)
+    cca.set_defaults(run=run_train_cca)
     clip = train.add_parser(
         "clip",
         help="train a small CLIP on captioned images (open_clip's architecture and contrastive loss)",

@@ -81,7 +81,7 @@ def train_gpt(
     _check_codes(model_config, dataset.info, text_encoder)
     with process_group(device) as processes:
         run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command,
-                          _data_description(dataset.info), changes)  # fmt: skip
+                          data_description(dataset.info), changes)  # fmt: skip
         parts = _Parts(model_config, training, processes)
         if run.state is not None:
             parts.load(run.state)
@@ -101,9 +101,7 @@ def train_gpt(
         run.checkpoint(parts.state())
         final = parts.final()
         if run.finished and processes.is_main:
-            save(
-                final, run.out_dir / "final.safetensors", metadata=_generator_file_metadata(dataset.info, text_encoder)
-            )
+            save(final, run.out_dir / "final.safetensors", metadata=generator_file_metadata(dataset.info, text_encoder))
         # Not the shards under FSDP: they hold the process group, which must be freed with them before exit.
         outcome = GPTTrainingOutcome(final, run.step, run.finished, final if parts.sharded else parts.model.eval())
         del (
@@ -204,14 +202,14 @@ def _require_text_encoder(text_encoder) -> None:
         raise ValueError("the codes carry captions: train with a text encoder (--text-encoder)")
 
 
-def _data_description(info: CodesInfo) -> dict[str, Any]:
+def data_description(info: CodesInfo) -> dict[str, Any]:
     """What tells one training set of codes from another, for a resumed run to compare: their shape, classes
     and how they were made (not the command that trains on them, which a resume changes)."""
     made = {key: value for key, value in info.metadata.items() if key != "command"}
     return {**{key: value for key, value in dataclasses.asdict(info).items() if key != "metadata"}, **made}
 
 
-def _generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:
+def generator_file_metadata(info: CodesInfo, text_encoder=None) -> dict[str, str]:
     """What a generator file records of its training, so that it alone rebuilds a pipeline: its class
     names, the tokenizer that made its codes and the text encoder of its captions."""
     metadata = {"class_names": json.dumps(info.class_names)}

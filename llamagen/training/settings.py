@@ -68,6 +68,28 @@ class GPTTrainingConfig(TrainingSettings):
 
 
 @dataclass
+class CCATrainingConfig(TrainingSettings):
+    steps: int = setting(500, "steps to fine-tune for")
+    lr: float = setting(1e-5, "peak learning rate (the paper's for LlamaGen)")
+    weight_decay: float = setting(0.05, "AdamW's weight decay, on matrices only (the generator's)")
+    beta1: float = setting(0.9, "AdamW's beta1")
+    beta2: float = setting(0.95, "AdamW's beta2 (the generator's)")
+    warmup_steps: int = setting(0, "steps of linear learning-rate warm-up, before the cosine decay")
+    final_lr_ratio: float = setting(1.0, "the learning rate at the last step, as a share of the peak (1: constant)")
+    ema_decay: float = setting(0.0, "the weight EMA's decay; 0 ships the fine-tuned weights themselves")
+    beta: float = setting(0.02, "CCA's beta: the scale of the log-likelihood gaps (the paper's 0.02)")
+    cca_lambda: float = setting(1000.0, "CCA's lambda: the weight of the negatives, the guidance it stands for")
+    null_share: float = setting(0.1, "the share of rows given the null class, as positives (the paper's 0.1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta <= 0 or self.cca_lambda <= 0:
+            raise ValueError(f"beta and cca_lambda must be positive, got {self.beta} and {self.cca_lambda}")
+        if not 0 <= self.null_share < 1:
+            raise ValueError(f"null_share must be in [0, 1), got {self.null_share}")
+
+
+@dataclass
 class TokenizerTrainingConfig(TrainingSettings):
     batch_size: int = setting(16, "samples per step, over all the processes")
     warmup_steps: int = setting(200, "steps of linear learning-rate warm-up, before the cosine decay")
