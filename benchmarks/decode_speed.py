@@ -137,6 +137,15 @@ def _bandwidth_buffer(device: str, dtype: torch.dtype, megabytes: int) -> torch.
     return buffer.fill_(1)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def measure_matmul_gflops(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:
     """Multiply-add rate: the best of a few products of two large square matrices (on the CPU MKL in float32,
     oneDNN in bf16), which keep the vector units busy from the caches. A GPU needs larger ones to be busy."""
@@ -374,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         description = f"GPU ({torch.cuda.get_device_name()})"
     else:
         tiles = ", AMX tiles for bf16 products of 4 rows or more" if kernels.cpu_has_tiles() else ""
-        description = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads{tiles})"
+        description = f"CPU ({cpu_model()}, {torch.get_num_threads()} threads{tiles})"
     today = datetime.date.today().isoformat()
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"decode_{args.device}_{today}.md")
     print(HEADER, flush=True)
