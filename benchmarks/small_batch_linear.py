@@ -1,6 +1,6 @@
 """How fast the products of a decoding step read their weights: torch's own product against llamagen's CPU kernel.
 
-For each weight shape of GPT-B (and its output layer), 2 and 8 rows (batch 1 and batch 4, doubled by
+For each weight shape of GPT-B (and its output layer), 2, 8 and 16 rows (batch 1, 4 and 8, doubled by
 guidance) times the matrix, in GB/s of weights read, beside the bandwidth a plain reduction reaches. The
 matrix is cycled over copies (at least 24, and at least 96 MB: three times this machine's L3 cache), so that its
 weights come from memory as a step's do; the copies and the reduction's buffer lie on 2 MB pages, as generation
@@ -32,7 +32,7 @@ SHAPES = {  # GPT-B: dim 768, 12 heads, SwiGLU hidden 2048, vocabulary 16384
 }
 MIN_COPIES = 24
 MIN_BYTES = 96 * 2**20
-ROWS = (2, 8)
+ROWS = (2, 8, 16)
 
 
 def best_seconds(function, repeats: int = 7) -> float:
@@ -120,9 +120,10 @@ def main() -> None:
     ]
     after = {dtype: measure_bandwidth_gbs(dtype=dtype) for dtype in before}
     lines = [
-        f"{' and '.join(map(str, ROWS))} rows x each weight matrix of GPT-B, at least {MIN_COPIES} copies and "
+        f"{', '.join(map(str, ROWS))} rows x each weight matrix of GPT-B, at least {MIN_COPIES} copies and "
         f"{MIN_BYTES >> 20} MB cycled; GB/s of weights read (best of 7), weights on 2 MB pages; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads. A plain reduction read "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 products of 4 rows or more on AMX tiles: "
+        f"{'yes' if kernels.cpu_has_tiles() else 'no, this CPU has none'}. A plain reduction read "
         f"{before[torch.float32]:.1f} GB/s (fp32) and {before[torch.bfloat16]:.1f} (bf16) before the products, "
         f"{after[torch.float32]:.1f} and {after[torch.bfloat16]:.1f} after (this machine's bandwidth moves).",
         "",
