@@ -56,7 +56,6 @@ def test_a_fine_tune_separates_each_image_from_other_classes(digit_codes, tmp_pa
     tuned, step, finished = finetune_cca(pretrained, training, dataset, tmp_path / "cca", show_progress=False)
     assert finished and step == 30 and (tmp_path / "cca" / "final.safetensors").is_file()
     assert margin(tuned, tokens, labels) > before + 1.0
-    assert pretrained.cls_embedding.dropout_prob == tuned.cls_embedding.dropout_prob > 0  # put back after
 
 
 def test_only_class_conditional_generators_with_a_null_class_are_fine_tuned(digit_codes, tmp_path):
