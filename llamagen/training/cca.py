@@ -13,9 +13,11 @@ the loss is (Eq. 10)
 which raises matched pairs and lowers mismatched ones relative to the reference. It is noise-contrastive
 estimation's loss, whose optimum is beta * gap(x, c) = log p(x|c) / p(x) - log lambda: the fine-tuned model then
 samples p(x|c) (p(x|c) / p(x))^(1 / beta), up to normalisation, which is guidance at scale 1 + 1 / beta. The
-paper's beta 0.02 and lambda 1000 are its choices for the published ImageNet models; beta 1 aims at scale 2. A share of the rows (`null_share`) carry the null class on both sides and
-count as positives, as does a negative whose class happens to be the row's own, so that the null class keeps
-modelling p(x) and guided sampling still works after. The loss is divided by max(lambda, 1) so that the learning
+paper's beta 0.02 and lambda 1000 are its choices for the published ImageNet models; beta 1 aims at scale 2.
+
+A share of the rows (`null_share`) carry the null class on both sides and count as positives, as does a
+negative whose class happens to be the row's own, so that the null class keeps modelling p(x) and guided
+sampling still works after. The loss is divided by max(lambda, 1) so that the learning
 rate means the same whatever lambda.
 
 The fine-tune runs the generator without dropout, as its reference: dropout in one of the two would read as a
