@@ -72,3 +72,20 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
     for word, other in (("shape", "colour"), ("colour", "shape")):
         assert 0 <= row[f"{word}_word_took_effect"] <= 1 and 0 <= row[f"{word}_word_changes_{other}"] <= 1
     assert 0 <= row["seed_changes_position"] <= 1
+
+
+def test_the_command_line_sizes_every_arm_from_the_base_it_is_given(tmp_path, monkeypatch):
+    from llamagen.cli import main
+
+    seen = {}
+
+    def record(settings, codes, tokenizer, out, work_dir, encoder=None, on_row=None):
+        seen["settings"] = settings
+        return []
+
+    monkeypatch.setattr(conditioning_study, "run_study", record)
+    main(["sweep", "conditioning", "--codes", "codes.safetensors", "--out", str(tmp_path / "study.csv"), "--base",
+          '{"n_layer": 4, "n_head": 4, "dim": 128}', "--steps", "1500"])  # fmt: skip
+    settings = seen["settings"]
+    assert (settings.base["n_layer"], settings.base["dim"], settings.steps) == (4, 128, 1500)
+    assert settings.arms == conditioning_study.StudySettings().arms  # the rest as the study's defaults

@@ -121,6 +121,10 @@ def run_sweep_conditioning(args: argparse.Namespace) -> None:
 
     chosen = {"arms": args.arms, "seeds": args.seeds, "steps": args.steps, "images_per_class": args.images_per_class,
               "captions": args.captions}  # fmt: skip
+    if args.base:
+        from llamagen.gpt import GPTConfig
+
+        chosen["base"] = GPTConfig.coerce(parse_config(args.base)).to_dict()
     settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
     check_writable(Path(args.out), "--out")
     tokenizer = load_tokenizer(args.tokenizer, device=args.device)
@@ -239,5 +243,7 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cond.add_argument("--steps", type=int, help="training steps per run (default: 3000)")
     cond.add_argument("--images-per-class", type=int, help="class labels: images per class and scale (default: 10)")
     cond.add_argument("--captions", type=int, help="captions: captions per scale (default: 400)")
+    cond.add_argument("--base", help="the generator every arm is sized from: a preset, JSON file or inline JSON of "
+                      "GPTConfig fields (default: shapes-c2i's 6 layers of width 192)")  # fmt: skip
     add_device_options(cond)
     cond.set_defaults(run=run_sweep_conditioning)
