@@ -25,7 +25,9 @@ def test_a_shipped_tokenizer_matches_its_card(name):
     card = json.loads((ASSETS_DIR / f"{name}.json").read_text())
     measured = measured_on_held_out_images(name)
     assert measured.psnr == pytest.approx(card["evaluation"]["psnr"], abs=0.05)
-    assert measured.used_codes == card["evaluation"]["used_codes"]
+    # A token nearly equidistant from two codes may pick either with another CPU's order of sums (AMX against
+    # AVX-512), moving the count by one a flip: 0.1% of the count allows a handful, not a different tokenizer.
+    assert measured.used_codes == pytest.approx(card["evaluation"]["used_codes"], rel=1e-3)
 
 
 def test_shapes_vq_meets_its_goals():
