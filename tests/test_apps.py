@@ -8,15 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from helpers import small, small_tokenizer, tiny_encoder
 from PIL import Image
 
 from llamagen import save
 from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.pictures import labelled_rows
-from llamagen.apps.conditioning_tab import CAPTION_ROLES
+from llamagen.apps.conditioning_tab import CAPTION_ROLES, GENERATED, HELD_OUT
 from llamagen.metrics import code_perplexity
-from llamagen.pipeline import load_pipeline
+from llamagen.pipeline import decode_tokens, image_grid, load_pipeline
 from llamagen.tokenizer.reconstruction import reconstruct
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -215,26 +216,71 @@ def test_caption_comparison_needs_a_text_generator(client, models_file):
 
 @pytest.mark.parametrize(("model", "class_name", "prompt"), [("digits-c2i", "6", ""), ("tiny-t2i", None, "a star")])
 def test_the_condition_use_tab_shows_the_librarys_measures(client, models_file, model, class_name, prompt):
-    """The tab's numbers are those of `condition_use` and of `prefix_attention` under the condition and the null one,
-    on the image the pipeline makes with that seed (both measures are checked on models with known answers in
-    test_condition_use and test_gpt_model)."""
+    """The tab's numbers are those of `condition_use`, `loss_gaps` and `prefix_attention` under the condition, the
+    null one and a wrong one, on the image the pipeline makes with that seed (the measures are checked on models
+    with known answers in test_condition_use)."""
     from llamagen.analysis.attention import prefix_attention
-    from llamagen.analysis.condition_use import condition_use
+    from llamagen.analysis.condition_use import condition_use, loss_gaps
 
-    image, picture, summary = client.predict(model, class_name, prompt, 4.0, 1, api_name="/condition_use")
+    image, picture, summary = client.predict(model, class_name, prompt, GENERATED, 0, 4.0, 1, api_name="/condition_use")
     source = model if model == "digits-c2i" else json.loads(models_file.read_text())["generators"][model]["gpt"]
     pipe = load_pipeline(source, device="cpu")
-    condition = {"class_labels": [class_name]} if class_name else {"prompts": [prompt]}
+    condition, wrong = (
+        ({"class_labels": [6]}, {"class_labels": [7]})
+        if class_name
+        else ({"prompts": [prompt]}, {"prompts": ["a cross"]})
+    )
     output = pipe(**condition, cfg_scale=4.0, seed=1)
     cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
+    other, other_mask, described, _ = pipe.encode_conditions(**wrong)
+    assert f"the wrong one {described[0]!r}" in summary
     kl = condition_use(pipe.gpt, output.tokens, cond, cond_mask).kl[0]
     grid = pipe.gpt.config.grid_size
     assert f"nats: {kl.sum():.3f} in all, per row of the grid " in summary
     assert ", ".join(f"{value:.3f}" for value in kl.view(grid, grid).mean(1)) in summary
-    null = prefix_attention(pipe.gpt, output.tokens, pipe.gpt.unconditional(cond), cond_mask)[:, 0].float().mean(1)
-    assert "under the null condition: " + ", ".join(f"{value:.3f}" for value in null) in summary
+    gaps = loss_gaps(pipe.gpt, output.tokens, cond, other, cond_mask, other_mask)
+    assert f"{gaps['true'][0]:.3f} under the condition, {gaps['null'][0]:.3f} under the null one, " in summary
+    assert f"{gaps['wrong'][0]:.3f} under the wrong one" in summary
+    for name, prefix, mask in (("null", pipe.gpt.unconditional(cond), cond_mask), ("wrong", other, other_mask)):
+        share = prefix_attention(pipe.gpt, output.tokens, prefix, mask)[:, 0].float().mean(1)
+        shown = "the null condition" if name == "null" else "the wrong one"
+        assert f"under {shown}: " + ", ".join(f"{value:.3f}" for value in share) in summary
     assert np.array_equal(png(image), np.asarray(output.images[0]))
     assert png(picture).shape[1] > png(picture).shape[0]
+
+
+def test_the_condition_use_tab_reads_held_out_real_images_of_the_class(client):
+    """A held-out real 3 of the digits' test split: the tab measures its tokens under the class "3", and the
+    image it shows is those tokens decoded."""
+    from llamagen.analysis.condition_use import condition_use
+    from llamagen.evaluation.judges import held_out
+
+    image, _, summary = client.predict("digits-c2i", "3", "", HELD_OUT, 2, 4.0, 0, api_name="/condition_use")
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    images, labels = held_out("digits")
+    third = images[(labels["digit"] == 3).nonzero()[2, 0]][None]
+    tokens = pipe.tokenizer.tokenize(third).flatten(1)
+    kl = condition_use(pipe.gpt, tokens, torch.tensor([3])).kl[0]
+    assert (
+        summary.startswith("A held-out real image: condition '3', the wrong one '4'.")
+        and f"nats: {kl.sum():.3f} in all" in summary
+    )
+    assert np.array_equal(png(image), np.asarray(image_grid(decode_tokens(pipe.tokenizer, tokens))))
+    with pytest.raises(Exception, match="has no held-out real images here"):
+        client.predict("tiny-t2i", None, "a star", HELD_OUT, 0, 4.0, 0, api_name="/condition_use")
+    with pytest.raises(Exception, match="held-out image"):
+        client.predict("digits-c2i", "3", "", HELD_OUT, 10**6, 4.0, 0, api_name="/condition_use")
+
+
+def test_generators_side_by_side_draw_one_seed_each(client):
+    figure, table = client.predict(["digits-c2i", "digits-c2i"], "5", "", 2.0, 4, api_name="/side_by_side")
+    assert png(figure).shape[1] > 300
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2] == lines[3] and "| digits-c2i | prefix, prefix of 1 |" in lines[2]
+    with pytest.raises(Exception, match="pick 1 to 8 generators"):
+        client.predict([], "5", "", 2.0, 4, api_name="/side_by_side")
+    with pytest.raises(Exception, match="unknown class 'red circle'"):  # a class one of them does not have
+        client.predict(["shapes-c2i", "digits-c2i"], "red circle", "", 2.0, 4, api_name="/side_by_side")
 
 
 def test_codebook_usage_is_counted_on_the_chosen_images(client):

@@ -125,6 +125,12 @@ def test_compare_conditioning_tab(page):
     page.click("#condition-button")
     page.locator("#condition-map img").wait_for()
     assert fetched_png(page, "#condition-map img").std() > 0
+    page.get_by_label("a held-out real image").check()
+    page.click("#condition-button")
+    page.locator("#condition-summary", has_text="A held-out real image").wait_for()
+    page.click("#side-by-side-button")
+    page.locator("#side-by-side-table", has_text="how the condition enters").wait_for()
+    assert fetched_png(page, "#side-by-side img").shape[1] > 300
     page.screenshot(path=ARTIFACTS / "conditioning.png", full_page=True)
 
 

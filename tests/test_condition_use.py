@@ -86,6 +86,45 @@ def test_the_generator_as_a_classifier_picks_the_class_whose_prefix_it_was_made_
     assert torch.equal(scores.argmax(1), first[:, tokens[:, 0]].argmax(0))
 
 
+def test_the_loss_gap_is_none_for_a_generator_that_ignores_its_condition():
+    from llamagen.analysis.condition_use import loss_gaps
+
+    model = small()
+    with torch.no_grad():
+        table = model.cls_embedding.embedding_table.weight
+        table.copy_(table[:1].expand_as(table))
+    labels, _ = condition(model)
+    gaps = loss_gaps(model, tokens_for(model), labels, (labels + 1) % 5)
+    assert torch.equal(gaps["true"], gaps["null"]) and torch.equal(gaps["true"], gaps["wrong"])
+
+
+def test_the_loss_gap_orders_true_null_wrong_for_images_made_from_their_class():
+    """With paths between positions removed, the class reaches only the first token's prediction; images whose
+    first token is the one their class predicts most are likelier under that class than under the null one, and
+    than under a class that predicts another first token (a known answer)."""
+    from llamagen.analysis.condition_use import loss_gaps
+
+    model = small()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+        first = torch.log_softmax(model.output(model.norm(model.cls_embedding.embedding_table.weight)), -1)
+    favourite = first.argmax(-1)
+    labels = torch.tensor([0, 1, 2])
+    wrong = torch.tensor([next(c for c in range(5) if favourite[c] != favourite[t]) for t in labels.tolist()])
+    tokens = tokens_for(model)
+    tokens[:, 0] = favourite[labels]
+    gaps = loss_gaps(model, tokens, labels, wrong)
+    assert (gaps["true"] < gaps["null"]).all() and (gaps["true"] < gaps["wrong"]).all()
+    # Only the first of the block's predictions differs: the gap is that token's log-ratio over the block.
+    block = model.config.block_size
+    null = model.unconditional(labels)
+    torch.testing.assert_close(
+        gaps["null"] - gaps["true"], (first[labels] - first[null]).gather(1, tokens[:, :1])[:, 0] / block
+    )
+
+
 def test_attention_to_the_prefix_comes_with_its_controls():
     from llamagen.analysis.attention import prefix_attention_with_controls
 

@@ -34,15 +34,20 @@ def prefix_attention(gpt, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: t
 
 @torch.no_grad()
 def prefix_attention_with_controls(
-    gpt, tokens: torch.Tensor, cond: torch.Tensor, wrong: torch.Tensor, cond_mask: torch.Tensor | None = None
+    gpt,
+    tokens: torch.Tensor,
+    cond: torch.Tensor,
+    wrong: torch.Tensor,
+    cond_mask: torch.Tensor | None = None,
+    wrong_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`prefix_attention` under the true condition, the null one and a `wrong` one, and the true share less the
-    null one's, each (n_layer, B, block_size). A share that stays the same whatever the prefix holds is an
-    attention sink (a place to put attention), not a reading of the condition: only the difference speaks of
-    the condition, and `condition_use` measures that directly."""
+    """`prefix_attention` under the true condition, the null one and a `wrong` one (`wrong_mask`: a wrong
+    caption's own mask), and the true share less the null one's, each (n_layer, B, block_size). A share that
+    stays the same whatever the prefix holds is an attention sink (a place to put attention), not a reading of
+    the condition: only the difference speaks of the condition, and `condition_use` measures that directly."""
     shares = {
         "true": prefix_attention(gpt, tokens, cond, cond_mask),
         "null": prefix_attention(gpt, tokens, gpt.unconditional(cond), cond_mask),
-        "wrong": prefix_attention(gpt, tokens, wrong, cond_mask),
+        "wrong": prefix_attention(gpt, tokens, wrong, cond_mask if wrong_mask is None else wrong_mask),
     }
     return {**shares, "true - null": shares["true"] - shares["null"]}

@@ -49,6 +49,26 @@ def loss_per_image(gpt, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: tor
 
 
 @torch.no_grad()
+def loss_gaps(
+    gpt,
+    tokens: torch.Tensor,
+    cond: torch.Tensor,
+    wrong: torch.Tensor,
+    cond_mask: torch.Tensor | None = None,
+    wrong_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """(B,) nats per token of each image under its condition ("true"), the null one ("null") and a `wrong` one
+    (`wrong_mask`: a wrong caption's own mask):
+    a generator that reads its condition finds the image likelier under the true one than under the null one,
+    and less likely under a wrong one; one that ignores it gives the three the same loss."""
+    return {
+        "true": loss_per_image(gpt, tokens, cond, cond_mask),
+        "null": loss_per_image(gpt, tokens, gpt.unconditional(cond), cond_mask),
+        "wrong": loss_per_image(gpt, tokens, wrong, cond_mask if wrong_mask is None else wrong_mask),
+    }
+
+
+@torch.no_grad()
 def class_log_likelihoods(gpt, tokens: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """(B, num_classes) log p(x | c) of each image under every class, in nats: the generator read as a
     classifier (its argmax over classes is its guess of the image's class, without any classifier trained)."""

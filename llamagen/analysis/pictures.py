@@ -73,7 +73,7 @@ def figure_image(figure: Figure) -> Image.Image:
 def condition_use_figure(kl: torch.Tensor, grid: int, attention: dict[str, torch.Tensor]) -> Image.Image:
     """One image's condition use: the (block_size,) KL of each token's prediction to its prediction under the
     null condition, as a grid x grid map and per row of the grid; beside them, each layer's share of attention to
-    the prefix under the condition and under the null one (`attention`: name -> (n_layer,) shares)."""
+    the prefix under each condition of `attention` (name -> (n_layer,) shares: the true one beside its controls)."""
     figure = Figure(figsize=(9.0, 2.4))
     heat, rows, shares = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.3, 1.3], "wspace": 0.45})
     shown = heat.imshow(kl.float().view(grid, grid).numpy(), cmap="magma", vmin=0.0)
@@ -93,6 +93,27 @@ def condition_use_figure(kl: torch.Tensor, grid: int, attention: dict[str, torch
     shares.legend(fontsize=7)
     for ax in (rows, shares):
         ax.tick_params(labelsize=7)
+    return figure_image(figure)
+
+
+def side_by_side_figure(images: list[Image.Image], names: list[str], kl_rows: list[torch.Tensor]) -> Image.Image:
+    """One image from each generator (`names`), drawn above the mean KL to the null condition per row of the
+    grid that each one's predictions carry on its own image (`kl_rows`: (grid,) each)."""
+    columns = len(images)
+    figure = Figure(figsize=(max(6.0, 1.6 * columns), 4.2))
+    grid = figure.add_gridspec(2, columns, height_ratios=[1, 1.1], hspace=0.45)
+    for i, (image, name) in enumerate(zip(images, names, strict=True)):
+        ax = figure.add_subplot(grid[0, i])
+        ax.imshow(np.asarray(image), interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    rows = figure.add_subplot(grid[1, :])
+    for name, values in zip(names, kl_rows, strict=True):
+        rows.plot(np.arange(len(values)), values.float().numpy(), marker="o", markersize=3, label=name)
+    rows.set_title("KL to the null condition, mean per row of the grid, nats", fontsize=8)
+    rows.set_xlabel("row", fontsize=8)
+    rows.tick_params(labelsize=7)
+    rows.legend(fontsize=7)
     return figure_image(figure)
 
 

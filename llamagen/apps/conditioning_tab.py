@@ -3,8 +3,10 @@
 - guidance: a row of images per guidance scale (Sec. 3.3: classifier-free guidance at every token);
 - two classes and blends of their prefix embeddings;
 - for a text-conditional generator: a caption, a paraphrase and the caption with one attribute left out;
-- how much of the condition each token's prediction carries (`llamagen.analysis.condition_use`), beside the
-  attention paid to the prefix under the condition and under the null one: the same shares, an attention sink.
+- how much of the condition each token's prediction carries (`llamagen.analysis.condition_use`), on an image
+  it generates or a held-out real one, with the image's loss under the true, null and a wrong condition, and
+  the attention paid to the prefix under the three (the same shares whatever the prefix holds: a sink);
+- generators side by side (the conditioning study's arms): one condition and seed through each.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import functools
 
 import gradio as gr
+import torch
 
-from llamagen.analysis.attention import prefix_attention
-from llamagen.analysis.condition_use import condition_use
+from llamagen.analysis.attention import prefix_attention_with_controls
+from llamagen.analysis.condition_use import condition_use, loss_gaps
 from llamagen.analysis.interpolation import blended_class_generator
-from llamagen.analysis.pictures import condition_use_figure, labelled_rows
+from llamagen.analysis.pictures import condition_use_figure, labelled_rows, side_by_side_figure
 from llamagen.apps.common import (
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
@@ -30,11 +33,18 @@ from llamagen.apps.common import (
     shown_errors,
 )
 from llamagen.apps.models import ModelRegistry
-from llamagen.pipeline import Pipeline, image_grid
+from llamagen.checkpoints import embedded_card, embedded_of_kind
+from llamagen.data.shapes import CLASS_NAMES as SHAPE_CLASS_NAMES
+from llamagen.data.shapes import COLOURS, SHAPES
+from llamagen.evaluation.generation import class_ids_of
+from llamagen.evaluation.judges import held_out
+from llamagen.pipeline import Pipeline, decode_tokens, image_grid
 
 MAX_ROWS = 8
 CAPTION_ROLES = ("caption", "paraphrase", "one attribute less")
 MAX_PER_ROW = 8
+MAX_SIDE_BY_SIDE = 8
+GENERATED, HELD_OUT = "an image it generates", "a held-out real image"
 
 
 def guidance_scales(text: str) -> list[float]:
@@ -100,39 +110,144 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
     return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], list(CAPTION_ROLES))
 
 
+def held_out_set(registry: ModelRegistry, model: str) -> str:
+    """'shapes' or 'digits': the held-out real images whose conditions the named generator takes (an embedded
+    generator's judge says which); a generator from a models file has none here."""
+    source = registry.generators[model]["gpt"]
+    if isinstance(source, str) and source in embedded_of_kind("gpt"):
+        return embedded_card(source)["evaluation"]["judge"].removesuffix("-judge")
+    raise ValueError(f"{model!r} has no held-out real images here (the embedded generators' shapes and digits do): "
+                     "measure an image it generates")  # fmt: skip
+
+
+def held_out_example(registry: ModelRegistry, model: str, pipe: Pipeline, class_name, index):
+    """The condition and tokens of a held-out real image: for a class-conditional generator, the `index`-th of
+    the chosen class; for a text-conditional one, the `index`-th, with a caption of its shape and colour.
+    Returns the condition (arguments of the pipeline) and the tokens (1, block_size)."""
+    kind = held_out_set(registry, model)
+    images, labels = registry.cached(("held-out", kind), functools.partial(held_out, kind), f"held-out {kind}")
+    classes = class_ids_of(kind, labels)
+    if pipe.model_type == "c2i":
+        wanted = pipe.class_id(one_condition(pipe, class_name, None)["class_labels"][0])
+        pool = (classes == wanted).nonzero()[:, 0]
+    else:
+        pool = torch.arange(len(images))
+    index = number_in_range(f"the held-out image (of {len(pool)})", index, 0, len(pool) - 1, integer=True)
+    chosen = int(pool[index])
+    if pipe.model_type == "c2i":
+        condition = {"class_labels": [int(classes[chosen])]}
+    else:  # "red circle": a phrasing of the training captions that states the shape and the colour
+        condition = {"prompts": [SHAPE_CLASS_NAMES[int(classes[chosen])]]}
+    return condition, pipe.tokenizer.tokenize(images[chosen : chosen + 1].to(pipe.device)).flatten(1)
+
+
+def wrong_condition(pipe: Pipeline, condition: dict) -> dict:
+    """The control: another class (the next one), or the caption with its first shape word (else colour word)
+    changed to the next of its kind."""
+    if "class_labels" in condition:
+        return {"class_labels": [(condition["class_labels"][0] + 1) % pipe.gpt.config.num_classes]}
+    words = condition["prompts"][0].split(" ")
+    for kind in (SHAPES, tuple(COLOURS)):
+        for i, word in enumerate(words):
+            if word in kind:
+                words[i] = kind[(kind.index(word) + 1) % len(kind)]
+                return {"prompts": [" ".join(words)]}
+    raise ValueError("the wrong-caption control changes a shape or colour word: name one of "
+                     f"{', '.join(SHAPES + tuple(COLOURS))} in the prompt")  # fmt: skip
+
+
+def measured_reading(pipe: Pipeline, tokens: torch.Tensor, condition: dict) -> dict:
+    """What the generator's predictions on `tokens` read of `condition`: KL to the null condition per token,
+    the loss under the true, null and wrong condition, and the attention shares to the prefix under each."""
+    wrong = wrong_condition(pipe, condition)
+    cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
+    other, other_mask, described, _ = pipe.encode_conditions(**wrong)
+    device = pipe.device
+    cond, other = cond.to(device), other.to(device)
+    cond_mask, other_mask = (None if m is None else m.to(device) for m in (cond_mask, other_mask))
+    gpt = pipe.gpt
+    shares = prefix_attention_with_controls(gpt, tokens, cond, other, cond_mask, other_mask)
+    losses = loss_gaps(gpt, tokens, cond, other, cond_mask, other_mask)
+    return {
+        "kl": condition_use(gpt, tokens, cond, cond_mask).kl[0].cpu(),
+        "loss": {name: float(value[0]) for name, value in losses.items()},
+        "attention": {name: value[:, 0].float().mean(1).cpu() for name, value in shares.items()},
+        "wrong": described[0],
+    }
+
+
+def entry_of(gpt) -> str:
+    """How the condition enters the generator: its GPTConfig.condition, with the prefix's length."""
+    return f"{gpt.config.condition}, prefix of {gpt.prefix_length}"
+
+
+def listed(values: torch.Tensor) -> str:
+    return ", ".join(f"{value:.3f}" for value in values)
+
+
 @shown_errors
-def condition_information(registry: ModelRegistry, model, class_name, prompt, cfg_scale, seed):
-    """One image; how much of the condition each of its tokens' predictions carries (KL to the prediction under
-    the null condition, by teacher forcing on the image's tokens); and each layer's share of attention to the
-    prefix under the condition and under the null one."""
-    cfg_scale = checked_cfg_scale(cfg_scale)
-    seed = checked_seed(seed)
+def condition_information(registry: ModelRegistry, model, class_name, prompt, source, index, cfg_scale, seed):
+    """One image, generated or held-out and real; how much of the condition each of its tokens' predictions
+    carries (KL to the prediction under the null condition, by teacher forcing on the image's tokens); its loss
+    under the true, null and a wrong condition; and each layer's share of attention to the prefix under the
+    three, with the true share less the null one's."""
     pipe = registry.pipeline(model)
-    condition = one_condition(pipe, class_name, prompt)
     with registry.generation(model):
-        output = pipe(**condition, cfg_scale=cfg_scale, seed=seed)
-        cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
-        device = pipe.device
-        tokens, cond = output.tokens.to(device), cond.to(device)
-        cond_mask = None if cond_mask is None else cond_mask.to(device)
-        kl = condition_use(pipe.gpt, tokens, cond, cond_mask).kl[0].cpu()
-        attention = {
-            name: prefix_attention(pipe.gpt, tokens, prefix, cond_mask)[:, 0].float().mean(1).cpu()
-            for name, prefix in (("true", cond), ("null", pipe.gpt.unconditional(cond)))
-        }
+        if source == HELD_OUT:
+            condition, tokens = held_out_example(registry, model, pipe, class_name, index)
+        else:
+            condition = one_condition(pipe, class_name, prompt)
+            tokens = pipe(**condition, cfg_scale=checked_cfg_scale(cfg_scale), seed=checked_seed(seed)).tokens
+        tokens = tokens.to(pipe.device)
+        reading = measured_reading(pipe, tokens, condition)
+        image = image_grid(decode_tokens(pipe.tokenizer, tokens))
     grid = pipe.gpt.config.grid_size
-    rows = kl.view(grid, grid).mean(1)
+    kl, loss, attention = reading["kl"], reading["loss"], reading["attention"]
+    told = pipe.class_name(condition["class_labels"][0]) if "class_labels" in condition else condition["prompts"][0]
     summary = (
-        f"information about the condition per token, nats: {kl.sum():.3f} in all, per row of the grid "
-        + ", ".join(f"{value:.3f}" for value in rows)
-        + ". Share of attention to the prefix per layer, under the condition: "
-        + ", ".join(f"{value:.3f}" for value in attention["true"])
-        + "; under the null condition: "
-        + ", ".join(f"{value:.3f}" for value in attention["null"])
-        + ". Where the two shares agree, the prefix is an attention sink: the attention says nothing of the "
-        "condition, the KL does."
+        f"{'A held-out real image' if source == HELD_OUT else 'A generated image'}: condition {told!r}, "
+        f"the wrong one {reading['wrong']!r}. "
+        f"Information about the condition per token, nats: {kl.sum():.3f} in all, per row of the grid "
+        f"{listed(kl.view(grid, grid).mean(1))}. "
+        f"Loss, nats per token: {loss['true']:.3f} under the condition, {loss['null']:.3f} under the null one, "
+        f"{loss['wrong']:.3f} under the wrong one. "
+        f"Share of attention to the prefix per layer, under the condition: {listed(attention['true'])}; "
+        f"under the null condition: {listed(attention['null'])}; under the wrong one: {listed(attention['wrong'])}; "
+        f"the condition's less the null one's: {listed(attention['true - null'])}. "
+        "Where the shares agree, the prefix is an attention sink: the attention says nothing of the condition; "
+        "the KL and the loss gap do."
     )
-    return output.images[0], condition_use_figure(kl, grid, attention), summary
+    shown = {name: attention[name] for name in ("true", "null", "wrong")}
+    return image, condition_use_figure(kl, grid, shown), summary
+
+
+@shown_errors
+def side_by_side(registry: ModelRegistry, models, class_name, prompt, cfg_scale, seed):
+    """One image of the same condition and seed from each chosen generator, and the KL to the null condition
+    per row of the grid that each one's predictions carry on its own image."""
+    models = list(models or [])
+    if not 1 <= len(models) <= MAX_SIDE_BY_SIDE:
+        raise ValueError(f"pick 1 to {MAX_SIDE_BY_SIDE} generators")
+    cfg_scale, seed = checked_cfg_scale(cfg_scale), checked_seed(seed)
+    images, rows, lines = [], [], []
+    for model in models:
+        pipe = registry.pipeline(model)
+        condition = one_condition(pipe, class_name, prompt)
+        with registry.generation(model):
+            output = pipe(**condition, cfg_scale=cfg_scale, seed=seed)
+            reading = measured_reading(pipe, output.tokens.to(pipe.device), condition)
+        grid = pipe.gpt.config.grid_size
+        images.append(output.images[0])
+        rows.append(reading["kl"].view(grid, grid).mean(1))
+        loss = reading["loss"]
+        lines.append(f"| {model} | {entry_of(pipe.gpt)} | {reading['kl'].sum():.3f} | {loss['true']:.3f} | "
+                     f"{loss['null']:.3f} | {loss['wrong']:.3f} |")  # fmt: skip
+    table = "\n".join([
+        "| generator | how the condition enters | KL to null, nats in all | loss: condition | null | wrong |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ])  # fmt: skip
+    return side_by_side_figure(images, models, rows), table
 
 
 def _condition_inputs(names: list[str] | None, label: str, index: int = 0):
@@ -141,6 +256,18 @@ def _condition_inputs(names: list[str] | None, label: str, index: int = 0):
     value = choices[min(index, len(choices) - 1)] if choices else None
     # Custom values pass to the pipeline, which checks them (API clients may use any generator's classes).
     return gr.Dropdown(choices, value=value, label=label, visible=names is not None, allow_custom_value=True)
+
+
+def same_kind(registry: ModelRegistry, model: str) -> list[str]:
+    """The named generator and the embedded ones that take its conditions (its classes, or captions), read from
+    their cards: choosing them loads nothing."""
+    names = class_choices(registry, model)
+    embedded = set(embedded_of_kind("gpt"))
+    return [model] + [
+        other
+        for other, entry in registry.generators.items()
+        if other != model and entry["gpt"] in embedded and embedded_card(entry["gpt"]).get("class_names") == names
+    ]
 
 
 @shown_errors
@@ -155,6 +282,7 @@ def model_inputs(registry: ModelRegistry, model):
         gr.Gallery(visible=not text),
         gr.Row(visible=text),
         gr.Image(visible=text),
+        gr.CheckboxGroup(value=same_kind(registry, model)),
     )
 
 
@@ -191,21 +319,39 @@ def build(registry: ModelRegistry) -> None:
         run_captions = gr.Button("Compare the captions", elem_id="captions-button")
     caption_rows_image = picture("A row per prompt", height=None, visible=text, elem_id="caption-rows")
 
-    gr.Markdown("### How much of the condition the model uses\nFor one generated image, each token's prediction "
-                "under the condition against its prediction under the null condition (the one guidance subtracts): "
-                "their KL, in nats, is the information about the condition that the prediction carries (zero for a "
-                "model that ignores its condition). Beside it, the share of attention each layer gives the prefix, "
-                "under the condition and under the null one.")  # fmt: skip
+    gr.Markdown("### How much of the condition the model uses\nFor one image, generated or held-out and real, "
+                "each token's prediction under the condition against its prediction under the null condition (the "
+                "one guidance subtracts): their KL, in nats, is the information about the condition that the "
+                "prediction carries (zero for a model that ignores its condition). Beside it, the image's loss "
+                "under the condition, the null one and a wrong one, and the share of attention each layer gives "
+                "the prefix under the three: a share that stays the same whatever the prefix holds is an "
+                "attention sink, not a reading of the condition. One image: its numbers describe it, not the "
+                "generator.")  # fmt: skip
     with gr.Row():
+        source = gr.Radio([GENERATED, HELD_OUT], value=GENERATED, label="Image")
+        index = gr.Number(0, precision=0, label="Held-out image (of the class)")
         condition_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
         run_condition = gr.Button("Measure the condition's use", elem_id="condition-button")
     with gr.Row():
-        condition_image = picture("Image", height=240)
+        condition_image = picture("Image (as its tokens show it)", height=240)
         condition_map = picture("Condition use", height=None, pixels=False, scale=3, elem_id="condition-map")
-    condition_summary = gr.Markdown()
+    condition_summary = gr.Markdown(elem_id="condition-summary")
+
+    gr.Markdown("### Generators side by side\nThe same condition and seed through each generator chosen (the "
+                "arms of the conditioning study differ only in how the condition enters them), and the KL to the "
+                "null condition per row that each one's predictions carry on its own image. One image each: the "
+                "study's table and notebook 05 compare the arms over many.")  # fmt: skip
+    with gr.Row():
+        compared = gr.CheckboxGroup(models, value=same_kind(registry, models[0]) if models else [],
+                                    label="Generators", elem_id="side-by-side-models")  # fmt: skip
+        compared_cfg = gr.Slider(0, MAX_CFG_SCALE, value=2.0, step=0.25, label="Guidance scale")
+        run_compared = gr.Button("Draw side by side", elem_id="side-by-side-button")
+    compared_image = picture("Side by side", height=None, pixels=False, elem_id="side-by-side")
+    compared_table = gr.Markdown(elem_id="side-by-side-table")
 
     model.change(functools.partial(model_inputs, registry), model,
-                 [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image],
+                 [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image,
+                  compared],
                  api_visibility="private")  # fmt: skip
     run_guidance.click(functools.partial(guidance_rows, registry), [model, class_name, prompt, scales, count, seed],
                        guidance_rows_image, api_name="guidance_rows", **SHARED_QUEUE)  # fmt: skip
@@ -216,6 +362,8 @@ def build(registry: ModelRegistry) -> None:
                        [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_rows_image,
                        api_name="compare_captions", **SHARED_QUEUE)  # fmt: skip
     run_condition.click(functools.partial(condition_information, registry),
-                        [model, class_name, prompt, condition_cfg, seed],
+                        [model, class_name, prompt, source, index, condition_cfg, seed],
                         [condition_image, condition_map, condition_summary], api_name="condition_use",
                         **SHARED_QUEUE)  # fmt: skip
+    run_compared.click(functools.partial(side_by_side, registry), [compared, class_name, prompt, compared_cfg, seed],
+                       [compared_image, compared_table], api_name="side_by_side", **SHARED_QUEUE)  # fmt: skip
