@@ -45,6 +45,7 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
             assert 0 <= float(row[f"accuracy_at_{scale}"]) <= 1
         assert float(row["fid_floor"]) > 0 and 0 <= float(row["classifier_accuracy"]) <= 1
         assert float(row["kl_first_row"]) >= 0 and row["real_images"] == "16"
+        assert row["images_per_scale"] == "80"  # 2 of each of the 40 classes
         assert float(row["kl_first_row_generated_at_2"]) >= 0 and float(row["kl_last_row_generated_at_1"]) >= 0
 
     def no_training(*args, **kwargs):
@@ -65,7 +66,7 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
                      tmp_path / "runs", text_encoder=clip, show_progress=False)  # fmt: skip
     assert [row["arm"] for row in rows] == ["cross-attention"]
     row = rows[0]
-    assert row["task"] == "t2i" and row["prefix_tokens"] == 1
+    assert row["task"] == "t2i" and row["prefix_tokens"] == 1 and row["images_per_scale"] == 8
     assert 0 <= row["held_out_pairs_at_best"] <= 1 and "classifier_accuracy" not in row
     assert 0 <= row["word_accuracy_shape"] <= 1 and 0 <= row["word_accuracy_colour"] <= 1
     # Decoupling: each changed word's effect and its leaks into the other attributes, beside the seeds' control.

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw
 
 # The error map saturates at this many levels of 255: small errors stay visible, and one scale for every
@@ -114,6 +115,34 @@ def side_by_side_figure(images: list[Image.Image], names: list[str], kl_rows: li
     rows.set_xlabel("row", fontsize=8)
     rows.tick_params(labelsize=7)
     rows.legend(fontsize=7)
+    return figure_image(figure)
+
+
+def position_reading_figure(
+    image: Image.Image, kl: torch.Tensor, grid: int, position: int, layer: int, attention: dict[str, torch.Tensor]
+) -> Image.Image:
+    """One image read at one token: the image and its map of KL to the null condition (nats) with image
+    position `position` framed, and the share of attention layer `layer` gives the prefix at every position
+    under each condition of `attention` (name -> (n_layer, block_size)), `position` marked."""
+    figure = Figure(figsize=(10.0, 2.6))
+    drawn, heat, shares = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.2, 2.2], "wspace": 0.35})
+    row, column = divmod(position, grid)
+    cell = image.width / grid
+    drawn.imshow(np.asarray(image), interpolation="nearest")
+    shown = heat.imshow(kl.float().view(grid, grid).numpy(), cmap="magma", vmin=0.0)
+    figure.colorbar(shown, ax=heat, fraction=0.046)
+    for ax, size, title in ((drawn, cell, "the image"), (heat, 1.0, "KL to the null condition, nats")):
+        ax.add_patch(Rectangle((column * size - 0.5, row * size - 0.5), size, size, fill=False, color="#2ca02c", lw=2))
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for name, values in attention.items():
+        shares.plot(np.arange(values.shape[1]), values[layer].float().numpy(), label=name, lw=1.2)
+    shares.axvline(position, color="#2ca02c", lw=1, ls=":")
+    shares.set_title(f"layer {layer}: share of attention to the prefix, per image position", fontsize=8)
+    shares.set_xlabel("image position (raster order)", fontsize=8)
+    shares.tick_params(labelsize=7)
+    shares.legend(fontsize=7)
     return figure_image(figure)
 
 

@@ -16,10 +16,9 @@ import functools
 import gradio as gr
 import torch
 
-from llamagen.analysis.attention import prefix_attention_with_controls
-from llamagen.analysis.condition_use import condition_use, loss_gaps
 from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import condition_use_figure, labelled_rows, side_by_side_figure
+from llamagen.analysis.reading import read_condition
 from llamagen.apps.common import (
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
@@ -35,7 +34,6 @@ from llamagen.apps.common import (
 from llamagen.apps.models import ModelRegistry
 from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.data.shapes import CLASS_NAMES as SHAPE_CLASS_NAMES
-from llamagen.data.shapes import COLOURS, SHAPES
 from llamagen.evaluation.generation import class_ids_of
 from llamagen.evaluation.judges import held_out
 from llamagen.pipeline import Pipeline, decode_tokens, image_grid
@@ -141,41 +139,6 @@ def held_out_example(registry: ModelRegistry, model: str, pipe: Pipeline, class_
     return condition, pipe.tokenizer.tokenize(images[chosen : chosen + 1].to(pipe.device)).flatten(1)
 
 
-def wrong_condition(pipe: Pipeline, condition: dict) -> dict:
-    """The control: another class (the next one), or the caption with its first shape word (else colour word)
-    changed to the next of its kind."""
-    if "class_labels" in condition:
-        return {"class_labels": [(condition["class_labels"][0] + 1) % pipe.gpt.config.num_classes]}
-    words = condition["prompts"][0].split(" ")
-    for kind in (SHAPES, tuple(COLOURS)):
-        for i, word in enumerate(words):
-            if word in kind:
-                words[i] = kind[(kind.index(word) + 1) % len(kind)]
-                return {"prompts": [" ".join(words)]}
-    raise ValueError("the wrong-caption control changes a shape or colour word: name one of "
-                     f"{', '.join(SHAPES + tuple(COLOURS))} in the prompt")  # fmt: skip
-
-
-def measured_reading(pipe: Pipeline, tokens: torch.Tensor, condition: dict) -> dict:
-    """What the generator's predictions on `tokens` read of `condition`: KL to the null condition per token,
-    the loss under the true, null and wrong condition, and the attention shares to the prefix under each."""
-    wrong = wrong_condition(pipe, condition)
-    cond, cond_mask, _, _ = pipe.encode_conditions(**condition)
-    other, other_mask, described, _ = pipe.encode_conditions(**wrong)
-    device = pipe.device
-    cond, other = cond.to(device), other.to(device)
-    cond_mask, other_mask = (None if m is None else m.to(device) for m in (cond_mask, other_mask))
-    gpt = pipe.gpt
-    shares = prefix_attention_with_controls(gpt, tokens, cond, other, cond_mask, other_mask)
-    losses = loss_gaps(gpt, tokens, cond, other, cond_mask, other_mask)
-    return {
-        "kl": condition_use(gpt, tokens, cond, cond_mask).kl[0].cpu(),
-        "loss": {name: float(value[0]) for name, value in losses.items()},
-        "attention": {name: value[:, 0].float().mean(1).cpu() for name, value in shares.items()},
-        "wrong": described[0],
-    }
-
-
 def entry_of(gpt) -> str:
     """How the condition enters the generator: its GPTConfig.condition, with the prefix's length."""
     return f"{gpt.config.condition}, prefix of {gpt.prefix_length}"
@@ -199,14 +162,15 @@ def condition_information(registry: ModelRegistry, model, class_name, prompt, so
             condition = one_condition(pipe, class_name, prompt)
             tokens = pipe(**condition, cfg_scale=checked_cfg_scale(cfg_scale), seed=checked_seed(seed)).tokens
         tokens = tokens.to(pipe.device)
-        reading = measured_reading(pipe, tokens, condition)
+        reading = read_condition(pipe, tokens, condition)
         image = image_grid(decode_tokens(pipe.tokenizer, tokens))
     grid = pipe.gpt.config.grid_size
-    kl, loss, attention = reading["kl"], reading["loss"], reading["attention"]
+    kl, loss = reading.kl, reading.loss
+    attention = {name: shares.mean(1) for name, shares in reading.attention.items()}  # per layer, over positions
     told = pipe.class_name(condition["class_labels"][0]) if "class_labels" in condition else condition["prompts"][0]
     summary = (
         f"{'A held-out real image' if source == HELD_OUT else 'A generated image'}: condition {told!r}, "
-        f"the wrong one {reading['wrong']!r}. "
+        f"the wrong one {reading.wrong!r}. "
         f"Information about the condition per token, nats: {kl.sum():.3f} in all, per row of the grid "
         f"{listed(kl.view(grid, grid).mean(1))}. "
         f"Loss, nats per token: {loss['true']:.3f} under the condition, {loss['null']:.3f} under the null one, "
@@ -235,12 +199,12 @@ def side_by_side(registry: ModelRegistry, models, class_name, prompt, cfg_scale,
         condition = one_condition(pipe, class_name, prompt)
         with registry.generation(model):
             output = pipe(**condition, cfg_scale=cfg_scale, seed=seed)
-            reading = measured_reading(pipe, output.tokens.to(pipe.device), condition)
+            reading = read_condition(pipe, output.tokens.to(pipe.device), condition)
         grid = pipe.gpt.config.grid_size
         images.append(output.images[0])
-        rows.append(reading["kl"].view(grid, grid).mean(1))
-        loss = reading["loss"]
-        lines.append(f"| {model} | {entry_of(pipe.gpt)} | {reading['kl'].sum():.3f} | {loss['true']:.3f} | "
+        rows.append(reading.kl.view(grid, grid).mean(1))
+        loss = reading.loss
+        lines.append(f"| {model} | {entry_of(pipe.gpt)} | {reading.kl.sum():.3f} | {loss['true']:.3f} | "
                      f"{loss['null']:.3f} | {loss['wrong']:.3f} |")  # fmt: skip
     table = "\n".join([
         "| generator | how the condition enters | KL to null, nats in all | loss: condition | null | wrong |",

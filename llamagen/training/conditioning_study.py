@@ -5,8 +5,9 @@ One run per (arm, seed), in its own folder under the work directory, resumable; 
 results CSV, which a study started again reads to skip the runs it holds. A row records the arm's config and
 parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 
-- judged accuracy at each guidance scale (1 is unguided), the same seeds at every scale; for captions, every
-  stated attribute right, and the held-out shape-colour pairs at the best scale;
+- judged accuracy at each guidance scale (1 is unguided), on as many images at every scale (`images_per_scale`)
+  drawn from the same seeds; for captions, every stated attribute right, and the held-out shape-colour pairs at
+  the best scale;
 - FID in the judge's features against held-out real images at the best scale, beside the floor a second real
   set of as many images reaches, and precision and recall there;
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
@@ -142,10 +143,12 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
             for scale in settings.scales
         }
         accuracy = {scale: scores.accuracy["class"] for scale, scores in by_scale.items()}
+        row["images_per_scale"] = by_scale[settings.scales[0]].images
     else:
         sets = caption_sets(settings.captions)
         by_scale = {scale: evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale) for scale in settings.scales}
         accuracy = {scale: scores["accuracy"]["all_stated"] for scale, scores in by_scale.items()}
+        row["images_per_scale"] = by_scale[settings.scales[0]]["images"]
     for scale, value in accuracy.items():
         row[f"accuracy_at_{scale:g}"] = value
         first, last = condition_use_on_generated(pipe, scale, settings.generated_for_decay)

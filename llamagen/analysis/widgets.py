@@ -1,0 +1,68 @@
+"""The notebooks' explorer of condition use: pick a generator, a class, an image position and a layer, and see
+how much of the class the prediction there carries (KL to the null class) beside the share of attention that
+layer gives the prefix, under the true, the null and a wrong class (`analysis.reading`). The attention is never
+shown without its two controls: where the three agree the prefix is a sink, whatever the share's size."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from llamagen.analysis.pictures import position_reading_figure
+from llamagen.analysis.reading import ConditionReading, read_condition
+from llamagen.pipeline import Pipeline, decode_tokens, image_grid
+
+
+def position_summary(reading: ConditionReading, position: int, layer: int, grid: int) -> str:
+    """One line of numbers for image position `position` and layer `layer` of `reading`."""
+    row, column = divmod(position, grid)
+    shares = {name: float(values[layer, position]) for name, values in reading.attention.items()}
+    return (
+        f"position {position} (row {row}, column {column}): KL to the null class {float(reading.kl[position]):.4f} "
+        f"nats; layer {layer}'s share of attention to the prefix there: {shares['true']:.4f} under the class, "
+        f"{shares['null']:.4f} under the null class, {shares['wrong']:.4f} under a wrong one ({reading.wrong}); "
+        f"class less null {shares['true - null']:+.4f}"
+    )
+
+
+def condition_explorer(pipes: dict[str, Pipeline], cfg_scales: dict[str, float], seed: int = 0):
+    """An ipywidgets `interactive` over class-conditional generators of the same classes (`pipes`: name ->
+    pipeline), each drawing with its `cfg_scales[name]` and `seed`; it redraws the figure and the line of
+    numbers at each change."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    first = next(iter(pipes.values()))
+    if any(pipe.model_type != "c2i" or pipe.class_names != first.class_names for pipe in pipes.values()):
+        raise ValueError("the explorer takes class-conditional generators of the same classes")
+    config = first.gpt.config
+    if any(pipe.gpt.config.block_size != config.block_size for pipe in pipes.values()):
+        raise ValueError("the explorer takes generators of the same image grid")
+
+    @functools.lru_cache(maxsize=64)
+    def drawn(name: str, class_id: int) -> torch.Tensor:
+        pipe = pipes[name]
+        return pipe(class_labels=[class_id], cfg_scale=cfg_scales[name], seed=seed).tokens.to(pipe.device)
+
+    def show(generator: str, class_name: str, position: int, layer: int) -> None:
+        pipe = pipes[generator]
+        class_id = pipe.class_id(class_name)
+        tokens = drawn(generator, class_id)
+        layer = min(layer, pipe.gpt.config.n_layer - 1)
+        reading = read_condition(pipe, tokens, {"class_labels": [class_id]})
+        image = image_grid(decode_tokens(pipe.tokenizer, tokens))
+        grid = pipe.gpt.config.grid_size
+        display(position_reading_figure(image, reading.kl, grid, position, layer, reading.attention))
+        print(f"{generator}, {class_name!r} at scale {cfg_scales[generator]:g}, seed {seed}")
+        print(position_summary(reading, position, layer, grid))
+
+    deepest = max(pipe.gpt.config.n_layer for pipe in pipes.values())
+    positions = config.block_size
+    return widgets.interactive(
+        show,
+        generator=widgets.Dropdown(options=list(pipes), description="generator"),
+        class_name=widgets.Dropdown(options=list(first.class_names or range(config.num_classes)), description="class"),
+        position=widgets.IntSlider(value=positions // 2, min=0, max=positions - 1, description="position"),
+        layer=widgets.IntSlider(value=deepest // 2, min=0, max=deepest - 1, description="layer"),
+    )
