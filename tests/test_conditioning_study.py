@@ -46,6 +46,7 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
         assert float(row["fid_floor"]) > 0 and 0 <= float(row["classifier_accuracy"]) <= 1
         assert float(row["kl_first_row"]) >= 0 and row["real_images"] == "16"
         assert row["images_per_scale"] == "80"  # 2 of each of the 40 classes
+        assert row["ema_decay"] == "0.0"  # two steps: the trained weights themselves
         assert float(row["kl_first_row_generated_at_2"]) >= 0 and float(row["kl_last_row_generated_at_1"]) >= 0
 
     def no_training(*args, **kwargs):
@@ -73,6 +74,14 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
     for word, other in (("shape", "colour"), ("colour", "shape")):
         assert 0 <= row[f"{word}_word_took_effect"] <= 1 and 0 <= row[f"{word}_word_changes_{other}"] <= 1
     assert 0 <= row["seed_changes_position"] <= 1
+
+
+def test_each_run_ships_a_moving_average_that_has_forgotten_its_random_start():
+    assert StudySettings(steps=2000).ema_decay == pytest.approx(0.995)
+    for steps in (500, 2000, 3000, 20000):
+        decay = StudySettings(steps=steps).ema_decay
+        assert decay**steps < 1e-4  # the initial weights' share of the average at the end
+    assert StudySettings(steps=8).ema_decay == 0.0
 
 
 def test_the_command_line_sizes_every_arm_from_the_base_it_is_given(tmp_path, monkeypatch):

@@ -14,6 +14,9 @@ def generators(model_type: str) -> list[str]:
 
 
 CLASS_CONDITIONAL, TEXT_CONDITIONAL = generators("c2i"), generators("t2i")
+# The conditioning study's arms (notebook 05): small generators shipped to compare the ways to condition with each
+# other, held to their cards but not to the accuracy a generator offered for its images must reach.
+STUDY_ARMS = [name for name in CLASS_CONDITIONAL if name.startswith("shapes-c2i-arm-")]
 
 
 def best_row(evaluation: dict) -> dict:
@@ -22,6 +25,8 @@ def best_row(evaluation: dict) -> dict:
 
 def test_the_expected_generators_are_shipped():
     assert {"digits-c2i", "shapes-c2i"} <= set(CLASS_CONDITIONAL)
+    arms = ["prefix", "prefix-4", "every-layer", "adaln-zero", "cross-attention"]
+    assert sorted(f"shapes-c2i-arm-{arm}" for arm in arms) == STUDY_ARMS
     assert "shapes-t2i" in TEXT_CONDITIONAL
 
 
@@ -60,7 +65,8 @@ def test_each_class_generator_still_scores_what_its_card_says(name):
     )
     # Sampling is seeded; only the order of floating-point sums (threads) may flip a rare token.
     assert scores.accuracy["class"] == pytest.approx(best_row(evaluation)["accuracy_class"], abs=0.02)
-    assert scores.accuracy["class"] >= 0.95  # what an embedded class generator must reach
+    if name not in STUDY_ARMS:
+        assert scores.accuracy["class"] >= 0.95  # what an embedded class generator must reach
 
 
 @pytest.mark.slow
