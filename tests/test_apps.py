@@ -283,6 +283,23 @@ def test_generators_side_by_side_draw_one_seed_each(client):
         client.predict(["shapes-c2i", "digits-c2i"], "red circle", "", 2.0, 4, api_name="/side_by_side")
 
 
+def test_the_study_arms_come_side_by_side_each_with_how_its_class_enters(client):
+    """The conditioning study's shipped arms, one seed through each: each row names the arm's way in, and its
+    KL is the library's reading of the image that arm draws."""
+    from llamagen.analysis.reading import read_condition
+
+    names = [f"shapes-c2i-arm-{arm}" for arm in ("prefix", "adaln-zero", "cross-attention")]
+    _, table = client.predict(names, "red circle", "", 2.0, 3, api_name="/side_by_side")
+    rows = table.splitlines()[2:]
+    entries = ["prefix, prefix of 1", "adaln_zero, prefix of 1", "cross_attention, prefix of 1"]
+    assert [row.split(" | ")[1] for row in rows] == entries
+    for name, row in zip(names, rows, strict=True):
+        pipe = load_pipeline(name)
+        tokens = pipe(class_labels=["red circle"], cfg_scale=2.0, seed=3).tokens
+        reading = read_condition(pipe, tokens, {"class_labels": ["red circle"]})
+        assert row.startswith(f"| {name} |") and f"| {reading.kl.sum():.3f} |" in row
+
+
 def test_codebook_usage_is_counted_on_the_chosen_images(client):
     scatter, patch, neighbours, summary = client.predict("shapes-vq", "shapes (64)", 7, api_name="/codebook")
     from llamagen.data.samples import image_set

@@ -25,7 +25,7 @@ def best_row(evaluation: dict) -> dict:
 
 def test_the_expected_generators_are_shipped():
     assert {"digits-c2i", "shapes-c2i"} <= set(CLASS_CONDITIONAL)
-    arms = ["prefix", "prefix-4", "every-layer", "adaln-zero", "cross-attention"]
+    arms = ["prefix", "adaln-zero", "cross-attention"]
     assert sorted(f"shapes-c2i-arm-{arm}" for arm in arms) == STUDY_ARMS
     assert "shapes-t2i" in TEXT_CONDITIONAL
 
@@ -106,6 +106,24 @@ PINNED = {
         [436, 479, 236, 405, 342, 102, 73, 70, 302, 15, 317, 369, 246, 202, 70, 288],
         17077,
         [0.7107, 0.7121, 0.7086, 0.711, 0.7, 0.6959, 0.6767, 0.6787],
+    ),
+    "shapes-c2i-arm-adaln-zero": (
+        {"class_labels": ["red circle"]},
+        [436, 400, 236, 450, 208, 202, 73, 5, 386, 185, 120, 191, 342, 342, 202, 188],
+        18406,
+        [0.1552, 0.0717, 0.0131, -0.0276, -0.0353, -0.0409, -0.0331, -0.0061],
+    ),
+    "shapes-c2i-arm-cross-attention": (
+        {"class_labels": ["red circle"]},
+        [436, 164, 236, 102, 496, 28, 40, 398, 66, 316, 236, 227, 415, 465, 340, 397],
+        17270,
+        [0.696, 0.7048, 0.7048, 0.6935, 0.6789, 0.6601, 0.6153, 0.5573],
+    ),
+    "shapes-c2i-arm-prefix": (
+        {"class_labels": ["red circle"]},
+        [436, 499, 236, 221, 83, 83, 40, 398, 390, 9, 306, 459, 409, 48, 340, 397],
+        17968,
+        [0.779, 0.799, 0.8192, 0.8163, 0.8122, 0.7988, 0.7768, 0.7818],
     ),
     "shapes-t2i": (
         {"prompts": ["a red star"]},
