@@ -97,7 +97,7 @@ def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
         generate_call(client, seed=0, classes=(), model="tiny-t2i", prompt="   ")
     classes, prompt = client.predict("tiny-t2i", api_name="/model_inputs")
     assert classes["visible"] is False and prompt["visible"] is True
-    # Back to the class-conditional generator: this client's session checks classes against its choices again.
+    # Back to the class-conditional generator: the app checks this client's classes against its choices again.
     classes, prompt = client.predict("digits-c2i", api_name="/model_inputs")
     assert classes["visible"] is True and prompt["visible"] is False and len(classes["choices"]) == 10
 
