@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-import torch
+from PIL import Image
 
 from llamagen.analysis.pictures import position_reading_figure
 from llamagen.analysis.reading import ConditionReading, read_condition
@@ -40,18 +40,18 @@ def condition_explorer(pipes: dict[str, Pipeline], cfg_scales: dict[str, float],
     if any(pipe.gpt.config.block_size != config.block_size for pipe in pipes.values()):
         raise ValueError("the explorer takes generators of the same image grid")
 
+    # A slider moves only the position or the layer: the image and its reading are drawn once per class.
     @functools.lru_cache(maxsize=64)
-    def drawn(name: str, class_id: int) -> torch.Tensor:
+    def drawn(name: str, class_id: int) -> tuple[ConditionReading, Image.Image]:
         pipe = pipes[name]
-        return pipe(class_labels=[class_id], cfg_scale=cfg_scales[name], seed=seed).tokens.to(pipe.device)
+        tokens = pipe(class_labels=[class_id], cfg_scale=cfg_scales[name], seed=seed).tokens.to(pipe.device)
+        reading = read_condition(pipe, tokens, {"class_labels": [class_id]})
+        return reading, image_grid(decode_tokens(pipe.tokenizer, tokens))
 
     def show(generator: str, class_name: str, position: int, layer: int) -> None:
         pipe = pipes[generator]
-        class_id = pipe.class_id(class_name)
-        tokens = drawn(generator, class_id)
+        reading, image = drawn(generator, pipe.class_id(class_name))
         layer = min(layer, pipe.gpt.config.n_layer - 1)
-        reading = read_condition(pipe, tokens, {"class_labels": [class_id]})
-        image = image_grid(decode_tokens(pipe.tokenizer, tokens))
         grid = pipe.gpt.config.grid_size
         display(position_reading_figure(image, reading.kl, grid, position, layer, reading.attention))
         print(f"{generator}, {class_name!r} at scale {cfg_scales[generator]:g}, seed {seed}")
