@@ -288,10 +288,17 @@ def test_the_study_arms_come_side_by_side_each_with_how_its_class_enters(client)
     KL is the library's reading of the image that arm draws."""
     from llamagen.analysis.reading import read_condition
 
-    names = [f"shapes-c2i-arm-{arm}" for arm in ("prefix", "adaln-zero", "cross-attention")]
+    arms = ("prefix", "prefix-4", "every-layer", "adaln-zero", "cross-attention")
+    names = [f"shapes-c2i-arm-{arm}" for arm in arms]
     _, table = client.predict(names, "red circle", "", 2.0, 3, api_name="/side_by_side")
     rows = table.splitlines()[2:]
-    entries = ["prefix, prefix of 1", "adaln_zero, prefix of 1", "cross_attention, prefix of 1"]
+    entries = [
+        "prefix, prefix of 1",
+        "prefix, prefix of 4",
+        "every_layer, prefix of 1",
+        "adaln_zero, prefix of 1",
+        "cross_attention, prefix of 1",
+    ]
     assert [row.split(" | ")[1] for row in rows] == entries
     for name, row in zip(names, rows, strict=True):
         pipe = load_pipeline(name)

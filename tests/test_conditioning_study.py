@@ -2,6 +2,8 @@
 and a study started again skips the runs it holds."""
 
 import csv
+import json
+import sys
 
 import pytest
 import torch
@@ -33,8 +35,11 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
     codes = extract_codes(shapes_vq, Shapes(seed=0, length=32), tmp_path / "codes.safetensors", 64, show_progress=False)
     out = tmp_path / "study.csv"
     settings = tiny_settings(arms=("prefix", "adaln-zero"))
-    rows = run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False)
+    command = "llamagen sweep conditioning --arms prefix adaln-zero"
+    rows = run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False, command=command)
     assert [(row["arm"], row["seed"]) for row in rows] == [("prefix", 0), ("adaln-zero", 0)]
+    # Each run records the study's command, which its model card gives to reproduce it.
+    assert json.loads((tmp_path / "runs" / "c2i-prefix-s0" / "config.json").read_text())["command"] == command
     written = list(csv.DictReader(out.open()))
     assert [row["arm"] for row in written] == ["prefix", "adaln-zero"]
     prefix, adaln = written
@@ -68,7 +73,8 @@ def test_captions_skip_the_class_only_arm_and_score_held_out_pairs(tmp_path, sha
     assert [row["arm"] for row in rows] == ["cross-attention"]
     row = rows[0]
     assert row["task"] == "t2i" and row["prefix_tokens"] == 1 and row["images_per_scale"] == 8
-    assert 0 <= row["held_out_pairs_at_best"] <= 1 and "classifier_accuracy" not in row
+    assert 0 <= row["held_out_pairs_at_best"] <= 1 and row["held_out_pair_images"] == 8
+    assert "classifier_accuracy" not in row
     assert 0 <= row["word_accuracy_shape"] <= 1 and 0 <= row["word_accuracy_colour"] <= 1
     # Decoupling: each changed word's effect and its leaks into the other attributes, beside the seeds' control.
     for word, other in (("shape", "colour"), ("colour", "shape")):
@@ -89,13 +95,16 @@ def test_the_command_line_sizes_every_arm_from_the_base_it_is_given(tmp_path, mo
 
     seen = {}
 
-    def record(settings, codes, tokenizer, out, work_dir, encoder=None, on_row=None):
-        seen["settings"] = settings
+    def record(settings, codes, tokenizer, out, work_dir, encoder=None, on_row=None, command=None):
+        seen["settings"], seen["command"] = settings, command
         return []
 
     monkeypatch.setattr(conditioning_study, "run_study", record)
-    main(["sweep", "conditioning", "--codes", "codes.safetensors", "--out", str(tmp_path / "study.csv"), "--base",
-          '{"n_layer": 4, "n_head": 4, "dim": 128}', "--steps", "1500"])  # fmt: skip
+    argv = ["sweep", "conditioning", "--codes", "codes.safetensors", "--out", str(tmp_path / "study.csv"), "--base",
+            '{"n_layer": 4, "n_head": 4, "dim": 128}', "--steps", "1500"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["llamagen", *argv])  # as the console script is called
+    main(argv)
     settings = seen["settings"]
     assert (settings.base["n_layer"], settings.base["dim"], settings.steps) == (4, 128, 1500)
     assert settings.arms == conditioning_study.StudySettings().arms  # the rest as the study's defaults
+    assert seen["command"].startswith("llamagen sweep conditioning --codes codes.safetensors")

@@ -25,8 +25,8 @@ def best_row(evaluation: dict) -> dict:
 
 def test_the_expected_generators_are_shipped():
     assert {"digits-c2i", "shapes-c2i"} <= set(CLASS_CONDITIONAL)
-    arms = ["prefix", "adaln-zero", "cross-attention"]
-    assert sorted(f"shapes-c2i-arm-{arm}" for arm in arms) == STUDY_ARMS
+    arms = ["prefix", "prefix-4", "every-layer", "adaln-zero", "cross-attention"]
+    assert sorted(f"shapes-c2i-arm-{arm}" for arm in arms) == sorted(STUDY_ARMS)
     assert "shapes-t2i" in TEXT_CONDITIONAL
 
 
@@ -119,11 +119,23 @@ PINNED = {
         17270,
         [0.696, 0.7048, 0.7048, 0.6935, 0.6789, 0.6601, 0.6153, 0.5573],
     ),
+    "shapes-c2i-arm-every-layer": (
+        {"class_labels": ["red circle"]},
+        [436, 499, 236, 340, 153, 28, 40, 398, 66, 9, 306, 100, 409, 48, 340, 397],
+        16778,
+        [0.7577, 0.7761, 0.7918, 0.7929, 0.7804, 0.7568, 0.7386, 0.7449],
+    ),
     "shapes-c2i-arm-prefix": (
         {"class_labels": ["red circle"]},
         [436, 499, 236, 221, 83, 83, 40, 398, 390, 9, 306, 459, 409, 48, 340, 397],
         17968,
         [0.779, 0.799, 0.8192, 0.8163, 0.8122, 0.7988, 0.7768, 0.7818],
+    ),
+    "shapes-c2i-arm-prefix-4": (
+        {"class_labels": ["red circle"]},
+        [436, 394, 236, 65, 496, 257, 28, 398, 390, 380, 317, 192, 246, 130, 423, 397],
+        17860,
+        [0.7263, 0.7545, 0.7853, 0.7846, 0.7714, 0.7628, 0.7442, 0.7543],
     ),
     "shapes-t2i": (
         {"prompts": ["a red star"]},

@@ -94,6 +94,21 @@ def test_wrong_conditions_and_collapse_are_caught(real_shapes):
     assert collapsed.recall < 0.05
 
 
+def test_real_features_are_reused_only_for_the_same_judge_weights():
+    """The real sets' features are computed once per judge's weights: a newly loaded judge reuses them, and a
+    judge whose weights changed gets its own."""
+    from llamagen.evaluation.generation import _embed, _real_features, _second_real_set
+
+    features = _real_features(load_judge("shapes-judge").eval(), "shapes", second_set_size=50)
+    judge = load_judge("shapes-judge").eval()
+    assert torch.equal(features, _embed(judge, _second_real_set("shapes", 50)[0]))
+    assert _real_features(judge, "shapes", second_set_size=50) is features
+    with torch.no_grad():
+        next(judge.parameters()).mul_(1.5)
+    changed = _real_features(judge, "shapes", second_set_size=50)
+    assert torch.equal(changed, _embed(judge, _second_real_set("shapes", 50)[0])) and not torch.equal(changed, features)
+
+
 def test_best_scale_takes_the_highest_accuracy_and_breaks_ties_by_the_lower_fid():
     """Accuracies equal to 4 decimals tie, and the lower FID wins. Checked by hand once: a version that compares
     unrounded accuracies picks 1.0, and one that prefers the higher FID picks 3.0."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llamagen.cli.common import add_device_options, check_writable, parse_config
+from llamagen.cli.common import add_device_options, check_writable, command_line, parse_config
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
@@ -129,7 +129,8 @@ def run_sweep_conditioning(args: argparse.Namespace) -> None:
     check_writable(Path(args.out), "--out")
     tokenizer = load_tokenizer(args.tokenizer, device=args.device)
     encoder = load_text_encoder(args.text_encoder, device=args.device) if args.text_encoder else None
-    rows = run_study(settings, args.codes, tokenizer, args.out, args.work_dir, encoder, on_row=_print_arm_row)
+    rows = run_study(settings, args.codes, tokenizer, args.out, args.work_dir, encoder, on_row=_print_arm_row,
+                     command=command_line())  # fmt: skip
     print(f"wrote       {args.out}: {len(rows)} runs")
 
 

@@ -14,6 +14,7 @@ real images.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -100,11 +101,11 @@ def score_images(
     accuracy = {name: float(hit.float().mean()) for name, hit in hits.items()}
     accuracy["class"] = float(torch.stack(list(hits.values())).all(dim=0).float().mean())
 
-    real = _embed(judge, _held_out_images(kind))
-    second, second_labels = _second_real_set(kind, len(images))
+    real = _real_features(judge, kind)
+    _, second_labels = _second_real_set(kind, len(images))
     precision, recall = precision_recall(real, fake)
     real_groups = class_ids_of(kind, second_labels)
-    second_features = _embed(judge, second)
+    second_features = _real_features(judge, kind, second_set_size=len(images))
     real_spread = within_group_spread(second_features, real_groups)
     return GenerationScores(
         accuracy=accuracy,
@@ -125,6 +126,23 @@ def score_images(
 def _embed(judge: Judge, images: torch.Tensor) -> torch.Tensor:
     device = next(judge.parameters()).device
     return torch.cat([judge.embed(images[i : i + 256].to(device)).float().cpu() for i in range(0, len(images), 256)])
+
+
+# The judges' features of the real sets, by the judge's weights and device, the kind and the set: a sweep or a
+# run of the card checks scores many generated sets against the same real ones, each with a newly loaded judge.
+_REAL_FEATURES: dict[tuple, torch.Tensor] = {}
+
+
+def _real_features(judge: Judge, kind: str, second_set_size: int | None = None) -> torch.Tensor:
+    """The judge's features of its held-out real images, or of the second real set of `second_set_size`."""
+    weights = hashlib.sha256()
+    for tensor in judge.state_dict().values():
+        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    key = (weights.hexdigest(), str(next(judge.parameters()).device), kind, second_set_size)
+    if key not in _REAL_FEATURES:
+        images = _held_out_images(kind) if second_set_size is None else _second_real_set(kind, second_set_size)[0]
+        _REAL_FEATURES[key] = _embed(judge, images)
+    return _REAL_FEATURES[key]
 
 
 @functools.lru_cache(maxsize=2)

@@ -7,7 +7,7 @@ parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 
 - judged accuracy at each guidance scale (1 is unguided), on as many images at every scale (`images_per_scale`)
   drawn from the same seeds; for captions, every stated attribute right, and the held-out shape-colour pairs at
-  the best scale;
+  the best scale (on `held_out_pair_images` captions);
 - FID in the judge's features against held-out real images at the best scale, beside the floor a second real
   set of as many images reaches, and precision and recall there;
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
@@ -92,9 +92,11 @@ def run_study(
     text_encoder=None,
     show_progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    command: str | None = None,
 ) -> list[dict]:
     """Train and score every (arm, seed) on `codes` (class labels or captions; `text_encoder` for captions),
-    decoded by `tokenizer`; rows are appended to `out` (CSV) after each run. Returns every row of `out`."""
+    decoded by `tokenizer`; rows are appended to `out` (CSV) after each run. Returns every row of `out`.
+    `command`, the study's command line, is recorded in each run's folder, for the card of a run exported."""
     out, work_dir = Path(out), Path(work_dir)
     dataset = CodesDataset(codes)
     task = dataset.info.conditioning
@@ -116,7 +118,7 @@ def run_study(
             )  # fmt: skip
             started = time.monotonic()
             outcome = train_gpt(config, training, CodesDataset(codes, seed=seed), run_dir, text_encoder,
-                                resume=run_dir.exists(), show_progress=show_progress)  # fmt: skip
+                                resume=run_dir.exists(), show_progress=show_progress, command=command)  # fmt: skip
             if not outcome.finished:
                 break  # stopped by a signal: the run resumes when the study starts again
             pipe = Pipeline(outcome.model, tokenizer, text_encoder, dataset.info.class_names)
@@ -171,6 +173,7 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
     else:
         held = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best)
         row["held_out_pairs_at_best"] = held["accuracy"]["all_stated"]
+        row["held_out_pair_images"] = held["images"]
         row.update(decoupling_at(pipe, sets["seen"], best))
     row.update(condition_use_on_real_images(pipe, settings.real_images))
     return row
