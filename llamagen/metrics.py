@@ -41,11 +41,10 @@ def psnr(reference, test, data_range: float) -> torch.Tensor:
     return 10 * torch.log10(data_range**2 / mse)
 
 
-def _gaussian_window(channels: int) -> torch.Tensor:
+def _gaussian_kernel() -> torch.Tensor:
     offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_WINDOW // 2
-    kernel_1d = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
-    kernel_1d /= kernel_1d.sum()
-    return torch.outer(kernel_1d, kernel_1d).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
+    kernel = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    return kernel / kernel.sum()
 
 
 def ssim(reference, test, data_range: float) -> torch.Tensor:
@@ -59,10 +58,14 @@ def ssim(reference, test, data_range: float) -> torch.Tensor:
     _check_pair(a, b)
     if min(a.shape[-2:]) < SSIM_WINDOW:
         return torch.full((a.shape[0],), math.nan, dtype=torch.float64)
-    window = _gaussian_window(a.shape[1])
+    channels, kernel = a.shape[1], _gaussian_kernel()
+    # The 2-D Gaussian is the outer product of two 1-D ones: blurring columns, then rows, costs 22 products a
+    # pixel instead of 121 (a depthwise float64 convolution has no fast CPU kernel).
+    down = kernel.view(1, 1, SSIM_WINDOW, 1).expand(channels, 1, SSIM_WINDOW, 1)
+    across = kernel.view(1, 1, 1, SSIM_WINDOW).expand(channels, 1, 1, SSIM_WINDOW)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, groups=a.shape[1])
+        return F.conv2d(F.conv2d(x, down, groups=channels), across, groups=channels)
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2

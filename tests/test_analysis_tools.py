@@ -12,7 +12,7 @@ from PIL import Image
 from llamagen.analysis.captions import leave_out_attributes
 from llamagen.analysis.codebook import (
     code_counts,
-    code_patch,
+    code_patches,
     codebook_vectors,
     nearest_codes,
     nearest_neighbours,
@@ -44,6 +44,17 @@ def test_code_counts_are_the_tokenizers_codes():
     assert counts.sum() == 3 * 16 + 3 * 2  # 4x4 tokens each, and 3x2 for the padded 10x7 image
     expected = torch.bincount(tokenizer.tokenize(pil_to_tensor(images[0])).flatten(), minlength=64)
     assert torch.equal(code_counts(tokenizer, images[:1]), expected)
+
+
+def test_a_large_image_is_counted_tile_by_tile(monkeypatch):
+    import llamagen.analysis.codebook as codebook
+
+    monkeypatch.setattr(codebook, "COUNT_TILE", 16)
+    tokenizer = small_tokenizer()
+    large = random_image(36, 16)  # 36 wide: tiles 16, 16 and 4 pixels wide
+    tiles = [large.crop((left, 0, min(left + 16, 36), 16)) for left in (0, 16, 32)]
+    expected = sum(torch.bincount(tokenizer.tokenize(pil_to_tensor(tile)).flatten(), minlength=64) for tile in tiles)
+    assert torch.equal(code_counts(tokenizer, [large]), expected) and int(expected.sum()) == 16 + 16 + 4
 
 
 def test_nearest_codes_are_sorted_by_distance_and_exclude_the_code():
@@ -90,7 +101,12 @@ def test_token_surgery_changes_the_decoded_image_and_a_no_op_edit_does_not():
     assert not torch.equal(edited, unchanged)
     with pytest.raises(ValueError, match="outside the 4x4 grid"):
         replace_code(tokenizer, codes, 4, 0, other)
-    assert code_patch(tokenizer, other).shape == (3, 12, 12)  # 3x3 tiles of a downsample-4 tokenizer
+    patches = code_patches(tokenizer, [other, int(codes[1, 2])])
+    assert patches.shape == (2, 3, 12, 12)  # 3x3 tiles of a downsample-4 tokenizer
+    alone = tokenizer.detokenize(torch.full((1, 3, 3), other)).clamp(-1, 1)
+    torch.testing.assert_close(patches[0], alone[0])  # batched, each code is decoded as if alone
+    with pytest.raises(ValueError, match="outside the codebook"):
+        code_patches(tokenizer, [other, 64])
 
 
 def test_a_blend_at_the_ends_is_the_class_itself():

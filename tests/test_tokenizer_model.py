@@ -33,6 +33,19 @@ def test_presets_have_the_published_downsample_factors():
     assert vq_preset("VQ-8-small").downsample_factor == 8
 
 
+def test_a_batch_run_in_parts_on_the_cpu_matches_each_image_alone(monkeypatch):
+    import llamagen.tokenizer.model as tokenizer_model
+
+    monkeypatch.setattr(tokenizer_model, "CPU_PIXELS_AT_A_TIME", 3 * 16 * 16)  # parts of 3 images: 3, 3 and 1
+    model = tiny()
+    images = random_images(7, 16, 16)
+    assert [len(part) for part in model._parts(images)] == [3, 3, 1]
+    codes = model.tokenize(images)
+    assert torch.equal(codes, torch.cat([model.tokenize(image[None]) for image in images]))
+    assert [len(part) for part in model._parts(codes)] == [3, 3, 1]  # codes are counted in the pixels they draw
+    torch.testing.assert_close(model.detokenize(codes), torch.cat([model.detokenize(c[None]) for c in codes]))
+
+
 @pytest.mark.parametrize(("height", "width"), [(32, 32), (24, 40), (4, 8)])
 def test_tokenize_and_detokenize_any_multiple_of_the_factor(height, width):
     model = tiny()

@@ -10,7 +10,7 @@ import functools
 
 import gradio as gr
 
-from llamagen.analysis.codebook import code_counts, code_patch, codebook_vectors, nearest_codes, project_2d
+from llamagen.analysis.codebook import code_counts, code_patches, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
 from llamagen.apps.common import IMAGE_FORMAT, SHARED_QUEUE, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
@@ -22,8 +22,8 @@ NEIGHBOURS = 8
 PATCH_PIXELS = 96
 
 
-def _patch(tokenizer, code: int):
-    return tensor_to_pil(code_patch(tokenizer, code)[None])[0].resize((PATCH_PIXELS, PATCH_PIXELS), 0)
+def _patches(tokenizer, codes: list[int]):
+    return [patch.resize((PATCH_PIXELS, PATCH_PIXELS), 0) for patch in tensor_to_pil(code_patches(tokenizer, codes))]
 
 
 @shown_errors
@@ -45,12 +45,9 @@ def codebook_map(registry: ModelRegistry, tokenizer_name, images_name, code):
         f"perplexity {perplexity:.1f}. Code {code} is used {int(counts[code])} times; its nearest codes: "
         + ", ".join(map(str, neighbours))
     )
-    return (
-        codebook_figure(points, counts, code),
-        _patch(tokenizer, code),
-        [(_patch(tokenizer, n), f"code {n}") for n in neighbours],
-        summary,
-    )
+    chosen, *near = _patches(tokenizer, [code, *neighbours])
+    labelled = [(patch, f"code {n}") for patch, n in zip(near, neighbours, strict=True)]
+    return codebook_figure(points, counts, code), chosen, labelled, summary
 
 
 def build(registry: ModelRegistry) -> None:

@@ -13,10 +13,11 @@ from llamagen.tokenizer.quantizer import QuantizerOutput, VectorQuantizer
 
 # Pixel values a tokenizer accepts; a little slack absorbs rounding in the caller's scaling.
 _PIXEL_RANGE_TOLERANCE = 1e-3
-# Images a CPU encodes or decodes at a time: a few images' activations stay in its caches, where a large batch's
-# go to memory and back at every layer (1,000 64x64 shapes decode in 13 s in sixteens, 26 s at once, on two
-# cores). Each image is computed on its own either way, so the results are the same.
-CPU_IMAGES_AT_A_TIME = 16
+# Pixels a CPU encodes or decodes at a time: a few images' activations stay in its caches, where a large batch's
+# go to memory and back at every layer (1,000 64x64 shapes decode in 13 s sixteen at a time, 26 s at once, on
+# two cores), while parts of a few tiny images spend their time calling each layer rather than computing. Each
+# image is computed on its own either way, so the results are the same.
+CPU_PIXELS_AT_A_TIME = 16 * 64 * 64
 
 
 @dataclass
@@ -100,10 +101,13 @@ class VQModel(nn.Module):
         )
 
     def _parts(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The batch in the pieces it is run in: `CPU_IMAGES_AT_A_TIME` images on a CPU, all at once elsewhere."""
-        if self.device.type != "cpu" or len(batch) <= CPU_IMAGES_AT_A_TIME:
+        """The batch (images or codes) in the pieces it is run in: about `CPU_PIXELS_AT_A_TIME` pixels on a CPU,
+        all at once elsewhere."""
+        pixels = batch.shape[-2] * batch.shape[-1] * (1 if batch.dim() == 4 else self.downsample_factor**2)
+        images_at_a_time = max(1, CPU_PIXELS_AT_A_TIME // pixels)
+        if self.device.type != "cpu" or len(batch) <= images_at_a_time:
             return (batch,)
-        return batch.split(CPU_IMAGES_AT_A_TIME)
+        return batch.split(images_at_a_time)
 
     def codebook_usage(self) -> float:
         return self.quantize.usage()
