@@ -25,6 +25,7 @@ from llamagen.generation import generate
 from llamagen.gpt import GPT
 from llamagen.gpt.sampling import check_sampling_options
 from llamagen.images import tensor_to_pil
+from llamagen.sampling_settings import ORIGINAL, SamplingSettings, recommended_sampling
 from llamagen.tokenizer import VQModel
 
 IMAGENET_CLASSES = 1000
@@ -66,9 +67,17 @@ class PipelineOutput:
 
 
 class Pipeline:
-    """A generator, its tokenizer and (for text-to-image) its text encoder, with the generator's class names."""
+    """A generator, its tokenizer and (for text-to-image) its text encoder, with the generator's class names and
+    the sampling settings it is used with unless told otherwise (default: the original's for its type)."""
 
-    def __init__(self, gpt: GPT, tokenizer: VQModel, text_encoder=None, class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        gpt: GPT,
+        tokenizer: VQModel,
+        text_encoder=None,
+        class_names: Sequence[str] | None = None,
+        sampling: SamplingSettings | None = None,
+    ):
         check_compatible(tokenizer, gpt)
         if gpt.config.model_type == "t2i" and text_encoder is None:
             raise ValueError("a text-conditional generator needs its text encoder (text_encoder=...)")
@@ -86,6 +95,7 @@ class Pipeline:
             raise ValueError(f"{len(class_names)} class names for a generator of {gpt.config.num_classes} classes")
         self.gpt, self.tokenizer, self.text_encoder = gpt, tokenizer, text_encoder
         self.class_names = list(class_names) if class_names else None
+        self.sampling = sampling or ORIGINAL[gpt.config.model_type].fitted_to(gpt.config.vocab_size)
 
     @property
     def model_type(self) -> str:
@@ -150,17 +160,18 @@ class Pipeline:
         self,
         class_labels: int | str | Sequence[int | str] | None = None,
         prompts: str | Sequence[str] | None = None,
-        cfg_scale: float = 4.0,
-        cfg_interval: int = -1,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
+        cfg_scale: float | None = None,
+        cfg_interval: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
         seed: int = 0,
         num_images_per_condition: int = 1,
         progress: Callable[[int, int], None] | None = None,
         compile: bool = False,
     ) -> PipelineOutput:
-        """Images for each class label or prompt; the same seed gives the same images.
+        """Images for each class label or prompt; the same seed gives the same images. A sampling option left
+        at None takes the pipeline's `sampling` value (its card's recommendation, or the original's default).
 
         Args:
             class_labels: for a class-conditional generator: class ids or names, e.g. `["3", 7]`, or one of them;
@@ -182,7 +193,10 @@ class Pipeline:
         Returns a `PipelineOutput`: `images` (PIL), `tokens` (N, block_size), `conditions` (each image's label or
         prompt), `pixels` (N, 3, H, W) in [-1, 1] and `notes`.
         """
-        check_sampling_options(self.gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
+        options = self.sampling.filled(cfg_scale=cfg_scale, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p,
+                                       temperature=temperature)  # fmt: skip
+        check_sampling_options(self.gpt.config.vocab_size, options["cfg_scale"], options["temperature"],
+                               options["top_k"], options["top_p"])  # fmt: skip
         check_seed(seed)
         if num_images_per_condition < 1:
             raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
@@ -191,9 +205,8 @@ class Pipeline:
         if cond_mask is not None:
             cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
         generator = torch.Generator(self.device).manual_seed(seed)
-        tokens = generate(self.gpt, cond, cond_mask, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
-                          temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-                          progress=progress, compile=compile)  # fmt: skip
+        tokens = generate(self.gpt, cond, cond_mask, **options, generator=generator, progress=progress,
+                          compile=compile)  # fmt: skip
         pixels = decode_tokens(self.tokenizer, tokens).float().cpu()
         return PipelineOutput(
             images=tensor_to_pil(pixels),
@@ -243,7 +256,9 @@ def load_pipeline(
 
     An embedded generator (or one trained here) names its tokenizer and text encoder; published
     checkpoints need `tokenizer=` (and `gpt_config=`/`tokenizer_config=` where their shapes do not say
-    everything). A published class-conditional model of 1,000 classes gets the ImageNet class names.
+    everything). The pipeline samples with the settings of the card beside the weights, or the original's
+    defaults where there is none (`llamagen.sampling_settings`). A published class-conditional model of
+    1,000 classes gets the ImageNet class names.
     """
     from llamagen.gpt.loading import load_gpt
     from llamagen.tokenizer.loading import load_tokenizer
@@ -265,4 +280,5 @@ def load_pipeline(
     class_names = metadata.get("class_names")
     if class_names is None and model.config.model_type == "c2i" and model.config.num_classes == IMAGENET_CLASSES:
         class_names = imagenet_class_names()
-    return Pipeline(model, vq, encoder, class_names)
+    sampling = recommended_sampling(resolve_source(gpt), model.config.model_type, model.config.vocab_size)
+    return Pipeline(model, vq, encoder, class_names, sampling)

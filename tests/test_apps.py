@@ -16,6 +16,7 @@ from llamagen import save
 from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.pictures import labelled_rows
 from llamagen.apps.conditioning_tab import CAPTION_ROLES, GENERATED, HELD_OUT
+from llamagen.checkpoints import embedded_card
 from llamagen.metrics import code_perplexity
 from llamagen.pipeline import decode_tokens, image_grid, load_pipeline
 from llamagen.tokenizer.reconstruction import reconstruct
@@ -95,11 +96,32 @@ def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
     assert gallery[0]["caption"] == "a red star"
     with pytest.raises(Exception, match="the prompt is empty"):
         generate_call(client, seed=0, classes=(), model="tiny-t2i", prompt="   ")
-    classes, prompt = client.predict("tiny-t2i", api_name="/model_inputs")
+    classes, prompt, *_ = client.predict("tiny-t2i", api_name="/model_inputs")
     assert classes["visible"] is False and prompt["visible"] is True
     # Back to the class-conditional generator: the app checks this client's classes against its choices again.
-    classes, prompt = client.predict("digits-c2i", api_name="/model_inputs")
+    classes, prompt, *_ = client.predict("digits-c2i", api_name="/model_inputs")
     assert classes["visible"] is True and prompt["visible"] is False and len(classes["choices"]) == 10
+
+
+def _card_settings(name: str) -> list:
+    sampling = embedded_card(name)["sampling"]
+    return [sampling["cfg_scale"], -1, sampling["top_k"], sampling["top_p"], sampling["temperature"]]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected", "source"),
+    [
+        # Embedded generators: their cards' best guidance scale (shapes-c2i's judge: 95.4% right at 2, 82.1% at 4).
+        ("shapes-c2i", [2.0, -1, 0, 1.0, 1.0], "shapes-c2i's card"),
+        ("digits-c2i", _card_settings("digits-c2i"), "digits-c2i's card"),
+        # A file without a card: the original's sample_t2i.py (its top-k of 1000 keeps all 97 codes: 0).
+        ("tiny-t2i", [7.5, -1, 0, 1.0, 1.0], "the original's sample_t2i.py defaults"),
+    ],
+)
+def test_choosing_a_generator_sets_its_own_sampling_defaults_and_clears_the_results(client, model, expected, source):
+    _, _, *values, note, gallery, grids, sheet, timing = client.predict(model, api_name="/model_inputs")
+    assert values == expected and source in note
+    assert not gallery and not grids and sheet is None and not timing
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -127,3 +128,19 @@ def test_the_readme_command_for_the_published_b_model(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "grid.png").size == (256, 256)  # one 16x16-token image, no border
+
+
+def test_an_embedded_generator_samples_with_its_cards_settings_unless_told_otherwise(tmp_path, capsys):
+    from llamagen.checkpoints import embedded_card
+    from llamagen.pipeline import load_pipeline
+
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--gpt", "shapes-c2i", "--class", "red star", "--seed", "0", "--out", str(out)]) == 0
+    best = embedded_card("shapes-c2i")["sampling"]["cfg_scale"]
+    assert f"guidance {best:g}, top-k 0, top-p 1, temperature 1 (from shapes-c2i's card)" in capsys.readouterr().out
+    expected = load_pipeline("shapes-c2i")(class_labels=["red star"], cfg_scale=best, top_k=0, seed=0).grid()
+    assert (np.asarray(Image.open(out).convert("RGB")) == np.asarray(expected)).all()
+    assert main(["generate", "--gpt", "shapes-c2i", "--class", "red star", "--cfg-scale", "4", "--out", str(out)]) == 0
+    assert "guidance 4, top-k 0, top-p 1, temperature 1 (--cfg-scale as given; the rest from shapes-c2i's card)" in (
+        capsys.readouterr().out
+    )

@@ -91,3 +91,31 @@ def test_load_pipeline_from_files_reads_the_generators_metadata(tmp_path):
 def test_imagenet_models_get_the_imagenet_names():
     names = imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+
+
+def test_sampling_defaults_are_the_cards_beside_the_weights_or_else_the_originals(tmp_path):
+    import json
+
+    save(small_tokenizer(codebook_size=4096), tmp_path / "vq.safetensors")
+    save(small_gpt(vocab_size=4096), tmp_path / "gpt.safetensors", metadata={"tokenizer": str(tmp_path / "vq.safetensors")})
+    # No card: the original's sample_c2i.py (guidance 4, top-k 2000, temperature 1, top-p 1).
+    pipe = load_pipeline(tmp_path / "gpt.safetensors")
+    assert pipe.sampling.values() == {"cfg_scale": 4.0, "cfg_interval": -1, "top_k": 2000, "top_p": 1.0,
+                                      "temperature": 1.0}  # fmt: skip
+    card = tmp_path / "gpt.json"
+    card.write_text(json.dumps({"sampling": {"cfg_scale": 1.5, "top_k": 5, "temperature": 0.5, "measured": "a test"}}))
+    pipe = load_pipeline(tmp_path / "gpt.safetensors")
+    assert pipe.sampling.values() == {"cfg_scale": 1.5, "cfg_interval": -1, "top_k": 5, "top_p": 1.0, "temperature": 0.5}
+    assert "gpt's card" in pipe.sampling.describe()
+    # Options left out take the card's values; each one given replaces only itself.
+    by_default = pipe(class_labels=[0, 1, 2], seed=2, num_images_per_condition=4).tokens
+    spelled_out = pipe(class_labels=[0, 1, 2], seed=2, num_images_per_condition=4, cfg_scale=1.5, top_k=5,
+                       temperature=0.5, top_p=1.0, cfg_interval=-1).tokens  # fmt: skip
+    hotter = pipe(class_labels=[0, 1, 2], seed=2, num_images_per_condition=4, temperature=1.0).tokens
+    assert torch.equal(by_default, spelled_out) and not torch.equal(by_default, hotter)
+    card.write_text(json.dumps({"sampling": {"cfg": 2.0}}))
+    with pytest.raises(ValueError, match=r"gpt's card: unknown sampling settings \['cfg'\]"):
+        load_pipeline(tmp_path / "gpt.safetensors")
+    card.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read the model card"):
+        load_pipeline(tmp_path / "gpt.safetensors")

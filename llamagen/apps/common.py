@@ -26,6 +26,8 @@ MAX_UPLOAD_MEGAPIXELS = 1.0
 MAX_IMAGES_PER_REQUEST = 16
 MAX_CFG_SCALE = 20.0
 MAX_SEED = 2**63 - 1
+# What a prompt box holds at first: a click without typing generates something (an empty prompt is refused).
+EXAMPLE_PROMPT = "a large red star at the top left on a black background"
 # The listeners that run a model share one queue, so the concurrency limit holds for the whole app (Gradio
 # otherwise limits each listener separately); cheap ones (class lists, samples, clicks) never wait behind them.
 SHARED_QUEUE = {"concurrency_id": "models"}

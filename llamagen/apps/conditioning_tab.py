@@ -20,6 +20,7 @@ from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import condition_use_figure, labelled_rows, side_by_side_figure
 from llamagen.analysis.reading import read_condition
 from llamagen.apps.common import (
+    EXAMPLE_PROMPT,
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
     SHARED_QUEUE,
@@ -37,6 +38,7 @@ from llamagen.data.shapes import CLASS_NAMES as SHAPE_CLASS_NAMES
 from llamagen.evaluation.generation import class_ids_of
 from llamagen.evaluation.judges import held_out
 from llamagen.pipeline import Pipeline, decode_tokens, image_grid
+from llamagen.sampling_settings import ORIGINAL
 
 MAX_ROWS = 8
 CAPTION_ROLES = ("caption", "paraphrase", "one attribute less")
@@ -234,19 +236,29 @@ def same_kind(registry: ModelRegistry, model: str) -> list[str]:
     ]
 
 
+# The results on screen, emptied when the generator changes (they were another generator's): besides the
+# blends and the caption rows, which model_inputs empties as it shows or hides them.
+OTHER_RESULTS = 6
+
+
 @shown_errors
 def model_inputs(registry: ModelRegistry, model):
+    """For the chosen generator: its condition inputs, its recommended guidance in every guidance slider, the
+    generators that take its conditions, and empty results."""
     names = class_choices(registry, model)
     text = names is None
+    cfg_scale = registry.pipeline(model).sampling.cfg_scale
     return (
         _condition_inputs(names, "Class"),
         _condition_inputs(names, "Second class", 1),
         gr.Textbox(visible=text),
         gr.Row(visible=not text),
-        gr.Gallery(visible=not text),
+        gr.Gallery(None, visible=not text),
         gr.Row(visible=text),
-        gr.Image(visible=text),
+        gr.Image(None, visible=text),
         gr.CheckboxGroup(value=same_kind(registry, model)),
+        *[cfg_scale] * 4,
+        *[None] * OTHER_RESULTS,
     )
 
 
@@ -254,10 +266,12 @@ def build(registry: ModelRegistry) -> None:
     models = list(registry.generators)
     names = class_choices(registry, models[0]) if models else []
     text = names is None
+    # The guidance sliders start at the generator's recommended scale; choosing another sets its own.
+    cfg_scale = registry.pipeline(models[0]).sampling.cfg_scale if models else ORIGINAL["c2i"].cfg_scale
     with gr.Row():
         model = gr.Dropdown(models, value=models[0] if models else None, label="Generator")
         class_name = _condition_inputs(names, "Class")
-        prompt = gr.Textbox(label="Prompt", visible=text, placeholder="a small red star at the top left")
+        prompt = gr.Textbox(EXAMPLE_PROMPT, label="Prompt", visible=text)
         seed = gr.Number(0, precision=0, label="Seed")
 
     gr.Markdown("### Guidance scale\nOne row per scale; the same seed in every row.")
@@ -270,16 +284,16 @@ def build(registry: ModelRegistry) -> None:
     with gr.Row(visible=not text) as blend_row:
         second_class = _condition_inputs(names, "Second class", 1)
         steps = gr.Slider(2, 9, value=5, step=1, label="Blends")
-        blend_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
+        blend_cfg = gr.Slider(0, MAX_CFG_SCALE, value=cfg_scale, step=0.25, label="Guidance scale")
         run_blend = gr.Button("Blend the two classes' prefix embeddings", elem_id="blend-button")
     blend_gallery = gr.Gallery(label="Blends", format=IMAGE_FORMAT, columns=9, height=240, visible=not text,
                                elem_id="blend-gallery")  # fmt: skip
 
     with gr.Row(visible=text) as caption_row:
-        caption = gr.Textbox("a large red star at the top left on a black background", label="Caption")
+        caption = gr.Textbox(EXAMPLE_PROMPT, label="Caption")
         paraphrase = gr.Textbox("on a black background, a big red star in the top left corner", label="Paraphrase")
         removed = gr.Textbox("a large red star on a black background", label="Caption less one attribute")
-        caption_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
+        caption_cfg = gr.Slider(0, MAX_CFG_SCALE, value=cfg_scale, step=0.25, label="Guidance scale")
         run_captions = gr.Button("Compare the captions", elem_id="captions-button")
     caption_rows_image = picture("A row per prompt", height=None, visible=text, elem_id="caption-rows")
 
@@ -294,7 +308,7 @@ def build(registry: ModelRegistry) -> None:
     with gr.Row():
         source = gr.Radio([GENERATED, HELD_OUT], value=GENERATED, label="Image")
         index = gr.Number(0, precision=0, label="Held-out image (of the class)")
-        condition_cfg = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale")
+        condition_cfg = gr.Slider(0, MAX_CFG_SCALE, value=cfg_scale, step=0.25, label="Guidance scale")
         run_condition = gr.Button("Measure the condition's use", elem_id="condition-button")
     with gr.Row():
         condition_image = picture("Image (as its tokens show it)", height=240)
@@ -308,14 +322,16 @@ def build(registry: ModelRegistry) -> None:
     with gr.Row():
         compared = gr.CheckboxGroup(models, value=same_kind(registry, models[0]) if models else [],
                                     label="Generators", elem_id="side-by-side-models")  # fmt: skip
-        compared_cfg = gr.Slider(0, MAX_CFG_SCALE, value=2.0, step=0.25, label="Guidance scale")
+        compared_cfg = gr.Slider(0, MAX_CFG_SCALE, value=cfg_scale, step=0.25, label="Guidance scale")
         run_compared = gr.Button("Draw side by side", elem_id="side-by-side-button")
     compared_image = picture("Side by side", height=None, pixels=False, elem_id="side-by-side")
     compared_table = gr.Markdown(elem_id="side-by-side-table")
 
     model.change(functools.partial(model_inputs, registry), model,
                  [class_name, second_class, prompt, blend_row, blend_gallery, caption_row, caption_rows_image,
-                  compared],
+                  compared, blend_cfg, caption_cfg, condition_cfg, compared_cfg,
+                  guidance_rows_image, condition_image, condition_map, condition_summary, compared_image,
+                  compared_table],
                  api_visibility="private")  # fmt: skip
     run_guidance.click(functools.partial(guidance_rows, registry), [model, class_name, prompt, scales, count, seed],
                        guidance_rows_image, api_name="guidance_rows", **SHARED_QUEUE)  # fmt: skip

@@ -10,6 +10,7 @@ import gradio as gr
 
 from llamagen.analysis.pictures import code_map
 from llamagen.apps.common import (
+    EXAMPLE_PROMPT,
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
     MAX_IMAGES_PER_REQUEST,
@@ -24,6 +25,7 @@ from llamagen.apps.common import (
 )
 from llamagen.apps.models import ModelRegistry
 from llamagen.pipeline import Pipeline
+from llamagen.sampling_settings import ORIGINAL
 
 
 def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, top_k, top_p, temperature, seed) -> dict:
@@ -75,12 +77,30 @@ def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_int
     )
 
 
+def defaults_note(pipe: Pipeline) -> str:
+    return f"Sampling defaults: {pipe.sampling.describe()}."
+
+
 @shown_errors
 def model_inputs(registry: ModelRegistry, model):
-    """The class picker or the prompt box, whichever the chosen generator takes."""
+    """For the chosen generator: the class picker or the prompt box (whichever it takes), its sampling
+    defaults, and empty outputs (the previous generator's images are not its)."""
+    pipe = registry.pipeline(model)
     names = class_choices(registry, model)
-    return gr.Dropdown(choices=names or [], value=(names or [])[:1], visible=names is not None), gr.Textbox(
-        visible=names is None
+    sampling = pipe.sampling
+    return (
+        gr.Dropdown(choices=names or [], value=(names or [])[:1], visible=names is not None),
+        gr.Textbox(visible=names is None),
+        sampling.cfg_scale,
+        sampling.cfg_interval,
+        sampling.top_k,
+        sampling.top_p,
+        sampling.temperature,
+        defaults_note(pipe),
+        None,
+        None,
+        None,
+        "",
     )
 
 
@@ -90,17 +110,22 @@ def build(registry: ModelRegistry) -> None:
         with gr.Column(scale=1):
             model = gr.Dropdown(models, value=models[0] if models else None, label="Generator")
             names = class_choices(registry, models[0]) if models else []
+            # The first generator's own sampling settings; choosing another sets its own (model_inputs).
+            sampling = registry.pipeline(models[0]).sampling if models else ORIGINAL["c2i"]
             # Custom values pass to the pipeline, which checks them: API clients may name the classes of any
             # generator, whatever the page last showed.
             classes = gr.Dropdown(names or [], value=(names or [])[:1], multiselect=True, label="Classes",
                                   visible=names is not None, allow_custom_value=True)  # fmt: skip
-            prompt = gr.Textbox(label="Prompt", visible=names is None, placeholder="a small red star at the top left")
-            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=4.0, step=0.25, label="Guidance scale (1 = none)")
-            cfg_interval = gr.Number(-1, precision=0, label="Guidance interval (-1: every token)")
+            prompt = gr.Textbox(EXAMPLE_PROMPT, label="Prompt", visible=names is None)
+            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampling.cfg_scale, step=0.25, label="Guidance scale (1 = none)",
+                                  elem_id="generate-cfg-scale")  # fmt: skip
+            cfg_interval = gr.Number(sampling.cfg_interval, precision=0, label="Guidance interval (-1: every token)")
             with gr.Row():
-                top_k = gr.Number(0, precision=0, label="Top-k (0: all)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+                top_k = gr.Number(sampling.top_k, precision=0, label="Top-k (0: all)")
+                top_p = gr.Slider(0.05, 1.0, value=sampling.top_p, step=0.05, label="Top-p")
+            temperature = gr.Slider(0.0, 2.0, value=sampling.temperature, step=0.05, label="Temperature")
+            defaults = gr.Markdown(defaults_note(registry.pipeline(models[0])) if models else "",
+                                   elem_id="generate-defaults")  # fmt: skip
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed")
                 count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")
@@ -114,4 +139,6 @@ def build(registry: ModelRegistry) -> None:
     inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
     run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate",
               **SHARED_QUEUE)  # fmt: skip
-    model.change(functools.partial(model_inputs, registry), model, [classes, prompt], api_name="model_inputs")
+    model.change(functools.partial(model_inputs, registry), model,
+                 [classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, defaults, gallery, grids, sheet,
+                  timing], api_name="model_inputs")  # fmt: skip

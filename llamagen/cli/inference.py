@@ -76,6 +76,12 @@ def run_generate(args: argparse.Namespace) -> None:
         num_images_per_condition=args.images_per_class,
         compile=args.compile,
     )
+    used = pipe.sampling.filled(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, top_k=args.top_k,
+                                top_p=args.top_p, temperature=args.temperature)  # fmt: skip
+    given = ["--" + name.replace("_", "-") for name in used if getattr(args, name) is not None]
+    print(f"sampling    guidance {used['cfg_scale']:g}, top-k {used['top_k']}, top-p {used['top_p']:g}, temperature "
+          f"{used['temperature']:g}" + (f" ({', '.join(given)} as given; the rest " if given else " (")
+          + f"from {pipe.sampling.source})")  # fmt: skip
     conditions = len(output.conditions) // args.images_per_class
     grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
     write_atomically(out, lambda temporary: grid.save(temporary, format=format_of(out)))
@@ -130,11 +136,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
     gen.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
-    gen.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale: 1 none, 0 unconditional")
-    gen.add_argument("--cfg-interval", type=int, default=-1, help="guide tokens 0..N+1 only (-1: all)")
-    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0: all)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    # The sampling options default to the model's: its card's recommendation, or the original's defaults.
+    gen.add_argument("--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)")
+    gen.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
+    gen.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
     gen.add_argument(

@@ -128,14 +128,29 @@ def _shipped_name(kind: str, source: str | None, override: str | None) -> str:
     return name
 
 
+# What the guidance sweep of an exported generator holds fixed; with the best scale, the card's recommendation.
+SWEPT_WITH = {"top_k": 0, "top_p": 1.0, "temperature": 1.0}
+_SWEPT_WITH_TEXT = "top_k 0, top_p 1, temperature 1, seed 0"
+
+
+def recommended_sampling_entry(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The card's `"sampling"`: the best guidance scale of the evaluation, with the settings it held fixed."""
+    return {
+        "cfg_scale": evaluation["best_cfg_scale"],
+        **SWEPT_WITH,
+        "measured": f"guidance: the best of the judge's sweep (evaluation.by_cfg_scale); the rest as that sweep "
+        f"held them ({_SWEPT_WITH_TEXT})",
+    }
+
+
 def _class_conditional_evaluation(pipe, judge: str, cfg_scales, images_per_class: int) -> dict[str, Any]:
     from llamagen.analysis.guidance import best_scale, sweep_guidance
 
-    rows = sweep_guidance(pipe, judge, cfg_scales, images_per_class)
+    rows = sweep_guidance(pipe, judge, cfg_scales, images_per_class, **SWEPT_WITH)
     return {
         "judge": f"{judge}-judge",
         "images_per_class": images_per_class,
-        "sampling": "top_k 0, top_p 1, temperature 1, seed 0, every class in one batch",
+        "sampling": f"{_SWEPT_WITH_TEXT}, every class in one batch",
         "best_cfg_scale": best_scale(rows),
         "by_cfg_scale": rows,
     }
@@ -149,17 +164,18 @@ def _text_conditional_evaluation(pipe, cfg_scales, captions: int) -> dict[str, A
     sets = caption_sets(captions)
     rows = []
     for scale in cfg_scales:
-        scores = evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale)
+        scores = evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale, **SWEPT_WITH)
         accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
         rows.append({"cfg_scale": scale, **accuracy, "clip_score": scores.get("clip_score")})
     best = max(rows, key=lambda row: row["accuracy_all_stated"])["cfg_scale"]
     return {
         "judge": "shapes-judge",
         "captions": captions,
-        "sampling": "top_k 0, top_p 1, temperature 1, seed 0, one image per caption",
+        "sampling": f"{_SWEPT_WITH_TEXT}, one image per caption",
         "best_cfg_scale": best,
         "by_cfg_scale": rows,
-        "held_out_pairs_at_best_cfg_scale": evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best),
+        "held_out_pairs_at_best_cfg_scale": evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best,
+                                                                      **SWEPT_WITH),  # fmt: skip
     }
 
 
@@ -221,6 +237,7 @@ def export_generator(
         "class_names": metadata.get("class_names"),
         **_training_summary(metrics, use_ema),
         "evaluation": evaluation,
+        "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
             metadata.get("codes_command", ""),
             train_command,
