@@ -117,8 +117,8 @@ def build(registry: ModelRegistry) -> None:
             classes = gr.Dropdown(names or [], value=(names or [])[:1], multiselect=True, label="Classes",
                                   visible=names is not None, allow_custom_value=True)  # fmt: skip
             prompt = gr.Textbox(EXAMPLE_PROMPT, label="Prompt", visible=names is None)
-            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampling.cfg_scale, step=0.25, label="Guidance scale (1 = none)",
-                                  elem_id="generate-cfg-scale")  # fmt: skip
+            cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampling.cfg_scale, step=0.25,
+                                  label="Guidance scale (1 = none)", elem_id="generate-cfg-scale")  # fmt: skip
             cfg_interval = gr.Number(sampling.cfg_interval, precision=0, label="Guidance interval (-1: every token)")
             with gr.Row():
                 top_k = gr.Number(sampling.top_k, precision=0, label="Top-k (0: all)")

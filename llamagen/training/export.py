@@ -168,14 +168,14 @@ def _text_conditional_evaluation(pipe, cfg_scales, captions: int) -> dict[str, A
         accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
         rows.append({"cfg_scale": scale, **accuracy, "clip_score": scores.get("clip_score")})
     best = max(rows, key=lambda row: row["accuracy_all_stated"])["cfg_scale"]
+    held_out = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best, **SWEPT_WITH)
     return {
         "judge": "shapes-judge",
         "captions": captions,
         "sampling": f"{_SWEPT_WITH_TEXT}, one image per caption",
         "best_cfg_scale": best,
         "by_cfg_scale": rows,
-        "held_out_pairs_at_best_cfg_scale": evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best,
-                                                                      **SWEPT_WITH),  # fmt: skip
+        "held_out_pairs_at_best_cfg_scale": held_out,
     }
 
 
