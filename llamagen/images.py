@@ -23,36 +23,45 @@ DEFAULT_MAX_MEGAPIXELS = 4.0
 _WHITE = (255, 255, 255)
 
 
-def load_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
-    """An RGB image from a file, or a ValueError that says what is wrong with the file."""
+def load_image(
+    path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, name: str | None = None
+) -> Image.Image:
+    """An RGB image from a file, or a ValueError that says what is wrong with the file (calling it `name`;
+    default: its path in quotes)."""
     path = Path(path)
+    name = name or repr(str(path))
     if not path.is_file():
-        raise FileNotFoundError(f"no image file at {str(path)!r}")
+        raise FileNotFoundError(f"no image file at {name}")
     if path.stat().st_size == 0:
-        raise ValueError(f"{str(path)!r} is an empty file, not an image")
+        raise ValueError(f"{name} is an empty file, not an image")
     try:
         image = Image.open(path)
     except UnidentifiedImageError as error:
-        raise ValueError(f"{str(path)!r} is not an image that PIL can read") from error
+        raise ValueError(f"{name} is not an image that PIL can read") from error
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{str(path)!r} is far over the size limit of {max_megapixels:g} megapixels") from error
+        raise ValueError(f"{name} is far over the size limit of {megapixels(max_megapixels)}") from error
     with image:
-        check_image_size(image.width, image.height, max_megapixels, str(path))  # before decoding any pixel
+        check_image_size(image.width, image.height, max_megapixels, name)  # before decoding any pixel
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{str(path)!r} is truncated or corrupt: {error}") from error
+            raise ValueError(f"{name} is truncated or corrupt: {error}") from error
         return to_rgb(ImageOps.exif_transpose(image))
 
 
 def check_image_size(width: int, height: int, max_megapixels: float, name: str = "image") -> None:
     if width == 0 or height == 0:
         raise ValueError(f"{name} is empty ({width}x{height} pixels)")
-    megapixels = width * height / 1e6
-    if megapixels > max_megapixels:
+    limit = int(max_megapixels * 1e6)
+    if width * height > limit:
         raise ValueError(
-            f"{name} is {width}x{height} ({megapixels:.1f} megapixels); the limit is {max_megapixels:g} megapixels"
+            f"{name} is {width}x{height} = {width * height:,} pixels; the limit is {limit:,} pixels "
+            f"({megapixels(max_megapixels)})"
         )
+
+
+def megapixels(count: float) -> str:
+    return f"{count:g} megapixel{'s' * (count != 1)}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

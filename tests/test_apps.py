@@ -2,8 +2,12 @@
 eight generate calls at once. The app runs in this process with the embedded models and a tiny
 text-to-image generator that a models file adds."""
 
+import io
 import json
+import logging
 import re
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -189,10 +193,48 @@ def test_token_surgery_edits_one_cell(client):
         client.predict("shapes-vq", image, 0, 0, "code index", 512, api_name="/edit_token")
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height: what a decompression bomb shows before its pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's data starts at byte 16; its CRC covers bytes 12..28
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()[:2000]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"notes, not pixels", "the uploaded image is not an image that PIL can read"),
+        (truncated_png(), "the uploaded image is truncated or corrupt"),
+        (png_claiming(40_000, 40_000), "the uploaded image is far over the size limit of 1 megapixel"),
+        (png_claiming(2000, 1000), "the uploaded image is 2000x1000 = 2,000,000 pixels; the limit is 1,000,000"),
+    ],
+    ids=["not-an-image", "truncated", "bomb", "too-large"],
+)
+def test_a_broken_upload_gets_the_clis_message_one_log_line_and_no_internals(client, tmp_path, caplog, capfd,
+                                                                             content, message):  # fmt: skip
+    upload = tmp_path / "upload.png"
+    upload.write_bytes(content)
+    with caplog.at_level(logging.INFO, logger="llamagen.apps"), pytest.raises(Exception) as refused:
+        client.predict("shapes-vq", gradio_client.handle_file(str(upload)), api_name="/reconstruct")
+    shown = str(refused.value)
+    assert message in shown and str(tmp_path) not in shown and "gradio" not in shown.lower(), shown
+    assert [record.getMessage() for record in caplog.records] == [f"refused reconstruct_image: {shown}"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_reconstruct_refuses_huge_images_and_takes_odd_ones(client, tmp_path):
     huge = tmp_path / "huge.png"
     Image.new("RGB", (1500, 1000), (10, 200, 30)).save(huge)
-    with pytest.raises(Exception, match=r"1500x1000 \(1.5 megapixels\); the limit is 1 megapixels"):
+    with pytest.raises(Exception, match=r"1500x1000 = 1,500,000 pixels; the limit is 1,000,000 pixels \(1 megapixel\)"):
         client.predict("photo-vq", gradio_client.handle_file(str(huge)), api_name="/reconstruct")
     with pytest.raises(Exception, match="no image: upload one or pick a sample"):
         client.predict("photo-vq", None, api_name="/reconstruct")

@@ -7,18 +7,21 @@ page's sliders already bound it: a client can send anything.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import gradio as gr
 from PIL import Image
 
-from llamagen.images import check_image_size, to_rgb
+from llamagen.images import check_image_size, load_image, to_rgb
 
 if TYPE_CHECKING:
     from llamagen.apps.models import ModelRegistry
     from llamagen.pipeline import Pipeline
 
+LOG = logging.getLogger("llamagen.apps")
+UPLOAD_NAME = "the uploaded image"
 # Pixels matter in every image the apps show: PNG, never Gradio's default lossy WebP.
 IMAGE_FORMAT = "png"
 # An uploaded image is tokenized whole; on a CPU a larger one takes too long for a page to wait on.
@@ -34,14 +37,16 @@ SHARED_QUEUE = {"concurrency_id": "models"}
 
 
 def shown_errors(handler):
-    """Report a bad request as a message in the page (gr.Error) instead of a stack trace."""
+    """Report a bad request as a message in the page (gr.Error) and one line in the server's log, instead of
+    a stack trace in both."""
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
         except (ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error)) from error
+            LOG.info("refused %s: %s", handler.__name__, error)
+            raise gr.Error(str(error), print_exception=False) from error
 
     return wrapped
 
@@ -74,18 +79,41 @@ def checked_cfg_scale(cfg_scale) -> float:
     return number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
 
 
-def uploaded_image(image: Image.Image | None) -> Image.Image:
-    """An uploaded image as RGB, refused when missing or too large to tokenize at interactive speed."""
+class UploadedImage(gr.Image):
+    """An image input that hands the handler the file as uploaded, unopened (`type="filepath"`).
+
+    Gradio's own image input opens every upload before the handler runs, so a file that is not an image, or a
+    decompression bomb, fails inside Gradio with its internal message and the server's paths. Read by
+    `uploaded_image` instead, such a file gets the same messages as the command line."""
+
+    is_template = True  # drawn by Gradio's image component in the page
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, type="filepath", **kwargs)
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None:  # nothing, or an inline (base64) image: Gradio decodes it
+            return super().preprocess(payload)
+        return payload.path
+
+
+def uploaded_image(image: str | Image.Image | None) -> Image.Image:
+    """An uploaded image (the file `UploadedImage` passes on) as RGB; refused when missing, unreadable, or too
+    large to tokenize at interactive speed, with a message that names no path."""
     if image is None:
         raise ValueError("no image: upload one or pick a sample")
-    check_image_size(image.width, image.height, MAX_UPLOAD_MEGAPIXELS, "the uploaded image")
-    return to_rgb(image)
+    if isinstance(image, Image.Image):
+        check_image_size(image.width, image.height, MAX_UPLOAD_MEGAPIXELS, UPLOAD_NAME)
+        return to_rgb(image)
+    return load_image(image, MAX_UPLOAD_MEGAPIXELS, name=UPLOAD_NAME)
 
 
-def picture(label: str, height: int | None = 300, pixels: bool = True, **options) -> gr.Image:
+def picture(label: str, height: int | None = 300, pixels: bool = True, upload: bool = False, **options) -> gr.Image:
     """An image as the apps show them: PIL in, PNG out; `pixels`: a small image, enlarged with sharp pixels (not
-    for figures, which are drawn at full size)."""
+    for figures, which are drawn at full size); `upload`: an input whose uploads `uploaded_image` reads."""
     classes = ["pixelated"] if pixels else []
+    if upload:
+        return UploadedImage(label=label, format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
     return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
 
 

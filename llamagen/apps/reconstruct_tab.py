@@ -99,7 +99,7 @@ def build(registry: ModelRegistry) -> None:
         sample = gr.Dropdown(SAMPLES, value=None, label="Or pick a bundled sample")
         run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
     with gr.Row():
-        original = picture("Image (upload)", elem_id="reconstruct-input")
+        original = picture("Image (upload)", upload=True, elem_id="reconstruct-input")
         reconstruction = picture("Reconstruction", elem_id="reconstruction")
         errors = picture("Error (black: exact; bright: 64+ levels off)")
     numbers = gr.Markdown(elem_id="reconstruct-numbers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from llamagen.cli.common import add_device_options, check_output_path, format_of, parse_config
@@ -177,6 +178,11 @@ def run_demo(args: argparse.Namespace) -> None:
     from llamagen.apps import launch
     from llamagen.apps.models import ModelRegistry
 
+    # One line per refused request (the apps' log), none of the libraries' chatter.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("llamagen.apps").addHandler(handler)
+    logging.getLogger("llamagen.apps").setLevel(logging.INFO)
     registry = ModelRegistry.embedded()
     if args.models:
         registry.add_from_file(args.models)

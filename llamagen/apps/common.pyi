@@ -1,0 +1,136 @@
+"""What every tab shares: turning library errors into messages in the page, and checks on inputs.
+
+Requests arrive from the page and from API clients alike, so every value is checked here even where the
+page's sliders already bound it: a client can send anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import gradio as gr
+from PIL import Image
+
+from llamagen.images import check_image_size, load_image, to_rgb
+
+if TYPE_CHECKING:
+    from llamagen.apps.models import ModelRegistry
+    from llamagen.pipeline import Pipeline
+
+LOG = logging.getLogger("llamagen.apps")
+UPLOAD_NAME = "the uploaded image"
+# Pixels matter in every image the apps show: PNG, never Gradio's default lossy WebP.
+IMAGE_FORMAT = "png"
+# An uploaded image is tokenized whole; on a CPU a larger one takes too long for a page to wait on.
+MAX_UPLOAD_MEGAPIXELS = 1.0
+MAX_IMAGES_PER_REQUEST = 16
+MAX_CFG_SCALE = 20.0
+MAX_SEED = 2**63 - 1
+# What a prompt box holds at first: a click without typing generates something (an empty prompt is refused).
+EXAMPLE_PROMPT = "a large red star at the top left on a black background"
+# The listeners that run a model share one queue, so the concurrency limit holds for the whole app (Gradio
+# otherwise limits each listener separately); cheap ones (class lists, samples, clicks) never wait behind them.
+SHARED_QUEUE = {"concurrency_id": "models"}
+
+def shown_errors(handler):
+    """Report a bad request as a message in the page (gr.Error) and one line in the server's log, instead of
+    a stack trace in both."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            LOG.info("refused %s: %s", handler.__name__, error)
+            raise gr.Error(str(error), print_exception=False) from error
+
+    return wrapped
+
+def number_in_range(name: str, value, low: float, high: float, integer: bool = False) -> float | int:
+    """A finite number in [low, high] (an integer when asked), or a ValueError that names the input."""
+    try:
+        # Whole numbers stay exact (a float holds only 53 bits: large seeds would collapse together).
+        number = (
+            int(value)
+            if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+            else float(value)
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a number, got {value!r}") from error
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+def checked_seed(seed) -> int:
+    return number_in_range("seed", seed, 0, MAX_SEED, integer=True)
+
+def checked_cfg_scale(cfg_scale) -> float:
+    return number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
+
+from gradio.events import Dependency
+
+class UploadedImage(gr.Image):
+    """An image input that hands the handler the file as uploaded, unopened (`type="filepath"`).
+
+    Gradio's own image input opens every upload before the handler runs, so a file that is not an image, or a
+    decompression bomb, fails inside Gradio with its internal message and the server's paths. Read by
+    `uploaded_image` instead, such a file gets the same messages as the command line."""
+
+    is_template = True  # drawn by Gradio's image component in the page
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, type="filepath", **kwargs)
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None:  # nothing, or an inline (base64) image: Gradio decodes it
+            return super().preprocess(payload)
+        return payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+def uploaded_image(image: str | Image.Image | None) -> Image.Image:
+    """An uploaded image (the file `UploadedImage` passes on) as RGB; refused when missing, unreadable, or too
+    large to tokenize at interactive speed, with a message that names no path."""
+    if image is None:
+        raise ValueError("no image: upload one or pick a sample")
+    if isinstance(image, Image.Image):
+        check_image_size(image.width, image.height, MAX_UPLOAD_MEGAPIXELS, UPLOAD_NAME)
+        return to_rgb(image)
+    return load_image(image, MAX_UPLOAD_MEGAPIXELS, name=UPLOAD_NAME)
+
+def picture(label: str, height: int | None = 300, pixels: bool = True, upload: bool = False, **options) -> gr.Image:
+    """An image as the apps show them: PIL in, PNG out; `pixels`: a small image, enlarged with sharp pixels (not
+    for figures, which are drawn at full size); `upload`: an input whose uploads `uploaded_image` reads."""
+    classes = ["pixelated"] if pixels else []
+    if upload:
+        return UploadedImage(label=label, format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
+    return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
+
+def condition_of(pipe: Pipeline, classes, prompt) -> dict:
+    """class_labels= or prompts= for the pipeline, from the class picker or the prompt box."""
+    if pipe.model_type == "t2i":
+        if not prompt or not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image to generate")
+        return {"prompts": [prompt]}
+    labels = [classes] if isinstance(classes, str | int) else list(classes or [])
+    if not labels:
+        raise ValueError("pick at least one class")
+    return {"class_labels": [pipe.class_id(label) for label in labels]}  # unknown classes refused here
+
+def class_choices(registry: ModelRegistry, model) -> list[str] | None:
+    """The generator's class names (ids where it has none), or None for a text-conditional generator."""
+    pipe = registry.pipeline(model)
+    if pipe.model_type == "t2i":
+        return None
+    return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
