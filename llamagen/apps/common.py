@@ -79,26 +79,26 @@ def checked_cfg_scale(cfg_scale) -> float:
     return number_in_range("guidance scale", cfg_scale, 0.0, MAX_CFG_SCALE)
 
 
-class UploadedImage(gr.Image):
-    """An image input that hands the handler the file as uploaded, unopened (`type="filepath"`).
+def unopened_uploads(image: gr.Image) -> gr.Image:
+    """`image` (an input of `type="filepath"`), made to hand the handler the file as uploaded, unopened.
 
-    Gradio's own image input opens every upload before the handler runs, so a file that is not an image, or a
+    Gradio's image input opens every upload before the handler runs, so a file that is not an image, or a
     decompression bomb, fails inside Gradio with its internal message and the server's paths. Read by
-    `uploaded_image` instead, such a file gets the same messages as the command line."""
+    `uploaded_image` instead, such a file gets the same messages as the command line. (An attribute of the
+    one input, not a subclass: Gradio writes a stub file beside every module that subclasses a component.)"""
+    gradios_own = image.preprocess
 
-    is_template = True  # drawn by Gradio's image component in the page
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, type="filepath", **kwargs)
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None or payload.path is None:  # nothing, or an inline (base64) image: Gradio decodes it
-            return super().preprocess(payload)
+            return gradios_own(payload)
         return payload.path
+
+    image.preprocess = preprocess
+    return image
 
 
 def uploaded_image(image: str | Image.Image | None) -> Image.Image:
-    """An uploaded image (the file `UploadedImage` passes on) as RGB; refused when missing, unreadable, or too
+    """An uploaded image (the file `unopened_uploads` passes on) as RGB; refused when missing, unreadable, or too
     large to tokenize at interactive speed, with a message that names no path."""
     if image is None:
         raise ValueError("no image: upload one or pick a sample")
@@ -113,7 +113,9 @@ def picture(label: str, height: int | None = 300, pixels: bool = True, upload: b
     for figures, which are drawn at full size); `upload`: an input whose uploads `uploaded_image` reads."""
     classes = ["pixelated"] if pixels else []
     if upload:
-        return UploadedImage(label=label, format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
+        image = gr.Image(label=label, type="filepath", format=IMAGE_FORMAT, height=height, elem_classes=classes,
+                         **options)  # fmt: skip
+        return unopened_uploads(image)
     return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
 
 
