@@ -161,36 +161,62 @@ def test_eight_concurrent_generate_calls_all_complete_correctly(client):
 
 def test_reconstruct_reports_the_librarys_numbers(client, tmp_path):
     sample = client.predict("shapes 1", api_name="/sample")
-    original, reconstruction, errors, codes, numbers = client.predict(
+    reconstruction, errors, codes, numbers = client.predict(
         "shapes-vq", gradio_client.handle_file(sample), api_name="/reconstruct"
     )
     from llamagen.tokenizer.loading import load_tokenizer
 
     expected = reconstruct(load_tokenizer("shapes-vq", device="cpu"), Image.open(sample).convert("RGB"))
-    assert np.array_equal(png(original), np.asarray(expected.original))
     assert np.array_equal(png(reconstruction), np.asarray(expected.reconstruction))
     assert f"{expected.psnr:.2f} dB" in numbers and f"{expected.ssim:.4f}" in numbers
     assert "8x8 = 64" in numbers and f"{expected.distinct_codes} (" in numbers
     assert png(errors).shape == (64, 64, 3) and png(codes).shape == (256, 256, 3)  # 8 cells of 32 pixels
 
 
-def test_token_surgery_edits_one_cell(client):
+MAGENTA = (255, 0, 255)
+
+
+def test_token_surgery_edits_one_cell_and_frames_it(client):
     sample = client.predict("shapes 1", api_name="/sample")
     image = gradio_client.handle_file(sample)
-    _, reconstruction, _, _, _ = client.predict("shapes-vq", image, api_name="/reconstruct")
-    edited, note = client.predict("shapes-vq", image, 2, 5, "nearest neighbour", 1, api_name="/edit_token")
+    reconstruction, *_ = client.predict("shapes-vq", image, api_name="/reconstruct")
+    edited, changed, note = client.predict("shapes-vq", image, 2, 5, "nearest neighbour", 1, api_name="/edit_token")
     old, new = map(int, re.search(r"code (\d+) -> (\d+)", note).groups())
     assert "cell (row 2, column 5), pixels 40..47 across and 16..23 down" in note and old != new
-    difference = np.abs(png(edited).astype(int) - png(reconstruction).astype(int)).sum(-1)
-    assert difference.any()
-    inside = difference[16:24, 40:48].mean()
-    assert inside > difference[:, :24].mean()  # the edit shows most where the cell is
-    same, note = client.predict("shapes-vq", image, 2, 5, "code index", old, api_name="/edit_token")
-    assert np.array_equal(png(same), png(reconstruction)) and f"code {old} -> {old}" in note
+    # Shown 4x (64 -> 256 pixels, nearest neighbour): the cell, pixels 40..47 x 16..23, is 160..191 x 64..95,
+    # framed by two magenta pixels on each side, outside it.
+    edited, changed, before = png(edited), png(changed), png(reconstruction).repeat(4, 0).repeat(4, 1)
+    assert edited.shape == changed.shape == (256, 256, 3)
+    for picture in (edited, changed):
+        assert (picture[62:98, 158:160] == MAGENTA).all() and (picture[62:98, 192:194] == MAGENTA).all()
+        assert (picture[62:64, 158:194] == MAGENTA).all() and (picture[96:98, 158:194] == MAGENTA).all()
+    frame = np.zeros((256, 256), bool)
+    frame[62:98, 158:194], frame[64:96, 160:192] = True, False
+    difference = np.abs(edited.astype(int) - before.astype(int)).sum(-1)
+    assert difference[~frame].any() and (changed[~frame].sum(-1) > 0).any()
+    assert difference[64:96, 160:192].mean() > difference[:, :96].mean()  # the edit shows most where the cell is
+    same, unchanged, note = client.predict("shapes-vq", image, 2, 5, "code index", old, api_name="/edit_token")
+    assert np.array_equal(png(same)[~frame], before[~frame]) and f"code {old} -> {old}" in note
+    assert (png(unchanged)[~frame] <= 4).all()  # black (inferno at 0 is 0, 0, 4): nothing changed
     with pytest.raises(Exception, match="row must be between 0 and 7"):
         client.predict("shapes-vq", image, 8, 0, "code index", 3, api_name="/edit_token")
     with pytest.raises(Exception, match="code must be between 0 and 511"):
         client.predict("shapes-vq", image, 0, 0, "code index", 512, api_name="/edit_token")
+
+
+def test_an_edit_from_the_sessions_kept_codes_equals_one_that_tokenizes_the_image_again(tmp_path):
+    from llamagen.apps.models import ModelRegistry
+    from llamagen.apps.reconstruct_tab import edit_token, reconstruct_image
+    from llamagen.data.samples import sample_image
+
+    registry = ModelRegistry.embedded()
+    path = tmp_path / "photo.png"
+    sample_image("coffee").resize((96, 64)).save(path)
+    *_, kept = reconstruct_image(registry, "photo-vq", str(path))
+    from_kept = edit_token(registry, "photo-vq", str(path), 3, 7, "nearest neighbour", 2, kept)
+    afresh = edit_token(registry, "photo-vq", str(path), 3, 7, "nearest neighbour", 2, None)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(from_kept[:2], afresh[:2], strict=True))
+    assert from_kept[2] == afresh[2] and torch.equal(from_kept[3].codes, kept.codes)
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -240,7 +266,7 @@ def test_reconstruct_refuses_huge_images_and_takes_odd_ones(client, tmp_path):
         client.predict("photo-vq", None, api_name="/reconstruct")
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (5, 3, 4), dtype=np.uint8), "RGBA").save(tiny)
-    _, reconstruction, _, _, numbers = client.predict(
+    reconstruction, _, _, numbers = client.predict(
         "shapes-vq", gradio_client.handle_file(str(tiny)), api_name="/reconstruct"
     )
     assert png(reconstruction).shape == (5, 3, 3) and "n/a (image under 11 pixels)" in numbers

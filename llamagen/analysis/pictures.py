@@ -44,6 +44,27 @@ def error_map(original: Image.Image, reconstruction: Image.Image) -> Image.Image
     return Image.fromarray(_colour(np.abs(a - b).mean(-1) / ERROR_MAP_CEILING, "inferno"))
 
 
+# The colour that marks an edited cell: magenta, rare in photos and absent from the shapes' palette.
+MARK = (255, 0, 255)
+
+
+def enlarged(image: Image.Image, min_size: int) -> tuple[Image.Image, int]:
+    """`image` enlarged by the smallest whole factor that makes its longer side at least `min_size` pixels, with
+    nearest neighbour (every pixel stays exact, only bigger); and the factor."""
+    scale = max(1, -(-min_size // max(image.size)))
+    return image.resize((scale * image.width, scale * image.height), Image.NEAREST), scale
+
+
+def outlined(image: Image.Image, box: tuple[int, int, int, int], width: int = 2) -> Image.Image:
+    """A copy of `image` with a `MARK` frame around the pixels of `box` (left, top, right, bottom; exclusive),
+    drawn just outside them where there is room, so the framed pixels stay as they are."""
+    framed = image.convert("RGB")
+    draw = ImageDraw.Draw(framed)
+    left, top, right, bottom = box
+    draw.rectangle((left - width, top - width, right + width - 1, bottom + width - 1), outline=MARK, width=width)
+    return framed
+
+
 def labelled_rows(rows: list[Image.Image], labels: list[str], min_height: int = 96, label_width: int = 150):
     """Pictures stacked top to bottom, each with its label on the left, all enlarged by one whole factor
     (nearest neighbour, so every generated pixel stays exact) until the tallest is `min_height` pixels."""

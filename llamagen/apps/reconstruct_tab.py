@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import gradio as gr
+import torch
 from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
-from llamagen.analysis.pictures import code_map, error_map
+from llamagen.analysis.pictures import code_map, enlarged, error_map, outlined
 from llamagen.apps.common import SHARED_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
 from llamagen.images import tensor_to_pil
-from llamagen.tokenizer.reconstruction import reconstruct, tokenize_image
+from llamagen.tokenizer.reconstruction import reconstruct
 
 REPLACE_BY = ("code index", "nearest neighbour")
+# Edited images are shown at least this wide, enlarged with sharp pixels, so that the frame fits around a cell.
+SHOWN_WIDTH = 256
 # The code map is drawn at least this wide, so that a cell is big enough to click.
 CODE_MAP_WIDTH = 256
 
@@ -30,9 +34,18 @@ def code_map_cell(rows: int, columns: int) -> int:
     return max(1, math.ceil(CODE_MAP_WIDTH / max(rows, columns)))
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """What a session keeps of the image it reconstructed, so that an edit decodes instead of tokenizing again."""
+
+    tokenizer: str
+    codes: torch.Tensor  # (h, w)
+    reconstruction: Image.Image
+
+
 @shown_errors
 def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
-    """Original, reconstruction, error map, code map and the numbers."""
+    """Original, reconstruction, error map, code map, the numbers, and the codes kept for token surgery."""
     image = uploaded_image(image)
     tokenizer = registry.tokenizer(tokenizer_name)
     result = reconstruct(tokenizer, image)
@@ -45,21 +58,32 @@ def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
         f"{result.distinct_codes} ({100 * result.distinct_codes / size:.2f}% of {size}) |"
     )
     return (
-        result.original,
         result.reconstruction,
         error_map(result.original, result.reconstruction),
         code_map(result.codes, size, code_map_cell(rows, columns)),
         numbers,
+        Tokenized(tokenizer_name, result.codes, result.reconstruction),
     )
 
 
+def _tokenized(registry: ModelRegistry, tokenizer_name, image, kept: Tokenized | None) -> Tokenized:
+    """The session's codes of the image, or (for a first edit, or a client that never reconstructed) the
+    image tokenized now."""
+    if kept is not None and kept.tokenizer == tokenizer_name:
+        return kept
+    result = reconstruct(registry.tokenizer(tokenizer_name), uploaded_image(image))
+    return Tokenized(tokenizer_name, result.codes, result.reconstruction)
+
+
 @shown_errors
-def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, replace_by, value):
+def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, replace_by, value, kept=None):
     """Token surgery: one cell of the image's code grid replaced, by a code index or by the n-th nearest code
-    of the one there; the decoded result and what changed."""
-    image = uploaded_image(image)
+    of the one there; the decoded result with the cell framed, what changed, and a note."""
+    if image is None:
+        raise ValueError("no image: upload one or pick a sample")
     tokenizer = registry.tokenizer(tokenizer_name)
-    codes = tokenize_image(tokenizer, image)
+    tokenized = _tokenized(registry, tokenizer_name, image, kept)
+    codes = tokenized.codes
     rows, columns = codes.shape
     row = number_in_range("row", row, 0, rows - 1, integer=True)
     column = number_in_range("column", column, 0, columns - 1, integer=True)
@@ -71,22 +95,42 @@ def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, repl
         new = nearest_codes(tokenizer, old, rank)[rank - 1]
     else:
         raise ValueError(f"replace by {replace_by!r}? choose one of {', '.join(REPLACE_BY)}")
-    decoded = replace_code(tokenizer, codes, row, column, new)[:, : image.height, : image.width]
+    width, height = tokenized.reconstruction.size
+    edited = tensor_to_pil(replace_code(tokenizer, codes, row, column, new)[None, :, :height, :width])[0]
     factor = tokenizer.downsample_factor
+    cell = (column * factor, row * factor, (column + 1) * factor, (row + 1) * factor)
     note = (
-        f"cell (row {row}, column {column}), pixels {column * factor}..{(column + 1) * factor - 1} across and "
-        f"{row * factor}..{(row + 1) * factor - 1} down: code {old} -> {new}"
+        f"cell (row {row}, column {column}), pixels {cell[0]}..{cell[2] - 1} across and {cell[1]}..{cell[3] - 1} "
+        f"down: code {old} -> {new}; framed in magenta"
     )
-    return tensor_to_pil(decoded[None])[0], note
+    return (
+        framed_cell(edited, cell),
+        framed_cell(error_map(tokenized.reconstruction, edited), cell),
+        note,
+        tokenized,
+    )
+
+
+def framed_cell(image: Image.Image, cell: tuple[int, int, int, int]) -> Image.Image:
+    """`image` enlarged with sharp pixels to at least `SHOWN_WIDTH`, the edited cell framed."""
+    big, scale = enlarged(image, SHOWN_WIDTH)
+    return outlined(big, tuple(scale * edge for edge in cell))
+
+
+def forget_the_image():
+    """A new image or tokenizer: the kept codes, the last edit, its cell and every result belong to the old one."""
+    return None, 0, 0, None, None, "", None, None, None, ""
 
 
 @shown_errors
-def clicked_cell(registry: ModelRegistry, tokenizer_name, image, point: tuple[int, int] | None):
+def clicked_cell(registry: ModelRegistry, tokenizer_name, image, point: tuple[int, int] | None, kept=None):
     """The (row, column) of the code-map cell under a click at pixel (x, y)."""
     if point is None:
         raise ValueError("click inside the code map")
-    tokenizer = registry.tokenizer(tokenizer_name)
-    rows, columns = grid_shape(tokenizer, uploaded_image(image))
+    if kept is not None and kept.tokenizer == tokenizer_name:
+        rows, columns = kept.codes.shape
+    else:
+        rows, columns = grid_shape(registry.tokenizer(tokenizer_name), uploaded_image(image))
     cell = code_map_cell(rows, columns)
     x, y = point
     return min(rows - 1, y // cell), min(columns - 1, x // cell)
@@ -117,15 +161,21 @@ def build(registry: ModelRegistry) -> None:
             value = gr.Number(1, precision=0, label="Code index, or neighbour rank (1 = nearest)")
             edit = gr.Button("Replace the code", elem_id="edit-button")
             note = gr.Markdown(elem_id="edit-note")
-        edited = picture("Decoded after the edit", elem_id="edited")
+    with gr.Row():
+        edited = picture("Decoded after the edit (the cell framed)", height=None, elem_id="edited")
+        difference = picture("What the edit changed (black: nothing)", height=None, elem_id="edit-difference")
+    kept = gr.State(None)  # this session's codes of the image: an edit decodes them instead of tokenizing again
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
     run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],
-              [original, reconstruction, errors, codes, numbers], api_name="reconstruct", **SHARED_QUEUE)  # fmt: skip
+              [reconstruction, errors, codes, numbers, kept], api_name="reconstruct", **SHARED_QUEUE)  # fmt: skip
+    gr.on([original.upload, original.clear, sample.change, tokenizer.change], forget_the_image, None,
+          [kept, row, column, reconstruction, errors, numbers, codes, edited, difference, note],
+          api_visibility="private")  # fmt: skip
 
-    def on_click(tokenizer_name, image, event: gr.SelectData):  # Gradio passes the click by this annotation
-        return clicked_cell(registry, tokenizer_name, image, event.index)
+    def on_click(tokenizer_name, image, kept_codes, event: gr.SelectData):  # Gradio passes the click so
+        return clicked_cell(registry, tokenizer_name, image, event.index, kept_codes)
 
-    codes.select(on_click, [tokenizer, original], [row, column], api_visibility="private")
-    edit.click(functools.partial(edit_token, registry), [tokenizer, original, row, column, replace_by, value],
-               [edited, note], api_name="edit_token", **SHARED_QUEUE)  # fmt: skip
+    codes.select(on_click, [tokenizer, original, kept], [row, column], api_visibility="private")
+    edit.click(functools.partial(edit_token, registry), [tokenizer, original, row, column, replace_by, value, kept],
+               [edited, difference, note, kept], api_name="edit_token", **SHARED_QUEUE)  # fmt: skip
