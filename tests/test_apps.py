@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,7 @@ from llamagen.tokenizer.reconstruction import reconstruct
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
 
+WAIT_S = 300
 SAMPLING = {"cfg_scale": 4.0, "cfg_interval": -1, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
 
 
@@ -157,6 +159,29 @@ def test_eight_concurrent_generate_calls_all_complete_correctly(client):
         results = list(pool.map(lambda seed: generate_call(client, seed, count=1), range(8)))
     for seed, (gallery, _, _, _) in enumerate(results):
         assert np.array_equal(png(gallery[0]["image"]), expected_images(seed, count=1)[0])
+
+
+def test_a_generation_does_not_wait_behind_a_reconstruction(client, tmp_path):
+    """Generators and tokenizers queue apart: while two reconstructions of a photo are running or waiting, a
+    generation is served at once, before either of them is done. (With one queue of two places for both, it
+    waited until a reconstruction ended.)"""
+    from gradio_client.utils import Status
+
+    from llamagen.data.samples import sample_image
+
+    photo = tmp_path / "photo.png"
+    sample_image("coffee").save(photo)  # 600x400
+    generate_call(client, seed=0, count=1)  # the generator loaded before the clock starts
+    slow = [client.submit("photo-vq", gradio_client.handle_file(str(photo)), api_name="/reconstruct")
+            for _ in range(2)]  # fmt: skip
+    while slow[0].status().code != Status.PROCESSING:
+        time.sleep(0.05)
+    quick = client.submit("digits-c2i", ["3"], "", *SAMPLING.values(), 0, 1, api_name="/generate")
+    gallery, *_ = quick.result(timeout=WAIT_S)
+    assert not any(job.done() for job in slow)
+    assert np.array_equal(png(gallery[0]["image"]), expected_images(0, count=1)[0])
+    for job in slow:
+        assert "dB" in job.result(timeout=WAIT_S)[3]
 
 
 def test_reconstruct_reports_the_librarys_numbers(client, tmp_path):

@@ -1,8 +1,9 @@
 """The Gradio apps: Generate, Reconstruct, Compare conditioning and Codebook, one tab each, in one page.
 
 The tabs only call the library (the pipeline, the tokenizer, `llamagen.analysis`); they hold no model logic.
-`build_app(registry)` makes the page; `launch(registry, host, port)` serves it in the background, with a queue
-that lets two requests run at once (the CPU here has two cores; requests for one generator take turns anyway).
+`build_app(registry)` makes the page; `launch(registry, host, port)` serves it in the background. Model calls
+queue apart by kind (`common.GENERATOR_QUEUE`, `common.TOKENIZER_QUEUE`), so a quick generation never waits
+behind a long reconstruction.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import gradio as gr
 
 from llamagen.analysis.codebook import code_counts, code_patches, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
-from llamagen.apps.common import IMAGE_FORMAT, SHARED_QUEUE, number_in_range, picture, shown_errors
+from llamagen.apps.common import IMAGE_FORMAT, TOKENIZER_QUEUE, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import IMAGE_SETS, image_set
 from llamagen.images import tensor_to_pil
@@ -69,5 +69,5 @@ def build(registry: ModelRegistry) -> None:
         [tokenizer, images, code],
         outputs,
         api_name="codebook",
-        **SHARED_QUEUE,
+        **TOKENIZER_QUEUE,
     )

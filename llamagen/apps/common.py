@@ -31,9 +31,13 @@ MAX_CFG_SCALE = 20.0
 MAX_SEED = 2**63 - 1
 # What a prompt box holds at first: a click without typing generates something (an empty prompt is refused).
 EXAMPLE_PROMPT = "a large red star at the top left on a black background"
-# The listeners that run a model share one queue, so the concurrency limit holds for the whole app (Gradio
-# otherwise limits each listener separately); cheap ones (class lists, samples, clicks) never wait behind them.
-SHARED_QUEUE = {"concurrency_id": "models"}
+# The listeners that run a model take one of two queues (Gradio otherwise limits each listener separately):
+# generators, whose requests take about a second, and tokenizers, whose requests on a large photo take many.
+# A generation never waits behind a reconstruction, and its queue's ETA is made of generations only. Two
+# generations run at once (one per core; requests for one generator take turns on its KV cache), one
+# tokenizer request. Cheap listeners (class lists, samples, clicks) wait behind neither.
+GENERATOR_QUEUE = {"concurrency_id": "generators", "concurrency_limit": 2}
+TOKENIZER_QUEUE = {"concurrency_id": "tokenizers", "concurrency_limit": 1}
 
 
 def shown_errors(handler):

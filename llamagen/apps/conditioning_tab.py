@@ -21,9 +21,9 @@ from llamagen.analysis.pictures import condition_use_figure, labelled_rows, side
 from llamagen.analysis.reading import read_condition
 from llamagen.apps.common import (
     EXAMPLE_PROMPT,
+    GENERATOR_QUEUE,
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
-    SHARED_QUEUE,
     checked_cfg_scale,
     checked_seed,
     class_choices,
@@ -334,16 +334,16 @@ def build(registry: ModelRegistry) -> None:
                   compared_table],
                  api_visibility="private")  # fmt: skip
     run_guidance.click(functools.partial(guidance_rows, registry), [model, class_name, prompt, scales, count, seed],
-                       guidance_rows_image, api_name="guidance_rows", **SHARED_QUEUE)  # fmt: skip
+                       guidance_rows_image, api_name="guidance_rows", **GENERATOR_QUEUE)  # fmt: skip
     run_blend.click(functools.partial(interpolate_classes, registry),
                     [model, class_name, second_class, steps, blend_cfg, seed], blend_gallery,
-                    api_name="interpolate_classes", **SHARED_QUEUE)  # fmt: skip
+                    api_name="interpolate_classes", **GENERATOR_QUEUE)  # fmt: skip
     run_captions.click(functools.partial(compare_captions, registry),
                        [model, caption, paraphrase, removed, caption_cfg, count, seed], caption_rows_image,
-                       api_name="compare_captions", **SHARED_QUEUE)  # fmt: skip
+                       api_name="compare_captions", **GENERATOR_QUEUE)  # fmt: skip
     run_condition.click(functools.partial(condition_information, registry),
                         [model, class_name, prompt, source, index, condition_cfg, seed],
                         [condition_image, condition_map, condition_summary], api_name="condition_use",
-                        **SHARED_QUEUE)  # fmt: skip
+                        **GENERATOR_QUEUE)  # fmt: skip
     run_compared.click(functools.partial(side_by_side, registry), [compared, class_name, prompt, compared_cfg, seed],
-                       [compared_image, compared_table], api_name="side_by_side", **SHARED_QUEUE)  # fmt: skip
+                       [compared_image, compared_table], api_name="side_by_side", **GENERATOR_QUEUE)  # fmt: skip

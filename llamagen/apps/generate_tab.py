@@ -11,10 +11,10 @@ import gradio as gr
 from llamagen.analysis.pictures import code_map
 from llamagen.apps.common import (
     EXAMPLE_PROMPT,
+    GENERATOR_QUEUE,
     IMAGE_FORMAT,
     MAX_CFG_SCALE,
     MAX_IMAGES_PER_REQUEST,
-    SHARED_QUEUE,
     checked_cfg_scale,
     checked_seed,
     class_choices,
@@ -138,7 +138,7 @@ def build(registry: ModelRegistry) -> None:
             timing = gr.Markdown(elem_id="generate-timing")
     inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
     run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate",
-              **SHARED_QUEUE)  # fmt: skip
+              **GENERATOR_QUEUE)  # fmt: skip
     model.change(functools.partial(model_inputs, registry), model,
                  [classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, defaults, gallery, grids, sheet,
                   timing], api_name="model_inputs")  # fmt: skip

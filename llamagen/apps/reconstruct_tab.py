@@ -12,7 +12,7 @@ from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
 from llamagen.analysis.pictures import code_map, enlarged, error_map, outlined
-from llamagen.apps.common import SHARED_QUEUE, number_in_range, picture, shown_errors, uploaded_image
+from llamagen.apps.common import TOKENIZER_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
 from llamagen.images import tensor_to_pil
@@ -168,7 +168,7 @@ def build(registry: ModelRegistry) -> None:
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
     run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],
-              [reconstruction, errors, codes, numbers, kept], api_name="reconstruct", **SHARED_QUEUE)  # fmt: skip
+              [reconstruction, errors, codes, numbers, kept], api_name="reconstruct", **TOKENIZER_QUEUE)  # fmt: skip
     gr.on([original.upload, original.clear, sample.change, tokenizer.change], forget_the_image, None,
           [kept, row, column, reconstruction, errors, numbers, codes, edited, difference, note],
           api_visibility="private")  # fmt: skip
@@ -178,4 +178,4 @@ def build(registry: ModelRegistry) -> None:
 
     codes.select(on_click, [tokenizer, original, kept], [row, column], api_visibility="private")
     edit.click(functools.partial(edit_token, registry), [tokenizer, original, row, column, replace_by, value, kept],
-               [edited, difference, note, kept], api_name="edit_token", **SHARED_QUEUE)  # fmt: skip
+               [edited, difference, note, kept], api_name="edit_token", **TOKENIZER_QUEUE)  # fmt: skip
