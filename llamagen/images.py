@@ -60,6 +60,13 @@ def check_image_size(width: int, height: int, max_megapixels: float, name: str =
         )
 
 
+def enlarged(image: Image.Image, min_size: int) -> tuple[Image.Image, int]:
+    """`image` enlarged by the smallest whole factor that makes its longer side at least `min_size` pixels, with
+    nearest neighbour (every pixel stays exact, only bigger); and the factor."""
+    scale = max(1, -(-min_size // max(image.size)))
+    return image.resize((scale * image.width, scale * image.height), Image.NEAREST), scale
+
+
 def megapixels(count: float) -> str:
     return f"{count:g} megapixel{'s' * (count != 1)}"
 

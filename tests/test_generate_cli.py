@@ -44,9 +44,17 @@ def run(small_pair, tmp_path, *extra):
 def test_a_grid_of_the_right_size_is_written(small_pair, tmp_path, capsys):
     assert run(small_pair, tmp_path, "--class", "1", "7", "--images-per-class", "3", "--top-k", "50") == 0
     grid = Image.open(tmp_path / "grid.png")
-    # 2 rows (classes) x 3 columns of 32x32 images (8x8 tokens x downsample 4), 2-pixel borders.
-    assert grid.format == "PNG" and grid.size == (3 * 34 + 2, 2 * 34 + 2)
-    assert "6 images of class 1, class 7" in capsys.readouterr().out
+    # 2 rows (classes) x 3 columns of 32x32 images (8x8 tokens x downsample 4), 2-pixel borders; each pixel drawn
+    # 4x4, so that each image is 128 pixels wide.
+    assert grid.format == "PNG" and grid.size == (4 * (3 * 34 + 2), 4 * (2 * 34 + 2))
+    assert "6 images of class 1, class 7 (416x280 grid, each pixel drawn 4x4)" in capsys.readouterr().out
+    assert (
+        run(small_pair, tmp_path, "--class", "1", "7", "--images-per-class", "3", "--top-k", "50", "--pixel-scale", "1")
+        == 0
+    )
+    native = Image.open(tmp_path / "grid.png")
+    assert native.size == (3 * 34 + 2, 2 * 34 + 2)
+    assert np.array_equal(np.asarray(grid), np.asarray(native).repeat(4, 0).repeat(4, 1))
 
 
 def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
@@ -135,7 +143,8 @@ def test_an_embedded_generator_samples_with_its_cards_settings_unless_told_other
     from llamagen.pipeline import load_pipeline
 
     out = tmp_path / "grid.png"
-    assert main(["generate", "--gpt", "shapes-c2i", "--class", "red star", "--seed", "0", "--out", str(out)]) == 0
+    command = ["generate", "--gpt", "shapes-c2i", "--class", "red star", "--pixel-scale", "1", "--out", str(out)]
+    assert main(command) == 0
     best = embedded_card("shapes-c2i")["sampling"]["cfg_scale"]
     assert f"guidance {best:g}, top-k 0, top-p 1, temperature 1 (from shapes-c2i's card)" in capsys.readouterr().out
     expected = load_pipeline("shapes-c2i")(class_labels=["red star"], cfg_scale=best, top_k=0, seed=0).grid()

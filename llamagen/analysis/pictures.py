@@ -48,13 +48,6 @@ def error_map(original: Image.Image, reconstruction: Image.Image) -> Image.Image
 MARK = (255, 0, 255)
 
 
-def enlarged(image: Image.Image, min_size: int) -> tuple[Image.Image, int]:
-    """`image` enlarged by the smallest whole factor that makes its longer side at least `min_size` pixels, with
-    nearest neighbour (every pixel stays exact, only bigger); and the factor."""
-    scale = max(1, -(-min_size // max(image.size)))
-    return image.resize((scale * image.width, scale * image.height), Image.NEAREST), scale
-
-
 def outlined(image: Image.Image, box: tuple[int, int, int, int], width: int = 2) -> Image.Image:
     """A copy of `image` with a `MARK` frame around the pixels of `box` (left, top, right, bottom; exclusive),
     drawn just outside them where there is room, so the framed pixels stay as they are."""

@@ -18,8 +18,16 @@ DEFAULT_PORT = 7860
 CONCURRENCY = 2
 QUEUE_SIZE = 64
 CACHE_DIR = Path(".cache")
-# The models here make small images (32 or 64 pixels): show them enlarged with sharp pixels, not blurred.
-CSS = ".pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+# The models here make small images (32 or 64 pixels): show them enlarged with sharp pixels, not blurred. In
+# galleries, a caption sits in a line of its own under its image: Gradio lays it over the image's bottom edge,
+# where the shapes are often drawn.
+CSS = """
+.pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.captioned .thumbnail-item { display: flex; flex-direction: column; }
+.captioned .thumbnail-item img { height: auto; min-height: 0; flex: 1 1 0; }
+.captioned .caption-label { position: static; max-width: 100%; flex: none; border: none; border-radius: 0;
+                            opacity: 1; }
+"""
 
 
 def _quiet_environment() -> None:

@@ -12,8 +12,9 @@ import gradio as gr
 
 from llamagen.analysis.codebook import code_counts, code_patches, codebook_vectors, nearest_codes, project_2d
 from llamagen.analysis.pictures import codebook_figure
-from llamagen.apps.common import IMAGE_FORMAT, TOKENIZER_QUEUE, number_in_range, picture, shown_errors
+from llamagen.apps.common import TOKENIZER_QUEUE, captioned_gallery, number_in_range, picture, shown_errors
 from llamagen.apps.models import ModelRegistry
+from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.data.samples import IMAGE_SETS, image_set
 from llamagen.images import tensor_to_pil
 from llamagen.metrics import code_perplexity
@@ -50,11 +51,23 @@ def codebook_map(registry: ModelRegistry, tokenizer_name, images_name, code):
     return codebook_figure(points, counts, code), chosen, labelled, summary
 
 
+def own_image_set(registry: ModelRegistry, tokenizer_name) -> str:
+    """The image set of the kind a tokenizer was trained on (its card's data): shapes, digits, or photos for the
+    photo tokenizer and any tokenizer not trained here."""
+    source = registry.tokenizers.get(tokenizer_name, {}).get("source")
+    data = embedded_card(source)["data"] if source in embedded_of_kind("vq") else ""
+    for kind in ("shapes", "digits"):
+        if kind in data:
+            return f"{kind} (64)"
+    return "held-out photos"
+
+
 def build(registry: ModelRegistry) -> None:
     tokenizers = list(registry.tokenizers)
     with gr.Row():
         tokenizer = gr.Dropdown(tokenizers, value=tokenizers[0] if tokenizers else None, label="Tokenizer")
-        images = gr.Dropdown(list(IMAGE_SETS), value=IMAGE_SETS[0], label="Usage measured on")
+        images = gr.Dropdown(list(IMAGE_SETS), value=own_image_set(registry, tokenizers[0] if tokenizers else None),
+                             label="Usage measured on", elem_id="codebook-images")  # fmt: skip
         code = gr.Number(0, precision=0, label="Code")
         run = gr.Button("Map the codebook", variant="primary", elem_id="codebook-button")
     summary = gr.Markdown(elem_id="codebook-summary")
@@ -62,8 +75,11 @@ def build(registry: ModelRegistry) -> None:
         scatter = picture("Codebook, first two principal components", None, False, scale=3, elem_id="codebook-map")
         with gr.Column(scale=2):
             patch = picture("The code, tiled 3x3 and decoded", height=200)
-            neighbours = gr.Gallery(label="Its nearest codes", format=IMAGE_FORMAT, columns=4, height=260)
+            neighbours = captioned_gallery("Its nearest codes", 4, 260)
     outputs = [scatter, patch, neighbours, summary]
+    # Another tokenizer: its own kind of images, and none of the last one's results.
+    tokenizer.change(lambda name: (own_image_set(registry, name), None, None, None, ""), tokenizer, [images, *outputs],
+                     api_visibility="private")  # fmt: skip
     run.click(
         functools.partial(codebook_map, registry),
         [tokenizer, images, code],

@@ -123,6 +123,13 @@ def picture(label: str, height: int | None = 300, pixels: bool = True, upload: b
     return gr.Image(label=label, type="pil", format=IMAGE_FORMAT, height=height, elem_classes=classes, **options)
 
 
+def captioned_gallery(label: str, columns: int, height: int, **options) -> gr.Gallery:
+    """Images as the apps show them in a row: PNG, enlarged with sharp pixels, each caption beside (under) its
+    image instead of over it (see `CSS` in `llamagen.apps`)."""
+    return gr.Gallery(label=label, format=IMAGE_FORMAT, columns=columns, height=height,
+                      elem_classes=["pixelated", "captioned"], **options)  # fmt: skip
+
+
 def condition_of(pipe: Pipeline, classes, prompt) -> dict:
     """class_labels= or prompts= for the pipeline, from the class picker or the prompt box."""
     if pipe.model_type == "t2i":

@@ -22,8 +22,8 @@ from llamagen.analysis.reading import read_condition
 from llamagen.apps.common import (
     EXAMPLE_PROMPT,
     GENERATOR_QUEUE,
-    IMAGE_FORMAT,
     MAX_CFG_SCALE,
+    captioned_gallery,
     checked_cfg_scale,
     checked_seed,
     class_choices,
@@ -286,8 +286,7 @@ def build(registry: ModelRegistry) -> None:
         steps = gr.Slider(2, 9, value=5, step=1, label="Blends")
         blend_cfg = gr.Slider(0, MAX_CFG_SCALE, value=cfg_scale, step=0.25, label="Guidance scale")
         run_blend = gr.Button("Blend the two classes' prefix embeddings", elem_id="blend-button")
-    blend_gallery = gr.Gallery(label="Blends", format=IMAGE_FORMAT, columns=9, height=240, visible=not text,
-                               elem_id="blend-gallery")  # fmt: skip
+    blend_gallery = captioned_gallery("Blends", 9, 240, visible=not text, elem_id="blend-gallery")
 
     with gr.Row(visible=text) as caption_row:
         caption = gr.Textbox(EXAMPLE_PROMPT, label="Caption")

@@ -12,9 +12,9 @@ from llamagen.analysis.pictures import code_map
 from llamagen.apps.common import (
     EXAMPLE_PROMPT,
     GENERATOR_QUEUE,
-    IMAGE_FORMAT,
     MAX_CFG_SCALE,
     MAX_IMAGES_PER_REQUEST,
+    captioned_gallery,
     checked_cfg_scale,
     checked_seed,
     class_choices,
@@ -131,9 +131,8 @@ def build(registry: ModelRegistry) -> None:
                 count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")
             run = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images", format=IMAGE_FORMAT, columns=4, height=320, elem_id="generate-gallery",
-                                 elem_classes=["pixelated"])  # fmt: skip
-            grids = gr.Gallery(label="Token grids (colour = code index)", format=IMAGE_FORMAT, columns=4, height=240)
+            gallery = captioned_gallery("Images", 4, 320, elem_id="generate-gallery")
+            grids = captioned_gallery("Token grids (colour = code index)", 4, 240)
             sheet = picture("All images (download)", height=240)
             timing = gr.Markdown(elem_id="generate-timing")
     inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
-from llamagen.analysis.pictures import code_map, enlarged, error_map, outlined
+from llamagen.analysis.pictures import code_map, error_map, outlined
 from llamagen.apps.common import TOKENIZER_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
-from llamagen.images import tensor_to_pil
+from llamagen.images import enlarged, tensor_to_pil
 from llamagen.tokenizer.reconstruction import reconstruct
 
 REPLACE_BY = ("code index", "nearest neighbour")

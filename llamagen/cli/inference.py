@@ -9,6 +9,8 @@ from pathlib import Path
 from llamagen.cli.common import add_device_options, check_output_path, format_of, parse_config
 from llamagen.images import DEFAULT_MAX_MEGAPIXELS
 
+SHOWN_IMAGE_SIZE = 128
+
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     # Imported here so that `llamagen --help` answers at once.
@@ -49,6 +51,8 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
+    from PIL import Image
+
     from llamagen.files import write_atomically
     from llamagen.pipeline import load_pipeline
 
@@ -85,11 +89,16 @@ def run_generate(args: argparse.Namespace) -> None:
           + f"from {pipe.sampling.source})")  # fmt: skip
     conditions = len(output.conditions) // args.images_per_class
     grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
+    # Each image at least SHOWN_IMAGE_SIZE pixels wide: a sheet of 32-pixel digits is otherwise a thumbnail.
+    scale = args.pixel_scale or max(1, -(-SHOWN_IMAGE_SIZE // pipe.image_size))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     write_atomically(out, lambda temporary: grid.save(temporary, format=format_of(out)))
     for note in output.notes:
         print(f"note        {note}")
     shown = ", ".join(dict.fromkeys(output.conditions))
-    print(f"wrote       {out}: {len(output.images)} images of {shown} ({grid.width}x{grid.height} grid)")
+    count = len(output.images)
+    print(f"wrote       {out}: {count} image{'s' * (count > 1)} of {shown} ({grid.width}x{grid.height} grid, "
+          f"each pixel drawn {scale}x{scale})")  # fmt: skip
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -143,6 +152,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
     gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
     gen.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
+    gen.add_argument(
+        "--pixel-scale",
+        type=int,
+        choices=range(1, 17),
+        metavar="N",
+        help=f"draw each pixel as NxN in the grid (nearest neighbour; default: the smallest N that shows each image "
+        f"at least {SHOWN_IMAGE_SIZE} pixels wide)",
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
     gen.add_argument(
