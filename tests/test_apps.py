@@ -208,6 +208,8 @@ def test_token_surgery_edits_one_cell_and_frames_it(client):
     edited, changed, note = client.predict("shapes-vq", image, 2, 5, "nearest neighbour", 1, api_name="/edit_token")
     old, new = map(int, re.search(r"code (\d+) -> (\d+)", note).groups())
     assert "cell (row 2, column 5), pixels 40..47 across and 16..23 down" in note and old != new
+    changed_pixels = int(re.search(r"([\d,]+) of 4,096 pixels changed", note).group(1).replace(",", ""))
+    assert 0 < changed_pixels <= 4096
     # Shown 4x (64 -> 256 pixels, nearest neighbour): the cell, pixels 40..47 x 16..23, is 160..191 x 64..95,
     # framed by two magenta pixels on each side, outside it.
     edited, changed, before = png(edited), png(changed), png(reconstruction).repeat(4, 0).repeat(4, 1)
@@ -222,6 +224,7 @@ def test_token_surgery_edits_one_cell_and_frames_it(client):
     assert difference[64:96, 160:192].mean() > difference[:, :96].mean()  # the edit shows most where the cell is
     same, unchanged, note = client.predict("shapes-vq", image, 2, 5, "code index", old, api_name="/edit_token")
     assert np.array_equal(png(same)[~frame], before[~frame]) and f"code {old} -> {old}" in note
+    assert "0 of 4,096 pixels changed, the most by 0.0 levels" in note
     assert (png(unchanged)[~frame] <= 4).all()  # black (inferno at 0 is 0, 0, 4): nothing changed
     with pytest.raises(Exception, match="row must be between 0 and 7"):
         client.predict("shapes-vq", image, 8, 0, "code index", 3, api_name="/edit_token")

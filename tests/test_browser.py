@@ -11,6 +11,7 @@ test; elsewhere it is skipped with the reason.
 import io
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,39 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def guidance_shown(page) -> float:
+    return float(page.locator("#generate-cfg-scale input[type=number]").input_value())
+
+
+def choose(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def test_generate_tab(page):
+    from llamagen.checkpoints import embedded_card
+
     open_tab(page, "Generate")
+    # The first generator's own best guidance scale, from its card, and the note that says where it comes from.
+    assert guidance_shown(page) == embedded_card("digits-c2i")["sampling"]["cfg_scale"]
+    assert "digits-c2i's card" in page.locator("#generate-defaults").inner_text()
     page.click("#generate-button")
     page.wait_for_function("document.querySelectorAll('#generate-gallery img').length >= 4")
     page.locator("#generate-timing", has_text="s per image").wait_for()
     for index in range(4):
         image = fetched_png(page, "#generate-gallery img", index)
         assert image.shape == (32, 32, 3) and image.std() > 5
+    # Each caption in a line of its own, under its image.
+    image_box = page.locator("#generate-gallery .thumbnail-item img").first.bounding_box()
+    caption_box = page.locator("#generate-gallery .caption-label").first.bounding_box()
+    assert caption_box["y"] >= image_box["y"] + image_box["height"] - 1
     page.screenshot(path=ARTIFACTS / "generate.png", full_page=True)
+    # Another generator: its own guidance, and the last one's images gone.
+    choose(page, "Generator", "shapes-c2i")
+    page.wait_for_function("document.querySelector('#generate-cfg-scale input[type=number]').value === '2'")
+    assert "shapes-c2i's card" in page.locator("#generate-defaults").inner_text()
+    assert page.locator("#generate-gallery img").count() == 0
+    choose(page, "Generator", "digits-c2i")
 
 
 def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
@@ -98,8 +123,7 @@ def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
     open_tab(page, "Reconstruct")
     page.locator("#reconstruct-input input[type=file]").set_input_files(str(upload))
     page.locator("#reconstruct-input img").first.wait_for()
-    page.get_by_role("combobox", name="Tokenizer").first.click()
-    page.get_by_role("option", name="shapes-vq").click()
+    choose(page, "Tokenizer", "shapes-vq")
     page.click("#reconstruct-button")
     page.locator("#reconstruct-numbers", has_text="dB").wait_for()
     assert fetched_png(page, "#reconstruction img").shape == (64, 64, 3)
@@ -109,10 +133,25 @@ def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
     code_map.click(position={"x": box["width"] * 5.5 / 8, "y": box["height"] * 2.5 / 8})  # row 2, column 5
     page.wait_for_function("document.querySelector('#edit-row input').value === '2'")
     assert page.locator("#edit-column input").input_value() == "5"
+    started = time.perf_counter()
     page.click("#edit-button")
     page.locator("#edit-note", has_text="cell (row 2, column 5)").wait_for()
-    assert fetched_png(page, "#edited img").shape == (64, 64, 3)
+    # The edit decodes the session's kept codes: it arrives in well under a second.
+    assert time.perf_counter() - started < 1.0
+    edited = fetched_png(page, "#edited img")  # 64 pixels drawn 4x4, the cell (160..191, 64..95) framed
+    assert edited.shape == (256, 256, 3) and (edited[62:64, 158:194] == (255, 0, 255)).all()
+    assert fetched_png(page, "#edit-difference img").shape == (256, 256, 3)
     page.screenshot(path=ARTIFACTS / "reconstruct.png", full_page=True)
+
+    # A file that is not an image: the CLI's message in the page, no internals; the last image's results gone.
+    broken = tmp_path / "notes.png"
+    broken.write_text("notes, not pixels")
+    page.locator("#reconstruct-input input[type=file]").set_input_files(str(broken))
+    page.wait_for_function("document.querySelector('#edit-row input').value === '0'")
+    assert page.locator("#edited img").count() == 0
+    page.click("#reconstruct-button")
+    page.get_by_text("the uploaded image is not an image that PIL can read").first.wait_for()
+    assert str(tmp_path) not in page.content()
 
 
 def test_compare_conditioning_tab(page):
@@ -140,3 +179,22 @@ def test_codebook_tab(page):
     page.locator("#codebook-summary", has_text="perplexity").wait_for()
     assert fetched_png(page, "#codebook-map img").shape[0] > 300
     page.screenshot(path=ARTIFACTS / "codebook.png", full_page=True)
+
+
+def test_a_generation_returns_while_a_reconstruction_runs(page, tmp_path):
+    """Tokenizers and generators queue apart: a photo reconstructing does not hold up a generation."""
+    from llamagen.data.samples import sample_image
+
+    photo = tmp_path / "photo.png"
+    sample_image("coffee").resize((900, 600)).save(photo)  # half a megapixel: seconds of work
+    open_tab(page, "Reconstruct")
+    page.locator("#reconstruct-input input[type=file]").set_input_files(str(photo))
+    page.locator("#reconstruct-input img").first.wait_for()
+    choose(page, "Tokenizer", "photo-vq")
+    page.click("#reconstruct-button")
+    open_tab(page, "Generate")
+    page.click("#generate-button")
+    page.locator("#generate-timing", has_text="s per image").wait_for()
+    assert "dB" not in page.locator("#reconstruct-numbers").text_content()  # the reconstruction is still running
+    open_tab(page, "Reconstruct")
+    page.locator("#reconstruct-numbers", has_text="dB").wait_for()

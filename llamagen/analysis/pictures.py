@@ -35,13 +35,18 @@ def code_map(codes: torch.Tensor, codebook_size: int, cell: int = 16) -> Image.I
     return Image.fromarray(pixels).resize((codes.shape[1] * cell, codes.shape[0] * cell), Image.NEAREST)
 
 
-def error_map(original: Image.Image, reconstruction: Image.Image) -> Image.Image:
-    """Per-pixel error (mean absolute difference over RGB) as a heat map, black = exact, white-hot = 64+ levels."""
-    a = np.asarray(original.convert("RGB"), dtype=np.float64)
-    b = np.asarray(reconstruction.convert("RGB"), dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in size: {original.size} and {reconstruction.size}")
-    return Image.fromarray(_colour(np.abs(a - b).mean(-1) / ERROR_MAP_CEILING, "inferno"))
+def pixel_differences(a: Image.Image, b: Image.Image) -> np.ndarray:
+    """Per-pixel mean absolute difference over RGB, in levels of 255: (H, W) float64."""
+    first = np.asarray(a.convert("RGB"), dtype=np.float64)
+    second = np.asarray(b.convert("RGB"), dtype=np.float64)
+    if first.shape != second.shape:
+        raise ValueError(f"images differ in size: {a.size} and {b.size}")
+    return np.abs(first - second).mean(-1)
+
+
+def error_map(original: Image.Image, reconstruction: Image.Image, ceiling: float = ERROR_MAP_CEILING) -> Image.Image:
+    """Per-pixel error (`pixel_differences`) as a heat map, black = exact, white-hot = `ceiling` levels or more."""
+    return Image.fromarray(_colour(pixel_differences(original, reconstruction) / ceiling, "inferno"))
 
 
 # The colour that marks an edited cell: magenta, rare in photos and absent from the shapes' palette.

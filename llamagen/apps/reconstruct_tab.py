@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from llamagen.analysis.codebook import nearest_codes, replace_code
-from llamagen.analysis.pictures import code_map, error_map, outlined
+from llamagen.analysis.pictures import code_map, error_map, outlined, pixel_differences
 from llamagen.apps.common import TOKENIZER_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
@@ -99,13 +99,18 @@ def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, repl
     edited = tensor_to_pil(replace_code(tokenizer, codes, row, column, new)[None, :, :height, :width])[0]
     factor = tokenizer.downsample_factor
     cell = (column * factor, row * factor, (column + 1) * factor, (row + 1) * factor)
+    # The difference is drawn on the scale of its own largest change: one code's edit may move a photo's pixels
+    # by a few levels only, which the reconstruction error's scale (64 levels) would leave black.
+    changes = pixel_differences(tokenized.reconstruction, edited)
+    largest = float(changes.max())
     note = (
         f"cell (row {row}, column {column}), pixels {cell[0]}..{cell[2] - 1} across and {cell[1]}..{cell[3] - 1} "
-        f"down: code {old} -> {new}; framed in magenta"
+        f"down: code {old} -> {new}; framed in magenta. {int((changes > 0).sum()):,} of {changes.size:,} pixels "
+        f"changed, the most by {largest:.1f} levels of 255"
     )
     return (
         framed_cell(edited, cell),
-        framed_cell(error_map(tokenized.reconstruction, edited), cell),
+        framed_cell(error_map(tokenized.reconstruction, edited, ceiling=max(largest, 1.0)), cell),
         note,
         tokenized,
     )
@@ -163,7 +168,8 @@ def build(registry: ModelRegistry) -> None:
             note = gr.Markdown(elem_id="edit-note")
     with gr.Row():
         edited = picture("Decoded after the edit (the cell framed)", height=None, elem_id="edited")
-        difference = picture("What the edit changed (black: nothing)", height=None, elem_id="edit-difference")
+        difference = picture("What the edit changed (black: nothing; white: the largest change)", height=None,
+                             elem_id="edit-difference")  # fmt: skip
     kept = gr.State(None)  # this session's codes of the image: an edit decodes them instead of tokenizing again
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
