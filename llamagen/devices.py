@@ -27,6 +27,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def cpu_flags() -> set[str]:
+    """The instruction sets this CPU reports (Linux's /proc/cpuinfo); none where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def multiplies_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 in hardware: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or
+    AMX (elsewhere torch converts bf16 to float32 for every product, and bf16 is slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype | None:
     """A torch dtype from a dtype or its usual names ('bf16', 'float32', ...); None keeps the weights' own."""
     if dtype is None or isinstance(dtype, torch.dtype):

@@ -191,7 +191,7 @@ def test_reconstruct_reports_the_librarys_numbers(client, tmp_path):
     )
     from llamagen.tokenizer.loading import load_tokenizer
 
-    expected = reconstruct(load_tokenizer("shapes-vq", device="cpu"), Image.open(sample).convert("RGB"))
+    expected = reconstruct(load_tokenizer("shapes-vq", device="cpu", dtype="auto"), Image.open(sample).convert("RGB"))
     assert np.array_equal(png(reconstruction), np.asarray(expected.reconstruction))
     assert f"{expected.psnr:.2f} dB" in numbers and f"{expected.ssim:.4f}" in numbers
     assert "8x8 = 64" in numbers and f"{expected.distinct_codes} (" in numbers
@@ -430,7 +430,7 @@ def test_codebook_usage_is_counted_on_the_chosen_images(client):
     from llamagen.data.samples import image_set
     from llamagen.tokenizer.loading import load_tokenizer
 
-    counts = code_counts(load_tokenizer("shapes-vq", device="cpu"), image_set("shapes (64)"))
+    counts = code_counts(load_tokenizer("shapes-vq", device="cpu", dtype="auto"), image_set("shapes (64)"))
     used = int((counts > 0).sum())
     assert f"4096 tokens use {used} of 512 codes" in summary and f"Code 7 is used {int(counts[7])} times" in summary
     assert f"perplexity {code_perplexity(counts):.1f}" in summary

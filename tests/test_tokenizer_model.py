@@ -253,3 +253,33 @@ def test_tokenize_refuses_bad_images(images, message):
 def test_detokenize_refuses_bad_codes(codes, message):
     with pytest.raises(ValueError, match=message):
         tiny().detokenize(codes)
+
+
+def test_group_norm_sums_bf16_activations_in_float32():
+    """Float32GroupNorm hands bf16 maps to torch's kernel as they are, on the promise that it sums them in
+    float32: over a group of 262,144 values near 3 (where bf16 keeps two decimal digits), its output is the
+    float32 computation's rounded to bf16, give or take one rounding step."""
+    from llamagen.tokenizer.autoencoder import Float32GroupNorm
+
+    norm = Float32GroupNorm(8, 32, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    norm = norm.to(torch.bfloat16)
+    x = (3 + 0.05 * torch.randn(1, 32, 256, 256)).bfloat16()
+    expected = F.group_norm(x.float(), 8, norm.weight.float(), norm.bias.float(), 1e-6)
+    got = norm(x)
+    assert got.dtype == torch.bfloat16
+    step = expected.abs().clamp(min=1e-3) * 2**-7  # one bf16 step at each value
+    assert ((got.float() - expected).abs() <= step + 1e-6).all()
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_multiplies_it_and_the_weights_are_channels_last(tmp_path, monkeypatch):
+    from llamagen import load_tokenizer, save
+    from llamagen.tokenizer import loading
+
+    save(tiny(), tmp_path / "vq.safetensors")
+    monkeypatch.setattr(loading, "multiplies_bf16", lambda device: True)
+    model = load_tokenizer(tmp_path / "vq.safetensors", device="cpu", dtype="auto")
+    assert model.dtype == torch.bfloat16
+    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(loading, "multiplies_bf16", lambda device: False)
+    assert load_tokenizer(tmp_path / "vq.safetensors", device="cpu", dtype="auto").dtype == torch.float32

@@ -78,9 +78,15 @@ def command_line() -> str:
     return "llamagen " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
-def add_device_options(parser: argparse.ArgumentParser) -> None:
+def add_device_options(parser: argparse.ArgumentParser, default_dtype: str = "float32") -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else the CPU)")
-    parser.add_argument("--dtype", help="float32 (default) or bf16")
+    if default_dtype == "auto":
+        choices = (
+            "float32, bf16 or auto (default: auto, bf16 where the device multiplies bf16 in hardware, else float32)"
+        )
+    else:
+        choices = "float32 (default) or bf16"
+    parser.add_argument("--dtype", help=choices)
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:

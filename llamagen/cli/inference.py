@@ -27,7 +27,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
         args.tokenizer,
         config=parse_config(args.config),
         device=args.device,
-        dtype=args.dtype,
+        dtype=args.dtype or "auto",
         prefer_ema=args.ema,
     )
     result = reconstruct(tokenizer, image)
@@ -120,7 +120,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "by default read off the weights' shapes",
     )
     rec.add_argument("--out", required=True, help="where to write original | reconstruction (e.g. out.png)")
-    add_device_options(rec)
+    add_device_options(rec, default_dtype="auto")
     rec.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     rec.add_argument(
         "--max-megapixels",

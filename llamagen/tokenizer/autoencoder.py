@@ -14,11 +14,21 @@ from torch import nn
 
 from llamagen.tokenizer.config import GROUP_NORM_GROUPS
 
+# Devices whose group_norm kernels accumulate bf16 and fp16 inputs in float32 (torch's "opmath" type).
+_NATIVE_STATISTICS = ("cpu", "cuda")
+
 
 class Float32GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activations' dtype (bf16 statistics are too coarse)."""
+    """GroupNorm whose statistics are computed in float32 whatever the activations' dtype (bf16 sums over a
+    feature map are too coarse). torch's CPU and CUDA kernels already sum bf16 inputs in float32, so there the
+    activations go in as they are (a float32 copy of each map would cost a third of a bf16 decode); elsewhere
+    they are converted."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 or x.device.type in _NATIVE_STATISTICS:
+            weight = self.weight.to(x.dtype) if self.weight is not None else None
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)

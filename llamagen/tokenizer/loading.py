@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from llamagen.checkpoints import load_into, read_model_checkpoint
+from llamagen.devices import multiplies_bf16, resolve_device
 from llamagen.tokenizer.config import VQConfig
 from llamagen.tokenizer.model import VQModel
 
@@ -58,7 +59,10 @@ def load_tokenizer(
     written by `llamagen.save`, or an embedded model's name. `config` (a VQConfig, a dict of its fields
     or a preset name) is needed only where the file carries none and its shapes are not enough.
     `device` defaults to CUDA when available, else the CPU; `dtype` ('bf16', torch.float32, ...)
-    defaults to float32. `prefer_ema` takes the `ema` weights of a training checkpoint.
+    defaults to float32; "auto" is bf16 where the device multiplies bf16 in hardware (results equal to
+    float32's within bf16 rounding), else float32. `prefer_ema` takes the `ema` weights of a training
+    checkpoint. On a CPU the convolutions' weights are kept channels-last, the layout oneDNN computes in:
+    every activation then stays in it, with no reordering around each convolution.
     """
     path, contents = read_model_checkpoint(source, VQModel.checkpoint_kind, prefer_ema)
     if config is not None:
@@ -67,4 +71,7 @@ def load_tokenizer(
         vq_config = VQConfig.from_dict(contents.config)
     else:
         vq_config = infer_vq_config(contents.state_dict, repr(str(path)))
-    return load_into(lambda: VQModel(vq_config), contents, path, device, dtype)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if multiplies_bf16(resolve_device(device)) else torch.float32
+    model = load_into(lambda: VQModel(vq_config), contents, path, device, dtype)
+    return model.to(memory_format=torch.channels_last) if model.device.type == "cpu" else model

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from llamagen.devices import cpu_flags
+
 logger = logging.getLogger(__name__)
 
 _SOURCES = [
@@ -51,24 +53,15 @@ ready: bool | None = None
 _lock = threading.Lock()
 
 
-def _cpu_flags() -> set[str]:
-    """The instruction sets this CPU reports (Linux's /proc/cpuinfo); none where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
-    except OSError:
-        return set()
-
-
 def cpu_has_instructions() -> bool:
     """Whether this CPU reports AVX-512 with its byte/word and BF16 extensions."""
-    return set(_CPU_FLAGS) <= _cpu_flags()
+    return set(_CPU_FLAGS) <= cpu_flags()
 
 
 def cpu_has_tiles() -> bool:
     """Whether this CPU reports AMX's tiles and their bf16 products, which the bf16 product uses from
     `kTilesFromRows` rows of x (decoding.h, tile_linear.cpp)."""
-    return {"amx_tile", "amx_bf16"} <= _cpu_flags()
+    return {"amx_tile", "amx_bf16"} <= cpu_flags()
 
 
 def load() -> bool:

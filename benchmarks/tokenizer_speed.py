@@ -1,0 +1,193 @@
+"""Tokenizer speed: encode and decode, ours in float32 and in bf16, the original's way, and the compute floor.
+
+Encoding and decoding are convolutions (and a few attention layers at the lowest resolution): compute-bound, so
+the floor of a call is its multiply-adds (counted by torch's FlopCounterMode) / the rate of torch's product of
+two large matrices in the same dtype, measured in the same run. Rows: the published VQ-16's architecture (random
+weights) at 256 and 512 pixels, and each embedded tokenizer at 256 and on a 640x427 photo (scikit-learn's
+china.jpg, padded to the downsample factor). Columns:
+
+- (a) the original's way: float32, activations in torch's default layout, attention through an explicit
+  (positions x positions) softmax of `bmm` products, as taming-transformers' AttnBlock computes it;
+- ours, float32 and bf16, as `load_tokenizer` gives them on a CPU (convolution weights channels-last, so
+  oneDNN keeps every activation in its own layout; GroupNorm statistics summed in float32 by torch's kernel;
+  attention by scaled_dot_product_attention);
+- agreement of bf16 with float32 on the trained tokenizers: PSNR of the bf16 decode of float32's codes
+  against the float32 decode, and the share of an image's codes that bf16's encoder picks as float32's does.
+
+Run with `make bench` (a few minutes); it prints a table and writes it to
+benchmarks/results/tokenizer_cpu_DATE.md, which docs/performance.md cites.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import types
+from pathlib import Path
+
+import torch
+from decode_speed import cpu_model, measure_matmul_gflops
+from torch.utils.flop_counter import FlopCounterMode
+
+from llamagen.data.photos import load_photo
+from llamagen.images import pil_to_tensor
+from llamagen.metrics import psnr
+from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.tokenizer.autoencoder import AttnBlock
+from llamagen.tokenizer.loading import load_tokenizer
+from llamagen.tokenizer.reconstruction import pad_to_multiple
+
+ROOT = Path(__file__).resolve().parents[1]
+REPEATS = 3
+PHOTO = "china"  # 640x427
+
+
+def original_attention(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """taming-transformers' single-head attention: the whole (positions x positions) matrix, softmax, bmm."""
+    b, c, h, w = x.shape
+    y = block.norm(x)
+    q = block.q(y).reshape(b, c, h * w).transpose(1, 2)  # (b, hw, c)
+    k = block.k(y).reshape(b, c, h * w)  # (b, c, hw)
+    weights = torch.softmax(torch.bmm(q, k) * c**-0.5, dim=2)  # (b, hw query, hw key)
+    out = torch.bmm(block.v(y).reshape(b, c, h * w), weights.transpose(1, 2)).reshape(b, c, h, w)
+    return x + block.proj_out(out)
+
+
+def the_originals_way(model: VQModel) -> VQModel:
+    """A float32 copy in torch's default layout whose attention layers compute as the original's."""
+    original = VQModel(model.config).eval()
+    original.load_state_dict({name: tensor.float().contiguous() for name, tensor in model.state_dict().items()})
+    for module in original.modules():
+        if isinstance(module, AttnBlock):
+            module.forward = types.MethodType(original_attention, module)
+    return original
+
+
+def best_seconds(function) -> float:
+    function()  # warm-up: oneDNN picks and caches its kernels
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def flops(function) -> int:
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
+
+
+def inputs(downsample: int) -> dict[str, torch.Tensor]:
+    photo = pil_to_tensor(load_photo(PHOTO))
+    square = torch.nn.functional.interpolate(photo, size=(512, 512), mode="bilinear", antialias=True).clamp(-1, 1)
+    return {
+        "256x256": pad_to_multiple(square[..., ::2, ::2].contiguous(), downsample),
+        "512x512": pad_to_multiple(square, downsample),
+        f"{PHOTO} {photo.shape[-1]}x{photo.shape[-2]}": pad_to_multiple(photo, downsample),
+    }
+
+
+def to_pixels(images: torch.Tensor):
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def measure(name: str, fp32: VQModel, bf16: VQModel, size: str, images: torch.Tensor, rates: dict) -> dict:
+    original = the_originals_way(fp32)
+    codes = fp32.tokenize(images)
+    row = {"tokenizer": name, "input": size, "tokens": f"{codes.shape[-1]}x{codes.shape[-2]}"}
+    for step, run in (("encode", lambda m: m.tokenize(images)), ("decode", lambda m: m.detokenize(codes))):
+        work = flops(lambda run=run: run(original))  # the same multiply-adds whichever way
+        row[f"{step}_gflop"] = work / 1e9
+        row[f"{step}_original"] = best_seconds(lambda run=run: run(original))
+        row[f"{step}_fp32"] = best_seconds(lambda run=run: run(fp32))
+        row[f"{step}_bf16"] = best_seconds(lambda run=run: run(bf16))
+        row[f"{step}_floor_bf16"] = work / (rates[torch.bfloat16] * 1e9)
+        row[f"{step}_floor_fp32"] = work / (rates[torch.float32] * 1e9)
+    row["same_codes"] = (bf16.tokenize(images) == codes).float().mean().item()
+    reference, decoded = to_pixels(fp32.detokenize(codes)), to_pixels(bf16.detokenize(codes))
+    row["psnr_bf16_vs_fp32"] = float(psnr(reference, decoded, data_range=255.0).min())
+    return row
+
+
+def rows_to_measure():
+    torch.manual_seed(0)
+    vq16 = VQModel(vq_preset("VQ-16"))
+    yield "VQ-16 (random weights)", vq16, ["256x256", "512x512"]
+    for name in ("photo-vq", "shapes-vq", "digits-vq"):
+        yield name, name, ["256x256", f"{PHOTO} 640x427"]
+
+
+def load(source, dtype: str) -> VQModel:
+    if isinstance(source, VQModel):  # random weights: through a file, as users load them
+        path = ROOT / "outputs" / "bench_vq16.safetensors"
+        if not path.exists():
+            from llamagen import save
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(source, path)
+        source = path
+    return load_tokenizer(source, device="cpu", dtype=dtype)
+
+
+def format_row(row: dict) -> str:
+    cells = [row["tokenizer"], row["input"], row["tokens"]]
+    for step in ("encode", "decode"):
+        cells += [
+            f"{row[f'{step}_gflop']:.0f}",
+            f"{row[f'{step}_original']:.2f}",
+            f"{row[f'{step}_fp32']:.2f}",
+            f"{row[f'{step}_bf16']:.2f}",
+            f"{row[f'{step}_floor_bf16']:.2f}",
+            f"{row[f'{step}_bf16'] / row[f'{step}_floor_bf16']:.2f}x",
+            f"{row[f'{step}_original'] / row[f'{step}_bf16']:.1f}x",
+        ]
+    trained = not row["tokenizer"].startswith("VQ-16")
+    cells += [f"{100 * row['same_codes']:.1f}%", f"{row['psnr_bf16_vs_fp32']:.1f}"] if trained else ["-", "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| tokenizer | input | tokens "
+    "| encode GFLOP | (a) original, s | ours fp32, s | ours bf16, s | floor bf16, s | bf16 / floor | (a) / bf16 "
+    "| decode GFLOP | (a) original, s | ours fp32, s | ours bf16, s | floor bf16, s | bf16 / floor | (a) / bf16 "
+    "| codes as fp32's | PSNR bf16 vs fp32, dB |\n" + "|---" * 19 + "|"
+)
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    rates = {dtype: measure_matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    lines = []
+    print(HEADER, flush=True)
+    for name, source, sizes in rows_to_measure():
+        fp32, bf16 = load(source, "float32"), load(source, "bf16")
+        images = inputs(fp32.downsample_factor)
+        for size in sizes:
+            key = next(key for key in images if key.startswith(size.split()[0]))
+            line = format_row(measure(name, fp32, bf16, size, images[key], rates))
+            print(line, flush=True)
+            lines.append(line)
+    after = {dtype: measure_matmul_gflops(dtype) for dtype in rates}
+    note = (
+        f"Tokenizer speed on {cpu_model()} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
+        f"seconds per call on one image, the best of {REPEATS} after a warm-up. Product rate of two 2048x2048 "
+        f"matrices, before and after the rows: float32 {rates[torch.float32]:.0f} and "
+        f"{after[torch.float32]:.0f} GFLOP/s, bf16 {rates[torch.bfloat16]:.0f} and {after[torch.bfloat16]:.0f}; "
+        "the floors divide the multiply-adds (2 per multiply-add, counted by FlopCounterMode) by the rate before. "
+        "(a): float32, default layout, attention by an explicit softmax of bmm products (the original's). "
+        "Ours: `load_tokenizer(..., dtype=...)` on the CPU (channels-last weights, GroupNorm summed in float32 "
+        "by torch's kernel, scaled_dot_product_attention). The last two columns compare bf16 with float32 on "
+        "the trained tokenizers: the share of codes its encoder picks as float32's does, and the PSNR of its "
+        "decode of float32's codes against float32's decode."
+    )
+    table = f"{note}\n\n{HEADER}\n" + "\n".join(lines) + "\n"
+    out = ROOT / "benchmarks" / "results" / f"tokenizer_cpu_{datetime.date.today().isoformat()}.md"
+    out.write_text(table)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
