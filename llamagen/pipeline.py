@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from llamagen.checkpoints import read_safetensors_metadata, resolve_source
 from llamagen.generation import generate
@@ -50,6 +49,8 @@ def decode_tokens(tokenizer: VQModel, tokens: torch.Tensor) -> torch.Tensor:
 
 def image_grid(images: torch.Tensor, columns: int | None = None) -> Image.Image:
     """(B, 3, H, W) images in [-1, 1] tiled into one picture, `columns` wide (default: about square)."""
+    from torchvision.utils import make_grid  # here: torchvision takes a second and a half to import
+
     columns = columns or math.ceil(math.sqrt(images.shape[0]))
     return tensor_to_pil(make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)[None])[0]
 
