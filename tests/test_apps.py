@@ -170,7 +170,7 @@ def test_a_generation_does_not_wait_behind_a_reconstruction(client, tmp_path):
     from llamagen.data.samples import sample_image
 
     photo = tmp_path / "photo.png"
-    sample_image("coffee").save(photo)  # 600x400
+    sample_image("coffee").resize((1000, 1000)).save(photo)  # the largest upload: seconds of work
     generate_call(client, seed=0, count=1)  # the generator loaded before the clock starts
     slow = [client.submit("photo-vq", gradio_client.handle_file(str(photo)), api_name="/reconstruct")
             for _ in range(2)]  # fmt: skip
