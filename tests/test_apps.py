@@ -170,10 +170,13 @@ def test_a_generation_does_not_wait_behind_a_reconstruction(client, tmp_path):
     from llamagen.data.samples import sample_image
 
     photo = tmp_path / "photo.png"
-    sample_image("coffee").resize((1000, 1000)).save(photo)  # the largest upload: seconds of work
+    sample_image("coffee").resize((700, 700)).save(photo)  # seconds of work
     generate_call(client, seed=0, count=1)  # the generator loaded before the clock starts
-    slow = [client.submit("photo-vq", gradio_client.handle_file(str(photo)), api_name="/reconstruct")
-            for _ in range(2)]  # fmt: skip
+    slow = []
+    for _ in range(2):  # one at a time: the first running before the second is queued behind it
+        slow.append(client.submit("photo-vq", gradio_client.handle_file(str(photo)), api_name="/reconstruct"))
+        while slow[-1].status().code not in (Status.PROCESSING, Status.IN_QUEUE):
+            time.sleep(0.05)
     while slow[0].status().code != Status.PROCESSING:
         time.sleep(0.05)
     quick = client.submit("digits-c2i", ["3"], "", *SAMPLING.values(), 0, 1, api_name="/generate")

@@ -75,7 +75,7 @@ def test_in_bf16_a_shipped_tokenizer_equals_float32_within_bf16_rounding(name):
     bf16 = load_tokenizer(name, device="cpu", dtype="bf16")
     own, _ = held_out_images(SHIPPED[name])
     photo = pil_to_tensor(load_photo("china").crop((0, 0, 320, 216)))
-    own = torch.cat([pil_to_tensor(image) for image in own[:16]])
+    own = torch.cat([pil_to_tensor(image) for image in own[:4]])
     for images in (own, pad_to_multiple(photo, fp32.downsample_factor)):
         codes = fp32.tokenize(images)
         assert (bf16.tokenize(images) == codes).float().mean() >= 0.95
