@@ -136,7 +136,7 @@ def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
     started = time.perf_counter()
     page.click("#edit-button")
     page.locator("#edit-note", has_text="cell (row 2, column 5)").wait_for()
-    # The edit decodes the session's kept codes: it arrives in well under a second.
+    # The edit decodes the codes the page kept: it arrives in well under a second.
     assert time.perf_counter() - started < 1.0
     edited = fetched_png(page, "#edited img")  # 64 pixels drawn 4x4, the cell (160..191, 64..95) framed
     assert edited.shape == (256, 256, 3) and (edited[62:64, 158:194] == (255, 0, 255)).all()

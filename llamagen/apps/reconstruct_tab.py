@@ -36,7 +36,7 @@ def code_map_cell(rows: int, columns: int) -> int:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """What a session keeps of the image it reconstructed, so that an edit decodes instead of tokenizing again."""
+    """What a page keeps (Gradio state) of its reconstructed image: an edit decodes it instead of tokenizing again."""
 
     tokenizer: str
     codes: torch.Tensor  # (h, w)
@@ -67,7 +67,7 @@ def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
 
 
 def _tokenized(registry: ModelRegistry, tokenizer_name, image, kept: Tokenized | None) -> Tokenized:
-    """The session's codes of the image, or (for a first edit, or a client that never reconstructed) the
+    """The page's kept codes of the image, or (for a first edit, or a client that never reconstructed) the
     image tokenized now."""
     if kept is not None and kept.tokenizer == tokenizer_name:
         return kept
@@ -170,7 +170,7 @@ def build(registry: ModelRegistry) -> None:
         edited = picture("Decoded after the edit (the cell framed)", height=None, elem_id="edited")
         difference = picture("What the edit changed (black: nothing; white: the largest change)", height=None,
                              elem_id="edit-difference")  # fmt: skip
-    kept = gr.State(None)  # this session's codes of the image: an edit decodes them instead of tokenizing again
+    kept = gr.State(None)  # this page's codes of the image: an edit decodes them instead of tokenizing again
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
     run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],
