@@ -111,7 +111,8 @@ def build(registry: ModelRegistry) -> None:
             model = gr.Dropdown(models, value=models[0] if models else None, label="Generator")
             names = class_choices(registry, models[0]) if models else []
             # The first generator's own sampling settings; choosing another sets its own (model_inputs).
-            sampling = registry.pipeline(models[0]).sampling if models else ORIGINAL["c2i"]
+            first = registry.pipeline(models[0]) if models else None
+            sampling = first.sampling if first else ORIGINAL["c2i"]
             # Custom values pass to the pipeline, which checks them: API clients may name the classes of any
             # generator, whatever the page last showed.
             classes = gr.Dropdown(names or [], value=(names or [])[:1], multiselect=True, label="Classes",
@@ -124,8 +125,7 @@ def build(registry: ModelRegistry) -> None:
                 top_k = gr.Number(sampling.top_k, precision=0, label="Top-k (0: all)")
                 top_p = gr.Slider(0.05, 1.0, value=sampling.top_p, step=0.05, label="Top-p")
             temperature = gr.Slider(0.0, 2.0, value=sampling.temperature, step=0.05, label="Temperature")
-            defaults = gr.Markdown(defaults_note(registry.pipeline(models[0])) if models else "",
-                                   elem_id="generate-defaults")  # fmt: skip
+            defaults = gr.Markdown(defaults_note(first) if first else "", elem_id="generate-defaults")
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed")
                 count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -81,12 +82,10 @@ def run_generate(args: argparse.Namespace) -> None:
         num_images_per_condition=args.images_per_class,
         compile=args.compile,
     )
-    used = pipe.sampling.filled(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, top_k=args.top_k,
-                                top_p=args.top_p, temperature=args.temperature)  # fmt: skip
-    given = ["--" + name.replace("_", "-") for name in used if getattr(args, name) is not None]
-    print(f"sampling    guidance {used['cfg_scale']:g}, top-k {used['top_k']}, top-p {used['top_p']:g}, temperature "
-          f"{used['temperature']:g}" + (f" ({', '.join(given)} as given; the rest " if given else " (")
-          + f"from {pipe.sampling.source})")  # fmt: skip
+    given = {name: getattr(args, name) for name in pipe.sampling.values() if getattr(args, name) is not None}
+    flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    source = f"{flags} as given; the rest from {pipe.sampling.source}" if given else f"from {pipe.sampling.source}"
+    print(f"sampling    {dataclasses.replace(pipe.sampling, **given, source=source).describe()}")
     conditions = len(output.conditions) // args.images_per_class
     grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
     # Each image at least SHOWN_IMAGE_SIZE pixels wide: a sheet of 32-pixel digits is otherwise a thumbnail.
