@@ -61,11 +61,13 @@ demo: setup
 # prints a table and writes it to benchmarks/results/decode_cpu_DATE.md (about half an hour); then how fast
 # llamagen's product kernel reads the weights against torch's (benchmarks/results/small_batch_linear_DATE.md);
 # then the tokenizers' encode and decode against the original's way and the compute floor (a few minutes;
-# benchmarks/results/tokenizer_cpu_DATE.md).
+# benchmarks/results/tokenizer_cpu_DATE.md); then token surgery's local re-decode against a full decode
+# (benchmarks/results/token_surgery_cpu_DATE.md).
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py
 	$(BIN)/python benchmarks/small_batch_linear.py
 	$(BIN)/python benchmarks/tokenizer_speed.py
+	$(BIN)/python benchmarks/token_surgery.py
 
 clean:
 	rm -rf $(OUTPUTS) .cache .pytest_cache .ruff_cache

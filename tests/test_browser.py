@@ -118,29 +118,29 @@ def test_generate_tab(page):
 def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):
     from llamagen.data.samples import sample_image
 
-    upload = tmp_path / "shape.png"
-    sample_image("shapes 2").save(upload)
+    upload = tmp_path / "photo.png"
+    sample_image("coffee").save(upload)  # 600x400: photo-vq's 75x50 codes
     open_tab(page, "Reconstruct")
     page.locator("#reconstruct-input input[type=file]").set_input_files(str(upload))
     page.locator("#reconstruct-input img").first.wait_for()
-    choose(page, "Tokenizer", "shapes-vq")
+    choose(page, "Tokenizer", "photo-vq")
     page.click("#reconstruct-button")
     page.locator("#reconstruct-numbers", has_text="dB").wait_for()
-    assert fetched_png(page, "#reconstruction img").shape == (64, 64, 3)
+    assert fetched_png(page, "#reconstruction img").shape == (400, 600, 3)
 
     code_map = page.locator("#code-map img")
     box = code_map.bounding_box()
-    code_map.click(position={"x": box["width"] * 5.5 / 8, "y": box["height"] * 2.5 / 8})  # row 2, column 5
+    code_map.click(position={"x": box["width"] * 5.5 / 75, "y": box["height"] * 2.5 / 50})  # row 2, column 5
     page.wait_for_function("document.querySelector('#edit-row input').value === '2'")
     assert page.locator("#edit-column input").input_value() == "5"
     started = time.perf_counter()
     page.click("#edit-button")
     page.locator("#edit-note", has_text="cell (row 2, column 5)").wait_for()
-    # The edit decodes the codes the page kept: it arrives in well under a second.
+    # The edit decodes only the window around its cell, from the decode the page kept: well under a second.
     assert time.perf_counter() - started < 1.0
-    edited = fetched_png(page, "#edited img")  # 64 pixels drawn 4x4, the cell (160..191, 64..95) framed
-    assert edited.shape == (256, 256, 3) and (edited[62:64, 158:194] == (255, 0, 255)).all()
-    assert fetched_png(page, "#edit-difference img").shape == (256, 256, 3)
+    edited = fetched_png(page, "#edited img")  # the cell, pixels 40..47 across and 16..23 down, framed
+    assert edited.shape == (400, 600, 3) and (edited[14:16, 38:50] == (255, 0, 255)).all()
+    assert fetched_png(page, "#edit-difference img").shape == (400, 600, 3)
     page.screenshot(path=ARTIFACTS / "reconstruct.png", full_page=True)
 
     # A file that is not an image: the CLI's message in the page, no internals; the last image's results gone.

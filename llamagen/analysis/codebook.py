@@ -109,15 +109,3 @@ def code_patches(tokenizer: VQModel, codes: Sequence[int], tiles: int = 3) -> to
         check_code(tokenizer, code)
     grids = torch.tensor(list(codes), dtype=torch.long, device=tokenizer.device).view(-1, 1, 1).expand(-1, tiles, tiles)
     return tokenizer.detokenize(grids).float().clamp(-1, 1).cpu()
-
-
-@torch.no_grad()
-def replace_code(tokenizer: VQModel, codes: torch.Tensor, row: int, column: int, code: int) -> torch.Tensor:
-    """Token surgery: (h, w) codes with one cell replaced, decoded -> (3, H, W) in [-1, 1]."""
-    check_code(tokenizer, code)
-    height, width = codes.shape
-    if not (0 <= row < height and 0 <= column < width):
-        raise ValueError(f"cell ({row}, {column}) is outside the {height}x{width} grid of codes")
-    edited = codes.clone()
-    edited[row, column] = code
-    return tokenizer.detokenize(edited[None].to(tokenizer.device))[0].float().clamp(-1, 1).cpu()

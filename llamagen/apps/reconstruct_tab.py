@@ -10,12 +10,13 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from llamagen.analysis.codebook import nearest_codes, replace_code
+from llamagen.analysis.codebook import nearest_codes
 from llamagen.analysis.pictures import code_map, error_map, outlined, pixel_differences
 from llamagen.apps.common import TOKENIZER_QUEUE, number_in_range, picture, shown_errors, uploaded_image
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
-from llamagen.images import enlarged, tensor_to_pil
+from llamagen.images import enlarged
+from llamagen.tokenizer.local_decode import DecodedCodes, decode_edit
 from llamagen.tokenizer.reconstruction import reconstruct
 
 REPLACE_BY = ("code index", "nearest neighbour")
@@ -36,11 +37,16 @@ def code_map_cell(rows: int, columns: int) -> int:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """What a page keeps (Gradio state) of its reconstructed image: an edit decodes it instead of tokenizing again."""
+    """What a page keeps (Gradio state) of its reconstructed image: an edit decodes only the window around its
+    cell again, from the decode kept here, instead of tokenizing and decoding the whole image."""
 
     tokenizer: str
-    codes: torch.Tensor  # (h, w)
+    decoded: DecodedCodes
     reconstruction: Image.Image
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self.decoded.codes
 
 
 @shown_errors
@@ -48,7 +54,7 @@ def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
     """Original, reconstruction, error map, code map, the numbers, and the codes kept for token surgery."""
     image = uploaded_image(image)
     tokenizer = registry.tokenizer(tokenizer_name)
-    result = reconstruct(tokenizer, image)
+    result = reconstruct(tokenizer, image, keep_for_edits=True)
     rows, columns = result.codes.shape
     size = tokenizer.config.codebook_size
     numbers = (
@@ -62,7 +68,7 @@ def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
         error_map(result.original, result.reconstruction),
         code_map(result.codes, size, code_map_cell(rows, columns)),
         numbers,
-        Tokenized(tokenizer_name, result.codes, result.reconstruction),
+        Tokenized(tokenizer_name, result.decoded, result.reconstruction),
     )
 
 
@@ -71,8 +77,8 @@ def _tokenized(registry: ModelRegistry, tokenizer_name, image, kept: Tokenized |
     image tokenized now."""
     if kept is not None and kept.tokenizer == tokenizer_name:
         return kept
-    result = reconstruct(registry.tokenizer(tokenizer_name), uploaded_image(image))
-    return Tokenized(tokenizer_name, result.codes, result.reconstruction)
+    result = reconstruct(registry.tokenizer(tokenizer_name), uploaded_image(image), keep_for_edits=True)
+    return Tokenized(tokenizer_name, result.decoded, result.reconstruction)
 
 
 @shown_errors
@@ -96,7 +102,7 @@ def edit_token(registry: ModelRegistry, tokenizer_name, image, row, column, repl
     else:
         raise ValueError(f"replace by {replace_by!r}? choose one of {', '.join(REPLACE_BY)}")
     width, height = tokenized.reconstruction.size
-    edited = tensor_to_pil(replace_code(tokenizer, codes, row, column, new)[None, :, :height, :width])[0]
+    edited = Image.fromarray(decode_edit(tokenizer, tokenized.decoded, row, column, new)[:height, :width])
     factor = tokenizer.downsample_factor
     cell = (column * factor, row * factor, (column + 1) * factor, (row + 1) * factor)
     # The difference is drawn on the scale of its own largest change: one code's edit may move a photo's pixels

@@ -182,11 +182,25 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.upsampled(self.latent_features(z))
+
+    # The two stages apart, because they cost differently: the first runs at the latent's resolution and holds
+    # every attention layer (each position sees the whole map); the second is convolutions only, at 2x to f x the
+    # resolution, and most of the work. A local re-decode (llamagen.tokenizer.local_decode) runs them on different
+    # windows.
+
+    def latent_features(self, z: torch.Tensor) -> torch.Tensor:
+        """conv_in, the middle blocks and the first level's blocks, at the latent's resolution."""
         h = self.conv_in(z)
         for layer in self.mid:
             h = layer(h)
-        for block in self.conv_blocks:
-            h = run_level(block, h)
+        return run_level(self.conv_blocks[0], h)
+
+    def upsampled(self, h: torch.Tensor) -> torch.Tensor:
+        """The first level's upsampling, the higher levels, and the output convolution: features -> pixels."""
+        for index, block in enumerate(self.conv_blocks):
+            if index:
+                h = run_level(block, h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from llamagen.images import pil_to_tensor, tensor_to_uint8
 from llamagen.metrics import psnr, ssim
+from llamagen.tokenizer.local_decode import DecodedCodes, recorded_decode
 from llamagen.tokenizer.model import VQModel
 
 
@@ -28,6 +30,7 @@ class Reconstruction:
     ssim: float  # data range 255; NaN for images under 11 pixels a side
     bits_per_pixel: float  # tokens x log2(codebook size) / pixels of the original image
     distinct_codes: int
+    decoded: DecodedCodes | None = None  # kept for `local_decode.decode_edit` when asked for
 
     @property
     def ssim_text(self) -> str:
@@ -59,21 +62,29 @@ def tokenize_image(tokenizer: VQModel, image: Image.Image) -> torch.Tensor:
     return tokenizer.tokenize(pixels)[0].cpu()
 
 
-def reconstruct(tokenizer: VQModel, image: Image.Image) -> Reconstruction:
-    """Round-trip one RGB image through the tokenizer and measure the result."""
-    return reconstruct_batch(tokenizer, [image])[0]
+def reconstruct(tokenizer: VQModel, image: Image.Image, keep_for_edits: bool = False) -> Reconstruction:
+    """Round-trip one RGB image through the tokenizer and measure the result. `keep_for_edits` keeps what a
+    local re-decode of an edited code needs (`Reconstruction.decoded`), for about a tenth more time."""
+    return reconstruct_batch(tokenizer, [image], keep_for_edits)[0]
 
 
-def reconstruct_batch(tokenizer: VQModel, images: list[Image.Image]) -> list[Reconstruction]:
+def reconstruct_batch(
+    tokenizer: VQModel, images: list[Image.Image], keep_for_edits: bool = False
+) -> list[Reconstruction]:
     """Round-trip RGB images of one size as one batch (bit-identical to one at a time)."""
     if len({image.size for image in images}) != 1:
         raise ValueError(f"a batch needs images of one size, got {sorted({image.size for image in images})}")
     originals = torch.cat([pil_to_tensor(image) for image in images])
     height, width = originals.shape[-2:]
     codes = tokenizer.tokenize(pad_to_multiple(originals, tokenizer.downsample_factor))
-    decoded = tokenizer.detokenize(codes)[..., :height, :width]
+    if keep_for_edits:
+        kept = [recorded_decode(tokenizer, grid) for grid in codes]
+        decoded_pixels = np.stack([decoded.pixels[:height, :width] for decoded in kept])
+    else:
+        kept = [None] * len(images)
+        decoded_pixels = tensor_to_uint8(tokenizer.detokenize(codes)[..., :height, :width])
     bits_per_pixel = codes[0].numel() * math.log2(tokenizer.config.codebook_size) / (height * width)
-    original_pixels, decoded_pixels = tensor_to_uint8(originals), tensor_to_uint8(decoded)
+    original_pixels = tensor_to_uint8(originals)
     psnrs = psnr(original_pixels, decoded_pixels, data_range=255.0).tolist()
     ssims = ssim(original_pixels, decoded_pixels, data_range=255.0).tolist()
     return [
@@ -85,6 +96,7 @@ def reconstruct_batch(tokenizer: VQModel, images: list[Image.Image]) -> list[Rec
             ssim=ssims[i],
             bits_per_pixel=bits_per_pixel,
             distinct_codes=int(codes[i].unique().numel()),
+            decoded=kept[i],
         )
         for i in range(len(images))
     ]
