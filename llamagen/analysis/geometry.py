@@ -1,0 +1,192 @@
+"""How many dimensions a codebook and the latents it quantizes fill.
+
+Two answers, which differ for curved sets:
+
+- linear: the PCA spectrum (the variance along each principal axis) and its participation ratio,
+  (sum of the variances)^2 / (sum of their squares): how many axes carry the variance, counted as if evenly;
+- intrinsic: TwoNN (Facco, d'Errico, Rodriguez and Laio, Sci. Rep. 7, 12140, 2017). On a d-dimensional
+  manifold the ratio mu of a point's second to first nearest-neighbour distance follows a Pareto law,
+  P(mu > x) = x^-d, whatever the density; d is the slope of -log(1 - F(mu)) against log(mu), fitted through the
+  origin over all but the largest tenth of the ratios (the paper's choice: the tail holds the points whose
+  neighbours lie across a gap).
+
+Points on the 3-sphere in 4 dimensions need 4 axes (participation ratio 4) and have dimension 3.
+
+Each measure takes optional weights (how often each code is used), so that a rarely used code counts as little
+as it is used. The projection test asks what a tokenizer keeps when its codes and latents are flattened onto
+their top-k principal axes: the share of positions that keep their code, and the reconstruction's PSNR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llamagen.analysis.codebook import COUNT_TILE, codebook_vectors, nearest_neighbours
+from llamagen.images import pil_to_tensor, tensor_to_uint8
+from llamagen.metrics import psnr
+from llamagen.tokenizer.model import VQModel
+from llamagen.tokenizer.reconstruction import pad_to_multiple
+
+# The share of the largest neighbour-distance ratios that the TwoNN fit leaves out (Facco et al.'s 10%).
+TWO_NN_DISCARD = 0.1
+NEIGHBOUR_DISTANCES_AT_A_TIME = 1 << 25
+
+
+@dataclass(frozen=True)
+class PrincipalAxes:
+    mean: torch.Tensor  # (D,)
+    axes: torch.Tensor  # (D, D), one axis a row, the largest variance first
+    variances: torch.Tensor  # (D,), along each axis
+
+    def project(self, points: torch.Tensor, k: int) -> torch.Tensor:
+        """(N, D) points flattened onto the first k axes (through the mean), still in D dimensions."""
+        kept = self.axes[:k].to(points.dtype)
+        mean = self.mean.to(points.dtype)
+        return mean + (points - mean) @ kept.T @ kept
+
+
+def _weights(points: torch.Tensor, weights: torch.Tensor | np.ndarray | None) -> torch.Tensor:
+    if weights is None:
+        return torch.ones(len(points), dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.shape != (len(points),) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(
+            f"weights must be {len(points)} non-negative numbers, not all 0, got shape {tuple(weights.shape)}"
+        )
+    return weights
+
+
+def principal_axes(points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None) -> PrincipalAxes:
+    """The (weighted) mean, principal axes and variances of (N, D) points."""
+    if points.dim() != 2 or len(points) < 2:
+        raise ValueError(f"points must be an (N, D) tensor with N >= 2, got shape {tuple(points.shape)}")
+    w = _weights(points, weights)
+    x = points.double()
+    mean = (w[:, None] * x).sum(0) / w.sum()
+    centred = (x - mean) * (w / w.sum()).sqrt()[:, None]
+    _, singular, axes = torch.linalg.svd(centred, full_matrices=False)
+    variances = torch.zeros(x.shape[1], dtype=torch.float64)
+    variances[: len(singular)] = singular**2
+    if len(axes) < x.shape[1]:  # fewer points than dimensions: the rest of the axes carry nothing
+        rest = torch.linalg.qr(torch.cat([axes.T, torch.eye(x.shape[1], dtype=torch.float64)], 1))[0][:, len(axes) :]
+        axes = torch.cat([axes, rest.T])
+    return PrincipalAxes(mean, axes, variances)
+
+
+def pca_spectrum(points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+    """(D,) the share of the variance along each principal axis, largest first (sums to 1)."""
+    variances = principal_axes(points, weights).variances
+    return (variances / variances.sum()).numpy()
+
+
+def participation_ratio(spectrum: np.ndarray | Sequence[float]) -> float:
+    """(sum of variances)^2 / sum of their squares: D for an isotropic cloud, 1 for a line."""
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    return float(spectrum.sum() ** 2 / (spectrum**2).sum())
+
+
+def two_nn_dimension(points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None) -> float:
+    """TwoNN's intrinsic dimension of (N, D) points (module docstring). Points that coincide with another (a
+    first neighbour at distance 0) are left out: their ratio is undefined."""
+    w = _weights(points, weights).numpy()
+    # Itself, then its two nearest; a few tens of millions of distances at a time.
+    _, distances = nearest_neighbours(points.double(), 3, chunk=max(1, NEIGHBOUR_DISTANCES_AT_A_TIME // len(points)))
+    first, second = distances[:, 1], distances[:, 2]
+    usable = (first > 0) & (w > 0)
+    if usable.sum() < 3:
+        raise ValueError(f"TwoNN needs at least 3 distinct points with weight, got {int(usable.sum())}")
+    ratios, w = second[usable] / first[usable], w[usable]
+    order = np.argsort(ratios)
+    ratios, w = ratios[order], w[order]
+    # The empirical distribution, each ratio at the middle of its own weight so that the last stays below 1.
+    cumulative = (np.cumsum(w) - w / 2) / w.sum()
+    kept = cumulative <= 1 - TWO_NN_DISCARD
+    x, y = np.log(ratios[kept]), -np.log1p(-cumulative[kept])
+    return float((w[kept] * x * y).sum() / (w[kept] * x * x).sum())
+
+
+@torch.no_grad()
+def encoder_latents(tokenizer: VQModel, images, per_image: int | None = None, seed: int = 0) -> torch.Tensor:
+    """(N, D) float32: the encoder's latents before quantization, as the quantizer compares them (on the unit
+    sphere for an l2 tokenizer), over PIL images (tiled as `code_counts` tiles them); `per_image` positions of
+    each image drawn at random (seed `seed`), or all of them."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = []
+    for image in images:
+        rows = torch.cat([_latents(tokenizer, tile) for tile in _tiles(image)])
+        if per_image is not None and per_image < len(rows):
+            rows = rows[torch.randperm(len(rows), generator=generator)[:per_image]]
+        drawn.append(rows)
+    return torch.cat(drawn)
+
+
+def _tiles(image):
+    for top in range(0, image.height, COUNT_TILE):
+        for left in range(0, image.width, COUNT_TILE):
+            yield image.crop((left, top, min(left + COUNT_TILE, image.width), min(top + COUNT_TILE, image.height)))
+
+
+def _latents(tokenizer: VQModel, image) -> torch.Tensor:
+    pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor).to(tokenizer.device, tokenizer.dtype)
+    latent = tokenizer.quant_conv(tokenizer.encoder(pixels))
+    return tokenizer.quantize._prepare(latent).reshape(-1, tokenizer.config.codebook_embed_dim).cpu()
+
+
+@dataclass(frozen=True)
+class ProjectionRow:
+    k: int
+    codes_kept: float  # share of positions whose nearest code is the same as in the full space
+    psnr: float  # mean over images, dB, of the reconstruction decoded from the flattened codes
+
+
+@torch.no_grad()
+def projection_test(
+    tokenizer: VQModel, images, ks: Sequence[int], axes: PrincipalAxes | None = None
+) -> list[ProjectionRow]:
+    """For each k: codes and latents flattened onto the first k principal axes (by default those of the codes,
+    each weighted by its use on `images`), back on the unit sphere for an l2 tokenizer; each position's latent
+    quantized again among the flattened codes, and the flattened codes decoded. k = D changes nothing."""
+    images = list(images)
+    dimensions = tokenizer.config.codebook_embed_dim
+    if any(not 0 <= k <= dimensions for k in ks):
+        raise ValueError(f"each k must be in 0..{dimensions}, got {list(ks)}")
+    codebook = codebook_vectors(tokenizer)
+    latents = [_latents(tokenizer, image) for image in images]  # images of any size, each whole
+    full_codes = [_nearest(latent, codebook) for latent in latents]
+    if axes is None:
+        usage = torch.bincount(torch.cat(full_codes), minlength=len(codebook))
+        used = usage > 0
+        axes = principal_axes(codebook[used], usage[used])
+    rows = []
+    for k in ks:
+        flat_codebook = _flattened(axes, codebook, k, tokenizer.quantize.l2_norm)
+        kept, scores = 0, []
+        for image, latent, codes in zip(images, latents, full_codes, strict=True):
+            new_codes = _nearest(_flattened(axes, latent, k, tokenizer.quantize.l2_norm), flat_codebook)
+            kept += int((new_codes == codes).sum())
+            scores.append(_decoded_psnr(tokenizer, image, flat_codebook[new_codes]))
+        rows.append(ProjectionRow(k, kept / sum(len(codes) for codes in full_codes), float(np.mean(scores))))
+    return rows
+
+
+def _flattened(axes: PrincipalAxes, points: torch.Tensor, k: int, on_sphere: bool) -> torch.Tensor:
+    flat = axes.project(points.double(), k).float()
+    return F.normalize(flat, dim=-1) if on_sphere else flat
+
+
+def _nearest(points: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.cdist(rows, codebook).argmin(1) for rows in points.split(4096)])
+
+
+def _decoded_psnr(tokenizer: VQModel, image, vectors: torch.Tensor) -> float:
+    """PSNR of `image` against the decode of one (D,) vector per position of its padded grid."""
+    factor = tokenizer.downsample_factor
+    rows, columns = -(-image.height // factor), -(-image.width // factor)
+    quantized = vectors.reshape(1, rows, columns, -1).permute(0, 3, 1, 2).to(tokenizer.device)
+    decoded = tokenizer.decode(quantized)[..., : image.height, : image.width]
+    return float(psnr(np.array(image)[None], tensor_to_uint8(decoded), data_range=255.0)[0])

@@ -1,0 +1,88 @@
+"""The geometry measures on point sets whose dimension is known, and the projection test's fixed points."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import small_tokenizer
+
+from llamagen.analysis.codebook import code_counts
+from llamagen.analysis.geometry import (
+    encoder_latents,
+    participation_ratio,
+    pca_spectrum,
+    principal_axes,
+    projection_test,
+    two_nn_dimension,
+)
+from llamagen.data.samples import sample_image
+from llamagen.tokenizer.reconstruction import reconstruct, tokenize_image
+
+
+def embedded(points: torch.Tensor, dimensions: int, seed: int = 0) -> torch.Tensor:
+    """Points placed in `dimensions` dimensions by a random rotation: the same set, seen from elsewhere."""
+    generator = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(dimensions, dimensions, generator=generator, dtype=torch.float64))
+    return points.double() @ rotation[: points.shape[1]]
+
+
+def sphere(n: int, ambient: int, seed: int = 0) -> torch.Tensor:
+    """n points drawn uniformly on the unit sphere of R^ambient: a manifold of ambient - 1 dimensions."""
+    points = torch.randn(n, ambient, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return points / points.norm(dim=1, keepdim=True)
+
+
+def test_the_3_sphere_in_64_dimensions_fills_4_axes_and_has_dimension_3():
+    points = embedded(sphere(4000, 4), 64)
+    spectrum = pca_spectrum(points)
+    assert spectrum[:4].sum() == pytest.approx(1.0, abs=1e-9) and spectrum[:4].min() > 0.2
+    assert participation_ratio(spectrum) == pytest.approx(4.0, abs=0.1)
+    assert two_nn_dimension(points) == pytest.approx(3.0, abs=0.25)
+
+
+@pytest.mark.parametrize("dimension", [2, 5, 8])
+def test_a_flat_gaussian_cloud_reads_its_own_dimension_both_ways(dimension):
+    generator = torch.Generator().manual_seed(dimension)
+    points = embedded(torch.randn(4000, dimension, generator=generator, dtype=torch.float64), 32)
+    assert participation_ratio(pca_spectrum(points)) == pytest.approx(dimension, rel=0.1)
+    assert two_nn_dimension(points) == pytest.approx(dimension, rel=0.12)
+
+
+def test_a_line_has_one_axis_and_weights_count_as_repeats():
+    line = torch.linspace(0, 1, 50, dtype=torch.float64)[:, None] * torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    assert participation_ratio(pca_spectrum(line)) == pytest.approx(1.0)
+    points = torch.randn(40, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    repeats = torch.randint(1, 5, (40,), generator=torch.Generator().manual_seed(2))
+    weighted = principal_axes(points, repeats)
+    repeated = principal_axes(points.repeat_interleave(repeats, 0))
+    torch.testing.assert_close(weighted.mean, repeated.mean)
+    torch.testing.assert_close(weighted.variances, repeated.variances)
+    assert two_nn_dimension(points, torch.ones(40)) == two_nn_dimension(points)
+    with pytest.raises(ValueError, match="weights must be 40 non-negative numbers"):
+        pca_spectrum(points, -torch.ones(40))
+    with pytest.raises(ValueError, match="at least 3 distinct points"):
+        two_nn_dimension(torch.zeros(10, 3, dtype=torch.float64))
+
+
+def test_latents_are_what_the_quantizer_compares():
+    tokenizer = small_tokenizer()
+    images = [sample_image("shapes 0").resize((16, 16)), sample_image("coffee").resize((24, 16))]
+    latents = encoder_latents(tokenizer, images)
+    assert latents.shape == (16 + 24, 8)
+    codes = torch.cdist(latents, tokenizer.quantize.codebook()).argmin(1)
+    assert torch.equal(codes, torch.cat([tokenize_image(tokenizer, image).flatten() for image in images]))
+    assert torch.bincount(codes, minlength=64).tolist() == code_counts(tokenizer, images).tolist()
+    drawn = encoder_latents(tokenizer, images, per_image=5)
+    assert drawn.shape == (10, 8) and all((latents == row).all(1).any() for row in drawn)
+
+
+def test_projection_onto_every_axis_changes_nothing_and_onto_none_one_code_is_left():
+    tokenizer = small_tokenizer()
+    images = [sample_image("coffee").resize((32, 24)), sample_image("shapes 1").resize((16, 16))]
+    full, none = projection_test(tokenizer, images, [8, 0])
+    assert full.k == 8 and full.codes_kept == 1.0
+    plain = np.mean([reconstruct(tokenizer, image).psnr for image in images])
+    assert full.psnr == pytest.approx(plain, abs=0.05)
+    # Flattened onto no axis, every latent becomes the mean: one code for all positions.
+    assert none.codes_kept < 0.5
+    with pytest.raises(ValueError, match=r"each k must be in 0\.\.8"):
+        projection_test(tokenizer, images, [9])
