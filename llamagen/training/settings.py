@@ -89,6 +89,9 @@ class CCATrainingConfig(TrainingSettings):
             raise ValueError(f"null_share must be in [0, 1), got {self.null_share}")
 
 
+CODEBOOK_INITS = ("uniform", "kmeans")
+
+
 @dataclass
 class TokenizerTrainingConfig(TrainingSettings):
     batch_size: int = setting(16, "samples per step, over all the processes")
@@ -108,8 +111,17 @@ class TokenizerTrainingConfig(TrainingSettings):
         metavar="N",
     )
 
+    codebook_init: str = setting(
+        "uniform",
+        "uniform: the original's draw in +-1/K; kmeans: k-means centroids of the encoder's first latents (not in "
+        "the original; puts every entry where the latents are, with or without l2-normalisation)",
+        metavar="{uniform,kmeans}",
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {', '.join(CODEBOOK_INITS)}, got {self.codebook_init!r}")
         if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
             raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
         if self.disc_start is not None and self.disc_start < 0:

@@ -25,6 +25,7 @@ from llamagen.checkpoints import save
 from llamagen.data.batches import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
+from llamagen.training.codebook_init import initialise_codebook
 from llamagen.training.common import TrainingRun, load_optimizer_state, update_ema
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from llamagen.training.distributed import Processes, process_group
@@ -67,6 +68,9 @@ def train_tokenizer(
             lpips = lpips.to(processes.device)
         if run.state is not None:
             parts.load(run.state)
+        elif training.codebook_init == "kmeans":
+            initialise_codebook(parts.model, dataset, training.batch_size, training.seed)
+            parts.ema.quantize.embedding.weight.copy_(parts.model.quantize.embedding.weight)
         run.start_rng()
         batches = step_loader(dataset, training.batch_size, run.start, training.steps, training.seed, workers,
                               processes.rank, processes.world)  # fmt: skip
