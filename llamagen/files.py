@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -39,3 +42,14 @@ def write_atomically(path: Path, write) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_results(results: dict, out: Path, fields: tuple[str, ...]) -> None:
+    """A sweep's `results` as JSON at `out`, and its `runs` as a CSV of `fields` beside it, each atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, json.dumps(results, indent=1) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results["runs"].values())
+    write_text_atomically(out.with_suffix(".csv"), table.getvalue())

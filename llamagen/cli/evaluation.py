@@ -1,4 +1,4 @@
-"""`llamagen eval tokenizer`, `llamagen export tokenizer|gpt` and `llamagen sweep codebook|cfg|conditioning`."""
+"""`llamagen eval tokenizer`, `llamagen export tokenizer|gpt` and the `llamagen sweep` commands."""
 
 from __future__ import annotations
 
@@ -98,6 +98,18 @@ def run_sweep_codebook(args: argparse.Namespace) -> None:
         print(f"{name:<18} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
 
 
+def run_codebook_study(args: argparse.Namespace) -> None:
+    from llamagen.training.codebook_study import StudySettings, study_codebooks
+
+    chosen = {"data": args.data, "variants": args.variants, "seeds": args.seeds, "steps": args.steps}
+    settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    check_writable(Path(args.out), "--out")
+    results = study_codebooks(settings, args.out, args.work_dir)
+    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
+    for name, run in results["runs"].items():
+        print(f"{name:<28} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
+
+
 def run_sweep_cfg(args: argparse.Namespace) -> None:
     from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
@@ -194,7 +206,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook, cfg, conditioning."""
+    """The `sweep` group: codebook, codebook-study, cfg, conditioning."""
     cb = sweep.add_parser(
         "codebook",
         help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
@@ -209,6 +221,22 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
     cb.add_argument("--batch-size", type=int, help="(default: 32)")
     cb.set_defaults(run=run_sweep_codebook)
+    study = sweep.add_parser(
+        "codebook-study",
+        help="where codebooks collapse and into how many dimensions, per kind of data, over seeds",
+        description="Trains one small tokenizer per (data, variant, seed): the paper's codebook (16,384 x 8, l2) "
+        "and variants that change its dimension, its size, l2-normalisation, its start (k-means) or add dead-code "
+        "restarts. Writes usage, perplexity, PSNR, usage over training and the geometry of the used codes and the "
+        "latents to --out (JSON) and a CSV beside it after every run, each run's codebook and latents to its "
+        "folder. Started again, it skips the runs already recorded.",
+    )
+    study.add_argument("--out", default="notebooks/data/codebook_study.json")
+    study.add_argument("--work-dir", default="runs/codebook-study", help="where the runs' folders go")
+    study.add_argument("--data", nargs="+", help="photos, shapes, digits (default: all three)")
+    study.add_argument("--variants", nargs="+", help="variant names (default: all; see codebook_study.VARIANTS)")
+    study.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1 2)")
+    study.add_argument("--steps", type=int, help="training steps per run (default: 1000)")
+    study.set_defaults(run=run_codebook_study)
     cfg = sweep.add_parser(
         "cfg",
         help="accuracy, FID, precision, recall and diversity against the guidance scale",

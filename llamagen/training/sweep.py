@@ -9,8 +9,6 @@ again skips the runs it has already recorded.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import shutil
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from llamagen.data.photos import PhotoCrops
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
-from llamagen.files import write_text_atomically
+from llamagen.files import write_results
 from llamagen.tokenizer import vq_preset
 from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
@@ -106,15 +104,5 @@ def sweep_codebook(settings: SweepSettings, out: str | Path, work_dir: str | Pat
             "psnr": evaluation.psnr,
             "usage_over_steps": [[m["step"], m["usage"]] for m in metrics],
         }
-        _write(results, out)
+        write_results(results, out, CSV_FIELDS)
     return results
-
-
-def _write(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out, json.dumps(results, indent=1) + "\n")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(results["runs"].values())
-    write_text_atomically(out.with_suffix(".csv"), table.getvalue())

@@ -1,0 +1,199 @@
+"""The codebook study (paper Sec. 3.1, Table 2, at small scale): where a codebook collapses, into how many
+dimensions, and whether the answer depends on the kind of data.
+
+Small tokenizers (VQ-4-tiny, 16x16 images: 16 codes an image) that differ only in their codebook train for the
+same steps on one kind of data: photo crops, rendered shapes or digits. Each variant changes one thing from the
+base, the paper's choice (16,384 codes of 8 dimensions on the unit sphere, the original's uniform start, no
+restarts): the dimension (2 ... 256), the size (1,024 ... 32,768), l2-normalisation off, off with the entries
+started at k-means centroids of the latents (`codebook_init.py`: normalisation told apart from the start), and
+dead-code restarts. Every (data, variant) runs with several seeds.
+
+A run's row holds its usage, perplexity and PSNR on held-out images of its kind, its usage over training, and
+the geometry (`analysis.geometry`) of its used codes (weighted by use) and of its encoder's latents on those
+images: participation ratio and TwoNN dimension. Its folder keeps its codebook and a sample of the latents
+(float16 .npy) for the notebooks. Rows go, after every run, to one JSON file and a CSV beside it; a stopped study
+started again skips the runs it has recorded and resumes the one it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
+from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
+from llamagen.files import write_results
+from llamagen.images import pil_to_tensor
+from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.training.common import has_checkpoint
+from llamagen.training.export import read_metrics
+from llamagen.training.settings import TokenizerTrainingConfig
+from llamagen.training.tokenizer import train_tokenizer
+
+BASE = {"dim": 8, "size": 16384, "l2": True, "init": "uniform", "restarts": False}
+VARIANTS: dict[str, dict] = {
+    **{f"d{dim}": {"dim": dim} for dim in (2, 4, 8, 16, 32, 64, 256)},
+    **{f"k{size}": {"size": size} for size in (1024, 4096, 8192, 32768)},
+    "d8-raw": {"l2": False},
+    "d8-raw-kmeans": {"l2": False, "init": "kmeans"},
+    "d256-raw": {"dim": 256, "l2": False},
+    "d256-raw-kmeans": {"dim": 256, "l2": False, "init": "kmeans"},
+    "d8-restarts": {"restarts": True},
+    "d256-restarts": {"dim": 256, "restarts": True},
+}
+DATA = ("photos", "shapes", "digits")
+IMAGE_SIZE = 16
+# Steps between dead-code restarts in the restart arms: the usage window (65,536 codes) fills in 128 steps of 32.
+RESTART_EVERY = 200
+LATENTS_KEPT = 4096  # of the held-out images', for the geometry and the notebooks
+EVAL_BATCH = 512  # held-out images reconstructed at a time: tiny images, so the time goes to each layer's call
+CSV_FIELDS = (
+    "data", "variant", "seed", "dim", "size", "l2", "init", "restarts", "usage_eval", "usage_train", "perplexity",
+    "psnr", "codes_participation", "codes_two_nn", "latents_participation", "latents_two_nn",
+)  # fmt: skip
+
+
+@dataclass
+class StudySettings:
+    data: tuple[str, ...] = DATA
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    preset: str = "VQ-4-tiny"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.variants if name not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        bad = [name for name in self.data if name not in DATA]
+        if bad:
+            raise ValueError(f"unknown data {', '.join(bad)}; choose from {', '.join(DATA)}")
+
+    def as_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+def run_name(data: str, variant: str, seed: int) -> str:
+    return f"{data}-{variant}-s{seed}"
+
+
+def training_data(data: str, seed: int):
+    """The 16x16 training images of one kind, for one seed."""
+    if data == "photos":
+        from llamagen.data.photos import PhotoCrops
+
+        return PhotoCrops(size=IMAGE_SIZE, seed=seed)
+    if data == "shapes":
+        from llamagen.data.shapes import Shapes
+
+        return Shapes(size=IMAGE_SIZE, seed=seed)
+    from llamagen.data.digits import Digits
+
+    return Digits("train", size=IMAGE_SIZE)
+
+
+def study_codebooks(settings: StudySettings, out: str | Path, work_dir: str | Path, show_progress: bool = True) -> dict:
+    """Train, evaluate and measure every (data, variant, seed); `out` (JSON) is rewritten after each run."""
+    out, work_dir = Path(out), Path(work_dir)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    if results and results.get("settings") != settings.as_dict():
+        raise ValueError(f"{str(out)!r} holds a study with other settings; write to another file")
+    results = {"settings": settings.as_dict(), "evaluation": {}, "runs": results.get("runs", {})}
+    for data in settings.data:
+        images, description = held_out_images("photo-tiles" if data == "photos" else data, IMAGE_SIZE)
+        results["evaluation"][data] = f"{description} ({len(images)} images)"
+        for variant in settings.variants:
+            for seed in settings.seeds:
+                name = run_name(data, variant, seed)
+                if name in results["runs"]:
+                    continue
+                row = _run(settings, data, variant, seed, images, work_dir / name, show_progress)
+                if row is None:
+                    return results  # stopped by a signal: the run resumes when the study starts again
+                results["runs"][name] = row
+                write_results(results, out, CSV_FIELDS)
+    return results
+
+
+def _run(settings: StudySettings, data: str, variant: str, seed: int, images, run_dir: Path, show_progress: bool):
+    choice = {**BASE, **VARIANTS[variant]}
+    config = vq_preset(
+        settings.preset, codebook_size=choice["size"], codebook_embed_dim=choice["dim"], codebook_l2_norm=choice["l2"]
+    )
+    training = TokenizerTrainingConfig(
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup_steps=settings.steps // 10,
+        seed=seed,
+        log_every=max(1, settings.steps // 40),
+        checkpoint_every=max(1, settings.steps // 4),
+        codebook_init=choice["init"],
+        restart_dead_codes_every=RESTART_EVERY if choice["restarts"] else None,
+    )
+    if run_dir.exists() and not has_checkpoint(run_dir):
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume, so it starts again
+    outcome = train_tokenizer(
+        config, training, training_data(data, seed), run_dir, resume=run_dir.exists(), show_progress=show_progress
+    )
+    if not outcome.finished:
+        return None
+    # The trained weights, not their EMA, which trails far behind in a short run.
+    tokenizer = outcome.trained
+    evaluation = evaluate_tokenizer(tokenizer, images, batch_size=EVAL_BATCH)
+    counts, latents = _codes_and_latents(tokenizer, images, seed)
+    codebook = tokenizer.quantize.codebook().detach().cpu()
+    np.save(run_dir / "codebook.npy", codebook.numpy().astype(np.float16))
+    np.save(run_dir / "latents.npy", latents.numpy().astype(np.float16))
+    used = counts > 0
+    return {
+        "data": data,
+        "variant": variant,
+        "seed": seed,
+        **choice,
+        "usage_eval": evaluation.codebook_usage,
+        "usage_train": tokenizer.codebook_usage(),
+        "perplexity": evaluation.perplexity,
+        "psnr": evaluation.psnr,
+        **_geometry("codes", codebook[used], counts[used]),
+        **_geometry("latents", latents, None),
+        "codes_spectrum": pca_spectrum(codebook[used], counts[used]).tolist() if used.sum() > 1 else None,
+        "latents_spectrum": pca_spectrum(latents).tolist(),
+        "usage_over_steps": [[m["step"], m["usage"]] for m in read_metrics(run_dir)],
+    }
+
+
+@torch.no_grad()
+def _codes_and_latents(tokenizer: VQModel, images, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often the held-out images use each code, and `LATENTS_KEPT` of their latents drawn at random."""
+    counts = torch.zeros(tokenizer.config.codebook_size, dtype=torch.long)
+    latents = []
+    for start in range(0, len(images), EVAL_BATCH):
+        pixels = torch.cat([pil_to_tensor(image) for image in images[start : start + EVAL_BATCH]])
+        latent = tokenizer.quant_conv(tokenizer.encoder(pixels.to(tokenizer.device, tokenizer.dtype)))
+        counts += torch.bincount(tokenizer.quantize.nearest_codes(latent).flatten().cpu(), minlength=len(counts))
+        latents.append(tokenizer.quantize._prepare(latent).reshape(-1, tokenizer.config.codebook_embed_dim).cpu())
+    latents = torch.cat(latents)
+    drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:LATENTS_KEPT]
+    return counts, latents[drawn]
+
+
+def _geometry(prefix: str, points: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float | None]:
+    """Participation ratio and TwoNN dimension of `points`; None where there are too few distinct points."""
+    if len(points) < 3:
+        return {f"{prefix}_participation": None, f"{prefix}_two_nn": None}
+    try:
+        dimension = two_nn_dimension(points, weights)
+    except ValueError:  # fewer than 3 points apart from their twins (a blank background's latents coincide)
+        dimension = None
+    return {
+        f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),
+        f"{prefix}_two_nn": dimension,
+    }

@@ -1,0 +1,53 @@
+"""The codebook study's driver on tiny codebooks: every run trained, measured, kept and recorded once."""
+
+import json
+
+import numpy as np
+import pytest
+
+import llamagen.training.codebook_study as study
+from llamagen.training.codebook_study import StudySettings, study_codebooks
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Codebooks of 32 entries, and each kind's held-out images cut to 64 so that a run measures in a moment."""
+    monkeypatch.setattr(study, "BASE", {**study.BASE, "size": 32})
+    monkeypatch.setattr(study, "VARIANTS", {"d2": {"dim": 2}, "d8-raw-kmeans": {"l2": False, "init": "kmeans"}})
+    monkeypatch.setattr(study, "LATENTS_KEPT", 100)
+    held_out = study.held_out_images
+    monkeypatch.setattr(study, "held_out_images", lambda data, size: (held_out(data, size)[0][:64], data))
+    return StudySettings(data=("photos", "digits"), variants=("d2", "d8-raw-kmeans"), seeds=(0,), steps=4, batch_size=4)
+
+
+@pytest.mark.slow
+def test_each_run_is_trained_measured_kept_and_recorded_once(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "study.json"
+    results = study_codebooks(tiny, out, tmp_path / "runs", show_progress=False)
+    assert list(results["runs"]) == [
+        "photos-d2-s0",
+        "photos-d8-raw-kmeans-s0",
+        "digits-d2-s0",
+        "digits-d8-raw-kmeans-s0",
+    ]
+    row = results["runs"]["photos-d8-raw-kmeans-s0"]
+    assert (row["dim"], row["size"], row["l2"], row["init"], row["restarts"]) == (8, 32, False, "kmeans", False)
+    assert 0 < row["usage_eval"] <= 1 and row["psnr"] > 0 and len(row["latents_spectrum"]) == 8
+    assert 1 <= row["latents_participation"] <= 8 and row["usage_over_steps"][-1][0] == 4
+    assert np.load(tmp_path / "runs" / "photos-d2-s0" / "codebook.npy").shape == (32, 2)
+    assert np.load(tmp_path / "runs" / "digits-d8-raw-kmeans-s0" / "latents.npy").shape == (100, 8)
+    lines = out.with_suffix(".csv").read_text().splitlines()
+    assert lines[0].startswith("data,variant,seed,dim,size") and len(lines) == 5
+    assert json.loads(out.read_text()) == results
+    # Started again: nothing trains; with other settings: refused.
+    monkeypatch.setattr(study, "train_tokenizer", lambda *args, **kwargs: pytest.fail("trained again"))
+    assert study_codebooks(tiny, out, tmp_path / "runs", show_progress=False)["runs"] == results["runs"]
+    with pytest.raises(ValueError, match="holds a study with other settings"):
+        study_codebooks(StudySettings(data=("photos",), variants=("d2",), seeds=(0,), steps=5), out, tmp_path)
+
+
+def test_unknown_variants_and_data_are_refused():
+    with pytest.raises(ValueError, match="unknown variant\\(s\\) d3"):
+        StudySettings(variants=("d3",))
+    with pytest.raises(ValueError, match="unknown data faces"):
+        StudySettings(data=("faces",))
