@@ -51,3 +51,15 @@ def test_unknown_variants_and_data_are_refused():
         StudySettings(variants=("d3",))
     with pytest.raises(ValueError, match="unknown data faces"):
         StudySettings(data=("faces",))
+
+
+@pytest.mark.slow
+def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path, capsys):
+    from llamagen.cli import main
+
+    out = tmp_path / "study.json"
+    main(["sweep", "codebook-study", "--data", "digits", "--variants", "d2", "--seeds", "3", "--steps", "2",
+          "--out", str(out), "--work-dir", str(tmp_path / "runs")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"wrote       {out} and {out.with_suffix('.csv')}: 1 runs" in printed
+    assert "digits-d2-s3  usage" in printed and list(json.loads(out.read_text())["runs"]) == ["digits-d2-s3"]

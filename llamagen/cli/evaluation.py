@@ -90,24 +90,26 @@ def run_sweep_codebook(args: argparse.Namespace) -> None:
     from llamagen.training.sweep import SweepSettings, sweep_codebook
 
     chosen = {"dimensions": args.dims, "sizes": args.sizes, "steps": args.steps, "batch_size": args.batch_size}
-    settings = SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
-    check_writable(Path(args.out), "--out")
-    results = sweep_codebook(settings, args.out, args.work_dir)
-    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
-    for name, run in results["runs"].items():
-        print(f"{name:<18} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
+    _run_codebook_runs(args, SweepSettings, sweep_codebook, chosen)
 
 
 def run_codebook_study(args: argparse.Namespace) -> None:
     from llamagen.training.codebook_study import StudySettings, study_codebooks
 
     chosen = {"data": args.data, "variants": args.variants, "seeds": args.seeds, "steps": args.steps}
-    settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    _run_codebook_runs(args, StudySettings, study_codebooks, chosen)
+
+
+def _run_codebook_runs(args: argparse.Namespace, settings_type, run_all, chosen: dict) -> None:
+    """Settings from the options given (lists as tuples), every run, and a line for each."""
+    settings = settings_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
     check_writable(Path(args.out), "--out")
-    results = study_codebooks(settings, args.out, args.work_dir)
+    results = run_all(settings, args.out, args.work_dir)
     print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
+    width = max(map(len, results["runs"]), default=0) + 2
     for name, run in results["runs"].items():
-        print(f"{name:<28} usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  PSNR {run['psnr']:.2f}")
+        usage, perplexity, psnr = run["usage_eval"], run["perplexity"], run["psnr"]
+        print(f"{name:<{width}}usage {usage:6.1%}  perplexity {perplexity:8.1f}  PSNR {psnr:.2f}")
 
 
 def run_sweep_cfg(args: argparse.Namespace) -> None:
