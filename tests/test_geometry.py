@@ -13,6 +13,7 @@ from llamagen.analysis.geometry import (
     principal_axes,
     projection_test,
     two_nn_dimension,
+    two_nn_spread,
 )
 from llamagen.data.samples import sample_image
 from llamagen.tokenizer.reconstruction import reconstruct, tokenize_image
@@ -37,6 +38,9 @@ def test_the_3_sphere_in_64_dimensions_fills_4_axes_and_has_dimension_3():
     assert spectrum[:4].sum() == pytest.approx(1.0, abs=1e-9) and spectrum[:4].min() > 0.2
     assert participation_ratio(spectrum) == pytest.approx(4.0, abs=0.1)
     assert two_nn_dimension(points) == pytest.approx(3.0, abs=0.25)
+    low, high = two_nn_spread(points, halves=10)
+    assert low < two_nn_dimension(points) < high and high - low < 0.6
+    assert two_nn_spread(points[:400], halves=10)[1] - two_nn_spread(points[:400], halves=10)[0] > high - low
 
 
 @pytest.mark.parametrize("dimension", [2, 5, 8])

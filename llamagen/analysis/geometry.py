@@ -110,6 +110,22 @@ def two_nn_dimension(points: torch.Tensor, weights: torch.Tensor | np.ndarray | 
     return float((w[kept] * x * y).sum() / (w[kept] * x * x).sum())
 
 
+def two_nn_spread(
+    points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None, halves: int = 20, seed: int = 0
+) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of TwoNN's dimension over `halves` random halves of the points: how much
+    the estimate moves with the sample (a half's spread is wider than the whole set's, by about the square root
+    of 2, so it errs on the side of caution)."""
+    w = _weights(points, weights)
+    generator = torch.Generator().manual_seed(seed)
+    estimates = []
+    for _ in range(halves):
+        half = torch.randperm(len(points), generator=generator)[: len(points) // 2]
+        estimates.append(two_nn_dimension(points[half], w[half]))
+    low, high = np.percentile(estimates, [2.5, 97.5])
+    return float(low), float(high)
+
+
 @torch.no_grad()
 def encoder_latents(tokenizer: VQModel, images, per_image: int | None = None, seed: int = 0) -> torch.Tensor:
     """(N, D) float32: the encoder's latents before quantization, as the quantizer compares them (on the unit
