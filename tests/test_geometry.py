@@ -90,3 +90,19 @@ def test_projection_onto_every_axis_changes_nothing_and_onto_none_one_code_is_le
     assert none.codes_kept < 0.5
     with pytest.raises(ValueError, match=r"each k must be in 0\.\.8"):
         projection_test(tokenizer, images, [9])
+
+
+def test_the_projection_explorer_shows_an_image_at_every_axis_count(capsys):
+    from llamagen.analysis.geometry import usage_axes
+    from llamagen.analysis.widgets import projection_explorer
+
+    tokenizer = small_tokenizer()
+    images = {"photo": sample_image("coffee").resize((32, 24)), "shape": sample_image("shapes 1").resize((16, 16))}
+    explorer = projection_explorer(tokenizer, images, usage_axes(tokenizer, images.values()))
+    image, axes = explorer.children[:2]
+    assert list(image.options) == ["photo", "shape"] and (axes.min, axes.max, axes.value) == (0, 8, 4)
+    for k in (0, 8):
+        axes.value = k  # outside a kernel, what it shows goes to stdout
+        text = capsys.readouterr().out
+        assert f"with {k} of 8 axes" in text and "size=96x24" in text  # the image, its decode, the flattened one
+    assert "100.0% of the positions keep their code" in text

@@ -160,32 +160,48 @@ class ProjectionRow:
     psnr: float  # mean over images, dB, of the reconstruction decoded from the flattened codes
 
 
+def usage_axes(tokenizer: VQModel, images) -> PrincipalAxes:
+    """The principal axes of the codes that `images` use, each code weighted by its use."""
+    usage = torch.bincount(torch.cat([_nearest(_latents(tokenizer, image), codebook_vectors(tokenizer))
+                                      for image in images]), minlength=tokenizer.config.codebook_size)  # fmt: skip
+    used = usage > 0
+    return principal_axes(codebook_vectors(tokenizer)[used], usage[used])
+
+
+@torch.no_grad()
+def flattened_decode(tokenizer: VQModel, image, axes: PrincipalAxes, k: int) -> tuple[torch.Tensor, np.ndarray]:
+    """`image` tokenized with codes and latents flattened onto the first k of `axes` (back on the unit sphere for
+    an l2 tokenizer), and the flattened codes decoded: its (positions,) codes and (H, W, 3) uint8 pixels."""
+    dimensions = tokenizer.config.codebook_embed_dim
+    if not 0 <= k <= dimensions:
+        raise ValueError(f"each k must be in 0..{dimensions}, got {k}")
+    on_sphere = tokenizer.quantize.l2_norm
+    codebook = _flattened(axes, codebook_vectors(tokenizer), k, on_sphere)
+    codes = _nearest(_flattened(axes, _latents(tokenizer, image), k, on_sphere), codebook)
+    factor = tokenizer.downsample_factor
+    rows, columns = -(-image.height // factor), -(-image.width // factor)
+    quantized = codebook[codes].reshape(1, rows, columns, -1).permute(0, 3, 1, 2).to(tokenizer.device)
+    decoded = tokenizer.decode(quantized)[..., : image.height, : image.width]
+    return codes, tensor_to_uint8(decoded)[0]
+
+
 @torch.no_grad()
 def projection_test(
     tokenizer: VQModel, images, ks: Sequence[int], axes: PrincipalAxes | None = None
 ) -> list[ProjectionRow]:
-    """For each k: codes and latents flattened onto the first k principal axes (by default those of the codes,
-    each weighted by its use on `images`), back on the unit sphere for an l2 tokenizer; each position's latent
-    quantized again among the flattened codes, and the flattened codes decoded. k = D changes nothing."""
+    """For each k: every image tokenized and decoded with codes and latents flattened onto the first k principal
+    axes (by default `usage_axes` on the images); the share of positions that keep their code and the mean PSNR.
+    k = D changes nothing."""
     images = list(images)
-    dimensions = tokenizer.config.codebook_embed_dim
-    if any(not 0 <= k <= dimensions for k in ks):
-        raise ValueError(f"each k must be in 0..{dimensions}, got {list(ks)}")
-    codebook = codebook_vectors(tokenizer)
-    latents = [_latents(tokenizer, image) for image in images]  # images of any size, each whole
-    full_codes = [_nearest(latent, codebook) for latent in latents]
-    if axes is None:
-        usage = torch.bincount(torch.cat(full_codes), minlength=len(codebook))
-        used = usage > 0
-        axes = principal_axes(codebook[used], usage[used])
+    axes = axes if axes is not None else usage_axes(tokenizer, images)
+    full_codes = [_nearest(_latents(tokenizer, image), codebook_vectors(tokenizer)) for image in images]
     rows = []
     for k in ks:
-        flat_codebook = _flattened(axes, codebook, k, tokenizer.quantize.l2_norm)
         kept, scores = 0, []
-        for image, latent, codes in zip(images, latents, full_codes, strict=True):
-            new_codes = _nearest(_flattened(axes, latent, k, tokenizer.quantize.l2_norm), flat_codebook)
+        for image, codes in zip(images, full_codes, strict=True):
+            new_codes, pixels = flattened_decode(tokenizer, image, axes, k)
             kept += int((new_codes == codes).sum())
-            scores.append(_decoded_psnr(tokenizer, image, flat_codebook[new_codes]))
+            scores.append(float(psnr(np.array(image)[None], pixels[None], data_range=255.0)[0]))
         rows.append(ProjectionRow(k, kept / sum(len(codes) for codes in full_codes), float(np.mean(scores))))
     return rows
 
@@ -197,12 +213,3 @@ def _flattened(axes: PrincipalAxes, points: torch.Tensor, k: int, on_sphere: boo
 
 def _nearest(points: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cdist(rows, codebook).argmin(1) for rows in points.split(4096)])
-
-
-def _decoded_psnr(tokenizer: VQModel, image, vectors: torch.Tensor) -> float:
-    """PSNR of `image` against the decode of one (D,) vector per position of its padded grid."""
-    factor = tokenizer.downsample_factor
-    rows, columns = -(-image.height // factor), -(-image.width // factor)
-    quantized = vectors.reshape(1, rows, columns, -1).permute(0, 3, 1, 2).to(tokenizer.device)
-    decoded = tokenizer.decode(quantized)[..., : image.height, : image.width]
-    return float(psnr(np.array(image)[None], tensor_to_uint8(decoded), data_range=255.0)[0])

@@ -1,7 +1,12 @@
-"""The notebooks' explorer of condition use: pick a generator, a class, an image position and a layer, and see
-how much of the class the prediction there carries (KL to the null class) beside the share of attention that
-layer gives the prefix, under the true, the null and a wrong class (`analysis.reading`). The attention is never
-shown without its two controls: where the three agree the prefix is a sink, whatever the share's size."""
+"""The notebooks' explorers (ipywidgets).
+
+- Condition use: pick a generator, a class, an image position and a layer, and see how much of the class the
+  prediction there carries (KL to the null class) beside the share of attention that layer gives the prefix,
+  under the true, the null and a wrong class (`analysis.reading`). The attention is never shown without its two
+  controls: where the three agree the prefix is a sink, whatever the share's size.
+- The projection test: pick an image and a number of principal axes, and see the image tokenized and decoded
+  with the codebook and the latents flattened onto those axes (`analysis.geometry`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import functools
 
 from PIL import Image
 
+from llamagen.analysis.geometry import PrincipalAxes, flattened_decode
 from llamagen.analysis.pictures import position_reading_figure
 from llamagen.analysis.reading import ConditionReading, read_condition
+from llamagen.metrics import psnr
 from llamagen.pipeline import Pipeline, decode_tokens, image_grid
+from llamagen.tokenizer.model import VQModel
 
 
 def position_summary(reading: ConditionReading, position: int, layer: int, grid: int) -> str:
@@ -65,4 +73,35 @@ def condition_explorer(pipes: dict[str, Pipeline], cfg_scales: dict[str, float],
         class_name=widgets.Dropdown(options=list(first.class_names or range(config.num_classes)), description="class"),
         position=widgets.IntSlider(value=positions // 2, min=0, max=positions - 1, description="position"),
         layer=widgets.IntSlider(value=deepest // 2, min=0, max=deepest - 1, description="layer"),
+    )
+
+
+def projection_explorer(tokenizer: VQModel, images: dict[str, Image.Image], axes: PrincipalAxes):
+    """An ipywidgets `interactive`: an image of `images` (name -> image) and k, and the image beside its decode
+    with the codebook and the latents flattened onto the first k of `axes`, with the share of positions that
+    keep their code and the PSNR."""
+    import ipywidgets as widgets
+    import numpy as np
+    from IPython.display import display
+
+    dimensions = tokenizer.config.codebook_embed_dim
+
+    @functools.lru_cache(maxsize=len(images) * (dimensions + 1))
+    def flattened(name: str, k: int):
+        return flattened_decode(tokenizer, images[name], axes, k)
+
+    def show(image: str, k: int) -> None:
+        codes, pixels = flattened(image, k)
+        full_codes, full_pixels = flattened(image, dimensions)
+        original = np.array(images[image])
+        display(Image.fromarray(np.concatenate([original, full_pixels, pixels], axis=1)))
+        print(f"the image, its reconstruction, and with {k} of {dimensions} axes: "
+              f"{float((codes == full_codes).float().mean()):.1%} of the positions keep their code; PSNR "
+              f"{float(psnr(original[None], pixels[None], data_range=255.0)[0]):.2f} dB against "
+              f"{float(psnr(original[None], full_pixels[None], data_range=255.0)[0]):.2f} with all")  # fmt: skip
+
+    return widgets.interactive(
+        show,
+        image=widgets.Dropdown(options=list(images), description="image"),
+        k=widgets.IntSlider(value=dimensions // 2, min=0, max=dimensions, description="axes"),
     )
