@@ -30,6 +30,7 @@ from llamagen.analysis.codebook import COUNT_TILE, codebook_vectors, nearest_nei
 from llamagen.images import pil_to_tensor, tensor_to_uint8
 from llamagen.metrics import psnr
 from llamagen.tokenizer.model import VQModel
+from llamagen.tokenizer.quantizer import nearest_entries
 from llamagen.tokenizer.reconstruction import pad_to_multiple
 
 # The share of the largest neighbour-distance ratios that the TwoNN fit leaves out (Facco et al.'s 10%).
@@ -148,9 +149,7 @@ def _tiles(image):
 
 
 def _latents(tokenizer: VQModel, image) -> torch.Tensor:
-    pixels = pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor).to(tokenizer.device, tokenizer.dtype)
-    latent = tokenizer.quant_conv(tokenizer.encoder(pixels))
-    return tokenizer.quantize._prepare(latent).reshape(-1, tokenizer.config.codebook_embed_dim).cpu()
+    return tokenizer.latent_vectors(pad_to_multiple(pil_to_tensor(image), tokenizer.downsample_factor)).cpu()
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ class ProjectionRow:
 
 def usage_axes(tokenizer: VQModel, images) -> PrincipalAxes:
     """The principal axes of the codes that `images` use, each code weighted by its use."""
-    usage = torch.bincount(torch.cat([_nearest(_latents(tokenizer, image), codebook_vectors(tokenizer))
+    usage = torch.bincount(torch.cat([nearest_entries(_latents(tokenizer, image), codebook_vectors(tokenizer))
                                       for image in images]), minlength=tokenizer.config.codebook_size)  # fmt: skip
     used = usage > 0
     return principal_axes(codebook_vectors(tokenizer)[used], usage[used])
@@ -177,7 +176,7 @@ def flattened_decode(tokenizer: VQModel, image, axes: PrincipalAxes, k: int) -> 
         raise ValueError(f"each k must be in 0..{dimensions}, got {k}")
     on_sphere = tokenizer.quantize.l2_norm
     codebook = _flattened(axes, codebook_vectors(tokenizer), k, on_sphere)
-    codes = _nearest(_flattened(axes, _latents(tokenizer, image), k, on_sphere), codebook)
+    codes = nearest_entries(_flattened(axes, _latents(tokenizer, image), k, on_sphere), codebook)
     factor = tokenizer.downsample_factor
     rows, columns = -(-image.height // factor), -(-image.width // factor)
     quantized = codebook[codes].reshape(1, rows, columns, -1).permute(0, 3, 1, 2).to(tokenizer.device)
@@ -194,7 +193,7 @@ def projection_test(
     k = D changes nothing."""
     images = list(images)
     axes = axes if axes is not None else usage_axes(tokenizer, images)
-    full_codes = [_nearest(_latents(tokenizer, image), codebook_vectors(tokenizer)) for image in images]
+    full_codes = [nearest_entries(_latents(tokenizer, image), codebook_vectors(tokenizer)) for image in images]
     rows = []
     for k in ks:
         kept, scores = 0, []
@@ -209,7 +208,3 @@ def projection_test(
 def _flattened(axes: PrincipalAxes, points: torch.Tensor, k: int, on_sphere: bool) -> torch.Tensor:
     flat = axes.project(points.double(), k).float()
     return F.normalize(flat, dim=-1) if on_sphere else flat
-
-
-def _nearest(points: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.cdist(rows, codebook).argmin(1) for rows in points.split(4096)])

@@ -116,7 +116,7 @@ def _group_statistics(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.T
 
 def _latent(tokenizer: VQModel, codes: torch.Tensor) -> torch.Tensor:
     """(h, w) codes -> the decoder's (1, z_channels, h, w) input, as `VQModel.detokenize` computes it."""
-    return tokenizer.post_quant_conv(tokenizer.quantize.lookup(codes[None].to(tokenizer.device)).to(tokenizer.dtype))
+    return tokenizer.decoder_input(tokenizer.quantize.lookup(codes[None].to(tokenizer.device)))
 
 
 @torch.no_grad()

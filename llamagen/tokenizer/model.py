@@ -70,11 +70,15 @@ class VQModel(nn.Module):
     # --- training path -------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> QuantizerOutput:
-        return self.quantize(self.quant_conv(self.encoder(images)))
+        return self.quantize(self.latent(images))
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) quantized latent -> (B, 3, h*f, w*f) image."""
-        return self.decoder(self.post_quant_conv(quantized.to(self.dtype)))
+        return self.decoder(self.decoder_input(quantized))
+
+    def decoder_input(self, quantized: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) quantized latent -> (B, z_channels, h, w): what the decoder takes."""
+        return self.post_quant_conv(quantized.to(self.dtype))
 
     def forward(self, images: torch.Tensor) -> VQOutput:
         quantized = self.encode(images)
@@ -89,8 +93,18 @@ class VQModel(nn.Module):
         return torch.cat([self._tokenize(part) for part in self._parts(images)])
 
     def _tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        latent = self.quant_conv(self.encoder(images.to(self.device, self.dtype)))
-        return self.quantize.nearest_codes(latent)
+        return self.quantize.nearest_codes(self.latent(images))
+
+    def latent(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, D, H/f, W/f): the encoder's output in the codebook's dimension, before
+        quantization."""
+        return self.quant_conv(self.encoder(images.to(self.device, self.dtype)))
+
+    @torch.no_grad()
+    def latent_vectors(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] -> (B * H/f * W/f, D) float32: each position's latent as the quantizer
+        compares it with the codes, row by row."""
+        return self.quantize.compared(self.latent(images)).reshape(-1, self.config.codebook_embed_dim)
 
     @torch.no_grad()
     def detokenize(self, codes: torch.Tensor) -> torch.Tensor:

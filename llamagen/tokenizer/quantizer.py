@@ -28,6 +28,13 @@ class QuantizerOutput:
     latent: torch.Tensor  # (B, h, w, D) float32: what was quantized (normalised when l2_norm is set)
 
 
+@torch.no_grad()
+def nearest_entries(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, D) vectors, (K, D) codebook -> (N,) int64 index of each vector's nearest entry (`squared_distances`),
+    a bounded number of rows at a time."""
+    return torch.cat([squared_distances(rows, codebook).argmin(1) for rows in vectors.split(_DISTANCE_CHUNK_ROWS)])
+
+
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, D) x (K, D) -> (N, K) squared Euclidean distances, expanded as |z|^2 + |e|^2 - 2 z.e in float32.
 
@@ -84,25 +91,24 @@ class VectorQuantizer(nn.Module):
         weight = self.embedding.weight
         return F.normalize(weight.float(), dim=-1) if self.l2_norm else weight.float()
 
-    def _prepare(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) latent -> (B, h, w, D) float32, normalised when l2_norm is set."""
+    def compared(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) latent -> (B, h, w, D) float32: the vectors as compared with the codes (normalised when
+        l2_norm is set)."""
         z = z.float().permute(0, 2, 3, 1)
         return F.normalize(z, dim=-1) if self.l2_norm else z
 
     @torch.no_grad()
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) latent -> (B, h, w) int64 index of the nearest codebook entry."""
-        flat = self._prepare(z).reshape(-1, self.embed_dim)
-        codebook = self.codebook()
-        codes = [squared_distances(rows, codebook).argmin(1) for rows in flat.split(_DISTANCE_CHUNK_ROWS)]
-        return torch.cat(codes).reshape(z.shape[0], z.shape[2], z.shape[3])
+        codes = nearest_entries(self.compared(z).reshape(-1, self.embed_dim), self.codebook())
+        return codes.reshape(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) codes -> (B, D, h, w) float32 quantized latent."""
         return self.codebook()[codes].permute(0, 3, 1, 2).contiguous()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        z_prepared = self._prepare(z)  # (B, h, w, D)
+        z_prepared = self.compared(z)  # (B, h, w, D)
         flat = z_prepared.reshape(-1, self.embed_dim)
         codebook = self.codebook()
         distances = squared_distances(flat, codebook)  # (B*h*w, K)

@@ -46,8 +46,7 @@ def latents_of(model: VQModel, dataset, count: int, batch_size: int, seed: int) 
     function of the seed and its step)."""
     latents, total = [], 0
     for batch in step_loader(dataset, batch_size, 0, -(-count // batch_size), seed):  # at least a latent an image
-        latent = model.quant_conv(model.encoder(batch["image"].to(model.device)))
-        latents.append(model.quantize._prepare(latent).reshape(-1, model.config.codebook_embed_dim))
+        latents.append(model.latent_vectors(batch["image"]))
         total += len(latents[-1])
         if total >= count:
             break

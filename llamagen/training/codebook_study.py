@@ -30,6 +30,7 @@ from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
 from llamagen.files import write_results
 from llamagen.images import pil_to_tensor
 from llamagen.tokenizer import VQModel, vq_preset
+from llamagen.tokenizer.quantizer import nearest_entries
 from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
 from llamagen.training.settings import TokenizerTrainingConfig
@@ -177,9 +178,9 @@ def _codes_and_latents(tokenizer: VQModel, images, seed: int) -> tuple[torch.Ten
     latents = []
     for start in range(0, len(images), EVAL_BATCH):
         pixels = torch.cat([pil_to_tensor(image) for image in images[start : start + EVAL_BATCH]])
-        latent = tokenizer.quant_conv(tokenizer.encoder(pixels.to(tokenizer.device, tokenizer.dtype)))
-        counts += torch.bincount(tokenizer.quantize.nearest_codes(latent).flatten().cpu(), minlength=len(counts))
-        latents.append(tokenizer.quantize._prepare(latent).reshape(-1, tokenizer.config.codebook_embed_dim).cpu())
+        vectors = tokenizer.latent_vectors(pixels)
+        counts += torch.bincount(nearest_entries(vectors, tokenizer.quantize.codebook()).cpu(), minlength=len(counts))
+        latents.append(vectors.cpu())
     latents = torch.cat(latents)
     drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:LATENTS_KEPT]
     return counts, latents[drawn]
