@@ -22,10 +22,14 @@ def test_every_setting_has_its_flag(trainer):
     """Each field, set through its flag to something other than its default, arrives in the settings."""
     settings = TRAINERS[trainer]
     flags = {"bf16": ["--fp32"], "restart_dead_codes_every": ["--restart-dead-codes", "7"]}
+    choices = {"codebook_init": "kmeans"}  # a setting that takes one of a few words: one other than the default
     for field in dataclasses.fields(settings):
         default = field.default
         if isinstance(default, bool):
             given, expected = flags.get(field.name, ["--" + field.name.replace("_", "-")]), not default
+        elif field.name in choices:
+            expected = choices[field.name]
+            given = ["--" + field.name.replace("_", "-"), expected]
         elif field.name in flags:
             given, expected = flags[field.name], 7
         else:
