@@ -51,7 +51,7 @@ def test_a_recorded_decode_is_the_full_decode_and_counts_each_stages_reach(photo
     assert np.array_equal(recorded_decode(fast, codes).pixels, full_decode(fast, codes))
 
 
-@pytest.mark.parametrize("cell", [(25, 37), (0, 0), (49, 20), (12, 74)], ids=["middle", "corner", "bottom", "right"])
+@pytest.mark.parametrize("cell", [(25, 37), (0, 0), (49, 20)], ids=["middle", "corner", "bottom edge"])
 def test_an_edit_decoded_locally_is_the_full_decode_within_one_level(photo, cell):
     tokenizer, codes, decoded = photo
     row, column = cell
