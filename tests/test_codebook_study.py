@@ -39,10 +39,10 @@ def test_each_run_is_trained_measured_kept_and_recorded_once(tiny, tmp_path, mon
     lines = out.with_suffix(".csv").read_text().splitlines()
     assert lines[0].startswith("data,variant,seed,dim,size") and len(lines) == 5
     assert json.loads(out.read_text()) == results
-    # Started again: nothing trains; with other settings: refused.
+    # Started again: nothing trains; trained otherwise: refused.
     monkeypatch.setattr(study, "train_tokenizer", lambda *args, **kwargs: pytest.fail("trained again"))
     assert study_codebooks(tiny, out, tmp_path / "runs", show_progress=False)["runs"] == results["runs"]
-    with pytest.raises(ValueError, match="holds a study with other settings"):
+    with pytest.raises(ValueError, match="holds a study trained otherwise"):
         study_codebooks(StudySettings(data=("photos",), variants=("d2",), seeds=(0,), steps=5), out, tmp_path)
 
 
@@ -58,8 +58,12 @@ def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path
     from llamagen.cli import main
 
     out = tmp_path / "study.json"
-    main(["sweep", "codebook-study", "--data", "digits", "--variants", "d2", "--seeds", "3", "--steps", "2",
-          "--out", str(out), "--work-dir", str(tmp_path / "runs")])  # fmt: skip
+    for part in (["--data", "digits", "--seeds", "3"], ["--data", "photos", "--seeds", "1"]):  # a part at a time
+        main(["sweep", "codebook-study", *part, "--variants", "d2", "--steps", "2", "--out", str(out),
+              "--work-dir", str(tmp_path / "runs")])  # fmt: skip
     printed = capsys.readouterr().out
-    assert f"wrote       {out} and {out.with_suffix('.csv')}: 1 runs" in printed
-    assert "digits-d2-s3  usage" in printed and list(json.loads(out.read_text())["runs"]) == ["digits-d2-s3"]
+    assert f"wrote       {out} and {out.with_suffix('.csv')}: 2 runs" in printed
+    assert "digits-d2-s3  usage" in printed and list(json.loads(out.read_text())["runs"]) == [
+        "digits-d2-s3",
+        "photos-d2-s1",
+    ]

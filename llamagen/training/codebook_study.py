@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +77,9 @@ class StudySettings:
         if bad:
             raise ValueError(f"unknown data {', '.join(bad)}; choose from {', '.join(DATA)}")
 
-    def as_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+    def training(self) -> dict:
+        """What every run of one study shares; `data`, `variants` and `seeds` only choose which runs to add."""
+        return {"preset": self.preset, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr}
 
 
 def run_name(data: str, variant: str, seed: int) -> str:
@@ -101,12 +102,17 @@ def training_data(data: str, seed: int):
 
 
 def study_codebooks(settings: StudySettings, out: str | Path, work_dir: str | Path, show_progress: bool = True) -> dict:
-    """Train, evaluate and measure every (data, variant, seed); `out` (JSON) is rewritten after each run."""
+    """Train, evaluate and measure every (data, variant, seed) that `out` (JSON) does not hold yet, and add it
+    there (rewritten after each run): a study can be run a part at a time."""
     out, work_dir = Path(out), Path(work_dir)
     results = json.loads(out.read_text()) if out.is_file() else {}
-    if results and results.get("settings") != settings.as_dict():
-        raise ValueError(f"{str(out)!r} holds a study with other settings; write to another file")
-    results = {"settings": settings.as_dict(), "evaluation": {}, "runs": results.get("runs", {})}
+    if results and results.get("training") != settings.training():
+        raise ValueError(f"{str(out)!r} holds a study trained otherwise; write to another file")
+    results = {
+        "training": settings.training(),
+        "evaluation": results.get("evaluation", {}),
+        "runs": results.get("runs", {}),
+    }
     for data in settings.data:
         images, description = held_out_images("photo-tiles" if data == "photos" else data, IMAGE_SIZE)
         results["evaluation"][data] = f"{description} ({len(images)} images)"
