@@ -27,7 +27,7 @@ import torch
 
 from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
-from llamagen.files import write_results
+from llamagen.files import write_atomically, write_results
 from llamagen.images import pil_to_tensor
 from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.tokenizer.quantizer import nearest_entries
@@ -157,8 +157,8 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
     evaluation = evaluate_tokenizer(tokenizer, images, batch_size=EVAL_BATCH)
     counts, latents = _codes_and_latents(tokenizer, images, seed)
     codebook = tokenizer.quantize.codebook().detach().cpu()
-    np.save(run_dir / "codebook.npy", codebook.numpy().astype(np.float16))
-    np.save(run_dir / "latents.npy", latents.numpy().astype(np.float16))
+    _save_float16(run_dir / "codebook.npy", codebook)
+    _save_float16(run_dir / "latents.npy", latents)
     used = counts > 0
     return {
         "data": data,
@@ -175,6 +175,14 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
         "latents_spectrum": pca_spectrum(latents).tolist(),
         "usage_over_steps": [[m["step"], m["usage"]] for m in read_metrics(run_dir)],
     }
+
+
+def _save_float16(path: Path, values: torch.Tensor) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:  # a file, not a name, to which np.save would add ".npy"
+            np.save(file, values.numpy().astype(np.float16))
+
+    write_atomically(path, write)
 
 
 @torch.no_grad()
