@@ -64,7 +64,8 @@ def tokenize_image(tokenizer: VQModel, image: Image.Image) -> torch.Tensor:
 
 def reconstruct(tokenizer: VQModel, image: Image.Image, keep_for_edits: bool = False) -> Reconstruction:
     """Round-trip one RGB image through the tokenizer and measure the result. `keep_for_edits` keeps what a
-    local re-decode of an edited code needs (`Reconstruction.decoded`), for about a tenth more time."""
+    local re-decode of an edited code needs (`Reconstruction.decoded`): the decode takes 10-50% longer, and the
+    first one for a tokenizer also measures how far its edits reach (`local_decode.edit_reach`)."""
     return reconstruct_batch(tokenizer, [image], keep_for_edits)[0]
 
 
