@@ -1,11 +1,11 @@
-"""Bootstrap intervals (`llamagen.analysis.statistics`) against the answer known for normal samples."""
+"""Intervals (`llamagen.analysis.statistics`) against the answers known for normal samples, proportions and seeds."""
 
 import math
 
 import pytest
 import torch
 
-from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion
+from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion, seed_mean
 
 
 def test_the_interval_of_normal_samples_is_about_the_normal_one():
@@ -53,3 +53,14 @@ def test_a_proportions_interval_is_wilsons_and_stays_open_at_the_ends():
     assert str(proportion(83, 100)).startswith("0.83 [") and "(n=100, 95%)" in str(proportion(83, 100))
     with pytest.raises(ValueError, match="successes <= n"):
         proportion(11, 10)
+
+
+def test_a_mean_over_seeds_has_students_interval():
+    estimate = seed_mean([1.0, 2.0, 3.0])
+    # n = 3: mean 2, standard deviation 1, t(2 degrees, 97.5%) = 4.3027: 2 +- 4.3027 / sqrt(3).
+    assert (estimate.n, float(estimate.mean)) == (3, 2.0)
+    assert float(estimate.low) == pytest.approx(2 - 2.48417, abs=1e-4)
+    assert float(estimate.high) == pytest.approx(2 + 2.48417, abs=1e-4)
+    assert float(seed_mean([5.0, 5.0]).high) == 5.0  # no spread, no width
+    with pytest.raises(ValueError, match="at least 2 runs, got 1"):
+        seed_mean([1.0])

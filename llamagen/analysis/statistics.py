@@ -54,6 +54,20 @@ def proportion(successes: int, n: int, level: float = 0.95) -> Estimate:
     return Estimate(*(torch.tensor(value, dtype=torch.float64) for value in (share, low, high)), n, level)
 
 
+def seed_mean(values, level: float = 0.95) -> Estimate:
+    """The mean of one measure over runs that differ only in their seed, with Student's t interval: with a few
+    seeds a bootstrap has too few distinct resamples (3 seeds: 10) to give an interval."""
+    from scipy.stats import t  # scipy comes with scikit-learn and scikit-image
+
+    values = torch.as_tensor(values, dtype=torch.float64)
+    n = values.numel()
+    if n < 2:
+        raise ValueError(f"an interval over seeds needs at least 2 runs, got {n}")
+    half = float(t.ppf(1 - (1 - level) / 2, n - 1)) * values.std() / math.sqrt(n)
+    mean = values.mean()
+    return Estimate(mean, mean - half, mean + half, n, level)
+
+
 def _normal_quantile(p: float) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(p, dtype=torch.float64)))
 
