@@ -37,11 +37,16 @@ def code_counts(tokenizer: VQModel, images) -> torch.Tensor:
     COUNT_TILE x COUNT_TILE pixels of a larger one, is padded to the grid)."""
     counts = torch.zeros(tokenizer.config.codebook_size, dtype=torch.long)
     for image in images:
-        for top in range(0, image.height, COUNT_TILE):
-            for left in range(0, image.width, COUNT_TILE):
-                tile = image.crop((left, top, min(left + COUNT_TILE, image.width), min(top + COUNT_TILE, image.height)))
-                counts += torch.bincount(tokenize_image(tokenizer, tile).flatten(), minlength=counts.numel())
+        for tile in count_tiles(image):
+            counts += torch.bincount(tokenize_image(tokenizer, tile).flatten(), minlength=counts.numel())
     return counts
+
+
+def count_tiles(image):
+    """The image whole, or its tiles of at most COUNT_TILE x COUNT_TILE pixels, row by row."""
+    for top in range(0, image.height, COUNT_TILE):
+        for left in range(0, image.width, COUNT_TILE):
+            yield image.crop((left, top, min(left + COUNT_TILE, image.width), min(top + COUNT_TILE, image.height)))
 
 
 def project_2d(vectors: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llamagen.analysis.codebook import COUNT_TILE, codebook_vectors, nearest_neighbours
+from llamagen.analysis.codebook import codebook_vectors, count_tiles, nearest_neighbours
 from llamagen.images import pil_to_tensor, tensor_to_uint8
 from llamagen.metrics import psnr
 from llamagen.tokenizer.model import VQModel
@@ -135,17 +135,11 @@ def encoder_latents(tokenizer: VQModel, images, per_image: int | None = None, se
     generator = torch.Generator().manual_seed(seed)
     drawn = []
     for image in images:
-        rows = torch.cat([_latents(tokenizer, tile) for tile in _tiles(image)])
+        rows = torch.cat([_latents(tokenizer, tile) for tile in count_tiles(image)])
         if per_image is not None and per_image < len(rows):
             rows = rows[torch.randperm(len(rows), generator=generator)[:per_image]]
         drawn.append(rows)
     return torch.cat(drawn)
-
-
-def _tiles(image):
-    for top in range(0, image.height, COUNT_TILE):
-        for left in range(0, image.width, COUNT_TILE):
-            yield image.crop((left, top, min(left + COUNT_TILE, image.width), min(top + COUNT_TILE, image.height)))
 
 
 def _latents(tokenizer: VQModel, image) -> torch.Tensor:
