@@ -14,6 +14,9 @@ china.jpg, padded to the downsample factor). Columns:
 - agreement of bf16 with float32 on the trained tokenizers: PSNR of the bf16 decode of float32's codes
   against the float32 decode, and the share of an image's codes that bf16's encoder picks as float32's does.
 
+Then `llamagen reconstruct` of the photo end to end (a new process reading a PNG file and writing the original
+beside its reconstruction), beside the import of torch alone: what a user waits for at the command line.
+
 Run with `make bench` (a few minutes); it prints a table and writes it to
 benchmarks/results/tokenizer_cpu_DATE.md, which docs/performance.md cites.
 """
@@ -21,6 +24,9 @@ benchmarks/results/tokenizer_cpu_DATE.md, which docs/performance.md cites.
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -157,6 +163,30 @@ HEADER = (
 )
 
 
+def seconds_to_run(command: list[str]) -> float:
+    """Wall time of a new process running `command`, the best of REPEATS."""
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def end_to_end_lines() -> list[str]:
+    """`llamagen reconstruct` of the photo in a new process, and torch's import alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        photo = Path(folder) / f"{PHOTO}.png"
+        load_photo(PHOTO).save(photo)
+        llamagen = str(Path(sys.executable).with_name("llamagen"))
+        reconstruct = [llamagen, "reconstruct", str(photo), "--tokenizer", "photo-vq", "--out", f"{folder}/out.png"]
+        rows = [
+            (f"`llamagen reconstruct {PHOTO}.png --tokenizer photo-vq` (bf16)", seconds_to_run(reconstruct)),
+            ("`python -c 'import torch'`", seconds_to_run([sys.executable, "-c", "import torch"])),
+        ]
+    return ["| command | s |", "|---|---|"] + [f"| {command} | {seconds:.2f} |" for command, seconds in rows]
+
+
 def main() -> None:
     torch.set_grad_enabled(False)
     rates = {dtype: measure_matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
@@ -183,7 +213,15 @@ def main() -> None:
         "the trained tokenizers: the share of codes its encoder picks as float32's does, and the PSNR of its "
         "decode of float32's codes against float32's decode."
     )
-    table = f"{note}\n\n{HEADER}\n" + "\n".join(lines) + "\n"
+    end_to_end = end_to_end_lines()
+    print("\n" + "\n".join(end_to_end), flush=True)
+    table = (
+        f"{note}\n\n{HEADER}\n"
+        + "\n".join(lines)
+        + f"\n\nEnd to end, in a new process, the best of {REPEATS}:\n\n"
+        + "\n".join(end_to_end)
+        + "\n"
+    )
     out = ROOT / "benchmarks" / "results" / f"tokenizer_cpu_{datetime.date.today().isoformat()}.md"
     out.write_text(table)
     print(f"\nwrote {out}")

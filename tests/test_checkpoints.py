@@ -3,6 +3,8 @@
 import argparse
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -231,3 +233,16 @@ def test_cuda_asked_for_without_a_gpu_is_an_error(published_vq_file):
 def test_an_unknown_dtype_is_an_error(published_vq_file):
     with pytest.raises(ValueError, match="unknown dtype"):
         load_tokenizer(published_vq_file, device="cpu", dtype="float8")
+
+
+def test_checking_a_checkpoint_against_the_meta_skeleton_computes_nothing():
+    """The skeleton on the meta device only carries shapes: a value computed on it would import torch's compiler,
+    a second added to every command that loads a tokenizer."""
+    script = (
+        "import sys\n"
+        "from llamagen import load_tokenizer\n"
+        "load_tokenizer('shapes-vq', device='cpu')\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 USAGE_WINDOW = 65536  # codebook usage is measured over the last 65,536 code indices, as the original does
-_DISTANCE_CHUNK_ROWS = 4096  # bounds the (rows x codebook_size) distance matrix when no gradient is needed
+# Without a gradient, distances to the codebook are computed a chunk of rows at a time. On a CPU a chunk of
+# about 4 MB stays in cache while it is reduced (64 rows of 16,384 codes: 3x faster than 4,096 rows); on an
+# accelerator 4,096 rows only bound the memory.
+_DISTANCE_CHUNK_BYTES_CPU = 4 << 20
+_DISTANCE_CHUNK_ROWS = 4096
 
 
 @dataclass
@@ -32,7 +36,14 @@ class QuantizerOutput:
 def nearest_entries(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, D) vectors, (K, D) codebook -> (N,) int64 index of each vector's nearest entry (`squared_distances`),
     a bounded number of rows at a time."""
-    return torch.cat([squared_distances(rows, codebook).argmin(1) for rows in vectors.split(_DISTANCE_CHUNK_ROWS)])
+    return torch.cat([squared_distances(part, codebook).argmin(1) for part in _distance_chunks(vectors, codebook)])
+
+
+def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`vectors` split into the chunks of rows whose distances to `codebook` are computed at once."""
+    if vectors.device.type == "cpu":
+        return vectors.split(max(1, _DISTANCE_CHUNK_BYTES_CPU // (4 * len(codebook))))
+    return vectors.split(_DISTANCE_CHUNK_ROWS)
 
 
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -74,11 +85,15 @@ class VectorQuantizer(nn.Module):
         self.commit_loss_beta = commit_loss_beta
         self.entropy_loss_ratio = entropy_loss_ratio
         self.l2_norm = l2_norm
-        self.embedding = nn.Embedding(codebook_size, embed_dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        if l2_norm:
+        # The codebook starts uniform in +-1/K, on the sphere when l2_norm is set. A skeleton built on the meta
+        # device (to check a checkpoint's shapes) has no values to start: computing on meta tensors imports
+        # torch._dynamo, a second of every command that loads a tokenizer.
+        self.embedding = nn.Embedding(codebook_size, embed_dim, _weight=torch.empty(codebook_size, embed_dim))
+        if not self.embedding.weight.is_meta:
             with torch.no_grad():
-                self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
+                self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+                if l2_norm:
+                    self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
         if show_usage:
             # Integer, so that a bf16 model still counts exactly (published files store floats, which load
             # into it unchanged); -1 marks a slot that has not seen a code yet.
@@ -158,10 +173,8 @@ class VectorQuantizer(nn.Module):
         count = int(dead.sum())
         if count == 0:
             return dead
-        flat = latent.reshape(-1, self.embed_dim).float()
-        errors = torch.cat(
-            [squared_distances(rows, self.codebook()).amin(1) for rows in flat.split(_DISTANCE_CHUNK_ROWS)]
-        )
+        flat, codebook = latent.reshape(-1, self.embed_dim).float(), self.codebook()
+        errors = torch.cat([squared_distances(part, codebook).amin(1) for part in _distance_chunks(flat, codebook)])
         worst = errors.topk(min(len(flat), 4 * count)).indices
         if count <= len(worst):  # distinct latents, so that no two entries land on the same one
             choice = torch.randperm(len(worst), generator=generator, device=generator.device)[:count]
