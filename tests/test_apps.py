@@ -243,11 +243,31 @@ def test_an_edit_from_the_sessions_kept_codes_equals_one_that_tokenizes_the_imag
     registry = ModelRegistry.embedded()
     path = tmp_path / "photo.png"
     sample_image("coffee").resize((96, 64)).save(path)
-    *_, kept = reconstruct_image(registry, "photo-vq", str(path))
+    *_, kept = reconstruct_image(registry, {}, "photo-vq", str(path))
     from_kept = edit_token(registry, "photo-vq", str(path), 3, 7, "nearest neighbour", 2, kept)
     afresh = edit_token(registry, "photo-vq", str(path), 3, 7, "nearest neighbour", 2, None)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(from_kept[:2], afresh[:2], strict=True))
     assert from_kept[2] == afresh[2] and torch.equal(from_kept[3].codes, kept.codes)
+
+
+def test_a_reconstruction_announces_how_long_an_image_of_its_size_takes(tmp_path):
+    """Gradio's own estimate is the mean of past durations whatever the size; the page says what this size
+    costs, from the line through this server's runs (tests/test_durations.py checks the line)."""
+    from llamagen.apps.durations import DurationModel, describe_estimate
+    from llamagen.apps.models import ModelRegistry
+    from llamagen.apps.reconstruct_tab import reconstruct_image
+    from llamagen.data.samples import sample_image
+
+    registry, durations, said = ModelRegistry.embedded(), {}, []
+    sizes = ((64, 48), (128, 96), (96, 64))
+    for width, height in sizes:
+        path = tmp_path / f"{width}.png"
+        sample_image("coffee").resize((width, height)).save(path)
+        expected = durations.get("photo-vq", DurationModel()).estimate(width * height)
+        reconstruct_image(registry, durations, "photo-vq", str(path), progress=lambda _, desc: said.append(desc))
+        assert said[-1] == describe_estimate(expected, width, height, "photo-vq")
+    assert "no estimate yet" in said[0] and all("about" in desc for desc in said[1:])
+    assert [pixels for pixels, _ in durations["photo-vq"]._runs] == [width * height for width, height in sizes]
 
 
 def png_claiming(width: int, height: int) -> bytes:

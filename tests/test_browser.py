@@ -10,6 +10,7 @@ test; elsewhere it is skipped with the reason.
 
 import io
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -192,6 +193,8 @@ def test_a_generation_returns_while_a_reconstruction_runs(page, tmp_path):
     page.locator("#reconstruct-input img").first.wait_for()
     choose(page, "Tokenizer", "photo-vq")
     page.click("#reconstruct-button")
+    # Its size and tokenizer, and how long they take here (Gradio's own figure is the mean of past calls).
+    page.get_by_text(re.compile(r"900x600 pixels through photo-vq: (about [0-9.]+ s|the first)")).first.wait_for()
     open_tab(page, "Generate")
     page.click("#generate-button")
     page.locator("#generate-timing", has_text="s per image").wait_for()

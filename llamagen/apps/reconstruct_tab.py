@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -13,6 +14,7 @@ from PIL import Image
 from llamagen.analysis.codebook import nearest_codes
 from llamagen.analysis.pictures import code_map, error_map, outlined, pixel_differences
 from llamagen.apps.common import TOKENIZER_QUEUE, number_in_range, picture, shown_errors, uploaded_image
+from llamagen.apps.durations import DurationModel, describe_estimate
 from llamagen.apps.models import ModelRegistry
 from llamagen.data.samples import SAMPLES, sample_image
 from llamagen.images import enlarged
@@ -50,11 +52,20 @@ class Tokenized:
 
 
 @shown_errors
-def reconstruct_image(registry: ModelRegistry, tokenizer_name, image):
-    """Original, reconstruction, error map, code map, the numbers, and the codes kept for token surgery."""
+def reconstruct_image(registry: ModelRegistry, durations: dict[str, DurationModel], tokenizer_name, image,
+                      progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
+    """Original, reconstruction, error map, code map, the numbers, and the codes kept for token surgery.
+
+    While it runs, the page shows how long it should take: `durations` holds each tokenizer's times on this
+    server, against the sizes of its images."""
     image = uploaded_image(image)
     tokenizer = registry.tokenizer(tokenizer_name)
+    duration = durations.setdefault(tokenizer_name, DurationModel())
+    pixels = image.width * image.height
+    progress(0.0, desc=describe_estimate(duration.estimate(pixels), image.width, image.height, tokenizer_name))
+    started = time.perf_counter()
     result = reconstruct(tokenizer, image, keep_for_edits=True)
+    duration.record(pixels, time.perf_counter() - started)
     rows, columns = result.codes.shape
     size = tokenizer.config.codebook_size
     numbers = (
@@ -179,7 +190,8 @@ def build(registry: ModelRegistry) -> None:
     kept = gr.State(None)  # this page's codes of the image: an edit decodes them instead of tokenizing again
 
     sample.change(shown_errors(sample_image), sample, original, api_name="sample")
-    run.click(functools.partial(reconstruct_image, registry), [tokenizer, original],
+    durations: dict[str, DurationModel] = {}  # this server's reconstruction times, by tokenizer
+    run.click(functools.partial(reconstruct_image, registry, durations), [tokenizer, original],
               [reconstruction, errors, codes, numbers, kept], api_name="reconstruct", **TOKENIZER_QUEUE)  # fmt: skip
     gr.on([original.upload, original.clear, sample.change, tokenizer.change], forget_the_image, None,
           [kept, row, column, reconstruction, errors, numbers, codes, edited, difference, note],
