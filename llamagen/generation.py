@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from llamagen import fast
+from llamagen.gpt.guidance_schedules import Schedule, guidance_scales
 from llamagen.gpt.model import GPT
 from llamagen.gpt.sampling import check_sampling_options, guided, sample
 
@@ -28,6 +29,7 @@ def generate(
     cond_mask: torch.Tensor | None = None,
     cfg_scale: float = 1.0,
     cfg_interval: int = -1,
+    cfg_schedule: Schedule = "constant",
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -47,6 +49,9 @@ def generate(
             conditions more strongly (the paper samples ImageNet at 1.75-2.0).
         cfg_interval: -1 guides every token; n >= 0 guides tokens 0 .. n+1 only (the original's count), after
             which the unconditional half is dropped, e.g. 40.
+        cfg_schedule: the scale of each token (`llamagen.gpt.guidance_schedules`): "constant" (`cfg_scale` at
+            every token, the original's), "linear" (from 1 at the first token to `cfg_scale` at the last, as
+            VAR), "reverse" (from `cfg_scale` down to 1), or a callable `(token_index, token_count) -> scale`.
         temperature: divides the logits; 1 samples the model's distribution, 0 is greedy.
         top_k: sample among the k most likely tokens only, e.g. 2000; 0 keeps the whole vocabulary, 1 is greedy.
         top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.95; 1 keeps them all.
@@ -62,7 +67,11 @@ def generate(
     one cache, so generations on one model from several threads run one after another (`generation_lock`).
     """
     check_sampling_options(gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
-    cond, cond_mask, guidance = _doubled_for_guidance(gpt, cond, cond_mask, cfg_scale)
+    scales = guidance_scales(cfg_schedule, cfg_scale, gpt.config.block_size)
+    # Both halves run for every guided token, even where its scale is 1, so that the unconditional half's
+    # cache holds every token for the guided ones after it.
+    guidance = any(scale != 1.0 for scale in scales)
+    cond, cond_mask = _doubled_for_guidance(gpt, cond, cond_mask, guidance)
     batch, rows = cond.shape[0] // (2 if guidance else 1), cond.shape[0]
     check_memory(gpt, rows, guidance)
     tokens = torch.empty(batch, gpt.config.block_size, dtype=torch.long, device=gpt.device)
@@ -76,7 +85,7 @@ def generate(
                 previous = tokens[:, i - 1 : i]
                 logits = decoder.step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
             if guide:
-                logits = guided(logits, cfg_scale)
+                logits = guided(logits, scales[i])
             tokens[:, i : i + 1] = sample(logits, temperature, top_k, top_p, generator, decoder.top_k)
             if progress is not None:
                 progress(i + 1, gpt.config.block_size)
@@ -84,14 +93,13 @@ def generate(
 
 
 def _doubled_for_guidance(
-    gpt: GPT, cond: torch.Tensor, cond_mask: torch.Tensor | None, cfg_scale: float
-) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    gpt: GPT, cond: torch.Tensor, cond_mask: torch.Tensor | None, guidance: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The checked condition on the model's device, with the unconditional rows after the conditional ones when
-    `cfg_scale` guides; and whether it does."""
+    there is `guidance`."""
     gpt.check_condition(cond, cond_mask, allow_null=False)
     if cond.shape[0] == 0:
         raise ValueError("cond is empty: nothing to generate")
-    guidance = cfg_scale != 1.0
     if guidance and gpt.config.model_type == "c2i" and not gpt.cls_embedding.has_null_class:
         raise ValueError("this model has no null class (trained with class_dropout_prob=0): use cfg_scale=1")
     cond = cond.to(gpt.device)
@@ -100,7 +108,7 @@ def _doubled_for_guidance(
         cond = torch.cat([cond, gpt.unconditional(cond)])
         if cond_mask is not None:
             cond_mask = torch.cat([cond_mask, cond_mask])  # the original masks the unconditional half alike
-    return cond, cond_mask, guidance
+    return cond, cond_mask
 
 
 def check_memory(gpt: GPT, rows: int, guidance: bool) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 from llamagen.checkpoints import read_safetensors_metadata, resolve_source
 from llamagen.generation import generate
 from llamagen.gpt import GPT
+from llamagen.gpt.guidance_schedules import Schedule
 from llamagen.gpt.sampling import check_sampling_options
 from llamagen.images import tensor_to_pil
 from llamagen.sampling_settings import ORIGINAL, SamplingSettings, recommended_sampling
@@ -163,6 +164,7 @@ class Pipeline:
         prompts: str | Sequence[str] | None = None,
         cfg_scale: float | None = None,
         cfg_interval: int | None = None,
+        cfg_schedule: Schedule | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
@@ -182,6 +184,8 @@ class Pipeline:
             cfg_scale: classifier-free guidance scale; 1 is none, 0 is unconditional, above 1 conditions more
                 strongly, e.g. 2.0.
             cfg_interval: -1 guides every token; n >= 0 guides tokens 0 .. n+1 only, e.g. 20.
+            cfg_schedule: the scale of each token: "constant", "linear" (from 1 up to `cfg_scale`, as VAR),
+                "reverse" (from `cfg_scale` down to 1) or a callable `(token_index, token_count) -> scale`.
             top_k: sample among the k most likely tokens, e.g. 100; 0 keeps the whole vocabulary, 1 is greedy.
             top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.9; 1 keeps them all.
             temperature: divides the logits, e.g. 0.9; 0 is greedy.
@@ -194,8 +198,8 @@ class Pipeline:
         Returns a `PipelineOutput`: `images` (PIL), `tokens` (N, block_size), `conditions` (each image's label or
         prompt), `pixels` (N, 3, H, W) in [-1, 1] and `notes`.
         """
-        options = self.sampling.filled(cfg_scale=cfg_scale, cfg_interval=cfg_interval, top_k=top_k, top_p=top_p,
-                                       temperature=temperature)  # fmt: skip
+        options = self.sampling.filled(cfg_scale=cfg_scale, cfg_interval=cfg_interval, cfg_schedule=cfg_schedule,
+                                       top_k=top_k, top_p=top_p, temperature=temperature)  # fmt: skip
         check_sampling_options(self.gpt.config.vocab_size, options["cfg_scale"], options["temperature"],
                                options["top_k"], options["top_p"])  # fmt: skip
         check_seed(seed)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-_FIELDS = ("cfg_scale", "cfg_interval", "top_k", "top_p", "temperature")
+_FIELDS = ("cfg_scale", "cfg_interval", "cfg_schedule", "top_k", "top_p", "temperature")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class SamplingSettings:
     top_p: float = 1.0
     temperature: float = 1.0
     cfg_interval: int = -1
+    cfg_schedule: str = "constant"  # `llamagen.gpt.guidance_schedules`
     source: str = ""  # where the values come from, for messages
 
     def values(self) -> dict[str, Any]:
@@ -37,8 +38,9 @@ class SamplingSettings:
         return {name: getattr(self, name) if value is None else value for name, value in given.items()}
 
     def describe(self) -> str:
+        schedule = "" if self.cfg_schedule == "constant" else f" ({self.cfg_schedule} schedule)"
         return (
-            f"guidance {self.cfg_scale:g}, top-k {self.top_k}, top-p {self.top_p:g}, temperature "
+            f"guidance {self.cfg_scale:g}{schedule}, top-k {self.top_k}, top-p {self.top_p:g}, temperature "
             f"{self.temperature:g} ({self.source})"
         )
 

@@ -30,7 +30,8 @@ gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
 
 WAIT_S = 300
-SAMPLING = {"cfg_scale": 4.0, "cfg_interval": -1, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+SAMPLING = {"cfg_scale": 4.0, "cfg_interval": -1, "cfg_schedule": "constant", "top_k": 0, "top_p": 1.0,
+            "temperature": 1.0}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +112,17 @@ def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
 
 def _card_settings(name: str) -> list:
     sampling = embedded_card(name)["sampling"]
-    return [sampling["cfg_scale"], -1, sampling["top_k"], sampling["top_p"], sampling["temperature"]]
+    return [sampling["cfg_scale"], -1, "constant", sampling["top_k"], sampling["top_p"], sampling["temperature"]]
 
 
 @pytest.mark.parametrize(
     ("model", "expected", "source"),
     [
         # Embedded generators: their cards' best guidance scale (shapes-c2i's judge: 95.4% right at 2, 82.1% at 4).
-        ("shapes-c2i", [2.0, -1, 0, 1.0, 1.0], "shapes-c2i's card"),
+        ("shapes-c2i", [2.0, -1, "constant", 0, 1.0, 1.0], "shapes-c2i's card"),
         ("digits-c2i", _card_settings("digits-c2i"), "digits-c2i's card"),
         # A file without a card: the original's sample_t2i.py (its top-k of 1000 keeps all 97 codes: 0).
-        ("tiny-t2i", [7.5, -1, 0, 1.0, 1.0], "the original's sample_t2i.py defaults"),
+        ("tiny-t2i", [7.5, -1, "constant", 0, 1.0, 1.0], "the original's sample_t2i.py defaults"),
     ],
 )
 def test_choosing_a_generator_sets_its_own_sampling_defaults_and_clears_the_results(client, model, expected, source):

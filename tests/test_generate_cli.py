@@ -153,3 +153,8 @@ def test_an_embedded_generator_samples_with_its_cards_settings_unless_told_other
     assert "guidance 4, top-k 0, top-p 1, temperature 1 (--cfg-scale as given; the rest from shapes-c2i's card)" in (
         capsys.readouterr().out
     )
+    command = [*command[:-2], "--cfg-scale", "3", "--cfg-schedule", "linear", "--out", str(out)]
+    assert main(command) == 0
+    assert "guidance 3 (linear schedule), top-k 0" in capsys.readouterr().out
+    linear = load_pipeline("shapes-c2i")(class_labels=["red star"], cfg_scale=3, cfg_schedule="linear", seed=0).grid()
+    assert (np.asarray(Image.open(out).convert("RGB")) == np.asarray(linear)).all()

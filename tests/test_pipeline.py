@@ -101,13 +101,13 @@ def test_sampling_defaults_are_the_cards_beside_the_weights_or_else_the_original
     save(small_gpt(vocab_size=4096), tmp_path / "gpt.safetensors", metadata=metadata)
     # No card: the original's sample_c2i.py (guidance 4, top-k 2000, temperature 1, top-p 1).
     pipe = load_pipeline(tmp_path / "gpt.safetensors")
-    assert pipe.sampling.values() == {"cfg_scale": 4.0, "cfg_interval": -1, "top_k": 2000, "top_p": 1.0,
-                                      "temperature": 1.0}  # fmt: skip
+    assert pipe.sampling.values() == {"cfg_scale": 4.0, "cfg_interval": -1, "cfg_schedule": "constant",
+                                      "top_k": 2000, "top_p": 1.0, "temperature": 1.0}  # fmt: skip
     card = tmp_path / "gpt.json"
     card.write_text(json.dumps({"sampling": {"cfg_scale": 1.5, "top_k": 5, "temperature": 0.5, "measured": "a test"}}))
     pipe = load_pipeline(tmp_path / "gpt.safetensors")
-    assert pipe.sampling.values() == {"cfg_scale": 1.5, "cfg_interval": -1, "top_k": 5, "top_p": 1.0,
-                                      "temperature": 0.5}  # fmt: skip
+    assert pipe.sampling.values() == {"cfg_scale": 1.5, "cfg_interval": -1, "cfg_schedule": "constant",
+                                      "top_k": 5, "top_p": 1.0, "temperature": 0.5}  # fmt: skip
     assert "gpt's card" in pipe.sampling.describe()
     # Options left out take the card's values; each one given replaces only itself.
     by_default = pipe(class_labels=[0, 1, 2], seed=2, num_images_per_condition=4).tokens

@@ -24,15 +24,19 @@ from llamagen.apps.common import (
     shown_errors,
 )
 from llamagen.apps.models import ModelRegistry
+from llamagen.gpt.guidance_schedules import SCHEDULES
 from llamagen.pipeline import Pipeline
 from llamagen.sampling_settings import ORIGINAL
 
 
-def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, top_k, top_p, temperature, seed) -> dict:
+def sampling_options(pipe: Pipeline, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed) -> dict:
     """The pipeline's sampling arguments from the page's (or a client's) values, each checked."""
+    if cfg_schedule not in SCHEDULES:
+        raise ValueError(f"guidance schedule {cfg_schedule!r}? choose one of {', '.join(SCHEDULES)}")
     return {
         "cfg_scale": checked_cfg_scale(cfg_scale),
         "cfg_interval": number_in_range("guidance interval", cfg_interval, -1, pipe.gpt.config.block_size, True),
+        "cfg_schedule": cfg_schedule,
         "top_k": number_in_range("top-k", top_k, 0, pipe.gpt.config.vocab_size, True),
         "top_p": number_in_range("top-p", top_p, 1e-6, 1.0),
         "temperature": number_in_range("temperature", temperature, 0.0, 10.0),
@@ -46,12 +50,12 @@ def token_grid_picture(pipe: Pipeline, tokens):
 
 
 @shown_errors
-def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature,
-             seed, count, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
+def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p,
+             temperature, seed, count, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
     """Images, their token grids as pictures, one picture of them all, and how long it took."""
     pipe = registry.pipeline(model)
     condition = condition_of(pipe, classes, prompt)  # every input checked before waiting for the generator
-    options = sampling_options(pipe, cfg_scale, cfg_interval, top_k, top_p, temperature, seed)
+    options = sampling_options(pipe, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed)
     conditions = len(condition.get("class_labels") or condition["prompts"])
     count = number_in_range("number of images", count, 1, MAX_IMAGES_PER_REQUEST, True)
     if conditions * count > MAX_IMAGES_PER_REQUEST:
@@ -93,6 +97,7 @@ def model_inputs(registry: ModelRegistry, model):
         gr.Textbox(visible=names is None),
         sampling.cfg_scale,
         sampling.cfg_interval,
+        sampling.cfg_schedule,
         sampling.top_k,
         sampling.top_p,
         sampling.temperature,
@@ -121,6 +126,12 @@ def build(registry: ModelRegistry) -> None:
             cfg_scale = gr.Slider(0, MAX_CFG_SCALE, value=sampling.cfg_scale, step=0.25,
                                   label="Guidance scale (1 = none)", elem_id="generate-cfg-scale")  # fmt: skip
             cfg_interval = gr.Number(sampling.cfg_interval, precision=0, label="Guidance interval (-1: every token)")
+            cfg_schedule = gr.Radio(
+                list(SCHEDULES),
+                value=sampling.cfg_schedule,
+                elem_id="generate-cfg-schedule",
+                label="Guidance over the tokens (linear: 1 up to the scale; reverse: down to 1)",
+            )
             with gr.Row():
                 top_k = gr.Number(sampling.top_k, precision=0, label="Top-k (0: all)")
                 top_p = gr.Slider(0.05, 1.0, value=sampling.top_p, step=0.05, label="Top-p")
@@ -135,9 +146,10 @@ def build(registry: ModelRegistry) -> None:
             grids = captioned_gallery("Token grids (colour = code index)", 4, 240)
             sheet = picture("All images (download)", height=240)
             timing = gr.Markdown(elem_id="generate-timing")
-    inputs = [model, classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, seed, count]
+    inputs = [model, classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed, count]
     run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate",
               **GENERATOR_QUEUE)  # fmt: skip
     model.change(functools.partial(model_inputs, registry), model,
-                 [classes, prompt, cfg_scale, cfg_interval, top_k, top_p, temperature, defaults, gallery, grids, sheet,
+                 [classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, defaults, gallery,
+                  grids, sheet,
                   timing], api_name="model_inputs")  # fmt: skip

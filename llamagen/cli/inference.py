@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from llamagen.cli.common import add_device_options, check_output_path, format_of, parse_config
+from llamagen.gpt.guidance_schedules import SCHEDULES
 from llamagen.images import DEFAULT_MAX_MEGAPIXELS
 
 SHOWN_IMAGE_SIZE = 128
@@ -75,6 +76,7 @@ def run_generate(args: argparse.Namespace) -> None:
         prompts=args.prompts,
         cfg_scale=args.cfg_scale,
         cfg_interval=args.cfg_interval,
+        cfg_schedule=args.cfg_schedule,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -148,6 +150,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     # The sampling options default to the model's: its card's recommendation, or the original's defaults.
     gen.add_argument("--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)")
     gen.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
+    gen.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
+                     "up to --cfg-scale, as VAR) or reverse (from it down to 1) (default: the model's)")  # fmt: skip
     gen.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
     gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
     gen.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")

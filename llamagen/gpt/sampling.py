@@ -77,6 +77,7 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def guided(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-    """(2B, vocab) logits of [conditional; unconditional] rows -> (B, vocab) guided logits."""
+    """(2B, vocab) logits of [conditional; unconditional] rows -> (B, vocab) guided logits; at scale 1 the
+    conditional ones exactly (a schedule's unguided tokens), not their value through the mix's rounding."""
     cond, uncond = logits.chunk(2, dim=0)
-    return uncond + (cond - uncond) * cfg_scale
+    return cond if cfg_scale == 1.0 else uncond + (cond - uncond) * cfg_scale

@@ -91,6 +91,9 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(codebook_size, embed_dim, _weight=torch.empty(codebook_size, embed_dim))
         if not self.embedding.weight.is_meta:
             with torch.no_grad():
+                # nn.Embedding's own normal draw, overwritten at once, is kept: it is part of the random stream
+                # that seeded models, and the commands on the embedded models' cards, were made from.
+                self.embedding.reset_parameters()
                 self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
                 if l2_norm:
                     self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
