@@ -151,5 +151,4 @@ def build(registry: ModelRegistry) -> None:
               **GENERATOR_QUEUE)  # fmt: skip
     model.change(functools.partial(model_inputs, registry), model,
                  [classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, defaults, gallery,
-                  grids, sheet,
-                  timing], api_name="model_inputs")  # fmt: skip
+                  grids, sheet, timing], api_name="model_inputs")  # fmt: skip
