@@ -18,11 +18,14 @@ Then `llamagen reconstruct` of the photo end to end (a new process reading a PNG
 beside its reconstruction), beside the import of torch alone: what a user waits for at the command line.
 
 Run with `make bench` (a few minutes); it prints a table and writes it to
-benchmarks/results/tokenizer_cpu_DATE.md, which docs/performance.md cites.
+benchmarks/results/tokenizer_cpu_DATE.md, which docs/performance.md cites. On a GPU:
+`python benchmarks/tokenizer_speed.py --device cuda --batch 16` (tokenizer_gpu_DATE.md; one image per call
+leaves most of a GPU idle between kernel launches).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import subprocess
 import sys
@@ -32,7 +35,7 @@ import types
 from pathlib import Path
 
 import torch
-from decode_speed import cpu_model, measure_matmul_gflops
+from decode_speed import _timed, cpu_model, measure_matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from llamagen.data.photos import load_photo
@@ -61,7 +64,7 @@ def original_attention(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
 
 def the_originals_way(model: VQModel) -> VQModel:
     """A float32 copy in torch's default layout whose attention layers compute as the original's."""
-    original = VQModel(model.config).eval()
+    original = VQModel(model.config).eval().to(model.device)
     original.load_state_dict({name: tensor.float().contiguous() for name, tensor in model.state_dict().items()})
     for module in original.modules():
         if isinstance(module, AttnBlock):
@@ -69,14 +72,9 @@ def the_originals_way(model: VQModel) -> VQModel:
     return original
 
 
-def best_seconds(function) -> float:
-    function()  # warm-up: oneDNN picks and caches its kernels
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def best_seconds(function, device: str) -> float:
+    function()  # warm-up: oneDNN (cuDNN) picks and caches its kernels
+    return min(_timed(function, device) for _ in range(REPEATS))
 
 
 def flops(function) -> int:
@@ -85,31 +83,35 @@ def flops(function) -> int:
     return counter.get_total_flops()
 
 
-def inputs(downsample: int) -> dict[str, torch.Tensor]:
+def inputs(downsample: int, batch: int, device: str) -> dict[str, torch.Tensor]:
+    """The photo at each size, `batch` copies of it on `device`."""
     photo = pil_to_tensor(load_photo(PHOTO))
     square = torch.nn.functional.interpolate(photo, size=(512, 512), mode="bilinear", antialias=True).clamp(-1, 1)
+    images = {
+        "256x256": square[..., ::2, ::2],
+        "512x512": square,
+        f"{PHOTO} {photo.shape[-1]}x{photo.shape[-2]}": photo,
+    }
     return {
-        "256x256": pad_to_multiple(square[..., ::2, ::2].contiguous(), downsample),
-        "512x512": pad_to_multiple(square, downsample),
-        f"{PHOTO} {photo.shape[-1]}x{photo.shape[-2]}": pad_to_multiple(photo, downsample),
+        size: pad_to_multiple(image.repeat(batch, 1, 1, 1), downsample).to(device) for size, image in images.items()
     }
 
 
 def to_pixels(images: torch.Tensor):
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
 def measure(name: str, fp32: VQModel, bf16: VQModel, size: str, images: torch.Tensor, rates: dict) -> dict:
-    original = the_originals_way(fp32)
+    original, device = the_originals_way(fp32), fp32.device.type
     codes = fp32.tokenize(images)
     row = {"tokenizer": name, "input": size, "tokens": f"{codes.shape[-1]}x{codes.shape[-2]}"}
     for step, run in (("encode", lambda m: m.tokenize(images)), ("decode", lambda m: m.detokenize(codes))):
         work = flops(lambda run=run: run(original))  # the same multiply-adds whichever way
         row[f"{step}_gflop"] = work / 1e9
-        row[f"{step}_original"] = best_seconds(lambda run=run: run(original))
-        row[f"{step}_fp32"] = best_seconds(lambda run=run: run(fp32))
-        row[f"{step}_bf16"] = best_seconds(lambda run=run: run(bf16))
+        row[f"{step}_original"] = best_seconds(lambda run=run: run(original), device)
+        row[f"{step}_fp32"] = best_seconds(lambda run=run: run(fp32), device)
+        row[f"{step}_bf16"] = best_seconds(lambda run=run: run(bf16), device)
         row[f"{step}_floor_bf16"] = work / (rates[torch.bfloat16] * 1e9)
         row[f"{step}_floor_fp32"] = work / (rates[torch.float32] * 1e9)
     row["same_codes"] = (bf16.tokenize(images) == codes).float().mean().item()
@@ -126,7 +128,7 @@ def rows_to_measure():
         yield name, name, ["256x256", f"{PHOTO} 640x427"]
 
 
-def load(source, dtype: str) -> VQModel:
+def load(source, dtype: str, options: argparse.Namespace) -> VQModel:
     if isinstance(source, VQModel):  # random weights: through a file, as users load them
         path = ROOT / "outputs" / "bench_vq16.safetensors"
         if not path.exists():
@@ -135,7 +137,8 @@ def load(source, dtype: str) -> VQModel:
             path.parent.mkdir(parents=True, exist_ok=True)
             save(source, path)
         source = path
-    return load_tokenizer(source, device="cpu", dtype=dtype)
+    model = load_tokenizer(source, device=options.device, dtype=dtype)
+    return model.to(memory_format=torch.channels_last) if options.channels_last else model
 
 
 def format_row(row: dict) -> str:
@@ -143,10 +146,10 @@ def format_row(row: dict) -> str:
     for step in ("encode", "decode"):
         cells += [
             f"{row[f'{step}_gflop']:.0f}",
-            f"{row[f'{step}_original']:.2f}",
-            f"{row[f'{step}_fp32']:.2f}",
-            f"{row[f'{step}_bf16']:.2f}",
-            f"{row[f'{step}_floor_bf16']:.2f}",
+            f"{row[f'{step}_original']:.3g}",  # seconds, to three figures on a GPU too
+            f"{row[f'{step}_fp32']:.3g}",
+            f"{row[f'{step}_bf16']:.3g}",
+            f"{row[f'{step}_floor_bf16']:.3g}",
             f"{row[f'{step}_bf16'] / row[f'{step}_floor_bf16']:.2f}x",
             f"{row[f'{step}_original'] / row[f'{step}_bf16']:.1f}x",
         ]
@@ -187,45 +190,65 @@ def end_to_end_lines() -> list[str]:
     return ["| command | s |", "|---|---|"] + [f"| {command} | {seconds:.2f} |" for command, seconds in rows]
 
 
-def main() -> None:
+def machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (cuDNN {torch.backends.cudnn.version()})"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def main(options: argparse.Namespace) -> None:
     torch.set_grad_enabled(False)
-    rates = {dtype: measure_matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    rates = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in (torch.float32, torch.bfloat16)}
     lines = []
     print(HEADER, flush=True)
     for name, source, sizes in rows_to_measure():
-        fp32, bf16 = load(source, "float32"), load(source, "bf16")
-        images = inputs(fp32.downsample_factor)
+        fp32, bf16 = load(source, "float32", options), load(source, "bf16", options)
+        images = inputs(fp32.downsample_factor, options.batch, options.device)
         for size in sizes:
             key = next(key for key in images if key.startswith(size.split()[0]))
             line = format_row(measure(name, fp32, bf16, size, images[key], rates))
             print(line, flush=True)
             lines.append(line)
-    after = {dtype: measure_matmul_gflops(dtype) for dtype in rates}
+    after = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in rates}
+    on_gpu = options.device == "cuda"
+    layout = "channels-last" if options.channels_last or not on_gpu else "torch's default layout"
+    side = 8192 if on_gpu else 2048
     note = (
-        f"Tokenizer speed on {cpu_model()} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
-        f"seconds per call on one image, the best of {REPEATS} after a warm-up. Product rate of two 2048x2048 "
-        f"matrices, before and after the rows: float32 {rates[torch.float32]:.0f} and "
+        f"Tokenizer speed on {machine(options.device)}, torch {torch.__version__}; seconds per call on "
+        f"{options.batch} image{'s' * (options.batch > 1)}, the best of {REPEATS} after a warm-up. Product rate "
+        f"of two {side}x{side} matrices, before and after the rows: float32 {rates[torch.float32]:.0f} and "
         f"{after[torch.float32]:.0f} GFLOP/s, bf16 {rates[torch.bfloat16]:.0f} and {after[torch.bfloat16]:.0f}; "
         "the floors divide the multiply-adds (2 per multiply-add, counted by FlopCounterMode) by the rate before. "
         "(a): float32, default layout, attention by an explicit softmax of bmm products (the original's). "
-        "Ours: `load_tokenizer(..., dtype=...)` on the CPU (channels-last weights, GroupNorm summed in float32 "
-        "by torch's kernel, scaled_dot_product_attention). The last two columns compare bf16 with float32 on "
-        "the trained tokenizers: the share of codes its encoder picks as float32's does, and the PSNR of its "
-        "decode of float32's codes against float32's decode."
+        f"Ours: `load_tokenizer(..., dtype=...)` on the {'GPU' if on_gpu else 'CPU'} ({layout} weights, GroupNorm "
+        "summed in float32 by torch's kernel, scaled_dot_product_attention). "
+        + (
+            "cuDNN's float32 convolutions take TF32 products by default, so float32 can beat its floor. "
+            if on_gpu
+            else ""
+        )
+        + "The last two columns compare bf16 with float32 on the trained tokenizers: the share of codes its "
+        "encoder picks as float32's does, and the PSNR of its decode of float32's codes against float32's decode."
     )
-    end_to_end = end_to_end_lines()
-    print("\n" + "\n".join(end_to_end), flush=True)
-    table = (
-        f"{note}\n\n{HEADER}\n"
-        + "\n".join(lines)
-        + f"\n\nEnd to end, in a new process, the best of {REPEATS}:\n\n"
-        + "\n".join(end_to_end)
-        + "\n"
-    )
-    out = ROOT / "benchmarks" / "results" / f"tokenizer_cpu_{datetime.date.today().isoformat()}.md"
+    table = f"{note}\n\n{HEADER}\n" + "\n".join(lines) + "\n"
+    if not on_gpu:  # what a user waits for at the command line, where the command runs on the CPU
+        end_to_end = end_to_end_lines()
+        print("\n" + "\n".join(end_to_end), flush=True)
+        table += f"\nEnd to end, in a new process, the best of {REPEATS}:\n\n" + "\n".join(end_to_end) + "\n"
+    default_name = f"tokenizer_{'gpu' if on_gpu else 'cpu'}_{datetime.date.today().isoformat()}.md"
+    out = Path(options.out) if options.out else ROOT / "benchmarks" / "results" / default_name
     out.write_text(table)
     print(f"\nwrote {out}")
 
 
+def parse_options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, default=1, help="images per call (a GPU needs several to be busy)")
+    parser.add_argument("--channels-last", action="store_true", help="on a GPU too (the CPU's layout always)")
+    parser.add_argument("--out", help="the table's file (default: benchmarks/results/tokenizer_DEVICE_DATE.md)")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    main()
+    main(parse_options())
