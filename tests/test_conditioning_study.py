@@ -48,7 +48,8 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
     for row in written:
         for scale in ("1", "2"):
             assert 0 <= float(row[f"accuracy_at_{scale}"]) <= 1
-        assert float(row["fid_floor"]) > 0 and 0 <= float(row["classifier_accuracy"]) <= 1
+        assert float(row["fid_floor"]) != float(row["fid_floor"])  # NaN: 80 images, fewer than the judge's 256 features
+        assert 0 <= float(row["classifier_accuracy"]) <= 1
         assert float(row["kl_first_row"]) >= 0 and row["real_images"] == "16"
         assert row["images_per_scale"] == "80"  # 2 of each of the 40 classes
         assert row["ema_decay"] == "0.0"  # two steps: the trained weights themselves

@@ -1,4 +1,5 @@
-"""Scores of generated images: precision/recall, diversity, judge accuracy and FID, and the guidance sweep."""
+"""Scores of generated images: precision/recall, diversity, judge accuracy, FID and KID with their intervals and
+floors, and the guidance sweep."""
 
 import csv
 
@@ -7,13 +8,9 @@ import torch
 
 from llamagen.analysis.guidance import best_scale, sweep_guidance, write_rows_csv
 from llamagen.data.shapes import Shapes
-from llamagen.evaluation.generation import (
-    condition_labels,
-    precision_recall,
-    score_images,
-    within_group_spread,
-)
+from llamagen.evaluation.generation import condition_labels, score_images
 from llamagen.evaluation.judges import labelled, load_judge
+from llamagen.evaluation.set_measures import precision_recall, within_group_spread
 
 
 def test_precision_and_recall_of_sets_that_match_or_do_not():
@@ -36,7 +33,7 @@ def test_precision_and_recall_match_a_plain_loop(seed):
     fails here."""
     from scipy.spatial.distance import cdist
 
-    from llamagen.evaluation.generation import NEIGHBOURS
+    from llamagen.evaluation.set_measures import NEIGHBOURS
 
     generator = torch.Generator().manual_seed(seed)
     real, fake = torch.randn(60, 3, generator=generator), torch.randn(50, 3, generator=generator) * 1.5 + 0.5
@@ -69,57 +66,108 @@ def real_shapes():
 
 
 def test_real_images_score_as_real(real_shapes):
-    """Real shapes (a set neither judge training nor its held-out set) are judged right, with an FID near the
-    real-against-real floor and full precision and recall."""
+    """Real shapes (a set neither judge training nor its held-out set) are judged right and read as something,
+    with FID and KID near the real-against-real floor (KID's interval holding 0), and full precision and
+    recall."""
     images, labels = real_shapes
     classes = labels["shape"] * 8 + labels["colour"]
     scores = score_images(load_judge("shapes-judge"), "shapes", images, condition_labels("shapes", classes), classes)
-    assert scores.accuracy["class"] >= 0.99
-    assert scores.fid < 2 * scores.fid_real_floor
-    assert scores.precision > 0.9 and scores.recall > 0.9
-    assert 0.8 < scores.diversity < 1.25
+    assert scores.accuracy["class"].value >= 0.99 and scores.read_as_none.value <= 0.03
+    assert scores.fid.low <= scores.fid.value <= scores.fid.high and scores.fid.value < 2 * scores.floor["fid"]
+    assert scores.kid.low < 0 < scores.kid.high
+    assert scores.precision.value > 0.9 and scores.recall.value > 0.9
+    assert 0.8 < scores.diversity.value < 1.25 and scores.diversity.low < 1 < scores.diversity.high
+    assert scores.floor["accuracy_class"] >= 0.99 and scores.floor["read_as_none"] <= 0.03
 
 
 def test_wrong_conditions_and_collapse_are_caught(real_shapes):
     """The same images scored against other classes are judged wrong; one image repeated has no diversity,
-    and its FID is far above the floor."""
+    and its FID and KID are far above their floors."""
     images, labels = real_shapes
-    classes = (labels["shape"] * 8 + labels["colour"] + 1) % 40
+    classes = labels["shape"] * 8 + labels["colour"]
     judge = load_judge("shapes-judge")
-    wrong = score_images(judge, "shapes", images, condition_labels("shapes", classes), classes)
-    assert wrong.accuracy["class"] < 0.05
+    shifted = (classes + 1) % 40
+    wrong = score_images(judge, "shapes", images, condition_labels("shapes", shifted), shifted)
+    assert wrong.accuracy["class"].high < 0.05
     same = images[:1].expand(len(images), -1, -1, -1)
-    collapsed = score_images(judge, "shapes", same, condition_labels("shapes", classes), classes)
-    assert collapsed.diversity == 0.0 and collapsed.fid > 10 * collapsed.fid_real_floor
-    assert collapsed.recall < 0.05
+    first = classes[:1].expand(len(images))
+    collapsed = score_images(judge, "shapes", same, condition_labels("shapes", first), classes)
+    assert collapsed.diversity.value == 0.0 and collapsed.fid.low > 10 * collapsed.floor["fid"]
+    assert collapsed.kid.low > 10 * collapsed.floor["kid"] > 0 or collapsed.kid.low > 0.1
+    assert collapsed.recall.value < 0.05
 
 
-def test_real_features_are_reused_only_for_the_same_judge_weights():
-    """The real sets' features are computed once per judge's weights: a newly loaded judge reuses them, and a
-    judge whose weights changed gets its own."""
-    from llamagen.evaluation.generation import _embed, _real_features, _second_real_set
+def test_noise_is_read_as_none_and_other_classes_add_no_diversity(real_shapes):
+    """Noise in place of a third of the images is read as none. Images of other classes in place of a third
+    leave diversity, counted among images judged right, where the real images put it, while the spread of all
+    images grows with them (the control: what diversity over every image would have rewarded)."""
+    images, labels = real_shapes
+    classes = labels["shape"] * 8 + labels["colour"]
+    judge = load_judge("shapes-judge")
+    stated = condition_labels("shapes", classes)
+    real = score_images(judge, "shapes", images, stated, classes)
+    third = torch.arange(len(images)) % 3 == 0
+    noisy = images.clone()
+    noisy[third] = torch.rand(int(third.sum()), *images.shape[1:], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert score_images(judge, "shapes", noisy, stated, classes).read_as_none.low > 0.25
+    assert real.read_as_none.high < 0.05
+    mixed = images.clone()
+    mixed[third] = images.roll(1, dims=0)[third]  # another shape's image in its place
+    scores = score_images(judge, "shapes", mixed, stated, classes)
+    assert abs(scores.diversity.value - real.diversity.value) < 0.1
+    from llamagen.evaluation.generation import read_images
 
-    features = _real_features(load_judge("shapes-judge").eval(), "shapes", second_set_size=50)
+    spread_of_all = within_group_spread(read_images(judge, mixed).features, classes)
+    assert spread_of_all > 1.2 * within_group_spread(read_images(judge, images).features, classes)
+
+
+def test_a_row_has_every_measure_with_its_interval_and_floor(real_shapes, capsys):
+    """`as_dict` flattens the scores into a sweep's row; the CLI prints it with its intervals."""
+    images, labels = real_shapes
+    classes = labels["shape"] * 8 + labels["colour"]
+    scores = score_images(load_judge("shapes-judge"), "shapes", images[:100], condition_labels("shapes", classes[:100]),
+                          classes[:100])  # fmt: skip
+    row = scores.as_dict()
+    for name in ("accuracy_class", "accuracy_shape", "read_as_none", "fid", "kid", "precision", "recall"):
+        assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"] and f"{name}_real_floor" in row
+    assert "diversity_low" in row and "diversity_real_floor" not in row  # relative to real images already
+    assert row["images"] == 100 and row["fid_all_features"] != row["fid_all_features"]  # NaN: 100 < 256
+    from llamagen.cli.evaluation import _print_guidance_row
+
+    _print_guidance_row({"cfg_scale": 2.0, **row})
+    printed = capsys.readouterr().out
+    assert printed.startswith("cfg 2 ") and f"KID {row['kid']:.4f} [{row['kid_low']:.4f}" in printed
+
+
+def test_real_readings_are_reused_only_for_the_same_judge_weights():
+    """The real sets are read once per judge's weights: a newly loaded judge reuses the reading, and a judge
+    whose weights changed gets its own."""
+    from llamagen.evaluation.generation import _real_reading, _second_real_set, read_images
+
+    reading = _real_reading(load_judge("shapes-judge").eval(), "shapes", second_set_size=50)
     judge = load_judge("shapes-judge").eval()
-    assert torch.equal(features, _embed(judge, _second_real_set("shapes", 50)[0]))
-    assert _real_features(judge, "shapes", second_set_size=50) is features
+    assert torch.equal(reading.features, read_images(judge, _second_real_set("shapes", 50)[0]).features)
+    assert _real_reading(judge, "shapes", second_set_size=50) is reading
     with torch.no_grad():
         next(judge.parameters()).mul_(1.5)
-    changed = _real_features(judge, "shapes", second_set_size=50)
-    assert torch.equal(changed, _embed(judge, _second_real_set("shapes", 50)[0])) and not torch.equal(changed, features)
+    changed = _real_reading(judge, "shapes", second_set_size=50).features
+    assert torch.equal(changed, read_images(judge, _second_real_set("shapes", 50)[0]).features)
+    assert not torch.equal(changed, reading.features)
 
 
-def test_best_scale_takes_the_highest_accuracy_and_breaks_ties_by_the_lower_fid():
-    """Accuracies equal to 4 decimals tie, and the lower FID wins. Checked by hand once: a version that compares
-    unrounded accuracies picks 1.0, and one that prefers the higher FID picks 3.0."""
+def test_best_scale_takes_the_highest_accuracy_and_breaks_ties_by_the_lower_kid():
+    """Accuracies equal to 4 decimals tie, and the lower KID wins. Checked by hand once: a version that compares
+    unrounded accuracies picks 1.0, and one that prefers the higher KID picks 3.0."""
     rows = [
-        {"cfg_scale": 1.0, "accuracy_class": 0.90004, "fid": 12.0},
-        {"cfg_scale": 2.0, "accuracy_class": 0.9, "fid": 8.0},
-        {"cfg_scale": 3.0, "accuracy_class": 0.9, "fid": 9.0},
-        {"cfg_scale": 4.0, "accuracy_class": 0.8, "fid": 1.0},
+        {"cfg_scale": 1.0, "accuracy_class": 0.90004, "kid": 0.12},
+        {"cfg_scale": 2.0, "accuracy_class": 0.9, "kid": 0.08},
+        {"cfg_scale": 3.0, "accuracy_class": 0.9, "kid": 0.09},
+        {"cfg_scale": 4.0, "accuracy_class": 0.8, "kid": 0.01},
     ]
     assert best_scale(rows) == 2.0
-    assert best_scale(rows[2:]) == 3.0  # a higher accuracy wins over a lower FID
+    assert best_scale(rows[2:]) == 3.0  # a higher accuracy wins over a lower KID
+    recorded = [{key.replace("kid", "fid"): value for key, value in row.items()} for row in rows]
+    assert best_scale(recorded) == 2.0  # rows with FID alone: the lower FID
 
 
 def test_guidance_sweep_rows_and_csv(tmp_path):
@@ -133,9 +181,12 @@ def test_guidance_sweep_rows_and_csv(tmp_path):
     assert [row["cfg_scale"] for row in rows] == [1.0, 3.0] and "inception_fid" not in rows[0]
     from llamagen.evaluation.fid import RandomFeatures  # stands in for Inception-v3: any feature network fits
 
+    # 20 generated and 297 real digits against 512 features: singular covariances, so no FID in them.
     with_features = sweep_guidance(pipe, "digits", scales=(1.0,), images_per_class=2, inception=RandomFeatures())
-    assert with_features[0]["inception_fid"] > 0
-    assert set(rows[0]) >= {"accuracy_digit", "accuracy_class", "fid", "fid_real_floor", "precision", "recall"}
+    assert "inception_fid" not in with_features[0]
+    assert set(rows[0]) >= {"accuracy_digit", "accuracy_class", "kid", "kid_low", "kid_real_floor", "read_as_none",
+                            "fid", "fid_real_floor", "precision", "recall", "diversity"}  # fmt: skip
+    assert rows[0]["fid"] != rows[0]["fid"]  # NaN: 20 images are too few for FID's 32 axes
     assert best_scale(rows) in (1.0, 3.0)
     path = write_rows_csv(rows, tmp_path / "sweep.csv")
     read = list(csv.DictReader(path.open()))

@@ -1,9 +1,10 @@
 """Classifier-free guidance against quality and diversity (the paper's Fig. 4 and Table 5, small).
 
 For each guidance scale the same seeds generate the same number of images per class; the judge scores
-them (class accuracy, FID in its feature space, precision, recall, diversity). The paper's trade-off is
-that FID improves up to a moderate scale (about 2 for its ImageNet models) and then worsens, while
-precision rises and recall and diversity fall.
+them (`llamagen.evaluation.generation.score_images`: class accuracy, the share read as none, FID and KID in
+its feature space, precision, recall, diversity among images judged right, each with its interval and its
+real-against-real floor). The paper's trade-off is that FID improves up to a moderate scale (about 2 for its
+ImageNet models) and then worsens, while precision rises and recall and diversity fall.
 """
 
 from __future__ import annotations
@@ -28,25 +29,22 @@ def sweep_guidance(
     inception=None,
     **sampling,
 ) -> list[dict]:
-    """One row of scores per guidance scale: cfg_scale, accuracy_* per attribute, fid, fid_real_floor,
-    precision, recall, diversity, images (and inception_fid with Inception features)."""
+    """One row of scores per guidance scale: cfg_scale and `GenerationScores.as_dict()`'s columns."""
     rows = []
     for scale in scales:
         scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception,
                                             cfg_scale=scale, **sampling)  # fmt: skip
-        flat = scores.as_dict()
-        if inception is None:
-            flat.pop("inception_fid")
-        accuracy = flat.pop("accuracy")
-        rows.append({"cfg_scale": scale, **{f"accuracy_{k}": v for k, v in accuracy.items()}, **flat})
+        rows.append({"cfg_scale": scale, **scores.as_dict()})
         if progress is not None:
             progress(rows[-1])
     return rows
 
 
 def best_scale(rows: list[dict]) -> float:
-    """The scale of the highest class accuracy; ties go to the lower FID."""
-    return max(rows, key=lambda row: (round(row["accuracy_class"], 4), -row["fid"]))["cfg_scale"]
+    """The scale of the highest class accuracy; ties go to the lower KID (defined at any number of images), or
+    to the lower FID in rows that carry no KID (as the embedded models' cards and notebook 03's table record)."""
+    distance = "kid" if all("kid" in row for row in rows) else "fid"
+    return max(rows, key=lambda row: (round(row["accuracy_class"], 4), -row[distance]))["cfg_scale"]
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:

@@ -76,8 +76,22 @@ def run_export_clip(args: argparse.Namespace) -> None:
 
 
 def _print_guidance_row(row: dict) -> None:
+    """A guidance sweep's row: with intervals and floors as `sweep_guidance` writes them, or as a model card
+    recorded it (captions: accuracy per stated attribute and CLIP score; classes: values alone)."""
+    if "kid" in row:
+
+        def shown(name: str, digits: int = 2) -> str:
+            floor = f" (real {row[f'{name}_real_floor']:.{digits}f})" if f"{name}_real_floor" in row else ""
+            return f"{row[name]:.{digits}f} [{row[f'{name}_low']:.{digits}f}, {row[f'{name}_high']:.{digits}f}]{floor}"
+
+        print(
+            f"cfg {row['cfg_scale']:<5g} class accuracy {shown('accuracy_class', 3)}, read as none "
+            f"{shown('read_as_none', 3)}, FID {shown('fid')}, KID {shown('kid', 4)}, precision "
+            f"{shown('precision')}, recall {shown('recall')}, diversity {shown('diversity')}; {row['images']} images"
+        )
+        return
     accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items() if k.startswith("accuracy_"))
-    if "fid" not in row:  # text-conditional: accuracies on the attributes the captions state, and CLIP score
+    if "clip_score" in row:
         print(f"cfg {row['cfg_scale']:<5g} {accuracy}; CLIP score {row['clip_score']:.1f}")
         return
     print(

@@ -1,72 +1,110 @@
 """Scoring generated images with a judge: is the asked-for class there, and how close is the whole set to
-real images.
+real images. Every measure comes with its 95% interval and with its floor, what a second set of real images of
+the same size scores against the same held-out ones (`llamagen.evaluation.set_measures` says how each is made):
 
-- accuracy: the judge's reading of each image against its condition (shapes: shape, colour and both,
-  the class; digits: the digit);
-- FID in the judge's feature space against held-out real images, beside the floor that a second real set
-  of the same size reaches (FID is biased upwards for small sets, so only the gap above the floor means
-  anything);
-- precision and recall (Kynkäänniemi et al., 2019): the fraction of generated images inside the real
-  images' k-nearest-neighbour balls, and of real images inside the generated ones';
-- diversity: the mean pairwise feature distance among images of one condition, relative to real images'.
+- accuracy: the judge's reading of each image against its condition (shapes: shape, colour and both, the
+  class; digits: the digit), with Wilson intervals;
+- read as none: the share of images the judge reads with less confidence than 99% of real images get;
+- FID in the judge's 32 leading principal axes, against held-out real images (jackknife interval), and in all
+  its features where both sets outnumber them;
+- KID in the judge's features (Bińkowski et al., 2018): unbiased at any size, the interval its estimate
+  plus or minus 1.96 jackknife standard errors;
+- precision and recall (Kynkäänniemi et al., 2019);
+- diversity: the mean feature distance between two images of one condition, among those judged right,
+  relative to real images' (bootstrap over conditions).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from llamagen.analysis.statistics import proportion
 from llamagen.data.shapes import COLOURS, Shapes
 from llamagen.evaluation.fid import InceptionFeatures, frechet_distance, image_features
 from llamagen.evaluation.judges import Judge, held_out, labelled, load_judge
-
-NEIGHBOURS = 3  # k of the precision/recall balls (the paper's choice)
+from llamagen.evaluation.kid import kernel_distance
+from llamagen.evaluation.set_measures import (
+    INTERVAL_Z,
+    FrechetSpace,
+    Interval,
+    NoneReading,
+    coverage,
+    relative_diversity,
+    within_group_spread,
+)
 
 
 @dataclass
 class GenerationScores:
-    accuracy: dict[str, float]  # per attribute, and "class" (every attribute the condition states)
-    fid: float  # in the judge's feature space, against held-out real images
-    fid_real_floor: float  # a second real set against the same held-out set
-    precision: float
-    recall: float
-    diversity: float  # within-condition spread of features, relative to real images' (1 = as varied)
+    accuracy: dict[str, Interval]  # per attribute, and "class" (every attribute the condition states)
+    read_as_none: Interval
+    fid: Interval  # in the judge's FID_DIMENSIONS leading principal axes (NaN with fewer images than axes)
+    fid_all_features: float  # in all the judge's features, where there are more images than features, else NaN
+    kid: Interval
+    precision: Interval
+    recall: Interval
+    diversity: Interval  # among images judged right, relative to real images' (1 = as varied)
     images: int
-    inception_fid: float | None = None  # against the held-out real images, when Inception weights are given
+    floor: dict[str, float] = field(default_factory=dict)  # a second real set of `images` images, scored alike
+    inception_fid: float | None = None  # with Inception weights, where both sets outnumber its features
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """One flat row: each measure, its `_low` and `_high` bounds and its `_real_floor`; accuracy as
+        `accuracy_<attribute>`."""
+        measures = {f"accuracy_{name}": value for name, value in self.accuracy.items()}
+        for name in ("read_as_none", "fid", "kid", "precision", "recall", "diversity"):
+            measures[name] = getattr(self, name)
+        measures["fid_all_features"] = self.fid_all_features
+        row = {}
+        for name, measure in measures.items():
+            if isinstance(measure, Interval):
+                row.update({name: measure.value, f"{name}_low": measure.low, f"{name}_high": measure.high})
+            else:
+                row[name] = measure
+            if name in self.floor:
+                row[f"{name}_real_floor"] = self.floor[name]
+        row["images"] = self.images
+        if self.inception_fid is not None:
+            row["inception_fid"] = self.inception_fid
+        return row
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(a.double(), b.double())
+@dataclass
+class JudgeReading:
+    """What a judge makes of a set of images: its features and, per attribute, its reading and confidence."""
+
+    features: torch.Tensor  # (N, feature_dim)
+    predicted: dict[str, torch.Tensor]  # (N,) value ids
+    confidence: dict[str, torch.Tensor]  # (N,) the reading's softmax probability
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS) -> tuple[float, float]:
-    """Improved precision and recall of `fake` against `real` features (N, D)."""
+@torch.no_grad()
+def read_images(judge: Judge, images: torch.Tensor) -> JudgeReading:
+    judge.eval()
+    device = next(judge.parameters()).device
+    features, predicted, confidence = [], {name: [] for name in judge.heads}, {name: [] for name in judge.heads}
+    for start in range(0, len(images), 256):
+        embedded = judge.embed(images[start : start + 256].to(device))
+        features.append(embedded.float().cpu())
+        for name, head in judge.heads.items():
+            top = head(embedded).float().softmax(-1).max(-1)
+            predicted[name].append(top.indices.cpu())
+            confidence[name].append(top.values.cpu())
+    join = lambda parts: {name: torch.cat(values) for name, values in parts.items()}  # noqa: E731
+    return JudgeReading(torch.cat(features), join(predicted), join(confidence))
 
-    def radii(x: torch.Tensor) -> torch.Tensor:
-        return _pairwise(x, x).kthvalue(k + 1, dim=1).values  # the k-th neighbour, not counting itself
 
-    def covered(points: torch.Tensor, centres: torch.Tensor) -> float:
-        return float((_pairwise(points, centres) <= radii(centres)[None]).any(dim=1).double().mean())
+@dataclass
+class _RealReference:
+    """The held-out real images as a judge reads them, and what the measures derive from them once."""
 
-    return covered(fake, real), covered(real, fake)
-
-
-def within_group_spread(features: torch.Tensor, groups: torch.Tensor) -> float:
-    """Mean distance between two features of the same group, averaged over groups of two or more."""
-    spreads = []
-    for group in groups.unique():
-        members = features[groups == group]
-        if len(members) > 1:
-            distances = _pairwise(members, members)
-            spreads.append(float(distances.sum() / (len(members) * (len(members) - 1))))
-    return float(np.mean(spreads))
+    reading: JudgeReading
+    space: FrechetSpace
+    none_reading: NoneReading
 
 
 def condition_labels(kind: str, class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,6 +112,37 @@ def condition_labels(kind: str, class_ids: torch.Tensor) -> dict[str, torch.Tens
     if kind == "shapes":
         return {"shape": class_ids // len(COLOURS), "colour": class_ids % len(COLOURS)}
     return {"digit": class_ids}
+
+
+def _share(hits: torch.Tensor) -> Interval:
+    estimate = proportion(int(hits.sum()), len(hits))
+    return Interval(float(estimate.mean), float(estimate.low), float(estimate.high))
+
+
+def _measures(
+    reference: _RealReference, reading: JudgeReading, stated: dict[str, torch.Tensor], groups: torch.Tensor,
+    real_spread: float,
+) -> dict:  # fmt: skip
+    """Every measure of one set of images against the held-out real ones, with intervals."""
+    hits = {name: reading.predicted[name] == labels for name, labels in stated.items()}
+    every = torch.stack(list(hits.values())).all(dim=0)
+    broken = reference.none_reading.read_as_none(reading.confidence, stated)
+    real_features, fake = reference.reading.features, reading.features
+    kid = kernel_distance(real_features.numpy(), fake.numpy())
+    kid_half_width = INTERVAL_Z * kid.standard_error
+    judged_right = every & ~broken
+    return {
+        "accuracy": {**{name: _share(hit) for name, hit in hits.items()}, "class": _share(every)},
+        "read_as_none": _share(broken),
+        "fid": reference.space.distance_interval(fake),
+        "fid_all_features": frechet_distance(real_features.numpy(), fake.numpy())
+        if min(len(fake), len(real_features)) > fake.shape[1]
+        else float("nan"),
+        "kid": Interval(kid.value, kid.value - kid_half_width, kid.value + kid_half_width),
+        "precision": _share(coverage(fake, real_features)),
+        "recall": _share(coverage(real_features, fake)),
+        "diversity": relative_diversity(fake[judged_right], groups[judged_right], real_spread),
+    }
 
 
 @torch.no_grad()
@@ -86,63 +155,70 @@ def score_images(
     inception: InceptionFeatures | None = None,
 ) -> GenerationScores:
     """Score generated `images` (N, 3, S, S) in [-1, 1] whose conditions state the attribute labels `stated`;
-    `groups` (N,) marks images of the same condition (for diversity); `inception` adds the usual FID."""
-    judge.eval()
-    predicted = {name: [] for name in judge.config.heads}
-    features = []
-    for start in range(0, len(images), 256):
-        chunk = images[start : start + 256].to(next(judge.parameters()).device)
-        features.append(judge.embed(chunk).float().cpu())
-        for name, values in judge.predict(chunk).items():
-            predicted[name].append(values.cpu())
-    fake = torch.cat(features)
-    predicted = {name: torch.cat(values) for name, values in predicted.items()}
-    hits = {name: predicted[name] == labels for name, labels in stated.items()}
-    accuracy = {name: float(hit.float().mean()) for name, hit in hits.items()}
-    accuracy["class"] = float(torch.stack(list(hits.values())).all(dim=0).float().mean())
-
-    real = _real_features(judge, kind)
-    _, second_labels = _second_real_set(kind, len(images))
-    precision, recall = precision_recall(real, fake)
-    real_groups = class_ids_of(kind, second_labels)
-    second_features = _real_features(judge, kind, second_set_size=len(images))
-    real_spread = within_group_spread(second_features, real_groups)
-    return GenerationScores(
-        accuracy=accuracy,
-        fid=frechet_distance(real.numpy(), fake.numpy()),
-        fid_real_floor=frechet_distance(real.numpy(), second_features.numpy()),
-        precision=precision,
-        recall=recall,
-        diversity=within_group_spread(fake, groups) / real_spread,
-        images=len(images),
-        inception_fid=None
-        if inception is None
-        else frechet_distance(
-            image_features(inception, _held_out_images(kind)), image_features(inception, images.float())
-        ),
-    )
+    `groups` (N,) marks images of the same condition (for diversity); `inception` adds the usual FID where
+    both sets have more images than it has features (2,048 for Inception-v3)."""
+    reference = _real_reference(judge, kind)
+    floor, real_spread = _floor(judge, kind, len(images), tuple(stated))
+    measures = _measures(reference, read_images(judge, images), stated, groups, real_spread)
+    inception_fid = None
+    if inception is not None:
+        real_images = image_features(inception, _held_out_images(kind))
+        generated = image_features(inception, images.float())
+        if min(len(real_images), len(generated)) > generated.shape[1]:  # else the covariances are singular
+            inception_fid = frechet_distance(real_images, generated)
+    return GenerationScores(**measures, images=len(images), floor=floor, inception_fid=inception_fid)
 
 
-def _embed(judge: Judge, images: torch.Tensor) -> torch.Tensor:
-    device = next(judge.parameters()).device
-    return torch.cat([judge.embed(images[i : i + 256].to(device)).float().cpu() for i in range(0, len(images), 256)])
-
-
-# The judges' features of the real sets, by the judge's weights and device, the kind and the set: a sweep or a
+# The judges' readings of the real sets, by the judge's weights and device, the kind and the set: a sweep or a
 # run of the card checks scores many generated sets against the same real ones, each with a newly loaded judge.
-_REAL_FEATURES: dict[tuple, torch.Tensor] = {}
+_REAL_READINGS: dict[tuple, JudgeReading] = {}
+_REFERENCES: dict[tuple, _RealReference] = {}
+_FLOORS: dict[tuple, tuple[dict[str, float], float]] = {}
 
 
-def _real_features(judge: Judge, kind: str, second_set_size: int | None = None) -> torch.Tensor:
-    """The judge's features of its held-out real images, or of the second real set of `second_set_size`."""
+def _judge_key(judge: Judge, kind: str) -> tuple:
     weights = hashlib.sha256()
     for tensor in judge.state_dict().values():
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    key = (weights.hexdigest(), str(next(judge.parameters()).device), kind, second_set_size)
-    if key not in _REAL_FEATURES:
+    return weights.hexdigest(), str(next(judge.parameters()).device), kind
+
+
+def _real_reading(judge: Judge, kind: str, second_set_size: int | None = None) -> JudgeReading:
+    """The judge's reading of its held-out real images, or of the second real set of `second_set_size`."""
+    key = (*_judge_key(judge, kind), second_set_size)
+    if key not in _REAL_READINGS:
         images = _held_out_images(kind) if second_set_size is None else _second_real_set(kind, second_set_size)[0]
-        _REAL_FEATURES[key] = _embed(judge, images)
-    return _REAL_FEATURES[key]
+        _REAL_READINGS[key] = read_images(judge, images)
+    return _REAL_READINGS[key]
+
+
+def _real_reference(judge: Judge, kind: str) -> _RealReference:
+    key = _judge_key(judge, kind)
+    if key not in _REFERENCES:
+        reading = _real_reading(judge, kind)
+        _REFERENCES[key] = _RealReference(reading, FrechetSpace(reading.features), NoneReading(reading.confidence))
+    return _REFERENCES[key]
+
+
+def _floor(judge: Judge, kind: str, count: int, attributes: tuple[str, ...]) -> tuple[dict[str, float], float]:
+    """The measures of a second real set of `count` images (each stating the `attributes` it shows), and its
+    within-class spread among the images judged right, which diversity is relative to."""
+    key = (*_judge_key(judge, kind), count, attributes)
+    if key not in _FLOORS:
+        reading = _real_reading(judge, kind, second_set_size=count)
+        labels = _second_real_set(kind, count)[1]
+        stated = {name: labels[name] for name in attributes}
+        classes = class_ids_of(kind, labels)
+        reference = _real_reference(judge, kind)
+        right = torch.stack([reading.predicted[name] == stated[name] for name in attributes]).all(dim=0)
+        right &= ~reference.none_reading.read_as_none(reading.confidence, attributes)
+        spread = within_group_spread(reading.features[right], classes[right])
+        measures = _measures(reference, reading, stated, classes, spread)
+        measures.pop("diversity")  # relative to this set's own spread: 1 by construction
+        accuracy = {f"accuracy_{name}": interval.value for name, interval in measures.pop("accuracy").items()}
+        values = {name: getattr(measure, "value", measure) for name, measure in measures.items()}
+        _FLOORS[key] = {**accuracy, **values}, spread
+    return _FLOORS[key]
 
 
 @functools.lru_cache(maxsize=2)

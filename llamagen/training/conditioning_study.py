@@ -8,8 +8,9 @@ parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 - judged accuracy at each guidance scale (1 is unguided), on as many images at every scale (`images_per_scale`)
   drawn from the same seeds; for captions, every stated attribute right, and the held-out shape-colour pairs at
   the best scale (on `held_out_pair_images` captions);
-- FID in the judge's features against held-out real images at the best scale, beside the floor a second real
-  set of as many images reaches, and precision and recall there;
+- FID in all the judge's 256 features against held-out real images at the best scale (where the images
+  outnumber the features), beside the floor a second real set of as many images reaches, and precision and
+  recall there;
 - the condition's use on held-out real images (`analysis.condition_use`): the mean KL to the null condition
   per token in the first and the last row of the grid; the same on images the arm drew at each scale;
 - the generator as a classifier of those images: for class labels, argmax over classes of log p(x | c); for
@@ -153,7 +154,7 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
             scale: evaluate_class_conditional(pipe, "shapes", settings.images_per_class, cfg_scale=scale)
             for scale in settings.scales
         }
-        accuracy = {scale: scores.accuracy["class"] for scale, scores in by_scale.items()}
+        accuracy = {scale: scores.accuracy["class"].value for scale, scores in by_scale.items()}
         row["images_per_scale"] = by_scale[settings.scales[0]].images
     else:
         sets = caption_sets(settings.captions)
@@ -168,8 +169,8 @@ def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
     row["best_scale"] = best
     if gpt.config.model_type == "c2i":
         scores = by_scale[best]
-        row.update(fid_at_best=scores.fid, fid_floor=scores.fid_real_floor, precision_at_best=scores.precision,
-                   recall_at_best=scores.recall)  # fmt: skip
+        row.update(fid_at_best=scores.fid_all_features, fid_floor=scores.floor["fid_all_features"],
+                   precision_at_best=scores.precision.value, recall_at_best=scores.recall.value)  # fmt: skip
     else:
         held = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best)
         row["held_out_pairs_at_best"] = held["accuracy"]["all_stated"]
