@@ -193,6 +193,26 @@ def test_guidance_sweep_rows_and_csv(tmp_path):
     assert [float(row["cfg_scale"]) for row in read] == [1.0, 3.0]
 
 
+def test_schedules_are_swept_at_equal_mean_scale(capsys):
+    """Each schedule at each mean scale: a ramp reaches twice the mean less 1. At mean 1 every schedule guides
+    no token, so its images, and every score, are the constant schedule's."""
+    from helpers import small, small_tokenizer
+
+    from llamagen.cli.evaluation import _print_guidance_row
+    from llamagen.pipeline import Pipeline
+
+    pipe = Pipeline(small(vocab_size=64, num_classes=10, block_size=64), small_tokenizer())
+    rows = sweep_guidance(pipe, "digits", scales=(1.0, 2.0), images_per_class=2, schedules=("constant", "linear"),
+                          progress=_print_guidance_row)  # fmt: skip
+    assert [(r["cfg_schedule"], r["mean_scale"], r["cfg_scale"]) for r in rows] == [
+        ("constant", 1.0, 1.0), ("constant", 2.0, 2.0), ("linear", 1.0, 1.0), ("linear", 2.0, 3.0)
+    ]  # fmt: skip
+    unguided = [{k: v for k, v in row.items() if k != "cfg_schedule"} for row in (rows[0], rows[2])]
+    assert str(unguided[0]) == str(unguided[1])  # NaN included
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("cfg 1 ") and printed[3].startswith("linear cfg, mean 2 (up to 3) class accuracy")
+
+
 class RealImagesPipe:
     """Stands in for a perfect text-to-image pipeline: for each caption, the real image it was written for."""
 
@@ -206,6 +226,22 @@ class RealImagesPipe:
         from types import SimpleNamespace
 
         return SimpleNamespace(pixels=torch.stack([self.by_caption[prompt] for prompt in prompts]))
+
+
+def test_a_caption_sweep_judges_each_schedule_and_scale_with_an_interval():
+    """A pipeline that draws each caption's own real image: right on nearly every stated attribute at every row,
+    the share of captions all right inside its Wilson interval."""
+    from llamagen.analysis.guidance import sweep_caption_guidance
+    from llamagen.evaluation.generation import caption_sets
+
+    pipe = RealImagesPipe(caption_sets(60)["seen"])
+    rows = sweep_caption_guidance(pipe, captions=60, scales=(1.0, 2.0), schedules=("constant", "reverse"))
+    assert [(r["cfg_schedule"], r["cfg_scale"]) for r in rows] == [
+        ("constant", 1.0), ("constant", 2.0), ("reverse", 1.0), ("reverse", 3.0)
+    ]  # fmt: skip
+    for row in rows:
+        assert row["images"] == 60 and row["accuracy_all_stated"] >= 0.95 and row["clip_score"] is None
+        assert row["accuracy_all_stated_low"] < row["accuracy_all_stated"] <= row["accuracy_all_stated_high"]
 
 
 def test_text_to_image_scores_read_only_what_the_caption_states():

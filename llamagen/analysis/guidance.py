@@ -13,8 +13,10 @@ import csv
 import io
 from pathlib import Path
 
-from llamagen.evaluation.generation import evaluate_class_conditional
+from llamagen.analysis.statistics import proportion
+from llamagen.evaluation.generation import caption_sets, evaluate_class_conditional, evaluate_text_conditional
 from llamagen.files import write_text_atomically
+from llamagen.gpt.guidance_schedules import peak_for_mean_scale
 
 DEFAULT_SCALES = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 
@@ -27,16 +29,44 @@ def sweep_guidance(
     seed: int = 0,
     progress=None,
     inception=None,
+    schedules=("constant",),
     **sampling,
 ) -> list[dict]:
-    """One row of scores per guidance scale: cfg_scale and `GenerationScores.as_dict()`'s columns."""
+    """One row of scores per schedule and mean guidance scale: cfg_schedule, mean_scale, cfg_scale (the scale
+    the schedule reaches, which gives that mean: `peak_for_mean_scale`), and `GenerationScores.as_dict()`'s
+    columns. Every row draws from the same seeds, so schedules differ only in how they guide."""
     rows = []
-    for scale in scales:
-        scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception,
-                                            cfg_scale=scale, **sampling)  # fmt: skip
-        rows.append({"cfg_scale": scale, **scores.as_dict()})
-        if progress is not None:
-            progress(rows[-1])
+    for schedule in schedules:
+        for scale in scales:
+            peak = peak_for_mean_scale(schedule, scale)
+            scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception,
+                                                cfg_scale=peak, cfg_schedule=schedule, **sampling)  # fmt: skip
+            rows.append({"cfg_schedule": schedule, "mean_scale": scale, "cfg_scale": peak, **scores.as_dict()})
+            if progress is not None:
+                progress(rows[-1])
+    return rows
+
+
+def sweep_caption_guidance(
+    pipe, captions: int = 400, scales=DEFAULT_SCALES, seed: int = 0, progress=None, schedules=("constant",),
+    **sampling,
+) -> list[dict]:  # fmt: skip
+    """The same for a text-to-image generator of shapes: `captions` captions drawn as in training, one image
+    each, judged on every attribute its caption states (`evaluate_text_conditional`); each row holds the
+    accuracy per attribute, `accuracy_all_stated` with its Wilson interval, CLIP score and the image count."""
+    items = caption_sets(captions)["seen"]
+    rows = []
+    for schedule in schedules:
+        for scale in scales:
+            peak = peak_for_mean_scale(schedule, scale)
+            scores = evaluate_text_conditional(pipe, items, seed, cfg_scale=peak, cfg_schedule=schedule, **sampling)
+            accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
+            every = proportion(round(scores["accuracy"]["all_stated"] * scores["images"]), scores["images"])
+            rows.append({"cfg_schedule": schedule, "mean_scale": scale, "cfg_scale": peak, **accuracy,
+                         "accuracy_all_stated_low": float(every.low), "accuracy_all_stated_high": float(every.high),
+                         "clip_score": scores.get("clip_score"), "images": scores["images"]})  # fmt: skip
+            if progress is not None:
+                progress(rows[-1])
     return rows
 
 

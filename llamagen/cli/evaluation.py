@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from llamagen.cli.common import add_device_options, check_writable, command_line, parse_config
+from llamagen.gpt.guidance_schedules import SCHEDULES
 
 
 def run_eval_tokenizer(args: argparse.Namespace) -> None:
@@ -78,6 +79,9 @@ def run_export_clip(args: argparse.Namespace) -> None:
 def _print_guidance_row(row: dict) -> None:
     """A guidance sweep's row: with intervals and floors as `sweep_guidance` writes them, or as a model card
     recorded it (captions: accuracy per stated attribute and CLIP score; classes: values alone)."""
+    label = f"cfg {row['cfg_scale']:<5g}"
+    if row.get("cfg_schedule", "constant") != "constant":
+        label = f"{row['cfg_schedule']} cfg, mean {row['mean_scale']:g} (up to {row['cfg_scale']:g})"
     if "kid" in row:
 
         def shown(name: str, digits: int = 2) -> str:
@@ -85,17 +89,19 @@ def _print_guidance_row(row: dict) -> None:
             return f"{row[name]:.{digits}f} [{row[f'{name}_low']:.{digits}f}, {row[f'{name}_high']:.{digits}f}]{floor}"
 
         print(
-            f"cfg {row['cfg_scale']:<5g} class accuracy {shown('accuracy_class', 3)}, read as none "
+            f"{label} class accuracy {shown('accuracy_class', 3)}, read as none "
             f"{shown('read_as_none', 3)}, FID {shown('fid')}, KID {shown('kid', 4)}, precision "
             f"{shown('precision')}, recall {shown('recall')}, diversity {shown('diversity')}; {row['images']} images"
         )
         return
-    accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items() if k.startswith("accuracy_"))
+    accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items()
+                         if k.startswith("accuracy_") and not k.endswith(("_low", "_high")))  # fmt: skip
     if "clip_score" in row:
-        print(f"cfg {row['cfg_scale']:<5g} {accuracy}; CLIP score {row['clip_score']:.1f}")
+        clip = "" if row["clip_score"] is None else f"; CLIP score {row['clip_score']:.1f}"
+        print(f"{label} {accuracy}{clip}")
         return
     print(
-        f"cfg {row['cfg_scale']:<5g} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
+        f"{label} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
         f"precision {row['precision']:.2f}, recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
     )
 
@@ -127,18 +133,28 @@ def _run_codebook_runs(args: argparse.Namespace, settings_type, run_all, chosen:
 
 
 def run_sweep_cfg(args: argparse.Namespace) -> None:
-    from llamagen.analysis.guidance import sweep_guidance, write_rows_csv
+    from llamagen.analysis.guidance import sweep_caption_guidance, sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
 
     check_writable(Path(args.out), "--out")
-    inception = None
-    if args.inception:
-        from llamagen.evaluation.fid import InceptionFeatures
-
-        inception = InceptionFeatures(args.inception)
     pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    rows = sweep_guidance(pipe, args.judge, tuple(args.scales), args.images_per_class, args.seed,
-                          progress=_print_guidance_row, inception=inception, top_k=args.top_k)  # fmt: skip
+    common = {"scales": tuple(args.scales), "seed": args.seed, "progress": _print_guidance_row,
+              "schedules": tuple(args.schedules), "top_k": args.top_k}  # fmt: skip
+    if pipe.model_type == "t2i":
+        if args.judge not in (None, "shapes") or args.inception:
+            raise SystemExit(
+                "a text-to-image generator is judged on its captions by the shapes judge, without --inception"
+            )
+        rows = sweep_caption_guidance(pipe, args.captions, **common)
+    else:
+        if args.judge is None:
+            raise SystemExit("--judge is needed for a class-conditional generator: shapes or digits")
+        inception = None
+        if args.inception:
+            from llamagen.evaluation.fid import InceptionFeatures
+
+            inception = InceptionFeatures(args.inception)
+        rows = sweep_guidance(pipe, args.judge, images_per_class=args.images_per_class, inception=inception, **common)
     print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
@@ -255,15 +271,21 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     study.set_defaults(run=run_codebook_study)
     cfg = sweep.add_parser(
         "cfg",
-        help="accuracy, FID, precision, recall and diversity against the guidance scale",
-        description="Generates --images-per-class images of every class at each scale (the same seeds at every "
-        "scale) and scores them with the embedded judge; one CSV row per scale (the notebooks read it).",
+        help="accuracy, KID, FID, precision, recall and diversity against the guidance scale and its schedule",
+        description="Generates --images-per-class images of every class (a text-to-image generator of shapes: "
+        "one image for each of --captions captions) at each mean guidance scale under each schedule, the same "
+        "seeds for every row, and scores them with the embedded judge, each measure with its 95%% interval; "
+        "one CSV row per schedule and scale (the notebooks read it).",
     )
-    cfg.add_argument("--model", required=True, help="a class-conditional generator: embedded name or file")
+    cfg.add_argument("--model", required=True, help="a class- or text-conditional generator: embedded name or file")
     cfg.add_argument("--tokenizer", help="for published generators: their tokenizer")
-    cfg.add_argument("--judge", required=True, choices=["shapes", "digits"])
-    cfg.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0])
+    cfg.add_argument("--judge", choices=["shapes", "digits"], help="the judge of a class generator's images")
+    cfg.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0],
+                     help="mean guidance scales over the tokens")  # fmt: skip
+    cfg.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=["constant"],
+                     help="the scale over the tokens; a ramp reaches the scale that gives the mean")  # fmt: skip
     cfg.add_argument("--images-per-class", type=int, default=25)
+    cfg.add_argument("--captions", type=int, default=400, help="text-to-image: captions drawn as in training")
     cfg.add_argument("--top-k", type=int, default=0)
     cfg.add_argument("--seed", type=int, default=0)
     cfg.add_argument("--inception", help="torchvision's Inception-v3 weights: adds the usual FID to each row")
