@@ -84,6 +84,7 @@ class JudgeReading:
 
 @torch.no_grad()
 def read_images(judge: Judge, images: torch.Tensor) -> JudgeReading:
+    """The judge's features, readings and confidences of `images` (N, 3, S, S) in [-1, 1], 256 at a time."""
     judge.eval()
     device = next(judge.parameters()).device
     features, predicted, confidence = [], {name: [] for name in judge.heads}, {name: [] for name in judge.heads}
@@ -94,8 +95,11 @@ def read_images(judge: Judge, images: torch.Tensor) -> JudgeReading:
             top = head(embedded).float().softmax(-1).max(-1)
             predicted[name].append(top.indices.cpu())
             confidence[name].append(top.values.cpu())
-    join = lambda parts: {name: torch.cat(values) for name, values in parts.items()}  # noqa: E731
-    return JudgeReading(torch.cat(features), join(predicted), join(confidence))
+    return JudgeReading(
+        torch.cat(features),
+        {name: torch.cat(values) for name, values in predicted.items()},
+        {name: torch.cat(values) for name, values in confidence.items()},
+    )
 
 
 @dataclass
