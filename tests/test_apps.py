@@ -172,14 +172,21 @@ def test_a_generation_does_not_wait_behind_a_reconstruction(client, tmp_path):
 
     photo = tmp_path / "photo.png"
     sample_image("coffee").resize((700, 700)).save(photo)  # seconds of work
+    running = (Status.PROCESSING, Status.PROGRESS)  # a reconstruction reports its progress while it runs
+
+    def wait_until(job, states: tuple) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while job.status().code not in states:
+            assert not job.done(), f"the reconstruction ended before it was seen in {states}"
+            assert time.monotonic() < deadline, f"the reconstruction was not seen in {states} within {WAIT_S} s"
+            time.sleep(0.05)
+
     generate_call(client, seed=0, count=1)  # the generator loaded before the clock starts
     slow = []
     for _ in range(2):  # one at a time: the first running before the second is queued behind it
         slow.append(client.submit("photo-vq", gradio_client.handle_file(str(photo)), api_name="/reconstruct"))
-        while slow[-1].status().code not in (Status.PROCESSING, Status.IN_QUEUE):
-            time.sleep(0.05)
-    while slow[0].status().code != Status.PROCESSING:
-        time.sleep(0.05)
+        wait_until(slow[-1], (*running, Status.IN_QUEUE))
+    wait_until(slow[0], running)
     quick = client.submit("digits-c2i", ["3"], "", *SAMPLING.values(), 0, 1, api_name="/generate")
     gallery, *_ = quick.result(timeout=WAIT_S)
     assert not any(job.done() for job in slow)
