@@ -35,16 +35,12 @@ def sweep_guidance(
     """One row of scores per schedule and mean guidance scale: cfg_schedule, mean_scale, cfg_scale (the scale
     the schedule reaches, which gives that mean: `peak_for_mean_scale`), and `GenerationScores.as_dict()`'s
     columns. Every row draws from the same seeds, so schedules differ only in how they guide."""
-    rows = []
-    for schedule in schedules:
-        for scale in scales:
-            peak = peak_for_mean_scale(schedule, scale)
-            scores = evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception,
-                                                cfg_scale=peak, cfg_schedule=schedule, **sampling)  # fmt: skip
-            rows.append({"cfg_schedule": schedule, "mean_scale": scale, "cfg_scale": peak, **scores.as_dict()})
-            if progress is not None:
-                progress(rows[-1])
-    return rows
+
+    def scored(peak: float, schedule: str) -> dict:
+        return evaluate_class_conditional(pipe, kind, images_per_class, seed, inception=inception, cfg_scale=peak,
+                                          cfg_schedule=schedule, **sampling).as_dict()  # fmt: skip
+
+    return _over_schedules(scales, schedules, scored, progress)
 
 
 def sweep_caption_guidance(
@@ -55,16 +51,25 @@ def sweep_caption_guidance(
     each, judged on every attribute its caption states (`evaluate_text_conditional`); each row holds the
     accuracy per attribute, `accuracy_all_stated` with its Wilson interval, CLIP score and the image count."""
     items = caption_sets(captions)["seen"]
+
+    def scored(peak: float, schedule: str) -> dict:
+        scores = evaluate_text_conditional(pipe, items, seed, cfg_scale=peak, cfg_schedule=schedule, **sampling)
+        accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
+        every = proportion(round(scores["accuracy"]["all_stated"] * scores["images"]), scores["images"])
+        return {**accuracy, "accuracy_all_stated_low": float(every.low), "accuracy_all_stated_high": float(every.high),
+                "clip_score": scores.get("clip_score"), "images": scores["images"]}  # fmt: skip
+
+    return _over_schedules(scales, schedules, scored, progress)
+
+
+def _over_schedules(scales, schedules, scored, progress) -> list[dict]:
+    """A row per schedule and mean scale: the schedule, the mean, the scale it reaches for that mean and what
+    `scored(scale reached, schedule)` measures; each row handed to `progress` as it comes."""
     rows = []
     for schedule in schedules:
         for scale in scales:
             peak = peak_for_mean_scale(schedule, scale)
-            scores = evaluate_text_conditional(pipe, items, seed, cfg_scale=peak, cfg_schedule=schedule, **sampling)
-            accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
-            every = proportion(round(scores["accuracy"]["all_stated"] * scores["images"]), scores["images"])
-            rows.append({"cfg_schedule": schedule, "mean_scale": scale, "cfg_scale": peak, **accuracy,
-                         "accuracy_all_stated_low": float(every.low), "accuracy_all_stated_high": float(every.high),
-                         "clip_score": scores.get("clip_score"), "images": scores["images"]})  # fmt: skip
+            rows.append({"cfg_schedule": schedule, "mean_scale": scale, "cfg_scale": peak, **scored(peak, schedule)})
             if progress is not None:
                 progress(rows[-1])
     return rows
