@@ -3,6 +3,7 @@ and a study started again skips the runs it holds."""
 
 import csv
 import json
+import shutil
 import sys
 
 import pytest
@@ -54,6 +55,17 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
         assert row["images_per_scale"] == "80"  # 2 of each of the 40 classes
         assert row["ema_decay"] == "0.0"  # two steps: the trained weights themselves
         assert float(row["kl_first_row_generated_at_2"]) >= 0 and float(row["kl_last_row_generated_at_1"]) >= 0
+
+    # Rows recorded without the set distances get them from their runs' weights; a run whose folder is gone is
+    # trained again from its seed, which gives back the weights the row was scored with (else it would refuse).
+    distances = ("fid_at_best", "fid_floor", "precision_at_best", "recall_at_best")
+    conditioning_study.write_rows([{**row, **dict.fromkeys(distances, "")} for row in written], out)
+    shutil.rmtree(tmp_path / "runs" / "c2i-adaln-zero-s0")
+    run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False)
+    for before, after in zip(written, csv.DictReader(out.open()), strict=True):
+        assert [after[name] for name in distances] == [before[name] for name in distances]
+        assert after["precision_at_best"] != ""
+    assert (tmp_path / "runs" / "c2i-adaln-zero-s0" / "final.safetensors").is_file()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")

@@ -228,7 +228,7 @@ class RealImagesPipe:
         return SimpleNamespace(pixels=torch.stack([self.by_caption[prompt] for prompt in prompts]))
 
 
-def test_a_caption_sweep_judges_each_schedule_and_scale_with_an_interval():
+def test_a_caption_sweep_judges_each_schedule_and_scale_with_an_interval(capsys):
     """A pipeline that draws each caption's own real image: right on nearly every stated attribute at every row,
     the share of captions all right inside its Wilson interval."""
     from llamagen.analysis.guidance import sweep_caption_guidance
@@ -242,6 +242,12 @@ def test_a_caption_sweep_judges_each_schedule_and_scale_with_an_interval():
     for row in rows:
         assert row["images"] == 60 and row["accuracy_all_stated"] >= 0.95 and row["clip_score"] is None
         assert row["accuracy_all_stated_low"] < row["accuracy_all_stated"] <= row["accuracy_all_stated_high"]
+        assert row["kid_low"] <= row["kid"] <= row["kid_high"] and "fid_real_floor" in row
+    from llamagen.cli.evaluation import _print_guidance_row
+
+    _print_guidance_row(rows[-1])
+    printed = capsys.readouterr().out
+    assert printed.startswith("reverse cfg, mean 2 (up to 3) shape ") and f"KID {rows[-1]['kid']:.4f} [" in printed
 
 
 def test_text_to_image_scores_read_only_what_the_caption_states():
@@ -258,6 +264,14 @@ def test_text_to_image_scores_read_only_what_the_caption_states():
         "shape", "colour", "size", "position", "background", "all_stated"
     }  # fmt: skip
     assert min(scores["accuracy"].values()) >= 0.97  # real images, judged on what their captions say
+    # As a set, they are as close to the held-out shapes as a second real set of 150 (their floor) ...
+    real = scores["distances"]
+    assert real["kid_low"] < 0 < real["kid_high"] and real["fid"] < 2 * real["fid_real_floor"]
+    assert real["precision"] > 0.9 and real["recall"] > 0.9 and real["recall_real_floor"] > 0.9
+    assert real["fid_all_features"] != real["fid_all_features"]  # NaN: 150 images, fewer than the 256 features
+    # ... and one image drawn for every caption is far from them.
+    collapsed = evaluate_text_conditional(RealImagesPipe([{**item, "image": seen[0]["image"]} for item in seen]), seen)
+    assert collapsed["distances"]["kid_low"] > 0.1 and collapsed["distances"]["recall"] < 0.05
     from llamagen.text import ClipConfig, ClipTextEncoder
 
     clip = ClipTextEncoder.from_config(ClipConfig.preset("shapes-clip")).eval()  # random: the plumbing only

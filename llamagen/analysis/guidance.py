@@ -49,7 +49,8 @@ def sweep_caption_guidance(
 ) -> list[dict]:  # fmt: skip
     """The same for a text-to-image generator of shapes: `captions` captions drawn as in training, one image
     each, judged on every attribute its caption states (`evaluate_text_conditional`); each row holds the
-    accuracy per attribute, `accuracy_all_stated` with its Wilson interval, CLIP score and the image count."""
+    accuracy per attribute, `accuracy_all_stated` with its Wilson interval, the set's FID, KID, precision and
+    recall with their intervals and floors, CLIP score and the image count."""
     items = caption_sets(captions)["seen"]
 
     def scored(peak: float, schedule: str) -> dict:
@@ -57,7 +58,7 @@ def sweep_caption_guidance(
         accuracy = {f"accuracy_{name}": value for name, value in scores["accuracy"].items()}
         every = proportion(round(scores["accuracy"]["all_stated"] * scores["images"]), scores["images"])
         return {**accuracy, "accuracy_all_stated_low": float(every.low), "accuracy_all_stated_high": float(every.high),
-                "clip_score": scores.get("clip_score"), "images": scores["images"]}  # fmt: skip
+                **scores["distances"], "clip_score": scores.get("clip_score"), "images": scores["images"]}  # fmt: skip
 
     return _over_schedules(scales, schedules, scored, progress)
 

@@ -77,32 +77,35 @@ def run_export_clip(args: argparse.Namespace) -> None:
 
 
 def _print_guidance_row(row: dict) -> None:
-    """A guidance sweep's row: with intervals and floors as `sweep_guidance` writes them, or as a model card
-    recorded it (captions: accuracy per stated attribute and CLIP score; classes: values alone)."""
+    """A guidance sweep's row: with intervals and floors as the sweeps write them (captions: accuracy per stated
+    attribute, FID, KID and CLIP score), or as a model card recorded it (values alone)."""
     label = f"cfg {row['cfg_scale']:<5g}"
     if row.get("cfg_schedule", "constant") != "constant":
         label = f"{row['cfg_schedule']} cfg, mean {row['mean_scale']:g} (up to {row['cfg_scale']:g})"
+
+    def shown(name: str, digits: int = 2) -> str:
+        floor = f" (real {row[f'{name}_real_floor']:.{digits}f})" if f"{name}_real_floor" in row else ""
+        if f"{name}_low" not in row:
+            return f"{row[name]:.{digits}f}{floor}"
+        return f"{row[name]:.{digits}f} [{row[f'{name}_low']:.{digits}f}, {row[f'{name}_high']:.{digits}f}]{floor}"
+
+    accuracy = ", ".join(f"{key.removeprefix('accuracy_')} {value:.1%}" for key, value in row.items()
+                         if key.startswith("accuracy_") and not key.endswith(("_low", "_high")))  # fmt: skip
+    if "accuracy_all_stated" in row:  # captions
+        distances = f"; FID {shown('fid')}, KID {shown('kid', 4)}" if "kid" in row else ""
+        clip = "" if row.get("clip_score") is None else f"; CLIP score {row['clip_score']:.1f}"
+        print(f"{label} {accuracy}{distances}{clip}")
+        return
     if "kid" in row:
-
-        def shown(name: str, digits: int = 2) -> str:
-            floor = f" (real {row[f'{name}_real_floor']:.{digits}f})" if f"{name}_real_floor" in row else ""
-            return f"{row[name]:.{digits}f} [{row[f'{name}_low']:.{digits}f}, {row[f'{name}_high']:.{digits}f}]{floor}"
-
         print(
             f"{label} class accuracy {shown('accuracy_class', 3)}, read as none "
             f"{shown('read_as_none', 3)}, FID {shown('fid')}, KID {shown('kid', 4)}, precision "
             f"{shown('precision')}, recall {shown('recall')}, diversity {shown('diversity')}; {row['images']} images"
         )
         return
-    accuracy = ", ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in row.items()
-                         if k.startswith("accuracy_") and not k.endswith(("_low", "_high")))  # fmt: skip
-    if "clip_score" in row:
-        clip = "" if row["clip_score"] is None else f"; CLIP score {row['clip_score']:.1f}"
-        print(f"{label} {accuracy}{clip}")
-        return
     print(
-        f"{label} {accuracy}; FID {row['fid']:.2f} (real {row['fid_real_floor']:.2f}), "
-        f"precision {row['precision']:.2f}, recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
+        f"{label} {accuracy}; FID {shown('fid')}, precision {row['precision']:.2f}, "
+        f"recall {row['recall']:.2f}, diversity {row['diversity']:.2f}"
     )
 
 

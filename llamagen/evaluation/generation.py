@@ -56,21 +56,27 @@ class GenerationScores:
         """One flat row: each measure, its `_low` and `_high` bounds and its `_real_floor`; accuracy as
         `accuracy_<attribute>`."""
         measures = {f"accuracy_{name}": value for name, value in self.accuracy.items()}
-        for name in ("read_as_none", "fid", "kid", "precision", "recall", "diversity"):
+        for name in ("read_as_none", "fid", "fid_all_features", "kid", "precision", "recall", "diversity"):
             measures[name] = getattr(self, name)
-        measures["fid_all_features"] = self.fid_all_features
-        row = {}
-        for name, measure in measures.items():
-            if isinstance(measure, Interval):
-                row.update({name: measure.value, f"{name}_low": measure.low, f"{name}_high": measure.high})
-            else:
-                row[name] = measure
-            if name in self.floor:
-                row[f"{name}_real_floor"] = self.floor[name]
+        row = flat_row(measures, self.floor)
         row["images"] = self.images
         if self.inception_fid is not None:
             row["inception_fid"] = self.inception_fid
         return row
+
+
+def flat_row(measures: dict, floor: dict[str, float]) -> dict:
+    """Measures as one flat row: an interval as `NAME`, `NAME_low` and `NAME_high`, and `NAME_real_floor`
+    where the floor holds NAME."""
+    row = {}
+    for name, measure in measures.items():
+        if isinstance(measure, Interval):
+            row.update({name: measure.value, f"{name}_low": measure.low, f"{name}_high": measure.high})
+        else:
+            row[name] = measure
+        if name in floor:
+            row[f"{name}_real_floor"] = floor[name]
+    return row
 
 
 @dataclass
@@ -123,6 +129,23 @@ def _share(hits: torch.Tensor) -> Interval:
     return Interval(float(estimate.mean), float(estimate.low), float(estimate.high))
 
 
+def _set_measures(reference: _RealReference, fake: torch.Tensor) -> dict:
+    """The measures of a set of images' judge features `fake` as a whole against the held-out real ones,
+    whatever each image was asked to show: FID, KID, precision and recall."""
+    real_features = reference.reading.features
+    kid = kernel_distance(real_features.numpy(), fake.numpy())
+    kid_half_width = INTERVAL_Z * kid.standard_error
+    return {
+        "fid": reference.space.distance_interval(fake),
+        "fid_all_features": frechet_distance(real_features.numpy(), fake.numpy())
+        if min(len(fake), len(real_features)) > fake.shape[1]
+        else float("nan"),
+        "kid": Interval(kid.value, kid.value - kid_half_width, kid.value + kid_half_width),
+        "precision": _share(coverage(fake, real_features)),
+        "recall": _share(coverage(real_features, fake)),
+    }
+
+
 def _measures(
     reference: _RealReference, reading: JudgeReading, stated: dict[str, torch.Tensor], groups: torch.Tensor,
     real_spread: float,
@@ -131,21 +154,12 @@ def _measures(
     hits = {name: reading.predicted[name] == labels for name, labels in stated.items()}
     every = torch.stack(list(hits.values())).all(dim=0)
     broken = reference.none_reading.read_as_none(reading.confidence, stated)
-    real_features, fake = reference.reading.features, reading.features
-    kid = kernel_distance(real_features.numpy(), fake.numpy())
-    kid_half_width = INTERVAL_Z * kid.standard_error
     judged_right = every & ~broken
     return {
         "accuracy": {**{name: _share(hit) for name, hit in hits.items()}, "class": _share(every)},
         "read_as_none": _share(broken),
-        "fid": reference.space.distance_interval(fake),
-        "fid_all_features": frechet_distance(real_features.numpy(), fake.numpy())
-        if min(len(fake), len(real_features)) > fake.shape[1]
-        else float("nan"),
-        "kid": Interval(kid.value, kid.value - kid_half_width, kid.value + kid_half_width),
-        "precision": _share(coverage(fake, real_features)),
-        "recall": _share(coverage(real_features, fake)),
-        "diversity": relative_diversity(fake[judged_right], groups[judged_right], real_spread),
+        **_set_measures(reference, reading.features),
+        "diversity": relative_diversity(reading.features[judged_right], groups[judged_right], real_spread),
     }
 
 
@@ -294,7 +308,9 @@ def evaluate_text_conditional(pipe, items: list[dict], seed: int = 0, batch: int
     """Generate one image per caption of shapes `items` and judge each attribute where the caption states it.
 
     Returns {"accuracy": {attribute: share right among captions stating it, "all_stated": every stated one
-    right}, "clip_score": mean 100 x cosine of image and caption in the pipeline's CLIP, "images": n}.
+    right}, "distances": the set's FID, KID, precision and recall against held-out real shapes, each with its
+    interval and its floor (a second real set of as many images), as one flat row (`flat_row`), "clip_score":
+    mean 100 x cosine of image and caption in the pipeline's CLIP, "images": n}.
     """
     if pipe.model_type != "t2i":
         raise ValueError("evaluate_text_conditional needs a text-conditional pipeline")
@@ -306,18 +322,18 @@ def evaluate_text_conditional(pipe, items: list[dict], seed: int = 0, batch: int
         pixels.append(output.pixels)
         if hasattr(pipe.text_encoder, "clip_score"):
             scores.append(pipe.text_encoder.clip_score(output.pixels, prompts).cpu())
-    images = torch.cat(pixels)
-    predicted = {name: torch.cat([judge.predict(images[i : i + 256].to(pipe.device))[name].cpu()
-                                  for i in range(0, len(images), 256)]) for name in judge.config.heads}  # fmt: skip
+    reading = read_images(judge, torch.cat(pixels))
     accuracy, every = {}, torch.ones(len(items), dtype=torch.bool)
     for name in judge.config.heads:
         stated = torch.tensor([name in item["stated"].split(",") for item in items])
-        right = predicted[name] == torch.tensor([item["attribute_ids"][name] for item in items])
+        right = reading.predicted[name] == torch.tensor([item["attribute_ids"][name] for item in items])
         if stated.any():
             accuracy[name] = float(right[stated].float().mean())
         every &= right | ~stated
     accuracy["all_stated"] = float(every.float().mean())
-    result = {"accuracy": accuracy, "images": len(items)}
+    floor, _ = _floor(judge, "shapes", len(items), ("shape", "colour"))
+    distances = flat_row(_set_measures(_real_reference(judge, "shapes"), reading.features), floor)
+    result = {"accuracy": accuracy, "distances": distances, "images": len(items)}
     if scores:
         result["clip_score"] = float(torch.cat(scores).mean())
     return result

@@ -2,7 +2,9 @@
 each seed, and scored alike.
 
 One run per (arm, seed), in its own folder under the work directory, resumable; after each, a row goes to the
-results CSV, which a study started again reads to skip the runs it holds. A row records the arm's config and
+results CSV, which a study started again reads to skip the runs it holds (and to score the set distances of
+rows recorded without them, from the run's weights, trained again from its seed where its folder is gone). A
+row records the arm's config and
 parameters, its training (steps, minutes, last loss) and, for its EMA weights:
 
 - judged accuracy at each guidance scale (1 is unguided), on as many images at every scale (`images_per_scale`)
@@ -102,7 +104,27 @@ def run_study(
     dataset = CodesDataset(codes)
     task = dataset.info.conditioning
     base = generator_config_for(dataset.info, GPTConfig.from_dict(settings.base), text_encoder)
+    class_names = dataset.info.class_names
+
+    def trained(arm: str, seed: int):
+        """The run of `arm` with `seed`: trained, resumed or, finished already, read back from its checkpoint."""
+        run_dir = work_dir / run_name(task, arm, seed)
+        training = GPTTrainingConfig(
+            steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+            ema_decay=settings.ema_decay,
+            log_every=max(1, settings.steps // 60), checkpoint_every=max(1, settings.steps // 10),
+        )  # fmt: skip
+        return train_gpt(arm_config(base, arm), training, CodesDataset(codes, seed=seed), run_dir, text_encoder,
+                         resume=run_dir.exists(), show_progress=show_progress, command=command)  # fmt: skip
+
     rows = read_rows(out)
+    for row in rows:
+        if not row.get("fid_at_best"):  # recorded before the study scored the set's distances
+            outcome = trained(row["arm"], int(row["seed"]))
+            if not outcome.finished:
+                return rows  # stopped by a signal: the run resumes when the study starts again
+            add_distances(row, Pipeline(outcome.model, tokenizer, text_encoder, class_names), settings)
+            write_rows(rows, out)
     done = {(row["arm"], int(row["seed"])) for row in rows}
     for arm in settings.arms:
         if arm in CLASS_ONLY_ARMS and task != "c2i":
@@ -111,18 +133,11 @@ def run_study(
         for seed in settings.seeds:
             if (arm, seed) in done:
                 continue
-            run_dir = work_dir / run_name(task, arm, seed)
-            training = GPTTrainingConfig(
-                steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
-                ema_decay=settings.ema_decay,
-                log_every=max(1, settings.steps // 60), checkpoint_every=max(1, settings.steps // 10),
-            )  # fmt: skip
             started = time.monotonic()
-            outcome = train_gpt(config, training, CodesDataset(codes, seed=seed), run_dir, text_encoder,
-                                resume=run_dir.exists(), show_progress=show_progress, command=command)  # fmt: skip
+            outcome = trained(arm, seed)
             if not outcome.finished:
-                break  # stopped by a signal: the run resumes when the study starts again
-            pipe = Pipeline(outcome.model, tokenizer, text_encoder, dataset.info.class_names)
+                return rows
+            pipe = Pipeline(outcome.model, tokenizer, text_encoder, class_names)
             row = {
                 "task": task,
                 "arm": arm,
@@ -132,9 +147,9 @@ def run_study(
                 "ffn_hidden_dim": config.ffn_hidden_dim,
                 "parameters": parameter_count(config),
                 "steps": settings.steps,
-                "ema_decay": training.ema_decay,
+                "ema_decay": settings.ema_decay,
                 "train_minutes": round((time.monotonic() - started) / 60, 1),
-                "final_loss": read_metrics(run_dir)[-1]["loss"],
+                "final_loss": read_metrics(work_dir / run_name(task, arm, seed))[-1]["loss"],
                 **score_arm(pipe, settings),
             }
             rows.append(row)
@@ -147,37 +162,68 @@ def run_study(
 @torch.no_grad()
 def score_arm(pipe: Pipeline, settings: StudySettings) -> dict:
     """The scores of one trained arm (see the module's notes)."""
-    gpt = pipe.gpt.eval()
     row: dict = {}
-    if gpt.config.model_type == "c2i":
-        by_scale = {
-            scale: evaluate_class_conditional(pipe, "shapes", settings.images_per_class, cfg_scale=scale)
-            for scale in settings.scales
-        }
-        accuracy = {scale: scores.accuracy["class"].value for scale, scores in by_scale.items()}
-        row["images_per_scale"] = by_scale[settings.scales[0]].images
-    else:
-        sets = caption_sets(settings.captions)
-        by_scale = {scale: evaluate_text_conditional(pipe, sets["seen"], cfg_scale=scale) for scale in settings.scales}
-        accuracy = {scale: scores["accuracy"]["all_stated"] for scale, scores in by_scale.items()}
-        row["images_per_scale"] = by_scale[settings.scales[0]]["images"]
-    for scale, value in accuracy.items():
-        row[f"accuracy_at_{scale:g}"] = value
+    by_scale = {scale: judged_at(pipe, settings, scale) for scale in settings.scales}
+    row["images_per_scale"] = by_scale[settings.scales[0]].images
+    for scale, judged in by_scale.items():
+        row[f"accuracy_at_{scale:g}"] = judged.accuracy
         first, last = condition_use_on_generated(pipe, scale, settings.generated_for_decay)
         row[f"kl_first_row_generated_at_{scale:g}"], row[f"kl_last_row_generated_at_{scale:g}"] = first, last
-    best = max(accuracy, key=accuracy.get)
+    best = max(by_scale, key=lambda scale: by_scale[scale].accuracy)
     row["best_scale"] = best
-    if gpt.config.model_type == "c2i":
-        scores = by_scale[best]
-        row.update(fid_at_best=scores.fid_all_features, fid_floor=scores.floor["fid_all_features"],
-                   precision_at_best=scores.precision.value, recall_at_best=scores.recall.value)  # fmt: skip
-    else:
+    row.update(distances_at_best(by_scale[best].distances))
+    if pipe.gpt.config.model_type == "t2i":
+        sets = caption_sets(settings.captions)
         held = evaluate_text_conditional(pipe, sets["held_out_pairs"], cfg_scale=best)
         row["held_out_pairs_at_best"] = held["accuracy"]["all_stated"]
         row["held_out_pair_images"] = held["images"]
         row.update(decoupling_at(pipe, sets["seen"], best))
     row.update(condition_use_on_real_images(pipe, settings.real_images))
     return row
+
+
+@dataclass
+class Judged:
+    accuracy: float  # class labels: the class right; captions: every stated attribute right
+    images: int
+    distances: dict  # the set's FID, KID, precision and recall against held-out shapes, as one flat row
+
+
+def judged_at(pipe: Pipeline, settings: StudySettings, cfg_scale: float) -> Judged:
+    """The arm's images at `cfg_scale` (class labels: `images_per_class` of each; captions: the first
+    `captions` training captions, one each), drawn from seed 0 and judged."""
+    if pipe.gpt.config.model_type == "c2i":
+        scores = evaluate_class_conditional(pipe, "shapes", settings.images_per_class, cfg_scale=cfg_scale)
+        return Judged(scores.accuracy["class"].value, scores.images, scores.as_dict())
+    scores = evaluate_text_conditional(pipe, caption_sets(settings.captions)["seen"], cfg_scale=cfg_scale)
+    return Judged(scores["accuracy"]["all_stated"], scores["images"], scores["distances"])
+
+
+@torch.no_grad()
+def add_distances(row: dict, pipe: Pipeline, settings: StudySettings) -> None:
+    """Score a recorded run's set distances at its best scale (`distances_at_best`) into its row, for rows
+    recorded before the study measured them. The images are those its accuracy at that scale was judged on (the
+    same seed and count): that they are judged alike checks that `pipe` holds the weights the row was scored
+    with (a run trained again from its seed gives them back)."""
+    best = float(row["best_scale"])
+    judged = judged_at(pipe, settings, best)
+    recorded = float(row[f"accuracy_at_{best:g}"])
+    if judged.images != int(row["images_per_scale"]) or abs(judged.accuracy - recorded) > 1e-6:
+        raise ValueError(f"{row['arm']} seed {row['seed']} at scale {best:g} judges {judged.images} images "
+                         f"{judged.accuracy:.4f} right, but its row recorded {row['images_per_scale']} images "
+                         f"{recorded:.4f} right: these are not the weights or the settings it was scored with")  # fmt: skip
+    row.update(distances_at_best(judged.distances))
+
+
+def distances_at_best(distances: dict) -> dict:
+    """The study's columns from a flat row of set measures (`flat_row`): FID in all the judge's features and its
+    floor, precision and recall."""
+    return {
+        "fid_at_best": distances["fid_all_features"],
+        "fid_floor": distances["fid_all_features_real_floor"],
+        "precision_at_best": distances["precision"],
+        "recall_at_best": distances["recall"],
+    }
 
 
 def decoupling_at(pipe: Pipeline, items: list[dict], cfg_scale: float) -> dict:

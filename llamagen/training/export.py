@@ -175,7 +175,7 @@ def _text_conditional_evaluation(pipe, cfg_scales, captions: int) -> dict[str, A
         "sampling": f"{_SWEPT_WITH_TEXT}, one image per caption",
         "best_cfg_scale": best,
         "by_cfg_scale": rows,
-        "held_out_pairs_at_best_cfg_scale": held_out,
+        "held_out_pairs_at_best_cfg_scale": {key: value for key, value in held_out.items() if key != "distances"},
     }
 
 
