@@ -117,14 +117,18 @@ def run_study(
         return train_gpt(arm_config(base, arm), training, CodesDataset(codes, seed=seed), run_dir, text_encoder,
                          resume=run_dir.exists(), show_progress=show_progress, command=command)  # fmt: skip
 
+    def kept_weights(row: dict) -> bool:
+        return (work_dir / run_name(task, row["arm"], int(row["seed"])) / "final.safetensors").is_file()
+
     rows = read_rows(out)
-    for row in rows:
-        if not row.get("fid_at_best"):  # recorded before the study scored the set's distances
-            outcome = trained(row["arm"], int(row["seed"]))
-            if not outcome.finished:
-                return rows  # stopped by a signal: the run resumes when the study starts again
-            add_distances(row, Pipeline(outcome.model, tokenizer, text_encoder, class_names), settings)
-            write_rows(rows, out)
+    # Rows recorded before the study scored the set's distances: first those whose runs kept their weights.
+    unscored = [row for row in rows if not row.get("fid_at_best")]
+    for row in sorted(unscored, key=lambda row: not kept_weights(row)):
+        outcome = trained(row["arm"], int(row["seed"]))
+        if not outcome.finished:
+            return rows  # stopped by a signal: the run resumes when the study starts again
+        add_distances(row, Pipeline(outcome.model, tokenizer, text_encoder, class_names), settings)
+        write_rows(rows, out)
     done = {(row["arm"], int(row["seed"])) for row in rows}
     for arm in settings.arms:
         if arm in CLASS_ONLY_ARMS and task != "c2i":
