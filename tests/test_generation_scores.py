@@ -168,6 +168,8 @@ def test_best_scale_takes_the_highest_accuracy_and_breaks_ties_by_the_lower_kid(
     assert best_scale(rows[2:]) == 3.0  # a higher accuracy wins over a lower KID
     recorded = [{key.replace("kid", "fid"): value for key, value in row.items()} for row in rows]
     assert best_scale(recorded) == 2.0  # rows with FID alone: the lower FID
+    captions = [{key.replace("class", "all_stated"): value for key, value in row.items()} for row in rows]
+    assert best_scale(captions) == 2.0  # caption rows: every stated attribute right
 
 
 def test_guidance_sweep_rows_and_csv(tmp_path):
@@ -281,3 +283,22 @@ def test_text_to_image_scores_read_only_what_the_caption_states():
     # Images of other captions (a shifted list) are judged wrong on what those captions state.
     shifted = RealImagesPipe([{**a, "image": b["image"]} for a, b in zip(seen, seen[1:] + seen[:1], strict=True)])
     assert evaluate_text_conditional(shifted, seen)["accuracy"]["all_stated"] < 0.2
+
+
+def test_a_guidance_sweep_stopped_part_way_keeps_the_rows_it_scored(tmp_path, monkeypatch, capsys):
+    from llamagen.analysis import guidance
+    from llamagen.cli import main
+
+    row = {"cfg_schedule": "constant", "mean_scale": 1.0, "cfg_scale": 1.0, "accuracy_class": 0.5, "fid": 90.0,
+           "fid_real_floor": 80.0, "precision": 0.5, "recall": 0.6, "diversity": 1.0}  # fmt: skip
+
+    def stopped(pipe, kind, progress, **settings):
+        progress(row)
+        raise KeyboardInterrupt  # as a user's Ctrl-C in the second row
+
+    monkeypatch.setattr(guidance, "sweep_guidance", stopped)
+    out = tmp_path / "sweep.csv"
+    with pytest.raises(KeyboardInterrupt):
+        main(["sweep", "cfg", "--model", "digits-c2i", "--judge", "digits", "--out", str(out)])
+    assert list(csv.DictReader(out.open())) == [{name: str(value) for name, value in row.items()}]
+    assert capsys.readouterr().out.startswith("cfg 1     class 50.0%; FID 90.00 (real 80.00)")

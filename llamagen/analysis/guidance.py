@@ -77,10 +77,12 @@ def _over_schedules(scales, schedules, scored, progress) -> list[dict]:
 
 
 def best_scale(rows: list[dict]) -> float:
-    """The scale of the highest class accuracy; ties go to the lower KID (defined at any number of images), or
-    to the lower FID in rows that carry no KID (as the embedded models' cards and notebook 03's table record)."""
+    """The scale of the highest accuracy (class labels: the class; captions: every stated attribute); ties go to
+    the lower KID (defined at any number of images), or to the lower FID in rows that carry no KID (as the
+    embedded models' cards record)."""
     distance = "kid" if all("kid" in row for row in rows) else "fid"
-    return max(rows, key=lambda row: (round(row["accuracy_class"], 4), -row[distance]))["cfg_scale"]
+    accuracy = "accuracy_class" if all("accuracy_class" in row for row in rows) else "accuracy_all_stated"
+    return max(rows, key=lambda row: (round(row[accuracy], 4), -row[distance]))["cfg_scale"]
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:

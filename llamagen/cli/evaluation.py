@@ -141,7 +141,15 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
 
     check_writable(Path(args.out), "--out")
     pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    common = {"scales": tuple(args.scales), "seed": args.seed, "progress": _print_guidance_row,
+    done: list[dict] = []
+
+    def progress(row: dict) -> None:
+        """Print each row and write the CSV so far: a sweep stopped part way keeps the rows it scored."""
+        _print_guidance_row(row)
+        done.append(row)
+        write_rows_csv(done, args.out)
+
+    common = {"scales": tuple(args.scales), "seed": args.seed, "progress": progress,
               "schedules": tuple(args.schedules), "top_k": args.top_k}  # fmt: skip
     if pipe.model_type == "t2i":
         if args.judge not in (None, "shapes") or args.inception:
