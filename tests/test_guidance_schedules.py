@@ -17,10 +17,11 @@ def test_each_schedule_gives_each_token_its_scale():
     assert guidance_scales("linear", 3.0, 5) == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])  # VAR's ramp, from 1
     assert guidance_scales("reverse", 3.0, 5) == pytest.approx([3.0, 2.5, 2.0, 1.5, 1.0])
     assert guidance_scales(lambda index, count: 1.0 + (index >= count // 2), 9.0, 4) == [1.0, 1.0, 2.0, 2.0]
+    assert guidance_scales("first-half", 3.0, 5) == [3.0, 3.0, 1.0, 1.0, 1.0]  # as cfg_interval at half
     assert guidance_scales("linear", 3.0, 1) == [3.0]  # one token: the scale itself
 
 
-@pytest.mark.parametrize("schedule", ["constant", "linear", "reverse"])
+@pytest.mark.parametrize("schedule", ["constant", "linear", "reverse", "first-half"])
 def test_schedules_compared_at_equal_mean_scale(schedule):
     scales = guidance_scales(schedule, peak_for_mean_scale(schedule, 2.0), 256)
     assert sum(scales) / len(scales) == pytest.approx(2.0)
@@ -29,7 +30,7 @@ def test_schedules_compared_at_equal_mean_scale(schedule):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        ("cosine", "unknown guidance schedule 'cosine': use one of constant, linear, reverse or a callable"),
+        ("cosine", "unknown guidance schedule 'cosine': use one of constant, linear, reverse, first-half or a callable"),
         (lambda index, count: -1.0 if index == 3 else 2.0, "the guidance schedule gave -1.0 for token 3"),
         (lambda index, count: math.nan, "the guidance schedule gave nan for token 0"),
         (lambda index, count: "2", "the guidance schedule gave '2' for token 0"),
@@ -44,7 +45,9 @@ def test_a_bad_schedule_is_refused_before_any_work(schedule, message, monkeypatc
         generate(model, torch.tensor([0]), cfg_scale=2.0, cfg_schedule=schedule)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "reverse", lambda index, count: 1.0 + 2.0 * (index % 3 == 0)])
+@pytest.mark.parametrize(
+    "schedule", ["linear", "reverse", "first-half", lambda index, count: 1.0 + 2.0 * (index % 3 == 0)]
+)
 def test_each_token_is_guided_at_its_own_scale(schedule):
     """Greedy tokens are the arg-max of the full forward's logits, guided at each position's scale from the
     schedule; where that scale is 1 (the first token of a linear ramp), the conditional logits alone."""

@@ -151,7 +151,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)")
     gen.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
     gen.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
-                     "up to --cfg-scale, as VAR) or reverse (from it down to 1) (default: the model's)")  # fmt: skip
+                     "up to --cfg-scale, as VAR), reverse (from it down to 1) or first-half (it on the first half "
+                     "of the tokens, then 1) (default: the model's)")  # fmt: skip
     gen.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
     gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
     gen.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")

@@ -8,10 +8,12 @@ over its steps, from no guidance at the first to the full scale at the last (Tia
 - `"constant"`: the scale at every token;
 - `"linear"`: from 1 (no guidance) at the first token to the scale at the last, as VAR;
 - `"reverse"`: from the scale at the first token to 1 at the last;
+- `"first-half"`: the scale on the first half of the tokens and none after, as LlamaGen's `cfg_interval` set
+  to half the image (the same step, mean-matched to the ramps);
 - a callable `schedule(token_index, token_count) -> scale`, for any other.
 
-A ramp from 1 to s guides at (1 + s) / 2 on average: `peak_for_mean_scale` gives the s that matches another
-schedule's mean, so that schedules are compared at equal mean scale.
+A ramp from 1 to s, and s on half the tokens, guide at (1 + s) / 2 on average: `peak_for_mean_scale` gives
+the s that matches another schedule's mean, so that schedules are compared at equal mean scale.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 from collections.abc import Callable
 
 Schedule = str | Callable[[int, int], float]
-SCHEDULES = ("constant", "linear", "reverse")
+SCHEDULES = ("constant", "linear", "reverse", "first-half")
 
 
 def guidance_scales(schedule: Schedule, cfg_scale: float, tokens: int) -> list[float]:
@@ -40,6 +42,8 @@ def guidance_scales(schedule: Schedule, cfg_scale: float, tokens: int) -> list[f
         raise ValueError(f"unknown guidance schedule {schedule!r}: use one of {', '.join(SCHEDULES)} or a callable")
     if schedule == "constant" or tokens == 1:
         return [float(cfg_scale)] * tokens
+    if schedule == "first-half":
+        return [float(cfg_scale)] * (tokens // 2) + [1.0] * (tokens - tokens // 2)
     rising = [1 + (cfg_scale - 1) * index / (tokens - 1) for index in range(tokens)]
     return rising if schedule == "linear" else rising[::-1]
 
@@ -48,8 +52,8 @@ def peak_for_mean_scale(schedule: str, mean_scale: float) -> float:
     """The full scale at which `schedule` guides at `mean_scale` on average over the tokens."""
     if schedule == "constant":
         return mean_scale
-    if schedule in ("linear", "reverse"):
-        return 2 * mean_scale - 1  # a ramp between 1 and s averages (1 + s) / 2
+    if schedule in ("linear", "reverse", "first-half"):
+        return 2 * mean_scale - 1  # a ramp between 1 and s, or s on half the tokens, averages (1 + s) / 2
     raise ValueError(f"no mean-matched peak for the schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
