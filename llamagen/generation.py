@@ -37,8 +37,10 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     compile: bool = False,
     decoding: str = "fastest",
+    prefix_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sample `block_size` image tokens per condition -> (B, block_size) int64.
+    """Sample `block_size` image tokens per condition -> (B, block_size) int64; with `prefix_tokens`, keep them
+    as the image's first tokens and sample the rest (completion).
 
     Args:
         gpt: the generator, e.g. `llamagen.load_gpt("digits-c2i")`.
@@ -62,6 +64,10 @@ def generate(
             and batch size compiles for a while, later ones reuse it; `llamagen.fast.compiled`).
         decoding: "fastest" (what `llamagen.fast.decoder` measures fastest for the device, batch and dtype) or
             "plain" (the model's modules and torch's ops only): the same tokens, up to rounding.
+        prefix_tokens: (B, n) int64 image tokens, 0 <= n <= block_size, e.g. the first rows of a tokenized image
+            (`tokenizer.tokenize(images).flatten(1)[:, :n]`): kept as the first n tokens and prefilled with the
+            condition in one forward; tokens n onwards are sampled after them, each at its own place in the
+            guidance schedule. The same seed draws the same tokens as without a prefix when n is 0.
 
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it. A model has
     one cache, so generations on one model from several threads run one after another (`generation_lock`).
@@ -73,15 +79,22 @@ def generate(
     guidance = any(scale != 1.0 for scale in scales)
     cond, cond_mask = _doubled_for_guidance(gpt, cond, cond_mask, guidance)
     batch, rows = cond.shape[0] // (2 if guidance else 1), cond.shape[0]
+    kept = _checked_prefix(gpt, prefix_tokens, batch)
     check_memory(gpt, rows, guidance)
     tokens = torch.empty(batch, gpt.config.block_size, dtype=torch.long, device=gpt.device)
+    if kept:
+        tokens[:, :kept] = prefix_tokens.to(gpt.device)
+    if kept == gpt.config.block_size:
+        return tokens
     with generation_lock(gpt):
         gpt.setup_cache(rows)
         decoder = fast.decoder(gpt, rows, compile, decoding)
-        logits = gpt.prefill(cond, cond_mask)
-        for i in range(gpt.config.block_size):
+        logits = gpt.prefill(cond, cond_mask, torch.cat([tokens[:, :kept]] * (rows // batch)))
+        if progress is not None and kept:
+            progress(kept, gpt.config.block_size)
+        for i in range(kept, gpt.config.block_size):
             guide = guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
-            if i > 0:
+            if i > kept:
                 previous = tokens[:, i - 1 : i]
                 logits = decoder.step(torch.cat([previous, previous]) if guide else previous, gpt.prefix_length + i - 1)
             if guide:
@@ -90,6 +103,27 @@ def generate(
             if progress is not None:
                 progress(i + 1, gpt.config.block_size)
     return tokens
+
+
+def _checked_prefix(gpt: GPT, prefix_tokens: torch.Tensor | None, batch: int) -> int:
+    """How many image tokens a generation keeps from `prefix_tokens` (0 without them), refusing what the model
+    cannot continue before any work."""
+    if prefix_tokens is None:
+        return 0
+    block_size, vocab_size = gpt.config.block_size, gpt.config.vocab_size
+    if prefix_tokens.dim() != 2 or prefix_tokens.shape[0] != batch:
+        raise ValueError(f"prefix_tokens must be (batch, n) = ({batch}, n), one row per condition; "
+                         f"got shape {tuple(prefix_tokens.shape)}")  # fmt: skip
+    if prefix_tokens.shape[1] > block_size:
+        raise ValueError(f"prefix_tokens holds {prefix_tokens.shape[1]} tokens, but an image of this model has "
+                         f"{block_size}")  # fmt: skip
+    if prefix_tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"prefix_tokens must be integer token ids, got {prefix_tokens.dtype}")
+    if prefix_tokens.numel() and (int(prefix_tokens.min()) < 0 or int(prefix_tokens.max()) >= vocab_size):
+        raise ValueError(f"prefix_tokens holds ids from {int(prefix_tokens.min())} to {int(prefix_tokens.max())}, "
+                         f"but this model's codebook has {vocab_size} (0 to {vocab_size - 1}): are they another "
+                         "tokenizer's?")  # fmt: skip
+    return prefix_tokens.shape[1]
 
 
 def _doubled_for_guidance(

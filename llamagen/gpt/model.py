@@ -237,11 +237,16 @@ class GPT(nn.Module):
         self.visible_keys = None
         self.condition_tokens = self.condition_visible = None
 
-    def prefill(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the condition prefix into the cache; return (B, vocab) float32 logits of image token 0."""
+    def prefill(
+        self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the condition prefix, and the (B, n) first `image_tokens` when given, into the cache in one
+        forward; return (B, vocab) float32 logits of image token n (0 without them)."""
         self.check_condition(cond, cond_mask)
         rows, prefix_length = cond.shape[0], self.prefix_length
         embedded, prefix = self._embed_condition(cond)
+        if image_tokens is not None and image_tokens.shape[1] > 0:
+            prefix = torch.cat([prefix, self.tok_embeddings(image_tokens.to(self.device))], dim=1)
         self.visible_keys.fill_(True)
         if cond_mask is not None and self.prefix_holds_condition:
             self.visible_keys[:rows, :prefix_length] = cond_mask.to(self.device).bool()
@@ -251,7 +256,7 @@ class GPT(nn.Module):
             if cond_mask is not None:
                 self.condition_visible[:rows] = cond_mask.to(self.device).bool()
         condition = self._layer_condition(rows)
-        positions = torch.arange(prefix_length, device=self.device)
+        positions = torch.arange(prefix.shape[1], device=self.device)
         mask = attention_mask(self.visible_keys[:rows], positions)
         h = self.transformer(prefix, positions, mask, cached=True, condition=condition)
         return self.output(h[:, -1]).float()

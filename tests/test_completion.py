@@ -1,0 +1,93 @@
+"""Completion: the first tokens of an image kept, the rest sampled after them under a condition."""
+
+import pytest
+import torch
+from helpers import condition, small
+
+from llamagen import generate
+from llamagen.gpt import GPT
+
+
+def drawn(model, cond, cond_mask=None, seed=3, **options):
+    return generate(model, cond, cond_mask, generator=torch.Generator().manual_seed(seed), **options)
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A (3, 16) image's tokens, as a generation of the small model drew them."""
+    model = small()
+    return drawn(model, torch.tensor([0, 1, 2]), seed=11)
+
+
+def test_the_whole_grid_kept_is_the_image_itself(image):
+    model = small()
+    assert torch.equal(drawn(model, torch.tensor([4, 4, 4]), prefix_tokens=image, cfg_scale=3.0), image)
+
+
+@pytest.mark.parametrize("decoding", ["plain", "fastest"])
+def test_no_row_kept_is_plain_generation_with_the_same_seed(decoding):
+    model = small()
+    cond = torch.tensor([0, 3])
+    plain = drawn(model, cond, cfg_scale=2.0, top_k=20, decoding=decoding)
+    assert torch.equal(drawn(model, cond, cfg_scale=2.0, top_k=20, decoding=decoding,
+                             prefix_tokens=torch.zeros(2, 0, dtype=torch.long)), plain)  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", ["c2i", "t2i"])
+@pytest.mark.parametrize("decoding", ["plain", "fastest"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_greedy_completion_is_the_full_forwards_argmax_continuation(image, model_type, decoding, cfg_scale):
+    """The kept tokens stay; each later token is the arg-max of the full forward's (guided) logits over the
+    kept tokens and those chosen after them."""
+    model = small(model_type=model_type, cls_token_num=4)
+    cond, mask = condition(model, batch=3)
+    kept = 6
+    tokens = drawn(model, cond, mask, prefix_tokens=image[:, :kept], top_k=1, cfg_scale=cfg_scale, decoding=decoding)
+    assert torch.equal(tokens[:, :kept], image[:, :kept])
+    logits = model(tokens[:, :-1], cond, mask)
+    if cfg_scale != 1.0:
+        unconditional = model(tokens[:, :-1], model.unconditional(cond), mask)
+        logits = unconditional + cfg_scale * (logits - unconditional)
+    assert torch.equal(tokens[:, kept:], logits[:, kept:].argmax(-1))
+    # The control: without the kept tokens, greedy decoding writes another image.
+    assert not torch.equal(drawn(model, cond, mask, top_k=1, cfg_scale=cfg_scale)[:, :kept], image[:, :kept])
+
+
+def test_the_kept_tokens_are_prefilled_in_one_forward_and_progress_starts_after_them(image, monkeypatch):
+    model = small()
+    prefills, steps = [], []
+    original = GPT.prefill
+    monkeypatch.setattr(GPT, "prefill", lambda self, *a: prefills.append(a[2].shape) or original(self, *a))
+    drawn(model, torch.tensor([0, 1, 2]), prefix_tokens=image[:, :5], cfg_scale=2.0,
+          progress=lambda done, total: steps.append(done), decoding="plain")  # fmt: skip
+    assert prefills == [torch.Size([6, 5])]  # both halves of the guided batch, 5 tokens each
+    assert steps == list(range(5, 17))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "message"),
+    [
+        (torch.zeros(3, 17, dtype=torch.long), "holds 17 tokens, but an image of this model has 16"),
+        (torch.full((3, 4), 97), r"ids from 97 to 97, but this model's codebook has 97 \(0 to 96\)"),
+        (torch.full((3, 4), -1), "ids from -1 to -1"),
+        (torch.zeros(2, 4, dtype=torch.long), r"must be \(batch, n\) = \(3, n\)"),
+        (torch.zeros(3, 4), "must be integer token ids"),
+    ],
+    ids=["beyond-the-grid", "another-vocabulary", "negative", "wrong-batch", "floats"],
+)
+def test_a_prefix_the_model_cannot_continue_is_refused_before_any_work(prefix, message, monkeypatch):
+    model = small()
+    monkeypatch.setattr(GPT, "prefill", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.tensor([0, 1, 2]), cfg_scale=2.0, prefix_tokens=prefix)
+
+
+@pytest.mark.parametrize("way_in", ["every_layer", "adaln_zero", "cross_attention"])
+def test_completion_works_whichever_way_the_condition_enters(image, way_in):
+    model = small(condition=way_in)
+    cond = torch.tensor([0, 1, 2])
+    tokens = drawn(model, cond, prefix_tokens=image[:, :7], top_k=1, cfg_scale=2.0)
+    logits = model(tokens[:, :-1], cond)
+    unconditional = model(tokens[:, :-1], model.unconditional(cond))
+    assert torch.equal(tokens[:, :7], image[:, :7])
+    assert torch.equal(tokens[:, 7:], (unconditional + 2.0 * (logits - unconditional))[:, 7:].argmax(-1))
