@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from llamagen.checkpoints import read_safetensors_metadata, resolve_source
 from llamagen.generation import generate
 from llamagen.gpt import GPT
 from llamagen.gpt.guidance_schedules import Schedule
 from llamagen.gpt.sampling import check_sampling_options
-from llamagen.images import tensor_to_pil
+from llamagen.images import pil_to_tensor, tensor_to_pil, to_rgb
 from llamagen.sampling_settings import ORIGINAL, SamplingSettings, recommended_sampling
 from llamagen.tokenizer import VQModel
 
@@ -63,6 +63,7 @@ class PipelineOutput:
     conditions: list[str]  # the class name or prompt of each image
     pixels: torch.Tensor  # (N, 3, H, W) in [-1, 1], float32 on the CPU: what judges and metrics read
     notes: list[str] = field(default_factory=list)  # what the pipeline changed about the request (truncation)
+    originals: torch.Tensor | None = None  # completion: (N, 3, H, W) each image's original, as the generator sees it
 
     def grid(self, columns: int | None = None) -> Image.Image:
         return image_grid(self.pixels, columns)
@@ -172,6 +173,8 @@ class Pipeline:
         num_images_per_condition: int = 1,
         progress: Callable[[int, int], None] | None = None,
         compile: bool = False,
+        images: Image.Image | Sequence[Image.Image] | torch.Tensor | None = None,
+        keep_rows: int | None = None,
     ) -> PipelineOutput:
         """Images for each class label or prompt; the same seed gives the same images. A sampling option left
         at None takes the pipeline's `sampling` value (its card's recommendation, or the original's default).
@@ -194,6 +197,12 @@ class Pipeline:
             progress: called as `progress(tokens_done, tokens_per_image)` after every token, e.g. for a bar.
             compile: compile the decoding step with torch.compile (`llamagen.generate`), e.g. for many calls of
                 one batch size on a GPU.
+            images: completion: an image to continue for every condition, or one per condition (PIL images,
+                resized on the shorter side and centre-cropped to the generator's image size, or (N, 3, S, S)
+                tensors in [-1, 1] at that size); the generator's tokenizer reads them, and each completion keeps
+                the first `keep_rows` rows of its image's tokens and samples the rest.
+            keep_rows: completion: rows of the token grid kept from `images`, from 0 (plain generation) to the
+                grid's size (the image itself, as the tokenizer reconstructs it), e.g. 3.
 
         Returns a `PipelineOutput`: `images` (PIL), `tokens` (N, block_size), `conditions` (each image's label or
         prompt), `pixels` (N, 3, H, W) in [-1, 1] and `notes`.
@@ -209,9 +218,13 @@ class Pipeline:
         cond = cond.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
         if cond_mask is not None:
             cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
+        originals = prefix = None
+        if images is not None or keep_rows is not None:
+            originals = self.images_to_complete(images, len(described)).repeat_interleave(num_images_per_condition, 0)
+            prefix = self.kept_tokens(originals, keep_rows)
         generator = torch.Generator(self.device).manual_seed(seed)
         tokens = generate(self.gpt, cond, cond_mask, **options, generator=generator, progress=progress,
-                          compile=compile)  # fmt: skip
+                          compile=compile, prefix_tokens=prefix)  # fmt: skip
         pixels = decode_tokens(self.tokenizer, tokens).float().cpu()
         return PipelineOutput(
             images=tensor_to_pil(pixels),
@@ -219,7 +232,37 @@ class Pipeline:
             conditions=[d for d in described for _ in range(num_images_per_condition)],
             pixels=pixels,
             notes=notes,
+            originals=originals,
         )
+
+    def images_to_complete(self, images, conditions: int) -> torch.Tensor:
+        """(conditions, 3, S, S) pixels in [-1, 1] of the images to complete, S the generator's image size: one
+        image for every condition, or one each."""
+        size = self.image_size
+        if images is None:
+            raise ValueError("keep_rows needs images=: the images whose first rows are kept")
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1:] != (3, size, size):
+                raise ValueError(f"images must be (N, 3, {size}, {size}) in [-1, 1], this generator's image size; "
+                                 f"got shape {tuple(images.shape)}")  # fmt: skip
+            pixels = images.float().cpu()
+        else:
+            listed = [images] if isinstance(images, Image.Image) else list(images)
+            if not listed or not all(isinstance(image, Image.Image) for image in listed):
+                raise ValueError("images must be PIL images or an (N, 3, H, W) tensor")
+            fitted = [ImageOps.fit(to_rgb(image), (size, size), Image.Resampling.BICUBIC) for image in listed]
+            pixels = torch.cat([pil_to_tensor(image) for image in fitted])
+        if len(pixels) not in (1, conditions):
+            raise ValueError(f"{len(pixels)} images for {conditions} conditions: give one image, or one each")
+        return pixels.expand(conditions, -1, -1, -1) if len(pixels) == 1 else pixels
+
+    def kept_tokens(self, pixels: torch.Tensor, keep_rows: int | None) -> torch.Tensor:
+        """The first `keep_rows` rows of the images' tokens, flattened in raster order: (N, keep_rows x grid)."""
+        grid = self.gpt.config.grid_size
+        if isinstance(keep_rows, bool) or not isinstance(keep_rows, int) or not 0 <= keep_rows <= grid:
+            raise ValueError(f"keep_rows must be a whole number of token rows from 0 to {grid}, got {keep_rows!r}")
+        tokens = self.tokenizer.tokenize(pixels.to(self.device))
+        return tokens.flatten(1)[:, : keep_rows * grid]
 
 
 def check_seed(seed) -> None:

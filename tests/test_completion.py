@@ -91,3 +91,48 @@ def test_completion_works_whichever_way_the_condition_enters(image, way_in):
     unconditional = model(tokens[:, :-1], model.unconditional(cond))
     assert torch.equal(tokens[:, :7], image[:, :7])
     assert torch.equal(tokens[:, 7:], (unconditional + 2.0 * (logits - unconditional))[:, 7:].argmax(-1))
+
+
+def test_the_pipeline_completes_images_from_their_first_rows():
+    """shapes-c2i continues a held-out red circle: the kept rows are the image's own codes, all rows kept give
+    its reconstruction back, and each condition continues it its own way from the same seed."""
+    from llamagen.evaluation.judges import held_out
+    from llamagen.images import tensor_to_pil
+    from llamagen.pipeline import decode_tokens, load_pipeline
+
+    pipe = load_pipeline("shapes-c2i")
+    image = held_out("shapes", 1)[0]
+    own = pipe.tokenizer.tokenize(image).flatten(1)
+    grid = pipe.gpt.config.grid_size
+    output = pipe(class_labels=["red circle", "blue square"], images=image, keep_rows=3, seed=0)
+    assert torch.equal(output.tokens[:, : 3 * grid], own.expand(2, -1)[:, : 3 * grid])
+    assert not torch.equal(output.tokens[0], output.tokens[1])
+    assert torch.equal(output.originals, image.expand(2, -1, -1, -1))
+    whole = pipe(class_labels="blue square", images=tensor_to_pil(image), keep_rows=grid)
+    assert torch.equal(whole.tokens, own) and torch.equal(whole.pixels, decode_tokens(pipe.tokenizer, own).float())
+    assert torch.equal(pipe(class_labels="red circle", images=image, keep_rows=0, seed=5).tokens,
+                       pipe(class_labels="red circle", seed=5).tokens)  # fmt: skip
+
+
+BLANK = torch.zeros(1, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"keep_rows": 3}, "keep_rows needs images="),
+        ({"keep_rows": 9, "images": BLANK}, "keep_rows must be a whole number of token rows from 0 to 8, got 9"),
+        ({"keep_rows": 2.5, "images": BLANK}, "keep_rows must be a whole number of token rows from 0 to 8, got 2.5"),
+        ({"keep_rows": 3, "images": torch.zeros(1, 3, 32, 32)}, r"images must be \(N, 3, 64, 64\)"),
+        ({"keep_rows": 3, "images": torch.zeros(3, 3, 64, 64)}, "3 images for 2 conditions"),
+        ({"keep_rows": 3, "images": ["red.png"]}, "images must be PIL images"),
+    ],
+    ids=["no-images", "beyond-the-grid", "fraction", "wrong-size", "too-many", "paths"],
+)
+def test_a_completion_the_pipeline_cannot_make_is_refused_before_any_work(request_, message, monkeypatch):
+    from llamagen.pipeline import load_pipeline
+
+    pipe = load_pipeline("shapes-c2i")
+    monkeypatch.setattr(GPT, "prefill", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=message):
+        pipe(class_labels=["red circle", "blue square"], **request_)

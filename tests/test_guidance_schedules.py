@@ -30,7 +30,7 @@ def test_schedules_compared_at_equal_mean_scale(schedule):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        ("cosine", "unknown guidance schedule 'cosine': use one of constant, linear, reverse, first-half or a callable"),
+        ("cosine", "unknown guidance schedule 'cosine': use one of constant, linear, reverse, first-half or a"),
         (lambda index, count: -1.0 if index == 3 else 2.0, "the guidance schedule gave -1.0 for token 3"),
         (lambda index, count: math.nan, "the guidance schedule gave nan for token 0"),
         (lambda index, count: "2", "the guidance schedule gave '2' for token 0"),

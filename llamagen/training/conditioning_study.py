@@ -213,9 +213,11 @@ def add_distances(row: dict, pipe: Pipeline, settings: StudySettings) -> None:
     judged = judged_at(pipe, settings, best)
     recorded = float(row[f"accuracy_at_{best:g}"])
     if judged.images != int(row["images_per_scale"]) or abs(judged.accuracy - recorded) > 1e-6:
-        raise ValueError(f"{row['arm']} seed {row['seed']} at scale {best:g} judges {judged.images} images "
-                         f"{judged.accuracy:.4f} right, but its row recorded {row['images_per_scale']} images "
-                         f"{recorded:.4f} right: these are not the weights or the settings it was scored with")  # fmt: skip
+        raise ValueError(
+            f"{row['arm']} seed {row['seed']} at scale {best:g} judges {judged.images} images "
+            f"{judged.accuracy:.4f} right, but its row recorded {row['images_per_scale']} images "
+            f"{recorded:.4f} right: these are not the weights or the settings it was scored with"
+        )
     row.update(distances_at_best(judged.distances))
 
 
