@@ -158,3 +158,24 @@ def test_an_embedded_generator_samples_with_its_cards_settings_unless_told_other
     assert "guidance 3 (linear schedule), top-k 0" in capsys.readouterr().out
     linear = load_pipeline("shapes-c2i")(class_labels=["red star"], cfg_scale=3, cfg_schedule="linear", seed=0).grid()
     assert (np.asarray(Image.open(out).convert("RGB")) == np.asarray(linear)).all()
+
+
+def test_complete_writes_each_original_beside_its_completions(tmp_path, capsys):
+    from llamagen.evaluation.judges import held_out
+    from llamagen.images import tensor_to_pil
+
+    photo = tmp_path / "red-circle.png"
+    tensor_to_pil(held_out("shapes", 1)[0])[0].save(photo)
+    out = tmp_path / "completed.png"
+    command = ["complete", str(photo), "--gpt", "shapes-c2i", "--keep-rows", "3", "--class", "red circle",
+               "blue square", "--images-per-class", "2", "--pixel-scale", "1", "--out", str(out)]  # fmt: skip
+    assert main(command) == 0
+    # 2 rows (conditions) x 3 columns (the original, 2 completions) of 64x64 images with 2-pixel borders.
+    assert Image.open(out).size == (3 * 66 + 2, 2 * 66 + 2)
+    printed = capsys.readouterr().out
+    assert "4 completions of 3 kept rows of red circle, blue square (200x134 grid, the original first" in printed
+    assert main([*command[:5], "9", *command[6:]]) == 2
+    assert "keep_rows must be a whole number of token rows from 0 to 8, got 9" in capsys.readouterr().err
+    (tmp_path / "not-an-image.png").write_text("hello")
+    assert main(["complete", str(tmp_path / "not-an-image.png"), *command[2:]]) == 2
+    assert "is not an image that PIL can read" in capsys.readouterr().err

@@ -53,10 +53,23 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
+    _write_generations(args)
+
+
+def run_complete(args: argparse.Namespace) -> None:
+    from llamagen.images import load_image
+
+    image = load_image(args.image, args.max_megapixels)
+    _write_generations(args, images=image, keep_rows=args.keep_rows)
+
+
+def _write_generations(args: argparse.Namespace, **completion) -> None:
+    """Generate (or, with `completion`'s images and keep_rows, complete) as the options say; write the grid."""
+    import torch
     from PIL import Image
 
     from llamagen.files import write_atomically
-    from llamagen.pipeline import load_pipeline
+    from llamagen.pipeline import image_grid, load_pipeline
 
     out = Path(args.out)
     check_output_path(out)
@@ -83,13 +96,20 @@ def run_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         num_images_per_condition=args.images_per_class,
         compile=args.compile,
+        **completion,
     )
     given = {name: getattr(args, name) for name in pipe.sampling.values() if getattr(args, name) is not None}
     flags = ", ".join("--" + name.replace("_", "-") for name in given)
     source = f"{flags} as given; the rest from {pipe.sampling.source}" if given else f"from {pipe.sampling.source}"
     print(f"sampling    {dataclasses.replace(pipe.sampling, **given, source=source).describe()}")
-    conditions = len(output.conditions) // args.images_per_class
-    grid = output.grid(columns=args.images_per_class if conditions > 1 else None)
+    per_condition = args.images_per_class
+    conditions = len(output.conditions) // per_condition
+    pixels, columns = output.pixels, per_condition if conditions > 1 else None
+    if output.originals is not None:  # each row: the original, then its completions
+        pixels = torch.cat([torch.cat([output.originals[start : start + 1], pixels[start : start + per_condition]])
+                            for start in range(0, len(pixels), per_condition)])  # fmt: skip
+        columns = per_condition + 1
+    grid = image_grid(pixels, columns)
     # Each image at least SHOWN_IMAGE_SIZE pixels wide: a sheet of 32-pixel digits is otherwise a thumbnail.
     scale = args.pixel_scale or max(1, -(-SHOWN_IMAGE_SIZE // pipe.image_size))
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
@@ -98,12 +118,18 @@ def run_generate(args: argparse.Namespace) -> None:
         print(f"note        {note}")
     shown = ", ".join(dict.fromkeys(output.conditions))
     count = len(output.images)
-    print(f"wrote       {out}: {count} image{'s' * (count > 1)} of {shown} ({grid.width}x{grid.height} grid, "
+    what = (
+        f"{count} completion{'s' * (count > 1)} of {args.keep_rows} kept rows"
+        if completion
+        else f"{count} image{'s' * (count > 1)}"
+    )
+    first = ", the original first in each row" if completion else ""
+    print(f"wrote       {out}: {what} of {shown} ({grid.width}x{grid.height} grid{first}, "
           f"each pixel drawn {scale}x{scale})")  # fmt: skip
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """The top-level `reconstruct`, `generate` and `demo`."""
+    """The top-level `reconstruct`, `generate`, `complete` and `demo`."""
     rec = commands.add_parser(
         "reconstruct",
         help="tokenize an image, decode it back, and measure the loss",
@@ -138,49 +164,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "and decodes them with the tokenizer into one PNG grid, a row per class or prompt. An embedded "
         "generator (shapes-c2i, digits-c2i, ...) brings its own tokenizer and text encoder.",
     )
-    gen.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
-    gen.add_argument("--tokenizer", help="a .pt or .safetensors tokenizer, or an embedded name (default: the "
-                     "generator's own, for generators trained here)")  # fmt: skip
-    gen.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
-    gen.add_argument(
-        "--class", dest="class_ids", nargs="+", help="class ids or names ('red star'; ImageNet: 0-999 or names)"
-    )
-    gen.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
-    gen.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
-    # The sampling options default to the model's: its card's recommendation, or the original's defaults.
-    gen.add_argument("--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)")
-    gen.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
-    gen.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
-                     "up to --cfg-scale, as VAR), reverse (from it down to 1) or first-half (it on the first half "
-                     "of the tokens, then 1) (default: the model's)")  # fmt: skip
-    gen.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
-    gen.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
-    gen.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
-    gen.add_argument(
-        "--pixel-scale",
-        type=int,
-        choices=range(1, 17),
-        metavar="N",
-        help=f"draw each pixel as NxN in the grid (nearest neighbour; default: the smallest N that shows each image "
-        f"at least {SHOWN_IMAGE_SIZE} pixels wide)",
-    )
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
-    gen.add_argument(
-        "--gpt-config",
-        help="preset, JSON file or inline JSON; for published files, overrides of "
-        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
-    )
-    gen.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
-    add_device_options(gen)
-    gen.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the decoding step: faster per token, after a compilation (on a GPU, the step each CUDA graph "
-        "replays; on a CPU with llamagen's kernels, batches up to 4 with guidance already decode each step in one "
-        "call and skip it)",
-    )
+    add_generation_options(gen)
     gen.set_defaults(run=run_generate)
+
+    com = commands.add_parser(
+        "complete",
+        help="continue an image from its first token rows, under classes or captions",
+        description="Tokenizes the image with the generator's tokenizer (resized on the shorter side and "
+        "centre-cropped to the generator's image size), keeps its first --keep-rows rows of tokens and samples the "
+        "rest under each class or prompt; writes one PNG grid, a row per condition, the original first.",
+    )
+    com.add_argument("image", help="an image file (any format and mode PIL reads)")
+    com.add_argument("--keep-rows", type=int, required=True, help="rows of the token grid kept from the image")
+    com.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS, help="refuse larger images")
+    add_generation_options(com)
+    com.set_defaults(run=run_complete)
 
     demo = commands.add_parser(
         "demo",
@@ -215,3 +213,51 @@ def run_demo(args: argparse.Namespace) -> None:
         app.block_thread()
     finally:
         app.close()
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """The options `generate` and `complete` share: the models, the conditions and the sampling."""
+    parser.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
+    parser.add_argument("--tokenizer", help="a .pt or .safetensors tokenizer, or an embedded name (default: the "
+                     "generator's own, for generators trained here)")  # fmt: skip
+    parser.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    parser.add_argument(
+        "--class", dest="class_ids", nargs="+", help="class ids or names ('red star'; ImageNet: 0-999 or names)"
+    )
+    parser.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
+    parser.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
+    # The sampling options default to the model's: its card's recommendation, or the original's defaults.
+    parser.add_argument(
+        "--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)"
+    )
+    parser.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
+    parser.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
+                     "up to --cfg-scale, as VAR), reverse (from it down to 1) or first-half (it on the first half "
+                     "of the tokens, then 1) (default: the model's)")  # fmt: skip
+    parser.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
+    parser.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
+    parser.add_argument(
+        "--pixel-scale",
+        type=int,
+        choices=range(1, 17),
+        metavar="N",
+        help=f"draw each pixel as NxN in the grid (nearest neighbour; default: the smallest N that shows each image "
+        f"at least {SHOWN_IMAGE_SIZE} pixels wide)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
+    parser.add_argument(
+        "--gpt-config",
+        help="preset, JSON file or inline JSON; for published files, overrides of "
+        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
+    )
+    parser.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
+    add_device_options(parser)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step: faster per token, after a compilation (on a GPU, the step each CUDA graph "
+        "replays; on a CPU with llamagen's kernels, batches up to 4 with guidance already decode each step in one "
+        "call and skip it)",
+    )
