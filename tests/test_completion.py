@@ -136,3 +136,30 @@ def test_a_completion_the_pipeline_cannot_make_is_refused_before_any_work(reques
     monkeypatch.setattr(GPT, "prefill", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=message):
         pipe(class_labels=["red circle", "blue square"], **request_)
+
+
+def test_contradicting_classes_differ_in_every_attribute():
+    from llamagen.analysis.completion import contradicting_classes
+    from llamagen.evaluation.generation import condition_labels
+
+    classes = torch.arange(40)
+    other = condition_labels("shapes", contradicting_classes("shapes", classes))
+    own = condition_labels("shapes", classes)
+    assert (other["shape"] != own["shape"]).all() and (other["colour"] != own["colour"]).all()
+    assert set(contradicting_classes("shapes", classes).tolist()) == set(range(40))  # a permutation
+    assert torch.equal(contradicting_classes("digits", torch.arange(10)), torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 0]))
+
+
+def test_with_every_row_kept_the_image_decides_and_with_none_the_class():
+    """Held-out shapes completed by shapes-c2i: all 8 rows kept, every completion is the image's reconstruction,
+    read as the image's class (not a contradicting one); no row kept, plain generation of the asked class,
+    read as it far more often than as the image's class."""
+    from llamagen.analysis.completion import completion_readings
+    from llamagen.pipeline import load_pipeline
+
+    rows = completion_readings(load_pipeline("shapes-c2i"), "shapes", keep_rows=(0, 8), images=40, cfg_scale=2.0)
+    by = {(row["keep_rows"], row["condition"]): row for row in rows}
+    assert by[8, "contradict"]["read_as_image"] >= 0.9 and by[8, "contradict"]["read_as_condition"] == 0.0
+    assert by[8, "agree"]["read_as_condition"] == by[8, "agree"]["read_as_image"] >= 0.9
+    assert by[0, "contradict"]["read_as_condition_low"] > by[0, "contradict"]["read_as_image_high"]
+    assert by[0, "contradict"]["images"] == 40

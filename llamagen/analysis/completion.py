@@ -1,0 +1,57 @@
+"""Completion against the condition: how many of an image's first token rows it takes before the image, not the
+class, decides what the generator draws.
+
+Each held-out real image of a kind (shapes, digits) is continued from its first k rows of tokens under its own
+class ("agree") and under a class that contradicts it in every attribute ("contradict": for shapes another
+shape and another colour, for digits another digit); the kind's judge reads every completion. With no row kept
+the completion is plain generation of the condition's class; with every row kept it is the image itself.
+Between the two, the share read as the condition's class against the share read as the image's own class tells
+where the kept rows take over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from llamagen.analysis.statistics import proportion
+from llamagen.data.shapes import COLOURS, SHAPES
+from llamagen.evaluation.generation import class_ids_of, condition_labels, read_images
+from llamagen.evaluation.judges import held_out, load_judge
+
+
+def contradicting_classes(kind: str, class_ids: torch.Tensor) -> torch.Tensor:
+    """For each class id, one that differs in every attribute: shapes the next shape in the next colour, digits
+    the next digit."""
+    if kind == "shapes":
+        labels = condition_labels(kind, class_ids)
+        return ((labels["shape"] + 1) % len(SHAPES)) * len(COLOURS) + (labels["colour"] + 1) % len(COLOURS)
+    return (class_ids + 1) % 10
+
+
+@torch.no_grad()
+def completion_readings(
+    pipe, kind: str, keep_rows: Sequence[int], images: int = 200, seed: int = 0, **sampling
+) -> list[dict]:
+    """A row per kept-row count and condition ("agree", "contradict") for the first `images` held-out real
+    images of `kind` completed by `pipe` (`sampling`: cfg_scale, ...): the share of completions the judge reads
+    as the condition's class and as the image's own class (every attribute right), each with its Wilson
+    interval, and the count."""
+    pixels, labels = held_out(kind, images)
+    own = class_ids_of(kind, labels)
+    judge = load_judge(f"{kind}-judge", device=pipe.device)
+    rows = []
+    for kept in keep_rows:
+        for condition, classes in (("agree", own), ("contradict", contradicting_classes(kind, own))):
+            output = pipe(class_labels=classes.tolist(), images=pixels, keep_rows=kept, seed=seed, **sampling)
+            predicted = read_images(judge, output.pixels).predicted
+            row = {"keep_rows": kept, "condition": condition, "images": len(classes)}
+            for reading, asked in (("as_condition", classes), ("as_image", own)):
+                stated = condition_labels(kind, asked)
+                hits = torch.stack([predicted[name] == values for name, values in stated.items()]).all(0)
+                estimate = proportion(int(hits.sum()), len(hits))
+                row.update({f"read_{reading}": float(estimate.mean), f"read_{reading}_low": float(estimate.low),
+                            f"read_{reading}_high": float(estimate.high)})  # fmt: skip
+            rows.append(row)
+    return rows
