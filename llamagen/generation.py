@@ -53,7 +53,8 @@ def generate(
             which the unconditional half is dropped, e.g. 40.
         cfg_schedule: the scale of each token (`llamagen.gpt.guidance_schedules`): "constant" (`cfg_scale` at
             every token, the original's), "linear" (from 1 at the first token to `cfg_scale` at the last, as
-            VAR), "reverse" (from `cfg_scale` down to 1), or a callable `(token_index, token_count) -> scale`.
+            VAR), "reverse" (from `cfg_scale` down to 1), "first-half" (`cfg_scale` on the first half of the
+            tokens, then 1), or a callable `(token_index, token_count) -> scale`.
         temperature: divides the logits; 1 samples the model's distribution, 0 is greedy.
         top_k: sample among the k most likely tokens only, e.g. 2000; 0 keeps the whole vocabulary, 1 is greedy.
         top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.95; 1 keeps them all.

@@ -188,7 +188,8 @@ class Pipeline:
                 strongly, e.g. 2.0.
             cfg_interval: -1 guides every token; n >= 0 guides tokens 0 .. n+1 only, e.g. 20.
             cfg_schedule: the scale of each token: "constant", "linear" (from 1 up to `cfg_scale`, as VAR),
-                "reverse" (from `cfg_scale` down to 1) or a callable `(token_index, token_count) -> scale`.
+                "reverse" (from `cfg_scale` down to 1), "first-half" (`cfg_scale` on the first half of the
+                tokens, then 1) or a callable `(token_index, token_count) -> scale`.
             top_k: sample among the k most likely tokens, e.g. 100; 0 keeps the whole vocabulary, 1 is greedy.
             top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.9; 1 keeps them all.
             temperature: divides the logits, e.g. 0.9; 0 is greedy.
