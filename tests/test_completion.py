@@ -163,3 +163,21 @@ def test_with_every_row_kept_the_image_decides_and_with_none_the_class():
     assert by[8, "agree"]["read_as_condition"] == by[8, "agree"]["read_as_image"] >= 0.9
     assert by[0, "contradict"]["read_as_condition_low"] > by[0, "contradict"]["read_as_image_high"]
     assert by[0, "contradict"]["images"] == 40
+
+
+def test_the_completion_sweep_writes_a_row_per_count_and_condition(tmp_path, capsys):
+    import csv
+
+    from llamagen.cli import main
+
+    out = tmp_path / "completion.csv"
+    argv = ["sweep", "completion", "--model", "digits-c2i", "--judge", "digits", "--keep-rows", "0", "8",
+            "--images", "20", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["keep_rows"], row["condition"]) for row in rows] == [
+        ("0", "agree"), ("0", "contradict"), ("8", "agree"), ("8", "contradict")
+    ]  # fmt: skip
+    assert {row["cfg_scale"] for row in rows} == {"4.0"}  # digits-c2i's card recommends 4
+    assert float(rows[3]["read_as_image"]) >= 0.9 and float(rows[3]["read_as_condition"]) <= 0.1
+    assert "8 rows kept, contradict" in capsys.readouterr().out

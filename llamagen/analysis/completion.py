@@ -32,12 +32,12 @@ def contradicting_classes(kind: str, class_ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def completion_readings(
-    pipe, kind: str, keep_rows: Sequence[int], images: int = 200, seed: int = 0, **sampling
+    pipe, kind: str, keep_rows: Sequence[int], images: int = 200, seed: int = 0, progress=None, **sampling
 ) -> list[dict]:
     """A row per kept-row count and condition ("agree", "contradict") for the first `images` held-out real
     images of `kind` completed by `pipe` (`sampling`: cfg_scale, ...): the share of completions the judge reads
     as the condition's class and as the image's own class (every attribute right), each with its Wilson
-    interval, and the count."""
+    interval, and the count; each row handed to `progress` as it comes."""
     pixels, labels = held_out(kind, images)
     own = class_ids_of(kind, labels)
     judge = load_judge(f"{kind}-judge", device=pipe.device)
@@ -54,4 +54,6 @@ def completion_readings(
                 row.update({f"read_{reading}": float(estimate.mean), f"read_{reading}_low": float(estimate.low),
                             f"read_{reading}_high": float(estimate.high)})  # fmt: skip
             rows.append(row)
+            if progress is not None:
+                progress(row)
     return rows

@@ -169,6 +169,31 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
     print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
+def run_sweep_completion(args: argparse.Namespace) -> None:
+    from llamagen.analysis.completion import completion_readings
+    from llamagen.analysis.guidance import write_rows_csv
+    from llamagen.pipeline import load_pipeline
+
+    check_writable(Path(args.out), "--out")
+    pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    if pipe.model_type != "c2i":
+        raise SystemExit("completion against a contradicting class needs a class-conditional generator")
+    keep_rows = args.keep_rows if args.keep_rows is not None else range(pipe.gpt.config.grid_size + 1)
+    cfg_scale = args.cfg_scale if args.cfg_scale is not None else pipe.sampling.cfg_scale
+    done: list[dict] = []
+
+    def progress(row: dict) -> None:
+        print(
+            f"{row['keep_rows']} rows kept, {row['condition']:<10} read as the condition's class "
+            f"{row['read_as_condition']:.1%}, as the image's {row['read_as_image']:.1%} ({row['images']} images)"
+        )
+        done.append({**row, "cfg_scale": cfg_scale})
+        write_rows_csv(done, args.out)
+
+    completion_readings(pipe, args.judge, keep_rows, args.images, args.seed, progress, cfg_scale=cfg_scale)
+    print(f"wrote       {args.out}")
+
+
 def run_sweep_conditioning(args: argparse.Namespace) -> None:
     from llamagen.text import load_text_encoder
     from llamagen.tokenizer.loading import load_tokenizer
@@ -249,7 +274,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook, codebook-study, cfg, conditioning."""
+    """The `sweep` group: codebook, codebook-study, cfg, completion, conditioning."""
     cb = sweep.add_parser(
         "codebook",
         help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
@@ -303,6 +328,24 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
     add_device_options(cfg)
     cfg.set_defaults(run=run_sweep_cfg)
+    com = sweep.add_parser(
+        "completion",
+        help="held-out images continued from their first token rows under their class and a contradicting one",
+        description="Completes the first --images held-out images of the judge's kind from each number of kept "
+        "token rows, under the image's own class and under one that differs in every attribute, and reads each "
+        "completion as the condition's class and as the image's (Wilson intervals); a CSV row per count and "
+        "condition, written as it comes.",
+    )
+    com.add_argument("--model", required=True, help="a class-conditional generator: embedded name or file")
+    com.add_argument("--tokenizer", help="for published generators: their tokenizer")
+    com.add_argument("--judge", required=True, choices=["shapes", "digits"], help="the kind of the images")
+    com.add_argument("--keep-rows", type=int, nargs="+", help="token rows kept (default: 0 to the whole grid)")
+    com.add_argument("--images", type=int, default=200, help="held-out images completed at each count")
+    com.add_argument("--cfg-scale", type=float, help="guidance scale (default: the model's)")
+    com.add_argument("--seed", type=int, default=0)
+    com.add_argument("--out", required=True, help="the CSV to write")
+    add_device_options(com)
+    com.set_defaults(run=run_sweep_completion)
     cond = sweep.add_parser(
         "conditioning",
         help="the ways to condition, at equal parameters, trained and scored alike on the shapes codes",
