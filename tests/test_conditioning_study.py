@@ -66,6 +66,14 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
         assert [after[name] for name in distances] == [before[name] for name in distances]
         assert after["precision_at_best"] != ""
     assert (tmp_path / "runs" / "c2i-adaln-zero-s0" / "final.safetensors").is_file()
+    # Weights that judge the row's images otherwise are refused, and the row keeps no distance.
+    rescored = list(csv.DictReader(out.open()))
+    wrong = {**rescored[0], **dict.fromkeys(distances, ""), "accuracy_at_1": "0.987", "accuracy_at_2": "0.987"}
+    conditioning_study.write_rows([wrong, rescored[1]], out)
+    with pytest.raises(ValueError, match="these are not the weights or the settings it was scored with"):
+        run_study(settings, codes, shapes_vq, out, tmp_path / "runs", show_progress=False)
+    assert next(csv.DictReader(out.open()))["fid_at_best"] == ""
+    conditioning_study.write_rows(rescored, out)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")
