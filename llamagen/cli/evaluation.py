@@ -141,14 +141,7 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
 
     check_writable(Path(args.out), "--out")
     pipe = load_pipeline(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    done: list[dict] = []
-
-    def progress(row: dict) -> None:
-        """Print each row and write the CSV so far: a sweep stopped part way keeps the rows it scored."""
-        _print_guidance_row(row)
-        done.append(row)
-        write_rows_csv(done, args.out)
-
+    progress = _written_as_they_come(args.out, _print_guidance_row)
     common = {"scales": tuple(args.scales), "seed": args.seed, "progress": progress,
               "schedules": tuple(args.schedules), "top_k": args.top_k}  # fmt: skip
     if pipe.model_type == "t2i":
@@ -169,9 +162,30 @@ def run_sweep_cfg(args: argparse.Namespace) -> None:
     print(f"wrote       {write_rows_csv(rows, args.out)}")
 
 
+def _written_as_they_come(out, show):
+    """A sweep's progress callback: show each row and write the CSV so far to `out`, so that a sweep stopped
+    part way keeps the rows it scored."""
+    from llamagen.analysis.guidance import write_rows_csv
+
+    done: list[dict] = []
+
+    def progress(row: dict) -> None:
+        show(row)
+        done.append(row)
+        write_rows_csv(done, out)
+
+    return progress
+
+
+def _print_completion_row(row: dict) -> None:
+    print(
+        f"{row['keep_rows']} rows kept, {row['condition']:<10} read as the condition's class "
+        f"{row['read_as_condition']:.1%}, as the image's {row['read_as_image']:.1%} ({row['images']} images)"
+    )
+
+
 def run_sweep_completion(args: argparse.Namespace) -> None:
     from llamagen.analysis.completion import completion_readings
-    from llamagen.analysis.guidance import write_rows_csv
     from llamagen.pipeline import load_pipeline
 
     check_writable(Path(args.out), "--out")
@@ -180,17 +194,9 @@ def run_sweep_completion(args: argparse.Namespace) -> None:
         raise SystemExit("completion against a contradicting class needs a class-conditional generator")
     keep_rows = args.keep_rows if args.keep_rows is not None else range(pipe.gpt.config.grid_size + 1)
     cfg_scale = args.cfg_scale if args.cfg_scale is not None else pipe.sampling.cfg_scale
-    done: list[dict] = []
-
-    def progress(row: dict) -> None:
-        print(
-            f"{row['keep_rows']} rows kept, {row['condition']:<10} read as the condition's class "
-            f"{row['read_as_condition']:.1%}, as the image's {row['read_as_image']:.1%} ({row['images']} images)"
-        )
-        done.append({**row, "cfg_scale": cfg_scale})
-        write_rows_csv(done, args.out)
-
-    completion_readings(pipe, args.judge, keep_rows, args.images, args.seed, progress, cfg_scale=cfg_scale)
+    written = _written_as_they_come(args.out, _print_completion_row)
+    completion_readings(pipe, args.judge, keep_rows, args.images, args.seed,
+                        lambda row: written({**row, "cfg_scale": cfg_scale}), cfg_scale=cfg_scale)  # fmt: skip
     print(f"wrote       {args.out}")
 
 
