@@ -22,6 +22,7 @@ from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.pictures import labelled_rows
 from llamagen.apps.conditioning_tab import CAPTION_ROLES, GENERATED, HELD_OUT
 from llamagen.checkpoints import embedded_card
+from llamagen.images import tensor_to_pil
 from llamagen.metrics import code_perplexity
 from llamagen.pipeline import decode_tokens, image_grid, load_pipeline
 from llamagen.tokenizer.reconstruction import reconstruct
@@ -419,6 +420,54 @@ def test_the_condition_use_tab_reads_held_out_real_images_of_the_class(client):
         client.predict("tiny-t2i", None, "a star", HELD_OUT, 0, 4.0, 0, api_name="/condition_use")
     with pytest.raises(Exception, match="held-out image"):
         client.predict("digits-c2i", "3", "", HELD_OUT, 10**6, 4.0, 0, api_name="/condition_use")
+
+
+def test_the_complete_tab_continues_a_held_out_image_as_the_library_does(client):
+    """A held-out real digit picked by number, its first 3 of 8 token rows kept under another class: each
+    completion is the pipeline's, framed where the kept rows end, and the judge's reading of it is its caption;
+    the session remembers the picked image's class. Every row kept gives back the image as the tokenizer
+    reconstructs it."""
+    from llamagen.apps.complete_tab import CHOSEN, NULL, SHOWN_WIDTH
+    from llamagen.evaluation.generation import read_images
+    from llamagen.evaluation.judges import held_out, load_judge
+
+    image, shown_class, _ = client.predict("digits-c2i", 5, api_name="/held_out_pick")
+    images, labels = held_out("digits")
+    own = int(labels["digit"][5])
+    assert shown_class == str(own) and np.array_equal(png(image), np.asarray(tensor_to_pil(images[5:6])[0]))
+    other = str((own + 1) % 10)
+    gallery, summary = client.predict("digits-c2i", gradio_client.handle_file(image), 3, other, "", CHOSEN, 4.0, 7, 2,
+                                      api_name="/complete")  # fmt: skip
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    output = pipe(class_labels=[other], images=Image.open(image), keep_rows=3, cfg_scale=4.0, seed=7,
+                  num_images_per_condition=2)  # fmt: skip
+    read = [str(int(d)) for d in read_images(load_judge("digits-judge"), output.pixels).predicted["digit"]]
+    scale = SHOWN_WIDTH // 32
+    for item, expected, reading in zip(gallery, output.images, read, strict=True):
+        got = png(item["image"])
+        assert got.shape == (SHOWN_WIDTH, SHOWN_WIDTH, 3)
+        # Below the frame (3 token rows of 4 pixels, enlarged), the completion's own pixels, unmarked.
+        kept = 3 * 4 * scale
+        assert np.array_equal(got[kept:], np.asarray(expected)[3 * 4 :].repeat(scale, 0).repeat(scale, 1))
+        assert (got[kept - 1] == (255, 0, 255)).all()  # the frame's bottom edge
+        assert item["caption"].endswith(f": read as {reading}")
+    assert summary.startswith(f"2 completions of the first 3 of 8 token rows (24 of 64 tokens kept, framed) under "
+                              f"'{other}' (the image's own is '{own}') at guidance 4, seed 7")  # fmt: skip
+    assert (f"The judge reads {read.count(str(own))} of 2 as the image's own class ('{own}') and "
+            f"{read.count(other)} of 2 as the condition's ('{other}')") in summary  # fmt: skip
+    whole, summary = client.predict("digits-c2i", gradio_client.handle_file(image), 8, other, "", NULL, 4.0, 0, 1,
+                                    api_name="/complete")  # fmt: skip
+    reconstruction = decode_tokens(pipe.tokenizer, pipe.tokenizer.tokenize(pipe.images_to_complete(
+        Image.open(image), 1)).flatten(1))  # fmt: skip
+    enlarged = np.asarray(tensor_to_pil(reconstruction)[0]).repeat(scale, 0).repeat(scale, 1)
+    assert np.array_equal(png(whole[0]["image"])[2:-2, 2:-2], enlarged[2:-2, 2:-2])  # inside the frame around it all
+    assert "under the null condition" in summary
+    with pytest.raises(Exception, match="greater than maximum value 8"):  # Gradio's slider refuses it first
+        client.predict(
+            "digits-c2i", gradio_client.handle_file(image), 9, other, "", CHOSEN, 4.0, 0, 1, api_name="/complete"
+        )
+    with pytest.raises(Exception, match="has no held-out real images here"):
+        client.predict("tiny-t2i", 0, api_name="/held_out_pick")
 
 
 def test_generators_side_by_side_draw_one_seed_each(client):

@@ -1,8 +1,9 @@
 """The apps in a real browser: Debian's headless Chromium, driven by Playwright, through every tab.
 
-It generates and checks that the images arrive as PNGs of the right size that are not blank, uploads an image
-to reconstruct, picks a cell by clicking the code map and edits its token, runs each comparison, maps the
-codebook, and saves a screenshot of each tab with the test artifacts (outputs/screenshots by default).
+It generates and checks that the images arrive as PNGs of the right size that are not blank, completes a
+held-out image, uploads an image to reconstruct, picks a cell by clicking the code map and edits its token, runs
+each comparison, maps the codebook, and saves a screenshot of each tab with the test artifacts
+(outputs/screenshots by default).
 
 `make test` installs Chromium and sets LLAMAGEN_REQUIRE_BROWSER, so that there a missing browser fails the
 test; elsewhere it is skipped with the reason.
@@ -114,6 +115,22 @@ def test_generate_tab(page):
     assert "shapes-c2i's card" in page.locator("#generate-defaults").inner_text()
     assert page.locator("#generate-gallery img").count() == 0
     choose(page, "Generator", "digits-c2i")
+
+
+def test_complete_tab(page):
+    open_tab(page, "Complete")
+    page.click("#complete-pick")  # held-out real image 0, its own class chosen
+    page.locator("#complete-preview img").wait_for()
+    assert fetched_png(page, "#complete-preview img").shape == (192, 192, 3)
+    page.click("#complete-button")
+    page.wait_for_function("document.querySelectorAll('#complete-gallery img').length >= 4")
+    summary = page.locator("#complete-summary", has_text="The judge reads")
+    summary.wait_for()
+    assert "(the image's own)" in summary.inner_text()
+    for index in range(4):
+        completion = fetched_png(page, "#complete-gallery img", index)
+        assert completion.shape == (192, 192, 3) and completion.std() > 5
+    page.screenshot(path=ARTIFACTS / "complete.png", full_page=True)
 
 
 def test_reconstruct_tab_with_an_upload_and_a_token_edit(page, tmp_path):

@@ -63,6 +63,20 @@ def outlined(image: Image.Image, box: tuple[int, int, int, int], width: int = 2)
     return framed
 
 
+def kept_rows_marked(image: Image.Image, kept_height: int, dim_the_rest: bool = False) -> Image.Image:
+    """`image` with its top `kept_height` pixel rows (the rows a completion keeps) framed, the frame drawn on
+    their edge pixels (it spans the whole width: there is no room outside), so mark an enlarged image;
+    `dim_the_rest`: the rows below, which a completion writes anew, shown faded towards grey."""
+    marked = image.convert("RGB")
+    if dim_the_rest and kept_height < marked.height:
+        pixels = np.asarray(marked).copy()
+        pixels[kept_height:] = (pixels[kept_height:].astype(np.float32) * 0.35 + 128 * 0.65).astype(np.uint8)
+        marked = Image.fromarray(pixels)
+    if kept_height > 0:
+        ImageDraw.Draw(marked).rectangle((0, 0, marked.width - 1, kept_height - 1), outline=MARK, width=2)
+    return marked
+
+
 def labelled_rows(rows: list[Image.Image], labels: list[str], min_height: int = 96, label_width: int = 150):
     """Pictures stacked top to bottom, each with its label on the left, all enlarged by one whole factor
     (nearest neighbour, so every generated pixel stays exact) until the tallest is `min_height` pixels."""

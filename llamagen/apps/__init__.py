@@ -1,4 +1,4 @@
-"""The Gradio apps: Generate, Reconstruct, Compare conditioning and Codebook, one tab each, in one page.
+"""The Gradio apps: Generate, Complete, Reconstruct, Compare conditioning and Codebook, one tab each, in one page.
 
 The tabs only call the library (the pipeline, the tokenizer, `llamagen.analysis`); they hold no model logic.
 `build_app(registry)` makes the page; `launch(registry, host, port)` serves it in the background. Model calls
@@ -42,7 +42,7 @@ def build_app(registry: ModelRegistry):
     _quiet_environment()
     import gradio as gr
 
-    from llamagen.apps import codebook_tab, conditioning_tab, generate_tab, reconstruct_tab
+    from llamagen.apps import codebook_tab, complete_tab, conditioning_tab, generate_tab, reconstruct_tab
 
     with gr.Blocks(title="LlamaGen explorer") as app:
         gr.Markdown(
@@ -51,6 +51,8 @@ def build_app(registry: ModelRegistry):
         )
         with gr.Tab("Generate", id="generate"):
             generate_tab.build(registry)
+        with gr.Tab("Complete", id="complete"):
+            complete_tab.build(registry)
         with gr.Tab("Reconstruct", id="reconstruct"):
             reconstruct_tab.build(registry)
         with gr.Tab("Compare conditioning", id="conditioning"):

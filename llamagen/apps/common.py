@@ -148,3 +148,39 @@ def class_choices(registry: ModelRegistry, model) -> list[str] | None:
     if pipe.model_type == "t2i":
         return None
     return pipe.class_names or [str(i) for i in range(pipe.gpt.config.num_classes)]
+
+
+def held_out_kind(registry: ModelRegistry, model: str) -> str:
+    """'shapes' or 'digits': the held-out real images whose conditions the named generator takes (an embedded
+    generator's judge says which); a generator from a models file has none here."""
+    from llamagen.checkpoints import embedded_card, embedded_of_kind
+
+    source = registry.generators[model]["gpt"]
+    if isinstance(source, str) and source in embedded_of_kind("gpt"):
+        return embedded_card(source)["evaluation"]["judge"].removesuffix("-judge")
+    raise ValueError(f"{model!r} has no held-out real images here (the embedded generators' shapes and digits do)")
+
+
+def held_out_images(registry: ModelRegistry, model: str):
+    """The held-out real images (N, 3, S, S) in [-1, 1] of the named generator's data, and their class ids (as
+    the class-conditional generators number them), loaded once per server."""
+    from llamagen.evaluation.generation import class_ids_of
+    from llamagen.evaluation.judges import held_out
+
+    kind = held_out_kind(registry, model)
+
+    def load():
+        images, labels = held_out(kind)
+        return images, class_ids_of(kind, labels)
+
+    return registry.cached(("held-out", kind), load, f"held-out {kind}")
+
+
+def own_condition(pipe: Pipeline, class_id: int) -> str:
+    """What states a held-out image's class to `pipe`: its class name, or for a text-conditional generator (of
+    shapes) a caption of its shape and colour ("red circle", a phrasing of the training captions)."""
+    if pipe.model_type == "t2i":
+        from llamagen.data.shapes import CLASS_NAMES
+
+        return CLASS_NAMES[class_id]
+    return pipe.class_names[class_id] if pipe.class_names else str(class_id)

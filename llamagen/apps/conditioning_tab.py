@@ -28,15 +28,14 @@ from llamagen.apps.common import (
     checked_seed,
     class_choices,
     condition_of,
+    held_out_images,
     number_in_range,
+    own_condition,
     picture,
     shown_errors,
 )
 from llamagen.apps.models import ModelRegistry
 from llamagen.checkpoints import embedded_card, embedded_of_kind
-from llamagen.data.shapes import CLASS_NAMES as SHAPE_CLASS_NAMES
-from llamagen.evaluation.generation import class_ids_of
-from llamagen.evaluation.judges import held_out
 from llamagen.pipeline import Pipeline, decode_tokens, image_grid
 from llamagen.sampling_settings import ORIGINAL
 
@@ -110,23 +109,11 @@ def compare_captions(registry: ModelRegistry, model, caption, paraphrase, remove
     return labelled_rows([image_grid(row.pixels, columns=count) for row in rows], list(CAPTION_ROLES))
 
 
-def held_out_set(registry: ModelRegistry, model: str) -> str:
-    """'shapes' or 'digits': the held-out real images whose conditions the named generator takes (an embedded
-    generator's judge says which); a generator from a models file has none here."""
-    source = registry.generators[model]["gpt"]
-    if isinstance(source, str) and source in embedded_of_kind("gpt"):
-        return embedded_card(source)["evaluation"]["judge"].removesuffix("-judge")
-    raise ValueError(f"{model!r} has no held-out real images here (the embedded generators' shapes and digits do): "
-                     "measure an image it generates")  # fmt: skip
-
-
 def held_out_example(registry: ModelRegistry, model: str, pipe: Pipeline, class_name, index):
     """The condition and tokens of a held-out real image: for a class-conditional generator, the `index`-th of
     the chosen class; for a text-conditional one, the `index`-th, with a caption of its shape and colour.
     Returns the condition (arguments of the pipeline) and the tokens (1, block_size)."""
-    kind = held_out_set(registry, model)
-    images, labels = registry.cached(("held-out", kind), functools.partial(held_out, kind), f"held-out {kind}")
-    classes = class_ids_of(kind, labels)
+    images, classes = held_out_images(registry, model)
     if pipe.model_type == "c2i":
         wanted = pipe.class_id(one_condition(pipe, class_name, None)["class_labels"][0])
         pool = (classes == wanted).nonzero()[:, 0]
@@ -136,8 +123,8 @@ def held_out_example(registry: ModelRegistry, model: str, pipe: Pipeline, class_
     chosen = int(pool[index])
     if pipe.model_type == "c2i":
         condition = {"class_labels": [int(classes[chosen])]}
-    else:  # "red circle": a phrasing of the training captions that states the shape and the colour
-        condition = {"prompts": [SHAPE_CLASS_NAMES[int(classes[chosen])]]}
+    else:
+        condition = {"prompts": [own_condition(pipe, int(classes[chosen]))]}
     return condition, pipe.tokenizer.tokenize(images[chosen : chosen + 1].to(pipe.device)).flatten(1)
 
 
