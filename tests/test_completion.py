@@ -153,7 +153,8 @@ def test_contradicting_classes_differ_in_every_attribute():
 def test_with_every_row_kept_the_image_decides_and_with_none_the_class():
     """Held-out shapes completed by shapes-c2i: all 8 rows kept, every completion is the image's reconstruction,
     read as the image's class (not a contradicting one); no row kept, plain generation of the asked class,
-    read as it far more often than as the image's class."""
+    read as it far more often than as the image's class. Every row kept, the completion writes no token and
+    takes in no information about the class; none kept, every token is written under it."""
     from llamagen.analysis.completion import completion_readings
     from llamagen.pipeline import load_pipeline
 
@@ -163,6 +164,8 @@ def test_with_every_row_kept_the_image_decides_and_with_none_the_class():
     assert by[8, "agree"]["read_as_condition"] == by[8, "agree"]["read_as_image"] >= 0.9
     assert by[0, "contradict"]["read_as_condition_low"] > by[0, "contradict"]["read_as_image_high"]
     assert by[0, "contradict"]["images"] == 40
+    assert by[8, "agree"]["class_nats_written"] == by[8, "contradict"]["class_nats_written_high"] == 0.0
+    assert by[0, "agree"]["class_nats_written_low"] > 0.1
 
 
 def test_the_completion_sweep_writes_a_row_per_count_and_condition(tmp_path, capsys):

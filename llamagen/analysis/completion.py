@@ -6,7 +6,8 @@ class ("agree") and under a class that contradicts it in every attribute ("contr
 shape and another colour, for digits another digit); the kind's judge reads every completion. With no row kept
 the completion is plain generation of the condition's class; with every row kept it is the image itself.
 Between the two, the share read as the condition's class against the share read as the image's own class tells
-where the kept rows take over.
+where the kept rows take over; and the condition-use measure (`llamagen.analysis.condition_use`) summed over
+the tokens a completion writes tells how much information about the condition its predictions still carried.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from llamagen.analysis.statistics import proportion
+from llamagen.analysis.condition_use import condition_use
+from llamagen.analysis.statistics import bootstrap_mean, proportion
 from llamagen.data.shapes import COLOURS, SHAPES
 from llamagen.evaluation.generation import class_ids_of, condition_labels, read_images
 from llamagen.evaluation.judges import held_out, load_judge
@@ -37,10 +39,13 @@ def completion_readings(
     """A row per kept-row count and condition ("agree", "contradict") for the first `images` held-out real
     images of `kind` completed by `pipe` (`sampling`: cfg_scale, ...): the share of completions the judge reads
     as the condition's class and as the image's own class (every attribute right), each with its Wilson
-    interval, and the count; each row handed to `progress` as it comes."""
+    interval, and the count; and `class_nats_written`, the mean over images of the KL to the null condition
+    summed over the tokens the completion wrote (nats), with its bootstrap interval. Each row is handed to
+    `progress` as it comes."""
     pixels, labels = held_out(kind, images)
     own = class_ids_of(kind, labels)
     judge = load_judge(f"{kind}-judge", device=pipe.device)
+    grid = pipe.gpt.config.grid_size
     rows = []
     for kept in keep_rows:
         for condition, classes in (("agree", own), ("contradict", contradicting_classes(kind, own))):
@@ -53,6 +58,11 @@ def completion_readings(
                 estimate = proportion(int(hits.sum()), len(hits))
                 row.update({f"read_{reading}": float(estimate.mean), f"read_{reading}_low": float(estimate.low),
                             f"read_{reading}_high": float(estimate.high)})  # fmt: skip
+            cond, cond_mask, _, _ = pipe.encode_conditions(classes.tolist(), None)
+            use = condition_use(pipe.gpt, output.tokens.to(pipe.device), cond.to(pipe.device), cond_mask)
+            written = bootstrap_mean(use.kl[:, kept * grid :].sum(1).cpu())
+            row.update({"class_nats_written": float(written.mean), "class_nats_written_low": float(written.low),
+                        "class_nats_written_high": float(written.high)})  # fmt: skip
             rows.append(row)
             if progress is not None:
                 progress(row)
