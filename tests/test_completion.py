@@ -159,13 +159,16 @@ def test_with_every_row_kept_the_image_decides_and_with_none_the_class():
     from llamagen.pipeline import load_pipeline
 
     rows = completion_readings(load_pipeline("shapes-c2i"), "shapes", keep_rows=(0, 8), images=40, cfg_scale=2.0)
-    by = {(row["keep_rows"], row["condition"]): row for row in rows}
+    by = {(row["keep_rows"], row["condition"]): row for row in rows if row["where"] == "all"}
     assert by[8, "contradict"]["read_as_image"] >= 0.9 and by[8, "contradict"]["read_as_condition"] == 0.0
     assert by[8, "agree"]["read_as_condition"] == by[8, "agree"]["read_as_image"] >= 0.9
     assert by[0, "contradict"]["read_as_condition_low"] > by[0, "contradict"]["read_as_image_high"]
     assert by[0, "contradict"]["images"] == 40
     assert by[8, "agree"]["class_nats_written"] == by[8, "contradict"]["class_nats_written_high"] == 0.0
     assert by[0, "agree"]["class_nats_written_low"] > 0.1
+    thirds = [row for row in rows if row["keep_rows"] == 8 and row["condition"] == "agree" and row["where"] != "all"]
+    assert [row["where"] for row in thirds] == ["top", "middle", "bottom"]
+    assert sum(row["images"] for row in thirds) == 40
 
 
 def test_the_completion_sweep_writes_a_row_per_count_and_condition(tmp_path, capsys):

@@ -6,8 +6,9 @@ class ("agree") and under a class that contradicts it in every attribute ("contr
 shape and another colour, for digits another digit); the kind's judge reads every completion. With no row kept
 the completion is plain generation of the condition's class; with every row kept it is the image itself.
 Between the two, the share read as the condition's class against the share read as the image's own class tells
-where the kept rows take over; and the condition-use measure (`llamagen.analysis.condition_use`) summed over
-the tokens a completion writes tells how much information about the condition its predictions still carried.
+where the kept rows take over (for shapes, also by where the object lies: kept rows above it show only the
+background); and the condition-use measure (`llamagen.analysis.condition_use`) summed over the tokens a
+completion writes tells how much information about the condition its predictions still carried.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from llamagen.data.shapes import COLOURS, SHAPES
 from llamagen.evaluation.generation import class_ids_of, condition_labels, read_images
 from llamagen.evaluation.judges import held_out, load_judge
 
+VERTICAL_THIRDS = ("top", "middle", "bottom")
+
 
 def contradicting_classes(kind: str, class_ids: torch.Tensor) -> torch.Tensor:
     """For each class id, one that differs in every attribute: shapes the next shape in the next colour, digits
@@ -32,18 +35,35 @@ def contradicting_classes(kind: str, class_ids: torch.Tensor) -> torch.Tensor:
     return (class_ids + 1) % 10
 
 
+def image_groups(kind: str, labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Which images each group of the readings holds: "all", and for shapes the object's vertical third of the
+    image ("top", "middle", "bottom"), since the rows kept show the object only once they reach it. (Digits
+    are centred: one group.)"""
+    groups = {"all": torch.ones(len(next(iter(labels.values()))), dtype=torch.bool)}
+    if kind == "shapes":
+        third = labels["position"] // 3  # positions run top left .. bottom right, three a row
+        groups.update({name: third == i for i, name in enumerate(VERTICAL_THIRDS)})
+    return groups
+
+
+def _share(name: str, hits: torch.Tensor) -> dict[str, float]:
+    estimate = proportion(int(hits.sum()), len(hits))
+    return {name: float(estimate.mean), f"{name}_low": float(estimate.low), f"{name}_high": float(estimate.high)}
+
+
 @torch.no_grad()
 def completion_readings(
     pipe, kind: str, keep_rows: Sequence[int], images: int = 200, seed: int = 0, progress=None, **sampling
 ) -> list[dict]:
-    """A row per kept-row count and condition ("agree", "contradict") for the first `images` held-out real
-    images of `kind` completed by `pipe` (`sampling`: cfg_scale, ...): the share of completions the judge reads
-    as the condition's class and as the image's own class (every attribute right), each with its Wilson
-    interval, and the count; and `class_nats_written`, the mean over images of the KL to the null condition
-    summed over the tokens the completion wrote (nats), with its bootstrap interval. Each row is handed to
-    `progress` as it comes."""
+    """A row per kept-row count, condition ("agree", "contradict") and group of images (`image_groups`: "all",
+    and for shapes where the object is) for the first `images` held-out real images of `kind` completed by
+    `pipe` (`sampling`: cfg_scale, ...): the share of completions the judge reads as the condition's class and
+    as the image's own class (every attribute right), each with its Wilson interval, and the count; and
+    `class_nats_written`, the mean over images of the KL to the null condition summed over the tokens the
+    completion wrote (nats), with its bootstrap interval. Each row is handed to `progress` as it comes."""
     pixels, labels = held_out(kind, images)
     own = class_ids_of(kind, labels)
+    groups = image_groups(kind, labels)
     judge = load_judge(f"{kind}-judge", device=pipe.device)
     grid = pipe.gpt.config.grid_size
     rows = []
@@ -51,19 +71,23 @@ def completion_readings(
         for condition, classes in (("agree", own), ("contradict", contradicting_classes(kind, own))):
             output = pipe(class_labels=classes.tolist(), images=pixels, keep_rows=kept, seed=seed, **sampling)
             predicted = read_images(judge, output.pixels).predicted
-            row = {"keep_rows": kept, "condition": condition, "images": len(classes)}
-            for reading, asked in (("as_condition", classes), ("as_image", own)):
-                stated = condition_labels(kind, asked)
-                hits = torch.stack([predicted[name] == values for name, values in stated.items()]).all(0)
-                estimate = proportion(int(hits.sum()), len(hits))
-                row.update({f"read_{reading}": float(estimate.mean), f"read_{reading}_low": float(estimate.low),
-                            f"read_{reading}_high": float(estimate.high)})  # fmt: skip
+            hits = {
+                reading: torch.stack(
+                    [predicted[name] == values for name, values in condition_labels(kind, asked).items()]
+                ).all(0)
+                for reading, asked in (("read_as_condition", classes), ("read_as_image", own))
+            }
             cond, cond_mask, _, _ = pipe.encode_conditions(classes.tolist(), None)
             use = condition_use(pipe.gpt, output.tokens.to(pipe.device), cond.to(pipe.device), cond_mask)
-            written = bootstrap_mean(use.kl[:, kept * grid :].sum(1).cpu())
-            row.update({"class_nats_written": float(written.mean), "class_nats_written_low": float(written.low),
-                        "class_nats_written_high": float(written.high)})  # fmt: skip
-            rows.append(row)
-            if progress is not None:
-                progress(row)
+            written = use.kl[:, kept * grid :].sum(1).cpu()
+            for where, members in groups.items():
+                row = {"keep_rows": kept, "condition": condition, "where": where, "images": int(members.sum())}
+                for reading, hit in hits.items():
+                    row.update(_share(reading, hit[members]))
+                nats = bootstrap_mean(written[members])
+                row.update({"class_nats_written": float(nats.mean), "class_nats_written_low": float(nats.low),
+                            "class_nats_written_high": float(nats.high)})  # fmt: skip
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
     return rows

@@ -179,7 +179,7 @@ def _written_as_they_come(out, show):
 
 def _print_completion_row(row: dict) -> None:
     print(
-        f"{row['keep_rows']} rows kept, {row['condition']:<10} read as the condition's class "
+        f"{row['keep_rows']} rows kept, {row['condition']:<10} {row['where']:<6} read as the condition's class "
         f"{row['read_as_condition']:.1%}, as the image's {row['read_as_image']:.1%} ({row['images']} images)"
     )
 
@@ -339,8 +339,9 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
         help="held-out images continued from their first token rows under their class and a contradicting one",
         description="Completes the first --images held-out images of the judge's kind from each number of kept "
         "token rows, under the image's own class and under one that differs in every attribute, and reads each "
-        "completion as the condition's class and as the image's (Wilson intervals); a CSV row per count and "
-        "condition, written as it comes.",
+        "completion as the condition's class and as the image's (Wilson intervals), with the class information "
+        "its written tokens carried; a CSV row per count, condition and group of images (all; for shapes also by "
+        "the object's vertical third), written as it comes.",
     )
     com.add_argument("--model", required=True, help="a class-conditional generator: embedded name or file")
     com.add_argument("--tokenizer", help="for published generators: their tokenizer")
