@@ -15,6 +15,7 @@ from llamagen.text import load_text_encoder
 from llamagen.tokenizer.loading import load_tokenizer
 from llamagen.training import conditioning_study
 from llamagen.training.conditioning_study import StudySettings, run_study
+from llamagen.training.export import read_metrics, training_hours
 
 TINY = {"n_layer": 1, "n_head": 2, "dim": 32, "multiple_of": 16}
 
@@ -55,6 +56,9 @@ def test_each_arm_is_trained_scored_and_recorded_once(tmp_path, shapes_vq, monke
         assert row["images_per_scale"] == "80"  # 2 of each of the 40 classes
         assert row["ema_decay"] == "0.0"  # two steps: the trained weights themselves
         assert float(row["kl_first_row_generated_at_2"]) >= 0 and float(row["kl_last_row_generated_at_1"]) >= 0
+        # Minutes from the run's own log, which holds every leg of a run resumed across processes.
+        metrics = read_metrics(tmp_path / "runs" / f"c2i-{row['arm']}-s0")
+        assert float(row["train_minutes"]) == round(60 * training_hours(metrics), 1)
 
     # Rows recorded without the set distances get them from their runs' weights; a run whose folder is gone is
     # trained again from its seed, which gives back the weights the row was scored with (else it would refuse).

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from llamagen.files import write_text_atomically
 from llamagen.gpt import GPTConfig
 from llamagen.pipeline import Pipeline
 from llamagen.training.conditioning_arms import ARMS, CLASS_ONLY_ARMS, arm_config, parameter_count
-from llamagen.training.export import read_metrics
+from llamagen.training.export import read_metrics, training_hours
 from llamagen.training.gpt import generator_config_for, train_gpt
 from llamagen.training.settings import GPTTrainingConfig
 
@@ -137,11 +136,11 @@ def run_study(
         for seed in settings.seeds:
             if (arm, seed) in done:
                 continue
-            started = time.monotonic()
             outcome = trained(arm, seed)
             if not outcome.finished:
                 return rows
             pipe = Pipeline(outcome.model, tokenizer, text_encoder, class_names)
+            metrics = read_metrics(work_dir / run_name(task, arm, seed))
             row = {
                 "task": task,
                 "arm": arm,
@@ -152,8 +151,9 @@ def run_study(
                 "parameters": parameter_count(config),
                 "steps": settings.steps,
                 "ema_decay": settings.ema_decay,
-                "train_minutes": round((time.monotonic() - started) / 60, 1),
-                "final_loss": read_metrics(work_dir / run_name(task, arm, seed))[-1]["loss"],
+                # From the run's log, so that a run resumed across several processes counts all its legs.
+                "train_minutes": round(60 * training_hours(metrics), 1),
+                "final_loss": metrics[-1]["loss"],
                 **score_arm(pipe, settings),
             }
             rows.append(row)
