@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,7 +33,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: Callable[[int, int], None] | None = None,
     compile: bool = False,
     decoding: str = "fastest",
@@ -59,7 +59,7 @@ def generate(
         top_k: sample among the k most likely tokens only, e.g. 2000; 0 keeps the whole vocabulary, 1 is greedy.
         top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.95; 1 keeps them all.
         generator: a `torch.Generator` on the model's device, e.g. `torch.Generator().manual_seed(0)`: the tokens
-            then depend only on its seed.
+            then depend only on its seed; or one per image, each image's draws then its own whatever the batch.
         progress: called as `progress(tokens_done, block_size)` after every token, e.g. to drive a progress bar.
         compile: compile the decoding step with torch.compile where the modules run it (the first call of a model
             and batch size compiles for a while, later ones reuse it; `llamagen.fast.compiled`).
@@ -81,6 +81,8 @@ def generate(
     cond, cond_mask = _doubled_for_guidance(gpt, cond, cond_mask, guidance)
     batch, rows = cond.shape[0] // (2 if guidance else 1), cond.shape[0]
     kept = _checked_prefix(gpt, prefix_tokens, batch)
+    if isinstance(generator, Sequence) and len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for {batch} images: give one, or one per image")
     check_memory(gpt, rows, guidance)
     tokens = torch.empty(batch, gpt.config.block_size, dtype=torch.long, device=gpt.device)
     if kept:

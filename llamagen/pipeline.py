@@ -169,7 +169,7 @@ class Pipeline:
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         num_images_per_condition: int = 1,
         progress: Callable[[int, int], None] | None = None,
         compile: bool = False,
@@ -193,7 +193,8 @@ class Pipeline:
             top_k: sample among the k most likely tokens, e.g. 100; 0 keeps the whole vocabulary, 1 is greedy.
             top_p: sample among the most likely tokens whose probabilities reach p, e.g. 0.9; 1 keeps them all.
             temperature: divides the logits, e.g. 0.9; 0 is greedy.
-            seed: the seed of the draws, a whole number from 0 to 2**64 - 1, e.g. 0.
+            seed: the seed of the draws, a whole number from 0 to 2**64 - 1, e.g. 0; or one per image (in the
+                order they come), each image's draws then its own whatever else the batch holds.
             num_images_per_condition: images of each label or prompt, e.g. 4 (they come grouped by condition).
             progress: called as `progress(tokens_done, tokens_per_image)` after every token, e.g. for a bar.
             compile: compile the decoding step with torch.compile (`llamagen.generate`), e.g. for many calls of
@@ -212,18 +213,23 @@ class Pipeline:
                                        top_k=top_k, top_p=top_p, temperature=temperature)  # fmt: skip
         check_sampling_options(self.gpt.config.vocab_size, options["cfg_scale"], options["temperature"],
                                options["top_k"], options["top_p"])  # fmt: skip
-        check_seed(seed)
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        for one in seeds:
+            check_seed(one)  # before any work, as every other option
         if num_images_per_condition < 1:
             raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
         cond, cond_mask, described, notes = self.encode_conditions(class_labels, prompts)
         cond = cond.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
+        if not isinstance(seed, int) and len(seeds) != len(cond):
+            raise ValueError(f"{len(seeds)} seeds for {len(cond)} images: give one, or one per image")
         if cond_mask is not None:
             cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
         originals = prefix = None
         if images is not None or keep_rows is not None:
             originals = self.images_to_complete(images, len(described)).repeat_interleave(num_images_per_condition, 0)
             prefix = self.kept_tokens(originals, keep_rows)
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generators = [torch.Generator(self.device).manual_seed(one) for one in seeds]
+        generator = generators[0] if isinstance(seed, int) else generators
         tokens = generate(self.gpt, cond, cond_mask, **options, generator=generator, progress=progress,
                           compile=compile, prefix_tokens=prefix)  # fmt: skip
         pixels = decode_tokens(self.tokenizer, tokens).float().cpu()

@@ -1,7 +1,8 @@
 """The `llamagen` command. Each sub-command is a `run_*(args)` function; the parsers live only in this package.
 
 `build_parser` makes the command and its groups (train, export, eval, sweep); each module adds its own sub-commands:
-`inference` (reconstruct, generate), `training` (extract-codes, train ...), `evaluation` (eval, export, sweep).
+`inference` (reconstruct, generate, complete, demo), `sampling` (sample), `training` (extract-codes, train ...),
+`evaluation` (eval, export, sweep).
 Heavy modules are imported inside the `run_*` functions, so that `llamagen --help` answers at once.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llamagen.cli import evaluation, inference, training
+from llamagen.cli import evaluation, inference, sampling, training
 from llamagen.cli.common import USER_ERRORS, check_output_path, parse_config
 
 __all__ = ["build_parser", "check_output_path", "main", "parse_config"]
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     # In the order `llamagen --help` lists them.
     inference.add_commands(commands)
+    sampling.add_sample_command(commands)
     training.add_extract_codes(commands)
     evaluate = commands.add_parser("eval", help="evaluate a model").add_subparsers(dest="model", required=True)
     export = commands.add_parser("export", help="ship a trained model").add_subparsers(dest="model", required=True)

@@ -87,12 +87,7 @@ def _write_generations(args: argparse.Namespace, **completion) -> None:
     output = pipe(
         class_labels=args.class_ids,
         prompts=args.prompts,
-        cfg_scale=args.cfg_scale,
-        cfg_interval=args.cfg_interval,
-        cfg_schedule=args.cfg_schedule,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        **sampling_arguments(args),
         seed=args.seed,
         num_images_per_condition=args.images_per_class,
         compile=args.compile,
@@ -182,7 +177,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     demo = commands.add_parser(
         "demo",
-        help="the Gradio apps: generate, reconstruct, compare conditioning, codebook",
+        help="the Gradio apps: generate, complete, reconstruct, compare conditioning, codebook",
         description="Serves the apps with the embedded models, and with the published or local checkpoints a "
         "JSON file names (see llamagen.apps.models), until Ctrl+C.",
     )
@@ -215,6 +210,27 @@ def run_demo(args: argparse.Namespace) -> None:
         app.close()
 
 
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Guidance, top-k, top-p and temperature, each defaulting to the model's: its card's recommendation, or
+    the original's defaults."""
+    parser.add_argument(
+        "--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)"
+    )
+    parser.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
+    parser.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
+                     "up to --cfg-scale, as VAR), reverse (from it down to 1) or first-half (it on the first half "
+                     "of the tokens, then 1) (default: the model's)")  # fmt: skip
+    parser.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
+    parser.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
+
+
+def sampling_arguments(args: argparse.Namespace) -> dict:
+    """The pipeline's sampling arguments from `add_sampling_options`' options (None: the model's)."""
+    names = ("cfg_scale", "cfg_interval", "cfg_schedule", "top_k", "top_p", "temperature")
+    return {name: getattr(args, name) for name in names}
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     """The options `generate` and `complete` share: the models, the conditions and the sampling."""
     parser.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
@@ -226,17 +242,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", dest="prompts", nargs="+", help="captions, for a text-to-image generator")
     parser.add_argument("--images-per-class", type=int, default=1, help="images per class or prompt")
-    # The sampling options default to the model's: its card's recommendation, or the original's defaults.
-    parser.add_argument(
-        "--cfg-scale", type=float, help="guidance scale: 1 none, 0 unconditional (default: the model's)"
-    )
-    parser.add_argument("--cfg-interval", type=int, help="guide tokens 0..N+1 only (-1: all; default: the model's)")
-    parser.add_argument("--cfg-schedule", choices=SCHEDULES, help="the scale over the tokens: constant, linear (from 1 "
-                     "up to --cfg-scale, as VAR), reverse (from it down to 1) or first-half (it on the first half "
-                     "of the tokens, then 1) (default: the model's)")  # fmt: skip
-    parser.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
-    parser.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
+    add_sampling_options(parser)
     parser.add_argument(
         "--pixel-scale",
         type=int,

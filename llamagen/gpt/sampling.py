@@ -9,7 +9,7 @@ condition as one doubled batch and mixes their logits at every step:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -43,10 +43,11 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     top_k_candidates: TopK = sorted_top_k,
 ) -> torch.Tensor:
-    """(B, vocab) float32 logits -> (B, 1) token ids. `top_k=1` or `temperature=0` is greedy.
+    """(B, vocab) float32 logits -> (B, 1) token ids. `top_k=1` or `temperature=0` is greedy. `generator`: one
+    for the batch, or one per row (each row's draw then depends on its own generator alone, not on the batch).
 
     `top_k_candidates(logits, k)`: how the k largest are found, in `sorted_top_k`'s order (`llamagen.fast` has a
     faster way to the same result)."""
@@ -60,7 +61,12 @@ def sample(
     if top_p < 1.0:
         logits = _top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
-    candidates = torch.multinomial(probs, 1, generator=generator)
+    if isinstance(generator, Sequence):
+        candidates = torch.cat(
+            [torch.multinomial(row[None], 1, generator=g) for row, g in zip(probs, generator, strict=True)]
+        )
+    else:
+        candidates = torch.multinomial(probs, 1, generator=generator)
     return candidates if candidate_ids is None else candidate_ids.gather(-1, candidates)
 
 

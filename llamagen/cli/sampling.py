@@ -1,0 +1,100 @@
+"""`llamagen sample`: a sample set for the standard evaluation, alone or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llamagen.cli.common import add_device_options, check_writable
+from llamagen.cli.inference import add_sampling_options, sampling_arguments
+
+
+def _conditions(args: argparse.Namespace, pipe) -> dict:
+    """class_labels= or prompts= of the set, one per image, from --per-class, --labels or --captions."""
+    if args.per_class is not None:
+        if pipe.model_type != "c2i":
+            raise ValueError("--per-class needs a class-conditional generator; give --captions")
+        classes = pipe.gpt.config.num_classes
+        return {"class_labels": tuple(i % classes for i in range(classes * args.per_class))}
+    path = Path(args.labels or args.captions)
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{str(path)!r} holds no line: one class label or caption a line, one per image")
+    if args.labels:
+        return {"class_labels": tuple(pipe.class_id(line) for line in lines)}  # unknown names refused here
+    if pipe.model_type != "t2i":
+        raise ValueError("--captions needs a text-to-image generator; give --labels or --per-class")
+    return {"prompts": tuple(lines)}
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    import tqdm
+
+    from llamagen.evaluation.sample_set import SampleSet, check_shards, gather, start_shards, write_shards
+    from llamagen.pipeline import load_pipeline
+    from llamagen.training.distributed import start_processes
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out {str(out)!r}: the ADM evaluator reads .npz files; name one")
+    check_writable(out, "--out")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    processes = start_processes(args.device)
+    pipe = load_pipeline(args.gpt, tokenizer=args.tokenizer, text_encoder=args.text_encoder,
+                         device=processes.device, dtype=args.dtype)  # fmt: skip
+    conditions = _conditions(args, pipe)
+    count = len(next(iter(conditions.values())))
+    if args.num_images is not None:
+        if not 1 <= args.num_images <= count:
+            raise ValueError(f"--num-images must be from 1 to the {count} conditions given, got {args.num_images}")
+        conditions = {name: values[: args.num_images] for name, values in conditions.items()}
+    sampling = pipe.sampling.filled(**sampling_arguments(args))
+    spec = SampleSet(class_labels=conditions.get("class_labels"), prompts=conditions.get("prompts"),
+                     seed=args.seed, sampling=tuple(sorted(sampling.items())), resize=args.resize,
+                     shard_size=args.shard_size)  # fmt: skip
+    check_shards(spec, out, args.gpt)  # every process, before any waits for another
+    if processes.is_main:
+        start_shards(spec, out, args.gpt)
+    processes.gather(None)  # the others wait for the folder
+    mine = sum(len(spec.shard_indices(shard)) for shard in range(processes.rank, spec.shards, processes.world))
+    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
+        write_shards(pipe, spec, out, processes.rank, processes.world, args.batch_size,
+                     Path(args.png_dir) if args.png_dir else None, bar.update)  # fmt: skip
+    processes.gather(None)  # every shard written
+    if processes.is_main:
+        images = gather(spec, out)
+        print(
+            f"wrote       {out}: {len(images)} images of {images.shape[2]}x{images.shape[1]} pixels (arr_0, uint8 "
+            f"NHWC{', with labels' if spec.class_labels is not None else ''}); {pipe.sampling.describe()}"
+        )
+    processes.close()
+
+
+def add_sample_command(commands: argparse._SubParsersAction) -> None:
+    sample = commands.add_parser(
+        "sample",
+        help="a sample set for FID and the ADM evaluator, alone or under torchrun",
+        description="Draws one image per condition (--per-class K: K of every class, interleaved; --labels or "
+        "--captions: a file of one per line) and writes them as the ADM evaluator's .npz (arr_0, uint8 NHWC). "
+        "Image i has its own seed and condition from i alone, so the set is the same under any number of "
+        "processes (torchrun --nproc-per-node N -m llamagen sample ...); shards are written atomically beside "
+        "--out, and a stopped run resumes from them.",
+    )
+    sample.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
+    sample.add_argument("--tokenizer", help="its tokenizer (default: the generator's own, for generators trained here)")
+    sample.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    which = sample.add_mutually_exclusive_group(required=True)
+    which.add_argument("--per-class", type=int, help="images of every class (e.g. 50: the paper's 50,000 for 1,000)")
+    which.add_argument("--labels", help="a text file of class ids or names, one per image")
+    which.add_argument("--captions", help="a text file of captions, one per image")
+    sample.add_argument("--num-images", type=int, help="the first N conditions only")
+    add_sampling_options(sample)
+    sample.add_argument("--seed", type=int, default=0, help="the set's seed (image i draws with seed * 2**32 + i)")
+    sample.add_argument("--resize", type=int, help="resize to SxS pixels (bicubic), e.g. 256 for the 384 models")
+    sample.add_argument("--batch-size", type=int, default=32, help="images drawn at once by each process")
+    sample.add_argument("--shard-size", type=int, default=1000, help="images per shard (the unit of resuming)")
+    sample.add_argument("--png-dir", help="also write each image as DIR/NNNNNN.png")
+    sample.add_argument("--out", required=True, help="the .npz to write")
+    add_device_options(sample)
+    sample.set_defaults(run=run_sample)
