@@ -69,21 +69,13 @@ def _write_generations(args: argparse.Namespace, **completion) -> None:
     from PIL import Image
 
     from llamagen.files import write_atomically
-    from llamagen.pipeline import image_grid, load_pipeline
+    from llamagen.pipeline import image_grid
 
     out = Path(args.out)
     check_output_path(out)
     if not (args.class_ids or args.prompts):
         raise ValueError("name at least one class with --class (or, for a text-to-image model, --prompt)")
-    pipe = load_pipeline(
-        args.gpt,
-        tokenizer=args.tokenizer,
-        text_encoder=args.text_encoder,
-        device=args.device,
-        dtype=args.dtype,
-        gpt_config=parse_config(args.gpt_config),
-        tokenizer_config=parse_config(args.tokenizer_config),
-    )
+    pipe = load_models(args)
     output = pipe(
         class_labels=args.class_ids,
         prompts=args.prompts,
@@ -231,12 +223,32 @@ def sampling_arguments(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names}
 
 
-def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """The options `generate` and `complete` share: the models, the conditions and the sampling."""
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The generator and the models it needs, and for published files the configuration overrides."""
     parser.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
     parser.add_argument("--tokenizer", help="a .pt or .safetensors tokenizer, or an embedded name (default: the "
                      "generator's own, for generators trained here)")  # fmt: skip
     parser.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    parser.add_argument(
+        "--gpt-config",
+        help="preset, JSON file or inline JSON; for published files, overrides of "
+        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
+    )
+    parser.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
+
+
+def load_models(args: argparse.Namespace, device=None):
+    """The pipeline of `add_model_options`' options, on `device` (default: --device)."""
+    from llamagen.pipeline import load_pipeline
+
+    return load_pipeline(args.gpt, tokenizer=args.tokenizer, text_encoder=args.text_encoder,
+                         device=device or args.device, dtype=args.dtype, gpt_config=parse_config(args.gpt_config),
+                         tokenizer_config=parse_config(args.tokenizer_config))  # fmt: skip
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """The options `generate` and `complete` share: the models, the conditions and the sampling."""
+    add_model_options(parser)
     parser.add_argument(
         "--class", dest="class_ids", nargs="+", help="class ids or names ('red star'; ImageNet: 0-999 or names)"
     )
@@ -253,12 +265,6 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the grid image to write (e.g. grid.png)")
-    parser.add_argument(
-        "--gpt-config",
-        help="preset, JSON file or inline JSON; for published files, overrides of "
-        "what is read off the weights (e.g. '{\"block_size\": 576}' for 384x384 models)",
-    )
-    parser.add_argument("--tokenizer-config", help="preset, JSON file or inline JSON of VQConfig fields")
     add_device_options(parser)
     parser.add_argument(
         "--compile",

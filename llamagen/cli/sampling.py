@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from llamagen.cli.common import add_device_options, check_writable
-from llamagen.cli.inference import add_sampling_options, sampling_arguments
+from llamagen.cli.inference import add_model_options, add_sampling_options, load_models, sampling_arguments
 
 
 def _conditions(args: argparse.Namespace, pipe) -> dict:
@@ -31,7 +31,6 @@ def run_sample(args: argparse.Namespace) -> None:
     import tqdm
 
     from llamagen.evaluation.sample_set import SampleSet, check_shards, gather, start_shards, write_shards
-    from llamagen.pipeline import load_pipeline
     from llamagen.training.distributed import start_processes
 
     out = Path(args.out)
@@ -41,8 +40,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     processes = start_processes(args.device)
-    pipe = load_pipeline(args.gpt, tokenizer=args.tokenizer, text_encoder=args.text_encoder,
-                         device=processes.device, dtype=args.dtype)  # fmt: skip
+    pipe = load_models(args, processes.device)
     conditions = _conditions(args, pipe)
     count = len(next(iter(conditions.values())))
     if args.num_images is not None:
@@ -81,9 +79,7 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
         "processes (torchrun --nproc-per-node N -m llamagen sample ...); shards are written atomically beside "
         "--out, and a stopped run resumes from them.",
     )
-    sample.add_argument("--gpt", required=True, help="a .pt or .safetensors generator, or an embedded name")
-    sample.add_argument("--tokenizer", help="its tokenizer (default: the generator's own, for generators trained here)")
-    sample.add_argument("--text-encoder", help="for text-to-image: the text encoder (default: the generator's own)")
+    add_model_options(sample)
     which = sample.add_mutually_exclusive_group(required=True)
     which.add_argument("--per-class", type=int, help="images of every class (e.g. 50: the paper's 50,000 for 1,000)")
     which.add_argument("--labels", help="a text file of class ids or names, one per image")
