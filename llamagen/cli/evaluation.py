@@ -28,6 +28,30 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
         print(f"{field:<16}{value:.4g}" if isinstance(value, float) else f"{field:<16}{value}")
 
 
+def run_eval_samples(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from llamagen.evaluation.sample_metrics import InceptionReader, JudgeReader, compare, load_images, read_set
+    from llamagen.files import write_text_atomically
+
+    if bool(args.inception) == bool(args.judge):
+        raise ValueError("read the images with --inception WEIGHTS or with --judge shapes|digits, one of them")
+    if args.out:
+        check_writable(Path(args.out), "--out")
+    samples, reference = load_images(args.samples), load_images(args.reference)  # both checked before any model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reader = InceptionReader(args.inception, device) if args.inception else JudgeReader(f"{args.judge}-judge", device)
+    results = compare(read_set(reader, samples, args.batch_size), read_set(reader, reference, args.batch_size))
+    results = {"reader": reader.name, **results}
+    for name, value in results.items():
+        print(f"{name:<18}{value:.4f}" if isinstance(value, float) else f"{name:<18}{value}")
+    if args.out:
+        write_text_atomically(Path(args.out), json.dumps(results, indent=1) + "\n")
+        print(f"wrote             {args.out}")
+
+
 def run_export_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_tokenizer
 
@@ -227,7 +251,7 @@ def _print_arm_row(row: dict) -> None:
 
 
 def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
-    """The `eval` group: tokenizer."""
+    """The `eval` group: tokenizer, samples."""
     ev = evaluate.add_parser(
         "tokenizer",
         help="PSNR, SSIM, codebook usage, perplexity and dead codes on images the tokenizer never saw",
@@ -247,6 +271,22 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
     )
     add_device_options(ev)
     ev.set_defaults(run=run_eval_tokenizer)
+    samples = evaluate.add_parser(
+        "samples",
+        help="FID, sFID, Inception Score, precision and recall of a sample set against a reference set",
+        description="Reads both sets (ADM-format .npz files with arr_0, as `llamagen sample` writes, or folders of "
+        "images) with torchvision's Inception-v3 from a local weight file, or with a judge of this project, and "
+        "compares them (llamagen.evaluation.sample_metrics; docs/evaluation.md says how close to the ADM "
+        "evaluator's numbers they come).",
+    )
+    samples.add_argument("samples", help="the sample set: .npz (arr_0) or a folder of images")
+    samples.add_argument("--reference", required=True, help="the reference set: .npz (arr_0) or a folder of images")
+    samples.add_argument("--inception", help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth)")
+    samples.add_argument("--judge", choices=["shapes", "digits"], help="read with this project's judge instead")
+    samples.add_argument("--batch-size", type=int, default=64)
+    samples.add_argument("--out", help="also write the results as JSON")
+    add_device_options(samples)
+    samples.set_defaults(run=run_eval_samples)
 
 
 def _export_parser(export: argparse._SubParsersAction, model: str, help: str) -> argparse.ArgumentParser:

@@ -86,7 +86,8 @@ class InceptionFeatures(nn.Module):
             f"{str(weights)!r} (torchvision's Inception-v3 expected)",
             "See llamagen.evaluation.fid for the file it needs.",
         )
-        self.network.fc = nn.Identity()
+        # forward() gives the pool features; the classifier stays at hand for class readings (Inception Score).
+        self.classifier, self.network.fc = self.network.fc, nn.Identity()
         self.requires_grad_(False).eval()
 
     @torch.no_grad()

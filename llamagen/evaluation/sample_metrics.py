@@ -1,0 +1,148 @@
+"""The standard measures of a sample set against a reference set: FID, sFID, Inception Score, precision, recall.
+
+What the paper reports (Table 6, from the ADM evaluator of Dhariwal and Nichol, 2021), computed in torch:
+
+- FID: the Fréchet distance between the two sets' pool features (Heusel et al., 2017);
+- sFID (Nash et al., 2021): the same on spatial features, the first 7 channels of Inception's 17x17 mixed_6
+  block, which keep where things are;
+- Inception Score (Salimans et al., 2016): exp of the mean KL from the classifier's marginal over the set to each
+  image's class distribution, averaged over splits of `IS_SPLIT` images as ADM does;
+- precision and recall (Kynkäänniemi et al., 2019) with k = 3 in the pool features.
+
+The features come from a reader: torchvision's Inception-v3 from a local weight file (close to, not the same
+as, the TensorFlow graph the ADM evaluator runs: its numbers are for comparing runs here, see docs/evaluation.md),
+or one of this project's judges (`shapes-judge`, `digits-judge`: their 256 features and their class readings),
+which know what the embedded models draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamagen.evaluation.fid import frechet_distance
+from llamagen.evaluation.set_measures import NEIGHBOURS, precision_recall
+
+IS_SPLIT = 5000  # images per split of the Inception Score (ADM's)
+SPATIAL_CHANNELS = 7  # of Inception's mixed_6 block, for sFID (ADM's)
+
+
+@dataclass
+class Readings:
+    """What a reader sees in a set: pool features (N, D), spatial features (N, S) or None, class
+    probabilities (N, C) or None."""
+
+    pool: torch.Tensor
+    spatial: torch.Tensor | None
+    probabilities: torch.Tensor | None
+
+
+def inception_score(probabilities: torch.Tensor, split: int = IS_SPLIT) -> float:
+    """exp E_x KL(p(y|x) || p(y)), the marginal p(y) taken within each split of `split` images, averaged over
+    the splits: 1 when every image reads alike, the number of classes when each reads one class for sure and the
+    classes are equally common."""
+    scores = []
+    for start in range(0, len(probabilities), split):
+        p = probabilities[start : start + split].double()
+        marginal = p.mean(0, keepdim=True)
+        kl = (p * (torch.log(p.clamp_min(1e-30)) - torch.log(marginal.clamp_min(1e-30)))).sum(1)
+        scores.append(math.exp(float(kl.mean())))
+    return float(np.mean(scores))
+
+
+def compare(fake: Readings, real: Readings, k: int = NEIGHBOURS) -> dict[str, float]:
+    """The measures of a sample set's readings against a reference set's."""
+    results = {"fid": frechet_distance(fake.pool.double().numpy(), real.pool.double().numpy())}
+    if fake.spatial is not None and real.spatial is not None:
+        results["sfid"] = frechet_distance(fake.spatial.double().numpy(), real.spatial.double().numpy())
+    if fake.probabilities is not None:
+        results["inception_score"] = inception_score(fake.probabilities)
+    results["precision"], results["recall"] = precision_recall(real.pool.float(), fake.pool.float(), k)
+    results["images"], results["reference_images"] = len(fake.pool), len(real.pool)
+    return results
+
+
+class InceptionReader:
+    """torchvision's Inception-v3 (a local weight file): 2048 pool features, 7x17x17 spatial ones, 1000 classes."""
+
+    def __init__(self, weights: str | Path, device: str | torch.device = "cpu"):
+        from llamagen.evaluation.fid import InceptionFeatures
+
+        self.features = InceptionFeatures(weights).to(device)
+        self.device = torch.device(device)
+        self.name = self.features.name
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> Readings:
+        captured = {}
+        hook = self.features.network.Mixed_6e.register_forward_hook(
+            lambda module, inputs, output: captured.update(spatial=output[:, :SPATIAL_CHANNELS].flatten(1))
+        )
+        try:
+            pool = self.features(images.to(self.device))
+        finally:
+            hook.remove()
+        probabilities = torch.softmax(self.features.classifier(pool), -1)
+        return Readings(pool.float().cpu(), captured["spatial"].float().cpu(), probabilities.float().cpu())
+
+
+class JudgeReader:
+    """One of this project's judges: its 256 features, and its reading of the class (the attributes' readings
+    multiplied, as the heads read them apart); no spatial features."""
+
+    def __init__(self, judge: str, device: str | torch.device = "cpu"):
+        from llamagen.evaluation.judges import load_judge
+
+        self.judge = load_judge(judge, device=device)
+        self.device = torch.device(device)
+        self.name = judge
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> Readings:
+        features = self.judge.embed(images.to(self.device))
+        joint = None
+        for head in self.judge.heads.values():
+            p = torch.softmax(head(features).float(), -1)
+            joint = p if joint is None else (joint[:, :, None] * p[:, None, :]).flatten(1)
+        return Readings(features.float().cpu(), None, joint.cpu())
+
+
+def read_set(reader, images: np.ndarray, batch_size: int = 64) -> Readings:
+    """A reader's readings of uint8 (N, H, W, 3) images, `batch_size` at a time."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), as the ADM evaluator's arr_0; got {images.dtype} "
+                         f"{images.shape}")  # fmt: skip
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        parts.append(reader(batch))
+    return Readings(
+        torch.cat([p.pool for p in parts]),
+        None if parts[0].spatial is None else torch.cat([p.spatial for p in parts]),
+        None if parts[0].probabilities is None else torch.cat([p.probabilities for p in parts]),
+    )
+
+
+def load_images(source: str | Path) -> np.ndarray:
+    """uint8 (N, H, W, 3) images from an ADM-format .npz (`arr_0`) or a folder of image files of one size."""
+    from llamagen.images import load_image
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+        if not files:
+            raise ValueError(f"{str(path)!r} holds no image files")
+        images = [np.asarray(load_image(file)) for file in files]
+        if len({image.shape for image in images}) != 1:
+            raise ValueError(f"the images in {str(path)!r} are not all of one size: resize them first")
+        return np.stack(images)
+    if path.suffix != ".npz":
+        raise ValueError(f"{str(path)!r}: give an .npz with arr_0 (the ADM evaluator's format) or a folder of images")
+    with np.load(path) as loaded:
+        if "arr_0" not in loaded.files:
+            raise ValueError(f"{str(path)!r} has no arr_0: not a sample batch in the ADM evaluator's format")
+        return loaded["arr_0"]
