@@ -69,3 +69,13 @@ def test_diversity_is_relative_to_real_spread_with_an_interval_over_conditions()
     single = relative_diversity(features[:2], groups[:2], real_spread=1.0)
     assert single.value == pytest.approx(1.0) and math.isnan(single.low)
     assert math.isnan(relative_diversity(features[:1], groups[:1], real_spread=1.0).value)
+
+
+def test_coverage_taken_in_blocks_of_rows_is_coverage_taken_at_once(monkeypatch):
+    from llamagen.evaluation import set_measures
+
+    generator = torch.Generator().manual_seed(0)
+    points, centres = torch.randn(300, 5, generator=generator), torch.randn(250, 5, generator=generator) + 0.3
+    at_once = set_measures.coverage(points, centres)
+    monkeypatch.setattr(set_measures, "DISTANCE_ROWS", 64)
+    assert torch.equal(set_measures.coverage(points, centres), at_once) and 0.2 < at_once.float().mean() < 1

@@ -26,6 +26,7 @@ import torch
 from llamagen.evaluation.fid import frechet_distance
 
 NEIGHBOURS = 3  # k of the precision/recall balls (the paper's choice)
+DISTANCE_ROWS = 1024  # rows of a distance matrix computed at once (1,024 x 50,000 doubles: 400 MB)
 FID_DIMENSIONS = 32  # principal axes of the judge's features that FID is measured in
 BOOTSTRAP_RESAMPLES = 200
 JACKKNIFE_GROUPS = 20
@@ -52,9 +53,12 @@ def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def coverage(points: torch.Tensor, centres: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
     """(N,) booleans: whether each of `points` lies inside the ball of some of `centres` that reaches that
-    centre's k-th nearest neighbour among the centres (itself not counted)."""
-    radii = _pairwise(centres, centres).kthvalue(k + 1, dim=1).values
-    return (_pairwise(points, centres) <= radii[None]).any(dim=1)
+    centre's k-th nearest neighbour among the centres (itself not counted). The distances are taken
+    `DISTANCE_ROWS` rows at a time, so that sets of 50,000 fit in memory."""
+    radii = torch.cat([_pairwise(centres[i : i + DISTANCE_ROWS], centres).kthvalue(k + 1, dim=1).values
+                       for i in range(0, len(centres), DISTANCE_ROWS)])  # fmt: skip
+    return torch.cat([(_pairwise(points[i : i + DISTANCE_ROWS], centres) <= radii[None]).any(dim=1)
+                      for i in range(0, len(points), DISTANCE_ROWS)])  # fmt: skip
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS) -> tuple[float, float]:
