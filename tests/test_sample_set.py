@@ -74,7 +74,7 @@ def test_a_stopped_set_resumes_to_the_same_file_and_another_set_is_refused(strai
     ]  # fmt: skip
     # Another set into the same place: refused, its shards kept.
     assert main(sample_argv(out, "--seed", "1")) == 2
-    assert "holds shards of another sample set (seed differ)" in capsys.readouterr().err
+    assert "holds shards of another set (seed differ)" in capsys.readouterr().err
     monkeypatch.setattr(sample_set, "_draw", lambda *args: drawn.append(list(args[2])) or draw(*args))
     assert main(sample_argv(out)) == 0
     assert drawn[1:] == [[3, 4, 5], [6, 7, 8], [9]]  # the written shard was not drawn again

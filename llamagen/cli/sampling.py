@@ -30,7 +30,8 @@ def _conditions(args: argparse.Namespace, pipe) -> dict:
 def run_sample(args: argparse.Namespace) -> None:
     import tqdm
 
-    from llamagen.evaluation.sample_set import SampleSet, check_shards, gather, start_shards, write_shards
+    from llamagen.evaluation.sample_set import SampleSet, gather_set, write_set
+    from llamagen.evaluation.shards import check_shards, start_shards
     from llamagen.training.distributed import start_processes
 
     out = Path(args.out)
@@ -51,17 +52,18 @@ def run_sample(args: argparse.Namespace) -> None:
     spec = SampleSet(class_labels=conditions.get("class_labels"), prompts=conditions.get("prompts"),
                      seed=args.seed, sampling=tuple(sorted(sampling.items())), resize=args.resize,
                      shard_size=args.shard_size)  # fmt: skip
-    check_shards(spec, out, args.gpt)  # every process, before any waits for another
+    plan = spec.plan(args.gpt)
+    check_shards(plan, out)  # every process, before any waits for another
     if processes.is_main:
-        start_shards(spec, out, args.gpt)
+        start_shards(plan, out)
     processes.gather(None)  # the others wait for the folder
-    mine = sum(len(spec.shard_indices(shard)) for shard in range(processes.rank, spec.shards, processes.world))
+    mine = sum(len(plan.indices(shard)) for shard in range(processes.rank, plan.shards, processes.world))
     with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
-        write_shards(pipe, spec, out, processes.rank, processes.world, args.batch_size,
-                     Path(args.png_dir) if args.png_dir else None, bar.update)  # fmt: skip
+        write_set(pipe, spec, out, args.gpt, processes.rank, processes.world, args.batch_size,
+                  Path(args.png_dir) if args.png_dir else None, bar.update)  # fmt: skip
     processes.gather(None)  # every shard written
     if processes.is_main:
-        images = gather(spec, out)
+        images = gather_set(spec, out, args.gpt)
         print(
             f"wrote       {out}: {len(images)} images of {images.shape[2]}x{images.shape[1]} pixels (arr_0, uint8 "
             f"NHWC{', with labels' if spec.class_labels is not None else ''}); {pipe.sampling.describe()}"

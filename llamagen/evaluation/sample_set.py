@@ -2,14 +2,11 @@
 
 Image i of a set has its own seed (`image_seed`) and its own condition, both from i alone, and is drawn with its
 own random generator (`Pipeline(seed=[...])`): its tokens do not depend on the batch it is drawn in. The set is
-cut into shards of `SampleSet.shard_size` images, each drawn in the same batches by whichever process draws it,
-so the set is the same, to the bit, whatever the number of processes (another batch size keeps the tokens but
-may move a pixel by a level: the decoder's arithmetic differs with the batch). Process r of W writes shards
-r, r + W, ..., each atomically
-into a folder beside the output, and skips a shard already there, so a killed run resumes where it stopped. The
-folder records what the set is (model, conditions, seed, sampling): a run that would mix two sets in it is
-refused. The first process then gathers the shards into the ADM evaluator's format, an .npz whose `arr_0` holds
-the images as uint8 (N, H, W, 3), with `labels` for class labels, and removes the folder.
+written in shards (`llamagen.evaluation.shards`: atomically, resumed after a stop, the set recorded), each drawn
+in the same batches by whichever process draws it, so the set is the same, to the bit, whatever the number of
+processes (another batch size keeps the tokens but may move a pixel by a level: the decoder's arithmetic
+differs with the batch). The output is the ADM evaluator's format, an .npz whose `arr_0` holds the images as
+uint8 (N, H, W, 3), with `labels` for class labels.
 
 Images are resized, where asked, as the original's `sample_c2i_ddp.py` does for its 384-pixel models (bicubic,
 no antialiasing) before they are rounded to uint8.
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn.functional as F
 
+from llamagen.evaluation.shards import ShardPlan, finish, gather, save_npz, write_shards
 from llamagen.files import write_atomically
 from llamagen.images import tensor_to_uint8
 
@@ -59,19 +56,10 @@ class SampleSet:
             raise ValueError("a sample set needs class labels or prompts, one of them")
         if len(self) < 1:
             raise ValueError("a sample set needs at least one image")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
         image_seed(self.seed, len(self) - 1)
 
     def __len__(self) -> int:
         return len(self.class_labels if self.class_labels is not None else self.prompts)
-
-    @property
-    def shards(self) -> int:
-        return -(-len(self) // self.shard_size)
-
-    def shard_indices(self, shard: int) -> range:
-        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self)))
 
     def conditions(self, indices: Sequence[int]) -> dict:
         """The pipeline's condition arguments for these images."""
@@ -79,14 +67,15 @@ class SampleSet:
             return {"class_labels": [self.class_labels[i] for i in indices]}
         return {"prompts": [self.prompts[i] for i in indices]}
 
-    def identity(self, model: str) -> dict:
-        """What a shard folder records: the set's settings and a digest of its conditions (not the list)."""
+    def plan(self, model: str) -> ShardPlan:
+        """The set's shards, recorded by its settings and a digest of its conditions (not the list)."""
         settings = asdict(self)
         conditions = settings.pop("class_labels") or settings.pop("prompts")
         settings.pop("prompts", None)
+        shard_size = settings.pop("shard_size")
         digest = hashlib.sha256(json.dumps(list(conditions)).encode()).hexdigest()
-        return {"model": model, "images": len(self), "conditions_sha256": digest, **settings,
-                "sampling": dict(self.sampling)}  # fmt: skip
+        identity = {"model": model, "conditions_sha256": digest, **settings, "sampling": dict(self.sampling)}
+        return ShardPlan(len(self), shard_size, identity)
 
 
 def per_class(num_classes: int, images_per_class: int, **settings) -> SampleSet:
@@ -97,40 +86,6 @@ def per_class(num_classes: int, images_per_class: int, **settings) -> SampleSet:
                          f"{images_per_class}")  # fmt: skip
     labels = tuple(i % num_classes for i in range(num_classes * images_per_class))
     return SampleSet(class_labels=labels, prompts=None, **settings)
-
-
-def shard_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".shards")
-
-
-def _shard_path(folder: Path, shard: int) -> Path:
-    return folder / f"shard_{shard:06d}.npz"
-
-
-def check_shards(spec: SampleSet, out: Path, model: str) -> None:
-    """Refuse a shard folder beside `out` that holds another set (any process may check, before any work)."""
-    record = shard_folder(out) / "set.json"
-    if not record.is_file():
-        return
-    found, identity = json.loads(record.read_text()), _identity(spec, model)
-    if found != identity:
-        changed = sorted(key for key in identity.keys() | found.keys() if found.get(key) != identity.get(key))
-        raise ValueError(f"{str(record.parent)!r} holds shards of another sample set ({', '.join(changed)} differ): "
-                         "remove it, or write this set elsewhere")  # fmt: skip
-
-
-def start_shards(spec: SampleSet, out: Path, model: str) -> None:
-    """The shard folder beside `out`, made and told what set it holds (one process, after `check_shards`)."""
-    folder = shard_folder(out)
-    if (folder / "set.json").is_file():
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_identity(spec, model), indent=1)
-    write_atomically(folder / "set.json", lambda temporary: Path(temporary).write_text(text))
-
-
-def _identity(spec: SampleSet, model: str) -> dict:
-    return json.loads(json.dumps(spec.identity(model)))  # as JSON reads it back (lists, not tuples)
 
 
 def _draw(pipe, spec: SampleSet, indices: Sequence[int], batch_size: int) -> np.ndarray:
@@ -146,28 +101,18 @@ def _draw(pipe, spec: SampleSet, indices: Sequence[int], batch_size: int) -> np.
     return np.concatenate(batches)
 
 
-def write_shards(pipe, spec: SampleSet, out: Path, rank: int = 0, world: int = 1, batch_size: int = 32,
-                 png_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
-    """This process's shards of the set (`rank` of `world`) into the folder `start_shards` made, each written
-    atomically; shards already there are kept. `progress(images)` after each shard drawn here."""
-    folder = shard_folder(out)
-    for shard in range(rank, spec.shards, world):
-        path = _shard_path(folder, shard)
-        if path.is_file():
-            continue
-        indices = spec.shard_indices(shard)
+def write_set(pipe, spec: SampleSet, out: Path, model: str, rank: int = 0, world: int = 1, batch_size: int = 32,
+              png_dir: Path | None = None, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """This process's shards of the set (`rank` of `world`), after `check_shards` and `start_shards` of
+    `spec.plan(model)`; with `png_dir`, each image also as a PNG."""
+
+    def make(indices: Sequence[int]) -> dict[str, np.ndarray]:
         images = _draw(pipe, spec, indices, batch_size)
-        write_atomically(path, lambda temporary, images=images, indices=indices: _save_npz(
-            temporary, images=images, indices=np.asarray(indices)))  # fmt: skip
         if png_dir is not None:
             _write_pngs(png_dir, indices, images)
-        if progress is not None:
-            progress(len(indices))
+        return {"images": images}
 
-
-def _save_npz(temporary, **arrays) -> None:
-    with open(temporary, "wb") as file:
-        np.savez(file, **arrays)
+    write_shards(spec.plan(model), out, make, rank, world, progress)
 
 
 def _write_pngs(folder: Path, indices: Sequence[int], images: np.ndarray) -> None:
@@ -179,24 +124,11 @@ def _write_pngs(folder: Path, indices: Sequence[int], images: np.ndarray) -> Non
         write_atomically(path, lambda temporary, image=image: Image.fromarray(image).save(temporary, format="png"))
 
 
-def gather(spec: SampleSet, out: Path) -> np.ndarray:
-    """The set's shards joined, in order, into the .npz at `out` (`arr_0`, and `labels` for class labels);
-    then the shard folder removed. Refused while a shard is missing."""
-    folder = shard_folder(out)
-    missing = [shard for shard in range(spec.shards) if not _shard_path(folder, shard).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {spec.shards} shards of {str(out)!r} are not written yet "
-                                f"(the first: {missing[0]}): run the command again to finish them")  # fmt: skip
-    parts = []
-    for shard in range(spec.shards):
-        with np.load(_shard_path(folder, shard)) as loaded:
-            if not np.array_equal(loaded["indices"], np.asarray(spec.shard_indices(shard))):
-                raise ValueError(f"shard {shard} of {str(out)!r} holds other images than its place in the set")
-            parts.append(loaded["images"])
-    images = np.concatenate(parts)
-    arrays = {"arr_0": images}
+def gather_set(spec: SampleSet, out: Path, model: str) -> np.ndarray:
+    """The shards joined into the .npz at `out` (`arr_0`, and `labels` for class labels), the folder removed."""
+    arrays = {"arr_0": gather(spec.plan(model), out)["images"]}
     if spec.class_labels is not None:
         arrays["labels"] = np.asarray(spec.class_labels, dtype=np.int64)
-    write_atomically(out, lambda temporary: _save_npz(temporary, **arrays))
-    shutil.rmtree(folder)
-    return images
+    write_atomically(out, lambda temporary: save_npz(temporary, **arrays))
+    finish(out)
+    return arrays["arr_0"]

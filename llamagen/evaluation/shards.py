@@ -1,0 +1,120 @@
+"""A large set of per-image arrays made by one process or many, in shards that survive a stop.
+
+The set's images are cut into shards of a fixed number; process r of W makes shards r, r + W, ..., writes each
+atomically into a folder beside the output (`OUT.shards/`) and skips a shard already there, so a killed run
+resumes where it stopped. The folder records what the set is (`ShardPlan.identity`): a run that would mix two
+sets in it is refused. Once every shard is there, one process joins them, in order, into the output `.npz`
+and removes the folder. `llamagen sample` and `llamagen reconstruct --folder` write their sets this way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llamagen.files import write_atomically
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """`images` images in shards of `shard_size`; `identity`: what makes the set this set (JSON values)."""
+
+    images: int
+    shard_size: int
+    identity: dict
+
+    def __post_init__(self):
+        if self.images < 1:
+            raise ValueError("a set needs at least one image")
+        if self.shard_size < 1:
+            raise ValueError(f"the shard size must be at least 1, got {self.shard_size}")
+
+    @property
+    def shards(self) -> int:
+        return -(-self.images // self.shard_size)
+
+    def indices(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.images))
+
+    def recorded(self) -> dict:
+        """What the folder records: the identity as JSON reads it back, with the set's size and shard size."""
+        return json.loads(json.dumps({**self.identity, "images": self.images, "shard_size": self.shard_size}))
+
+
+def shard_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".shards")
+
+
+def _shard_path(out: Path, shard: int) -> Path:
+    return shard_folder(out) / f"shard_{shard:06d}.npz"
+
+
+def check_shards(plan: ShardPlan, out: Path) -> None:
+    """Refuse a shard folder beside `out` that holds another set (any process may check, before any work)."""
+    record = shard_folder(out) / "set.json"
+    if not record.is_file():
+        return
+    found, wanted = json.loads(record.read_text()), plan.recorded()
+    if found != wanted:
+        changed = sorted(key for key in wanted.keys() | found.keys() if found.get(key) != wanted.get(key))
+        raise ValueError(f"{str(record.parent)!r} holds shards of another set ({', '.join(changed)} differ): "
+                         "remove it, or write this set elsewhere")  # fmt: skip
+
+
+def start_shards(plan: ShardPlan, out: Path) -> None:
+    """The shard folder beside `out`, made and told what set it holds (one process, after `check_shards`)."""
+    record = shard_folder(out) / "set.json"
+    if record.is_file():
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(plan.recorded(), indent=1)
+    write_atomically(record, lambda temporary: Path(temporary).write_text(text))
+
+
+def write_shards(plan: ShardPlan, out: Path, make: Callable[[Sequence[int]], dict[str, np.ndarray]], rank: int = 0,
+                 world: int = 1, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """This process's shards (`rank` of `world`) into the folder `start_shards` made: `make(indices)` gives the
+    arrays of those images (one row each), written atomically; shards already there are kept.
+    `progress(images)` after each shard made here."""
+    for shard in range(rank, plan.shards, world):
+        path = _shard_path(out, shard)
+        if path.is_file():
+            continue
+        indices = plan.indices(shard)
+        arrays = {**make(indices), "indices": np.asarray(indices)}
+        write_atomically(path, lambda temporary, arrays=arrays: save_npz(temporary, **arrays))
+        if progress is not None:
+            progress(len(indices))
+
+
+def save_npz(path, **arrays) -> None:
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def gather(plan: ShardPlan, out: Path) -> dict[str, np.ndarray]:
+    """Every shard's arrays joined in order (without their indices), after checking that each shard holds the
+    images of its place. Refused while a shard is missing; the folder stays until `finish` is called."""
+    missing = [shard for shard in range(plan.shards) if not _shard_path(out, shard).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {plan.shards} shards of {str(out)!r} are not written yet "
+                                f"(the first: {missing[0]}): run the command again to finish them")  # fmt: skip
+    parts: dict[str, list[np.ndarray]] = {}
+    for shard in range(plan.shards):
+        with np.load(_shard_path(out, shard)) as loaded:
+            if not np.array_equal(loaded["indices"], np.asarray(plan.indices(shard))):
+                raise ValueError(f"shard {shard} of {str(out)!r} holds other images than its place in the set")
+            for name in loaded.files:
+                if name != "indices":
+                    parts.setdefault(name, []).append(loaded[name])
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def finish(out: Path) -> None:
+    """Remove the shard folder of a set whose outputs are written."""
+    shutil.rmtree(shard_folder(out))
