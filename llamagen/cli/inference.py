@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from llamagen.cli.common import add_device_options, check_output_path, format_of, parse_config
+from llamagen.cli.common import add_device_options, check_output_path, check_writable, format_of, parse_config
 from llamagen.gpt.guidance_schedules import SCHEDULES
 from llamagen.images import DEFAULT_MAX_MEGAPIXELS
 
@@ -15,6 +15,9 @@ SHOWN_IMAGE_SIZE = 128
 
 
 def run_reconstruct(args: argparse.Namespace) -> None:
+    if args.folder:
+        _reconstruct_folder(args)
+        return
     # Imported here so that `llamagen --help` answers at once.
     from llamagen.data.photos import load_photo
     from llamagen.files import write_atomically
@@ -50,6 +53,44 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     print(f"SSIM        {result.ssim_text} (data range 255)")
     print(f"bits/pixel  {result.bits_per_pixel:.4f}")
     print(f"wrote       {out} (original | reconstruction)")
+
+
+def _reconstruct_folder(args: argparse.Namespace) -> None:
+    """A folder of images through the tokenizer, alone or under torchrun (`llamagen.evaluation.reconstruction_set`)."""
+    import tqdm
+
+    from llamagen.evaluation import reconstruction_set
+    from llamagen.evaluation.shards import check_shards, start_shards
+    from llamagen.tokenizer.loading import load_tokenizer
+    from llamagen.training.distributed import start_processes
+
+    out, folder = Path(args.out), Path(args.folder)
+    if out.suffix != ".npz":
+        raise ValueError(f"--out {str(out)!r}: a folder's reconstructions go to an .npz (the ADM evaluator's format)")
+    check_writable(out, "--out")
+    if args.size < 8 or args.batch_size < 1:
+        raise ValueError(f"--size must be at least 8 and --batch-size at least 1, got {args.size}, {args.batch_size}")
+    files = reconstruction_set.image_files(folder)
+    shards = reconstruction_set.plan(files, folder, args.tokenizer, args.size, args.shard_size)
+    check_shards(shards, out)  # every process, before any waits for another
+    processes = start_processes(args.device)
+    tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=processes.device,
+                               dtype=args.dtype or "auto", prefer_ema=args.ema)  # fmt: skip
+    if processes.is_main:
+        start_shards(shards, out)
+    processes.gather(None)  # the others wait for the folder
+    mine = sum(len(shards.indices(shard)) for shard in range(processes.rank, shards.shards, processes.world))
+    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
+        reconstruction_set.write_reconstructions(tokenizer, files, shards, out, args.size, processes.rank,
+                                                 processes.world, args.batch_size, bar.update)  # fmt: skip
+    processes.gather(None)  # every shard written
+    if processes.is_main:
+        arrays = reconstruction_set.gather_reconstructions(shards, out)
+        print(f"images      {len(files)} under {folder}, {args.size}x{args.size}")
+        print(f"PSNR        {arrays['psnr'].mean():.2f} dB (mean)")
+        print(f"SSIM        {arrays['ssim'].mean():.4f} (mean, data range 255)")
+        print(f"wrote       {out} (reconstructions, arr_0) and {reconstruction_set.originals_path(out)} (originals)")
+    processes.close()
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -127,13 +168,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     source = rec.add_mutually_exclusive_group(required=True)
     source.add_argument("image", nargs="?", help="an image file (any format and mode PIL reads)")
     source.add_argument("--sample", help="a bundled photo instead of a file (astronaut, coffee, camera, ...)")
+    source.add_argument("--folder", help="every image under this folder, for rFID (with --out FILE.npz; alone or "
+                        "under torchrun, resumed after a stop)")  # fmt: skip
     rec.add_argument("--tokenizer", required=True, help="a .pt or .safetensors checkpoint, or an embedded model's name")
     rec.add_argument(
         "--config",
         help="for published .pt files: a preset (VQ-16, VQ-8), a JSON file or inline JSON of VQConfig fields; "
         "by default read off the weights' shapes",
     )
-    rec.add_argument("--out", required=True, help="where to write original | reconstruction (e.g. out.png)")
+    rec.add_argument("--out", required=True, help="where to write original | reconstruction (e.g. out.png); with "
+                     "--folder, the reconstructions' .npz (the originals' goes beside it)")  # fmt: skip
+    rec.add_argument("--size", type=int, default=256, help="with --folder: images resized and centre-cropped to SxS")
+    rec.add_argument("--batch-size", type=int, default=32, help="with --folder: images at once")
+    rec.add_argument("--shard-size", type=int, default=1000, help="with --folder: images per shard")
     add_device_options(rec, default_dtype="auto")
     rec.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     rec.add_argument(

@@ -72,7 +72,8 @@ def reconstruct(tokenizer: VQModel, image: Image.Image, keep_for_edits: bool = F
 def reconstruct_batch(
     tokenizer: VQModel, images: list[Image.Image], keep_for_edits: bool = False
 ) -> list[Reconstruction]:
-    """Round-trip RGB images of one size as one batch (bit-identical to one at a time)."""
+    """Round-trip RGB images of one size as one batch. A decoded pixel may differ by a level from a round trip of
+    the image alone: the convolutions' arithmetic depends on the batch."""
     if len({image.size for image in images}) != 1:
         raise ValueError(f"a batch needs images of one size, got {sorted({image.size for image in images})}")
     originals = torch.cat([pil_to_tensor(image) for image in images])
