@@ -159,6 +159,16 @@ def check_memory(gpt: GPT, rows: int, guidance: bool) -> None:
         )
 
 
+def fitting_batch_size(gpt: GPT, guidance: bool, largest: int = 256) -> int:
+    """The largest power of two up to `largest` whose generation fits in the memory available now (at least 1:
+    a batch of one that does not fit is refused by `check_memory` when it runs)."""
+    available = _MEMORY_SHARE * available_memory_bytes(gpt.device)
+    batch = 1
+    while batch * 2 <= largest and estimate_generation_bytes(gpt, batch * 2 * (2 if guidance else 1)) <= available:
+        batch *= 2
+    return batch
+
+
 def estimate_generation_bytes(gpt: GPT, rows: int) -> int:
     """Memory a generation of `rows` sequences allocates: the KV cache and a few (rows x vocab) logits."""
     config = gpt.config

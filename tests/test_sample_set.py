@@ -115,3 +115,16 @@ def test_two_processes_under_torchrun_write_the_set_one_process_writes(straight,
     with np.load(tmp_path / "set.npz") as loaded:
         assert np.array_equal(loaded["arr_0"], straight[0]["arr_0"])
         assert np.array_equal(loaded["labels"], straight[0]["labels"])
+
+
+def test_the_batch_size_chosen_is_the_largest_power_of_two_that_fits(monkeypatch):
+    from llamagen import generation
+
+    gpt = load_pipeline("digits-c2i").gpt
+    room = generation.estimate_generation_bytes(gpt, 2 * 8) / generation._MEMORY_SHARE  # 8 guided images fit
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda device: room + 1)
+    assert generation.fitting_batch_size(gpt, guidance=True) == 8
+    assert generation.fitting_batch_size(gpt, guidance=False) == 16
+    assert generation.fitting_batch_size(gpt, guidance=True, largest=4) == 4
+    monkeypatch.setattr(generation, "available_memory_bytes", lambda device: 0)
+    assert generation.fitting_batch_size(gpt, guidance=True) == 1

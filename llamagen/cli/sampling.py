@@ -32,13 +32,14 @@ def run_sample(args: argparse.Namespace) -> None:
 
     from llamagen.evaluation.sample_set import SampleSet, gather_set, write_set
     from llamagen.evaluation.shards import check_shards, start_shards
+    from llamagen.generation import fitting_batch_size
     from llamagen.training.distributed import start_processes
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out {str(out)!r}: the ADM evaluator reads .npz files; name one")
     check_writable(out, "--out")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     processes = start_processes(args.device)
     pipe = load_models(args, processes.device)
@@ -49,6 +50,8 @@ def run_sample(args: argparse.Namespace) -> None:
             raise ValueError(f"--num-images must be from 1 to the {count} conditions given, got {args.num_images}")
         conditions = {name: values[: args.num_images] for name, values in conditions.items()}
     sampling = pipe.sampling.filled(**sampling_arguments(args))
+    # One batch size for every process (the first's choice), so that each shard is drawn alike whoever draws it.
+    batch_size = processes.share(args.batch_size or fitting_batch_size(pipe.gpt, guidance=sampling["cfg_scale"] != 1))
     spec = SampleSet(class_labels=conditions.get("class_labels"), prompts=conditions.get("prompts"),
                      seed=args.seed, sampling=tuple(sorted(sampling.items())), resize=args.resize,
                      shard_size=args.shard_size)  # fmt: skip
@@ -59,7 +62,7 @@ def run_sample(args: argparse.Namespace) -> None:
     processes.gather(None)  # the others wait for the folder
     mine = sum(len(plan.indices(shard)) for shard in range(processes.rank, plan.shards, processes.world))
     with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
-        write_set(pipe, spec, out, args.gpt, processes.rank, processes.world, args.batch_size,
+        write_set(pipe, spec, out, args.gpt, processes.rank, processes.world, batch_size,
                   Path(args.png_dir) if args.png_dir else None, bar.update)  # fmt: skip
     processes.gather(None)  # every shard written
     if processes.is_main:
@@ -90,7 +93,8 @@ def add_sample_command(commands: argparse._SubParsersAction) -> None:
     add_sampling_options(sample)
     sample.add_argument("--seed", type=int, default=0, help="the set's seed (image i draws with seed * 2**32 + i)")
     sample.add_argument("--resize", type=int, help="resize to SxS pixels (bicubic), e.g. 256 for the 384 models")
-    sample.add_argument("--batch-size", type=int, default=32, help="images drawn at once by each process")
+    sample.add_argument("--batch-size", type=int, help="images drawn at once by each process (default: the largest "
+                        "power of two up to 256 that fits the memory free)")  # fmt: skip
     sample.add_argument("--shard-size", type=int, default=1000, help="images per shard (the unit of resuming)")
     sample.add_argument("--png-dir", help="also write each image as DIR/NNNNNN.png")
     sample.add_argument("--out", required=True, help="the .npz to write")
