@@ -59,7 +59,7 @@ def test_the_judge_tells_real_shapes_from_noise(sets, tmp_path):
     noise = json.loads(out.read_text())
     assert real["reader"] == "shapes-judge" and real["images"] == real["reference_images"] == 120
     assert noise["fid"] > 2 * real["fid"] and noise["recall"] < 0.05 < 0.5 < real["recall"]
-    assert real["inception_score"] > 2 * noise["inception_score"]
+    assert 40 >= real["inception_score"] > 2 * noise["inception_score"]  # at most the 40 classes
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,7 @@ def test_a_stopped_set_resumes_to_the_same_file_and_another_set_is_refused(strai
     monkeypatch.setattr(sample_set, "_draw", lambda *args: drawn.append(list(args[2])) or draw(*args))
     assert main(sample_argv(out)) == 0
     assert drawn[1:] == [[3, 4, 5], [6, 7, 8], [9]]  # the written shard was not drawn again
+    assert "cfg_scale 4.0" in capsys.readouterr().out  # the options it drew with: digits-c2i's card's
     with np.load(out) as loaded:
         assert np.array_equal(loaded["arr_0"], straight[0]["arr_0"])
 

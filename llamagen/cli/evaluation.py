@@ -42,7 +42,7 @@ def run_eval_samples(args: argparse.Namespace) -> None:
         check_writable(Path(args.out), "--out")
     samples, reference = load_images(args.samples), load_images(args.reference)  # both checked before any model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    reader = InceptionReader(args.inception, device) if args.inception else JudgeReader(f"{args.judge}-judge", device)
+    reader = InceptionReader(args.inception, device) if args.inception else JudgeReader(args.judge, device)
     results = compare(read_set(reader, samples, args.batch_size), read_set(reader, reference, args.batch_size))
     results = {"reader": reader.name, **results}
     for name, value in results.items():

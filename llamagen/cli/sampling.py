@@ -69,7 +69,8 @@ def run_sample(args: argparse.Namespace) -> None:
         images = gather_set(spec, out, args.gpt)
         print(
             f"wrote       {out}: {len(images)} images of {images.shape[2]}x{images.shape[1]} pixels (arr_0, uint8 "
-            f"NHWC{', with labels' if spec.class_labels is not None else ''}); {pipe.sampling.describe()}"
+            f"NHWC{', with labels' if spec.class_labels is not None else ''}); "
+            + ", ".join(f"{name} {value}" for name, value in spec.sampling)
         )
     processes.close()
 

@@ -91,22 +91,25 @@ class InceptionReader:
 
 
 class JudgeReader:
-    """One of this project's judges: its 256 features, and its reading of the class (the attributes' readings
-    multiplied, as the heads read them apart); no spatial features."""
+    """A judge of this project ("shapes" or "digits"): its 256 features, and its reading of the class the
+    generators take (shapes: the shape and colour readings multiplied, as the heads read them apart, 40 classes;
+    digits: the digit's); no spatial features."""
 
-    def __init__(self, judge: str, device: str | torch.device = "cpu"):
+    def __init__(self, kind: str, device: str | torch.device = "cpu"):
+        from llamagen.evaluation.generation import condition_labels
         from llamagen.evaluation.judges import load_judge
 
-        self.judge = load_judge(judge, device=device)
+        self.name = f"{kind}-judge"
+        self.judge = load_judge(self.name, device=device)
         self.device = torch.device(device)
-        self.name = judge
+        self.class_heads = list(condition_labels(kind, torch.zeros(1, dtype=torch.long)))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> Readings:
         features = self.judge.embed(images.to(self.device))
         joint = None
-        for head in self.judge.heads.values():
-            p = torch.softmax(head(features).float(), -1)
+        for name in self.class_heads:
+            p = torch.softmax(self.judge.heads[name](features).float(), -1)
             joint = p if joint is None else (joint[:, :, None] * p[:, None, :]).flatten(1)
         return Readings(features.float().cpu(), None, joint.cpu())
 
