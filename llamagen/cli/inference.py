@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -57,10 +58,8 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 def _reconstruct_folder(args: argparse.Namespace) -> None:
     """A folder of images through the tokenizer, alone or under torchrun (`llamagen.evaluation.reconstruction_set`)."""
-    import tqdm
-
     from llamagen.evaluation import reconstruction_set
-    from llamagen.evaluation.shards import check_shards, start_shards
+    from llamagen.evaluation.shards import check_shards, make_in_processes
     from llamagen.tokenizer.loading import load_tokenizer
     from llamagen.training.distributed import start_processes
 
@@ -72,19 +71,13 @@ def _reconstruct_folder(args: argparse.Namespace) -> None:
         raise ValueError(f"--size must be at least 8 and --batch-size at least 1, got {args.size}, {args.batch_size}")
     files = reconstruction_set.image_files(folder)
     shards = reconstruction_set.plan(files, folder, args.tokenizer, args.size, args.shard_size)
-    check_shards(shards, out)  # every process, before any waits for another
+    check_shards(shards, out)  # before the tokenizer loads
     processes = start_processes(args.device)
     tokenizer = load_tokenizer(args.tokenizer, config=parse_config(args.config), device=processes.device,
                                dtype=args.dtype or "auto", prefer_ema=args.ema)  # fmt: skip
-    if processes.is_main:
-        start_shards(shards, out)
-    processes.gather(None)  # the others wait for the folder
-    mine = sum(len(shards.indices(shard)) for shard in range(processes.rank, shards.shards, processes.world))
-    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
-        reconstruction_set.write_reconstructions(tokenizer, files, shards, out, args.size, processes.rank,
-                                                 processes.world, args.batch_size, bar.update)  # fmt: skip
-    processes.gather(None)  # every shard written
-    if processes.is_main:
+    write_mine = functools.partial(reconstruction_set.write_reconstructions, tokenizer, files, shards, out, args.size,
+                                   batch_size=args.batch_size)  # fmt: skip
+    if make_in_processes(shards, out, processes, write_mine):
         arrays = reconstruction_set.gather_reconstructions(shards, out)
         print(f"images      {len(files)} under {folder}, {args.size}x{args.size}")
         print(f"PSNR        {arrays['psnr'].mean():.2f} dB (mean)")

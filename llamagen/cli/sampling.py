@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from llamagen.cli.common import add_device_options, check_writable
@@ -28,10 +29,8 @@ def _conditions(args: argparse.Namespace, pipe) -> dict:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    import tqdm
-
     from llamagen.evaluation.sample_set import SampleSet, gather_set, write_set
-    from llamagen.evaluation.shards import check_shards, start_shards
+    from llamagen.evaluation.shards import make_in_processes
     from llamagen.generation import fitting_batch_size
     from llamagen.training.distributed import start_processes
 
@@ -55,17 +54,9 @@ def run_sample(args: argparse.Namespace) -> None:
     spec = SampleSet(class_labels=conditions.get("class_labels"), prompts=conditions.get("prompts"),
                      seed=args.seed, sampling=tuple(sorted(sampling.items())), resize=args.resize,
                      shard_size=args.shard_size)  # fmt: skip
-    plan = spec.plan(args.gpt)
-    check_shards(plan, out)  # every process, before any waits for another
-    if processes.is_main:
-        start_shards(plan, out)
-    processes.gather(None)  # the others wait for the folder
-    mine = sum(len(plan.indices(shard)) for shard in range(processes.rank, plan.shards, processes.world))
-    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
-        write_set(pipe, spec, out, args.gpt, processes.rank, processes.world, batch_size,
-                  Path(args.png_dir) if args.png_dir else None, bar.update)  # fmt: skip
-    processes.gather(None)  # every shard written
-    if processes.is_main:
+    write_mine = functools.partial(write_set, pipe, spec, out, args.gpt, batch_size=batch_size,
+                                   png_dir=Path(args.png_dir) if args.png_dir else None)  # fmt: skip
+    if make_in_processes(spec.plan(args.gpt), out, processes, write_mine):
         images = gather_set(spec, out, args.gpt)
         print(
             f"wrote       {out}: {len(images)} images of {images.shape[2]}x{images.shape[1]} pixels (arr_0, uint8 "

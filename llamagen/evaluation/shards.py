@@ -92,6 +92,24 @@ def write_shards(plan: ShardPlan, out: Path, make: Callable[[Sequence[int]], dic
             progress(len(indices))
 
 
+def make_in_processes(plan: ShardPlan, out: Path, processes, write_mine: Callable) -> bool:
+    """Every process's shards, under torchrun or alone (`processes`, `llamagen.training.distributed`): the folder
+    checked by each process, made by the first, then `write_mine(rank=, world=, progress=)` on each with a progress
+    bar of its own. Returns, on every process once all shards are written, whether it is the first (which then
+    gathers them)."""
+    import tqdm
+
+    check_shards(plan, out)  # every process, before any waits for another
+    if processes.is_main:
+        start_shards(plan, out)
+    processes.gather(None)  # the others wait for the folder
+    mine = sum(len(plan.indices(shard)) for shard in range(processes.rank, plan.shards, processes.world))
+    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
+        write_mine(rank=processes.rank, world=processes.world, progress=bar.update)
+    processes.gather(None)  # every shard written
+    return processes.is_main
+
+
 def save_npz(path, **arrays) -> None:
     with open(path, "wb") as file:
         np.savez(file, **arrays)
