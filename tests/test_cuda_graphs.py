@@ -90,3 +90,20 @@ def test_cuda_graphs_logits_are_the_modules(model_type, dtype, atol, rtol, compi
         for i in range(tokens.shape[1]):
             replayed.append(steps(tokens[:, i : i + 1], model.prefix_length + i))
     torch.testing.assert_close(torch.stack(replayed, 1), usual, atol=atol, rtol=rtol)
+
+
+@needs_a_gpu
+def test_cuda_graphs_complete_a_kept_prefix_as_the_plain_step_does():
+    """Completion on a GPU: the kept tokens prefilled in one forward, the rest replayed from graphs, with a
+    generator per image, token for token what the model's step run eagerly draws."""
+    model = small_of("c2i", seed=4).cuda()
+    cond = condition(model, batch=2)[0].cuda()
+    kept = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(2)).cuda()
+
+    def complete(decoding):
+        generators = [torch.Generator("cuda").manual_seed(seed) for seed in (3, 4)]
+        return generate(model, cond, None, cfg_scale=2.0, top_k=5, generator=generators, prefix_tokens=kept,
+                        decoding=decoding)  # fmt: skip
+
+    expected = complete("plain")
+    assert torch.equal(expected[:, :5], kept) and torch.equal(complete("fastest"), expected)
