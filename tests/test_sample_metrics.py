@@ -93,3 +93,22 @@ def test_inception_reads_pool_spatial_and_class_features(tmp_path):
     assert readings.pool.shape == (3, 2048) and readings.spatial.shape == (3, 7 * 17 * 17)
     assert readings.probabilities.shape == (3, 1000)
     assert torch.allclose(readings.probabilities.sum(1), torch.ones(3))
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_measure_what_one_does(sets, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    argv = ["eval", "samples", str(sets / "a.npz"), "--reference", str(sets / "b.npz"), "--judge", "shapes"]
+    assert main([*argv, "--out", str(tmp_path / "one.json")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "llamagen", *argv, "--out", str(tmp_path / "two.json")]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one.keys() == two.keys() and all(
+        two[key] == pytest.approx(one[key], rel=1e-6) for key in one if key != "reader"
+    )

@@ -31,25 +31,27 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
 def run_eval_samples(args: argparse.Namespace) -> None:
     import json
 
-    import torch
-
-    from llamagen.evaluation.sample_metrics import InceptionReader, JudgeReader, compare, load_images, read_set
+    from llamagen.evaluation.sample_metrics import InceptionReader, JudgeReader, compare, load_images, read_in_parts
     from llamagen.files import write_text_atomically
+    from llamagen.training.distributed import start_processes
 
     if bool(args.inception) == bool(args.judge):
         raise ValueError("read the images with --inception WEIGHTS or with --judge shapes|digits, one of them")
     if args.out:
         check_writable(Path(args.out), "--out")
     samples, reference = load_images(args.samples), load_images(args.reference)  # both checked before any model
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    reader = InceptionReader(args.inception, device) if args.inception else JudgeReader(args.judge, device)
-    results = compare(read_set(reader, samples, args.batch_size), read_set(reader, reference, args.batch_size))
-    results = {"reader": reader.name, **results}
-    for name, value in results.items():
-        print(f"{name:<18}{value:.4f}" if isinstance(value, float) else f"{name:<18}{value}")
-    if args.out:
-        write_text_atomically(Path(args.out), json.dumps(results, indent=1) + "\n")
-        print(f"wrote             {args.out}")
+    processes = start_processes(args.device)
+    reader = (InceptionReader(args.inception, processes.device) if args.inception
+              else JudgeReader(args.judge, processes.device))  # fmt: skip
+    fake, real = (read_in_parts(reader, images, processes, args.batch_size) for images in (samples, reference))
+    if processes.is_main:
+        results = {"reader": reader.name, **compare(fake, real)}
+        for name, value in results.items():
+            print(f"{name:<18}{value:.4f}" if isinstance(value, float) else f"{name:<18}{value}")
+        if args.out:
+            write_text_atomically(Path(args.out), json.dumps(results, indent=1) + "\n")
+            print(f"wrote             {args.out}")
+    processes.close()
 
 
 def run_export_tokenizer(args: argparse.Namespace) -> None:
@@ -277,7 +279,7 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
         description="Reads both sets (ADM-format .npz files with arr_0, as `llamagen sample` writes, or folders of "
         "images) with torchvision's Inception-v3 from a local weight file, or with a judge of this project, and "
         "compares them (llamagen.evaluation.sample_metrics; docs/evaluation.md says how close to the ADM "
-        "evaluator's numbers they come).",
+        "evaluator's numbers they come). Under torchrun each process reads its part of each set.",
     )
     samples.add_argument("samples", help="the sample set: .npz (arr_0) or a folder of images")
     samples.add_argument("--reference", required=True, help="the reference set: .npz (arr_0) or a folder of images")

@@ -123,11 +123,24 @@ def read_set(reader, images: np.ndarray, batch_size: int = 64) -> Readings:
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         parts.append(reader(batch))
+    return _joined(parts)
+
+
+def _joined(parts: list[Readings]) -> Readings:
     return Readings(
         torch.cat([p.pool for p in parts]),
         None if parts[0].spatial is None else torch.cat([p.spatial for p in parts]),
         None if parts[0].probabilities is None else torch.cat([p.probabilities for p in parts]),
     )
+
+
+def read_in_parts(reader, images: np.ndarray, processes, batch_size: int = 64) -> Readings:
+    """The readings of every image, each process (`llamagen.training.distributed.Processes`) reading its
+    consecutive part of the set and all of them gathered in order on every process."""
+    bounds = [len(images) * rank // processes.world for rank in range(processes.world + 1)]
+    part = images[bounds[processes.rank] : bounds[processes.rank + 1]]
+    mine = read_set(reader, part, batch_size) if len(part) else None  # more processes than images: none to read
+    return _joined([readings for readings in processes.gather(mine) if readings is not None])
 
 
 def load_images(source: str | Path) -> np.ndarray:
