@@ -213,14 +213,15 @@ class Pipeline:
                                        top_k=top_k, top_p=top_p, temperature=temperature)  # fmt: skip
         check_sampling_options(self.gpt.config.vocab_size, options["cfg_scale"], options["temperature"],
                                options["top_k"], options["top_p"])  # fmt: skip
-        seeds = [seed] if isinstance(seed, int) else list(seed)
+        per_image = isinstance(seed, list | tuple)
+        seeds = list(seed) if per_image else [seed]
         for one in seeds:
             check_seed(one)  # before any work, as every other option
         if num_images_per_condition < 1:
             raise ValueError(f"num_images_per_condition must be at least 1, got {num_images_per_condition}")
         cond, cond_mask, described, notes = self.encode_conditions(class_labels, prompts)
         cond = cond.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
-        if not isinstance(seed, int) and len(seeds) != len(cond):
+        if per_image and len(seeds) != len(cond):
             raise ValueError(f"{len(seeds)} seeds for {len(cond)} images: give one, or one per image")
         if cond_mask is not None:
             cond_mask = cond_mask.to(self.device).repeat_interleave(num_images_per_condition, dim=0)
@@ -229,7 +230,7 @@ class Pipeline:
             originals = self.images_to_complete(images, len(described)).repeat_interleave(num_images_per_condition, 0)
             prefix = self.kept_tokens(originals, keep_rows)
         generators = [torch.Generator(self.device).manual_seed(one) for one in seeds]
-        generator = generators[0] if isinstance(seed, int) else generators
+        generator = generators if per_image else generators[0]
         tokens = generate(self.gpt, cond, cond_mask, **options, generator=generator, progress=progress,
                           compile=compile, prefix_tokens=prefix)  # fmt: skip
         pixels = decode_tokens(self.tokenizer, tokens).float().cpu()
