@@ -129,3 +129,16 @@ def test_the_batch_size_chosen_is_the_largest_power_of_two_that_fits(monkeypatch
     assert generation.fitting_batch_size(gpt, guidance=True, largest=4) == 4
     monkeypatch.setattr(generation, "available_memory_bytes", lambda device: 0)
     assert generation.fitting_batch_size(gpt, guidance=True) == 1
+
+
+def test_a_caption_file_gives_a_text_generator_one_image_a_line(tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n\na blue square on a white background\n")  # blank lines skipped
+    out = tmp_path / "set.npz"
+    argv = ["sample", "--gpt", "shapes-t2i", "--captions", str(captions), "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 0
+    pipe = load_pipeline("shapes-t2i")
+    with np.load(out) as loaded:
+        assert loaded.files == ["arr_0"] and loaded["arr_0"].shape == (2, 64, 64, 3)
+        alone = np.asarray(pipe(prompts=["a blue square on a white background"], seed=image_seed(0, 1)).images[0])
+        assert np.abs(loaded["arr_0"][1].astype(int) - alone.astype(int)).max() <= 1
