@@ -425,7 +425,7 @@ def test_the_condition_use_tab_reads_held_out_real_images_of_the_class(client):
 def test_the_complete_tab_continues_a_held_out_image_as_the_library_does(client):
     """A held-out real digit picked by number, its first 3 of 8 token rows kept under another class: each
     completion is the pipeline's, framed where the kept rows end, and the judge's reading of it is its caption;
-    the session remembers the picked image's class. Every row kept gives back the image as the tokenizer
+    the page's state keeps the picked image's class. Every row kept gives back the image as the tokenizer
     reconstructs it."""
     from llamagen.apps.complete_tab import CHOSEN, NULL, SHOWN_WIDTH
     from llamagen.evaluation.generation import read_images

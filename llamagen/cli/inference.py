@@ -58,6 +58,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
 def _reconstruct_folder(args: argparse.Namespace) -> None:
     """A folder of images through the tokenizer, alone or under torchrun (`llamagen.evaluation.reconstruction_set`)."""
+    from llamagen.data.folders import image_files
     from llamagen.evaluation import reconstruction_set
     from llamagen.evaluation.shards import check_shards, make_in_processes
     from llamagen.tokenizer.loading import load_tokenizer
@@ -69,7 +70,7 @@ def _reconstruct_folder(args: argparse.Namespace) -> None:
     check_writable(out, "--out")
     if args.size < 8 or args.batch_size < 1:
         raise ValueError(f"--size must be at least 8 and --batch-size at least 1, got {args.size}, {args.batch_size}")
-    files = reconstruction_set.image_files(folder)
+    files = image_files(folder)
     shards = reconstruction_set.plan(files, folder, args.tokenizer, args.size, args.shard_size)
     check_shards(shards, out)  # before the tokenizer loads
     processes = start_processes(args.device)

@@ -30,6 +30,16 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, at any depth (ImageNet's validation set: a folder per class), by path."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {str(folder)!r}")
+    files = sorted(path for path in folder.rglob("*") if _is_image(path))
+    if not files:
+        raise ValueError(f"{str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def random_crop(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
     """Resize the short side to size x U[1, MAX_ZOOM], cut a random size x size square, flip half the time."""
     short = size * rng.uniform(1.0, MAX_ZOOM)

@@ -24,18 +24,7 @@ from llamagen.files import write_atomically
 from llamagen.images import load_image, to_rgb
 from llamagen.tokenizer.reconstruction import reconstruct_batch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ORIGINALS_SUFFIX = ".originals.npz"
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder`, at any depth (ImageNet's validation set: a folder per class), by path."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {str(folder)!r}")
-    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
 
 
 def originals_path(out: Path) -> Path:

@@ -144,15 +144,14 @@ def read_in_parts(reader, images: np.ndarray, processes, batch_size: int = 64) -
 
 
 def load_images(source: str | Path) -> np.ndarray:
-    """uint8 (N, H, W, 3) images from an ADM-format .npz (`arr_0`) or a folder of image files of one size."""
+    """uint8 (N, H, W, 3) images from an ADM-format .npz (`arr_0`) or a folder of image files of one size (at any
+    depth, by path)."""
+    from llamagen.data.folders import image_files
     from llamagen.images import load_image
 
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
-        if not files:
-            raise ValueError(f"{str(path)!r} holds no image files")
-        images = [np.asarray(load_image(file)) for file in files]
+        images = [np.asarray(load_image(file)) for file in image_files(path)]
         if len({image.shape for image in images}) != 1:
             raise ValueError(f"the images in {str(path)!r} are not all of one size: resize them first")
         return np.stack(images)
