@@ -18,10 +18,11 @@ from collections.abc import Sequence
 import torch
 
 from llamagen.analysis.condition_use import condition_use
-from llamagen.analysis.statistics import bootstrap_mean, proportion
+from llamagen.analysis.statistics import bootstrap_mean
 from llamagen.data.shapes import COLOURS, SHAPES
-from llamagen.evaluation.generation import class_ids_of, condition_labels, read_images
+from llamagen.evaluation.generation import class_ids_of, condition_labels, flat_row, read_images, share_of
 from llamagen.evaluation.judges import held_out, load_judge
+from llamagen.evaluation.set_measures import Interval
 
 VERTICAL_THIRDS = ("top", "middle", "bottom")
 
@@ -44,11 +45,6 @@ def image_groups(kind: str, labels: dict[str, torch.Tensor]) -> dict[str, torch.
         third = labels["position"] // 3  # positions run top left .. bottom right, three a row
         groups.update({name: third == i for i, name in enumerate(VERTICAL_THIRDS)})
     return groups
-
-
-def _share(name: str, hits: torch.Tensor) -> dict[str, float]:
-    estimate = proportion(int(hits.sum()), len(hits))
-    return {name: float(estimate.mean), f"{name}_low": float(estimate.low), f"{name}_high": float(estimate.high)}
 
 
 @torch.no_grad()
@@ -81,12 +77,11 @@ def completion_readings(
             use = condition_use(pipe.gpt, output.tokens.to(pipe.device), cond.to(pipe.device), cond_mask)
             written = use.kl[:, kept * grid :].sum(1).cpu()
             for where, members in groups.items():
-                row = {"keep_rows": kept, "condition": condition, "where": where, "images": int(members.sum())}
-                for reading, hit in hits.items():
-                    row.update(_share(reading, hit[members]))
                 nats = bootstrap_mean(written[members])
-                row.update({"class_nats_written": float(nats.mean), "class_nats_written_low": float(nats.low),
-                            "class_nats_written_high": float(nats.high)})  # fmt: skip
+                measures = {reading: share_of(hit[members]) for reading, hit in hits.items()}
+                measures["class_nats_written"] = Interval(float(nats.mean), float(nats.low), float(nats.high))
+                row = {"keep_rows": kept, "condition": condition, "where": where, "images": int(members.sum()),
+                       **flat_row(measures, {})}  # fmt: skip
                 rows.append(row)
                 if progress is not None:
                     progress(row)

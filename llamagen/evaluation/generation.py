@@ -124,7 +124,8 @@ def condition_labels(kind: str, class_ids: torch.Tensor) -> dict[str, torch.Tens
     return {"digit": class_ids}
 
 
-def _share(hits: torch.Tensor) -> Interval:
+def share_of(hits: torch.Tensor) -> Interval:
+    """The share of true values among `hits` (N,) booleans, with its Wilson interval."""
     estimate = proportion(int(hits.sum()), len(hits))
     return Interval(float(estimate.mean), float(estimate.low), float(estimate.high))
 
@@ -141,8 +142,8 @@ def _set_measures(reference: _RealReference, fake: torch.Tensor) -> dict:
         if min(len(fake), len(real_features)) > fake.shape[1]
         else float("nan"),
         "kid": Interval(kid.value, kid.value - kid_half_width, kid.value + kid_half_width),
-        "precision": _share(coverage(fake, real_features)),
-        "recall": _share(coverage(real_features, fake)),
+        "precision": share_of(coverage(fake, real_features)),
+        "recall": share_of(coverage(real_features, fake)),
     }
 
 
@@ -156,8 +157,8 @@ def _measures(
     broken = reference.none_reading.read_as_none(reading.confidence, stated)
     judged_right = every & ~broken
     return {
-        "accuracy": {**{name: _share(hit) for name, hit in hits.items()}, "class": _share(every)},
-        "read_as_none": _share(broken),
+        "accuracy": {**{name: share_of(hit) for name, hit in hits.items()}, "class": share_of(every)},
+        "read_as_none": share_of(broken),
         **_set_measures(reference, reading.features),
         "diversity": relative_diversity(reading.features[judged_right], groups[judged_right], real_spread),
     }
