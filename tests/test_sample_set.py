@@ -78,7 +78,9 @@ def test_a_stopped_set_resumes_to_the_same_file_and_another_set_is_refused(strai
     monkeypatch.setattr(sample_set, "_draw", lambda *args: drawn.append(list(args[2])) or draw(*args))
     assert main(sample_argv(out)) == 0
     assert drawn[1:] == [[3, 4, 5], [6, 7, 8], [9]]  # the written shard was not drawn again
-    assert "cfg_scale 4.0" in capsys.readouterr().out  # the options it drew with: digits-c2i's card's
+    printed = capsys.readouterr()
+    assert "cfg_scale 4.0" in printed.out  # the options it drew with: digits-c2i's card's
+    assert "process 0:  30%" in printed.err and " 10/10 " in printed.err  # the bar starts from what was written
     with np.load(out) as loaded:
         assert np.array_equal(loaded["arr_0"], straight[0]["arr_0"])
 
@@ -113,6 +115,8 @@ def test_two_processes_under_torchrun_write_the_set_one_process_writes(straight,
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # A bar per process (6 and 4 of the 10 images: shards 0, 2 and 1, 3) and one for the whole set.
+    assert " 6/6 " in done.stderr and " 4/4 " in done.stderr and "all processes: 100%" in done.stderr
     with np.load(tmp_path / "set.npz") as loaded:
         assert np.array_equal(loaded["arr_0"], straight[0]["arr_0"])
         assert np.array_equal(loaded["labels"], straight[0]["labels"])

@@ -9,8 +9,10 @@ and removes the folder. `llamagen sample` and `llamagen reconstruct --folder` wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,22 +94,60 @@ def write_shards(plan: ShardPlan, out: Path, make: Callable[[Sequence[int]], dic
             progress(len(indices))
 
 
+def written_images(plan: ShardPlan, out: Path, shards: Sequence[int] | range | None = None) -> int:
+    """How many of the set's images (of `shards`, all by default) are already in written shards."""
+    shards = range(plan.shards) if shards is None else shards
+    return sum(len(plan.indices(shard)) for shard in shards if _shard_path(out, shard).is_file())
+
+
 def make_in_processes(plan: ShardPlan, out: Path, processes, write_mine: Callable) -> bool:
     """Every process's shards, under torchrun or alone (`processes`, `llamagen.training.distributed`): the folder
-    checked by each process, made by the first, then `write_mine(rank=, world=, progress=)` on each with a progress
-    bar of its own. Returns, on every process once all shards are written, whether it is the first (which then
-    gathers them)."""
+    checked by each process, made by the first, then `write_mine(rank=, world=, progress=)` on each, with a
+    progress bar per process and, under torchrun, one for the whole set on the first. Bars start from the images
+    already written, so a resumed run shows what is left. Returns, on every process once all shards are
+    written, whether it is the first (which then gathers them)."""
     import tqdm
 
     check_shards(plan, out)  # every process, before any waits for another
     if processes.is_main:
         start_shards(plan, out)
     processes.gather(None)  # the others wait for the folder
-    mine = sum(len(plan.indices(shard)) for shard in range(processes.rank, plan.shards, processes.world))
-    with tqdm.tqdm(total=mine, desc=f"process {processes.rank}", position=processes.rank, unit="image") as bar:
+    my_shards = range(processes.rank, plan.shards, processes.world)
+    mine = sum(len(plan.indices(shard)) for shard in my_shards)
+    done = written_images(plan, out, my_shards)
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm.tqdm(total=mine, initial=done, desc=f"process {processes.rank}",
+                                            position=processes.rank, unit="image"))  # fmt: skip
+        if processes.distributed and processes.is_main:
+            stack.enter_context(_whole_set_bar(plan, out, position=processes.world))
         write_mine(rank=processes.rank, world=processes.world, progress=bar.update)
-    processes.gather(None)  # every shard written
+        processes.gather(None)  # every shard written
     return processes.is_main
+
+
+@contextlib.contextmanager
+def _whole_set_bar(plan: ShardPlan, out: Path, position: int, every: float = 1.0):
+    """A bar of the whole set's written images, read from the shard folder every `every` seconds: the shards
+    are files in one folder that every process writes to, so counting them needs no message between processes."""
+    import tqdm
+
+    stop = threading.Event()
+    with tqdm.tqdm(total=plan.images, desc="all processes", position=position, unit="image") as bar:
+
+        def follow() -> None:
+            while True:
+                stopping = stop.wait(every)
+                bar.update(written_images(plan, out) - bar.n)
+                if stopping:
+                    return
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            thread.join()
 
 
 def save_npz(path, **arrays) -> None:
