@@ -18,6 +18,20 @@ def test_frechet_distance_matches_the_closed_form_for_gaussians():
         frechet_distance(a, b[:, :2])
 
 
+@pytest.mark.parametrize(("images", "dims"), [(500, 20), (30, 64)])
+def test_frechet_distance_is_the_reference_codes_matrix_square_root_formula(images, dims):
+    """Against scipy's sqrtm, as FID's reference code computes it; with fewer images than dimensions (singular
+    covariances) too, where sqrtm's round-off imaginary part is dropped."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(images)
+    a, b = rng.normal(size=(images, dims)), rng.normal(size=(images, dims)) @ rng.normal(size=(dims, dims)) * 0.3
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(sigma_a @ sigma_b).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sigma_a + sigma_b - 2 * root)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
 def test_random_features_are_fixed_and_tell_images_apart():
     torch.manual_seed(5)
     noise = torch.rand(128, 3, 32, 32) * 2 - 1
@@ -35,5 +49,5 @@ def test_inception_needs_its_weight_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Inception-v3 weight file"):
         InceptionFeatures(tmp_path / "inception.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="torchvision's Inception-v3 expected"):
+    with pytest.raises(ValueError, match="the FID port of TensorFlow's Inception-v3 or torchvision's expected"):
         InceptionFeatures(tmp_path / "other.pth")

@@ -48,6 +48,19 @@ def sets(tmp_path_factory):
     return folder
 
 
+def test_a_references_statistics_stand_for_its_readings():
+    from llamagen.evaluation.fid import gaussian_statistics
+
+    generator = torch.Generator().manual_seed(1)
+    real = Readings(torch.randn(300, 6, generator=generator), torch.randn(300, 4, generator=generator), None)
+    fake = Readings(torch.randn(200, 6, generator=generator) + 0.5, torch.randn(200, 4, generator=generator), None)
+    (mu, sigma), (mu_s, sigma_s) = (gaussian_statistics(x.double().numpy()) for x in (real.pool, real.spatial))
+    statistics = {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
+    assert compare(fake, real, statistics=statistics) == pytest.approx(compare(fake, real), rel=1e-9)
+    shifted = compare(fake, real, statistics={**statistics, "mu": mu - 1})
+    assert shifted["fid"] > compare(fake, real)["fid"] + 5  # read from the statistics, not the readings
+
+
 def test_the_judge_tells_real_shapes_from_noise(sets, tmp_path):
     """A control of the measures: a second set of real shapes against the first, and noise against it."""
     out = tmp_path / "real.json"
@@ -83,7 +96,7 @@ def test_a_file_that_is_not_a_sample_batch_is_refused(tmp_path, sets, capsys):
 
 def test_inception_reads_pool_spatial_and_class_features(tmp_path):
     """torchvision's Inception-v3 (random weights here, in the file layout of the real ones): 2048 pool features,
-    the first 7 channels of the 17x17 mixed_6 block, and 1000 class probabilities."""
+    the first 7 channels of the 17x17 1x1 branch of the mixed_6 block, and 1000 class probabilities."""
     from torchvision.models import inception_v3
 
     weights = tmp_path / "inception.pth"
@@ -110,5 +123,5 @@ def test_two_processes_under_torchrun_measure_what_one_does(sets, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one.keys() == two.keys() and all(
-        two[key] == pytest.approx(one[key], rel=1e-6) for key in one if key != "reader"
+        two[key] == pytest.approx(one[key], rel=1e-6) for key in one if key not in ("reader", "fid_reference")
     )

@@ -31,7 +31,14 @@ def run_eval_tokenizer(args: argparse.Namespace) -> None:
 def run_eval_samples(args: argparse.Namespace) -> None:
     import json
 
-    from llamagen.evaluation.sample_metrics import InceptionReader, JudgeReader, compare, load_images, read_in_parts
+    from llamagen.evaluation.sample_metrics import (
+        InceptionReader,
+        JudgeReader,
+        compare,
+        load_images,
+        read_in_parts,
+        reference_statistics,
+    )
     from llamagen.files import write_text_atomically
     from llamagen.training.distributed import start_processes
 
@@ -43,9 +50,13 @@ def run_eval_samples(args: argparse.Namespace) -> None:
     processes = start_processes(args.device)
     reader = (InceptionReader(args.inception, processes.device) if args.inception
               else JudgeReader(args.judge, processes.device))  # fmt: skip
+    # An ADM reference batch's FID statistics are the TensorFlow graph's: only its port may be compared with them.
+    graph = isinstance(reader, InceptionReader) and reader.graph == "tensorflow"
+    statistics = reference_statistics(args.reference) if graph else None
     fake, real = (read_in_parts(reader, images, processes, args.batch_size) for images in (samples, reference))
     if processes.is_main:
-        results = {"reader": reader.name, **compare(fake, real)}
+        fid_reference = "the reference batch's statistics" if statistics else "the reference images"
+        results = {"reader": reader.name, "fid_reference": fid_reference, **compare(fake, real, statistics=statistics)}
         for name, value in results.items():
             print(f"{name:<18}{value:.4f}" if isinstance(value, float) else f"{name:<18}{value}")
         if args.out:
@@ -268,8 +279,9 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
     ev.add_argument("--save-images", help="write the originals and reconstructions as PNGs under this folder")
     ev.add_argument(
         "--inception",
-        help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth) for the "
-        "reconstruction FID; without them a fixed random network's features stand in (see llamagen.evaluation.fid)",
+        help="Inception-v3 weights for the reconstruction FID (the FID port of the TensorFlow graph, "
+        "pt_inception-2015-12-05-6726825d.pth, or torchvision's, inception_v3_google-0cc3c7bd.pth); without them a "
+        "fixed random network's features stand in (see llamagen.evaluation.fid)",
     )
     add_device_options(ev)
     ev.set_defaults(run=run_eval_tokenizer)
@@ -277,13 +289,18 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
         "samples",
         help="FID, sFID, Inception Score, precision and recall of a sample set against a reference set",
         description="Reads both sets (ADM-format .npz files with arr_0, as `llamagen sample` writes, or folders of "
-        "images) with torchvision's Inception-v3 from a local weight file, or with a judge of this project, and "
-        "compares them (llamagen.evaluation.sample_metrics; docs/evaluation.md says how close to the ADM "
-        "evaluator's numbers they come). Under torchrun each process reads its part of each set.",
+        "images) with Inception-v3 from a local weight file, or with a judge of this project, and compares them "
+        "(llamagen.evaluation.sample_metrics; docs/evaluation.md says how close to the ADM evaluator's numbers "
+        "they come). With the FID port of the TensorFlow graph, FID and sFID use an ADM reference batch's own "
+        "statistics where it has them. Under torchrun each process reads its part of each set.",
     )
     samples.add_argument("samples", help="the sample set: .npz (arr_0) or a folder of images")
     samples.add_argument("--reference", required=True, help="the reference set: .npz (arr_0) or a folder of images")
-    samples.add_argument("--inception", help="torchvision's Inception-v3 weights (inception_v3_google-0cc3c7bd.pth)")
+    samples.add_argument(
+        "--inception",
+        help="Inception-v3 weights: the FID port of the TensorFlow graph (pt_inception-2015-12-05-6726825d.pth, "
+        "as the ADM evaluator reads) or torchvision's (inception_v3_google-0cc3c7bd.pth)",
+    )
     samples.add_argument("--judge", choices=["shapes", "digits"], help="read with this project's judge instead")
     samples.add_argument("--batch-size", type=int, default=64)
     samples.add_argument("--out", help="also write the results as JSON")
@@ -372,7 +389,11 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     cfg.add_argument("--captions", type=int, default=400, help="text-to-image: captions drawn as in training")
     cfg.add_argument("--top-k", type=int, default=0)
     cfg.add_argument("--seed", type=int, default=0)
-    cfg.add_argument("--inception", help="torchvision's Inception-v3 weights: adds the usual FID to each row")
+    cfg.add_argument(
+        "--inception",
+        help="Inception-v3 weights (the FID port of TensorFlow's graph or torchvision's): adds the usual FID to "
+        "each row",
+    )
     cfg.add_argument("--out", required=True, help="the CSV to write (e.g. notebooks/data/cfg_sweep_shapes-c2i.csv)")
     add_device_options(cfg)
     cfg.set_defaults(run=run_sweep_cfg)

@@ -1,10 +1,9 @@
 """Fréchet distances between two sets of images (Heusel et al., 2017), in one of two feature spaces.
 
-- Inception: torchvision's Inception-v3 (2048-dim pool features), from the user's local weight file
-  (`inception_v3_google-0cc3c7bd.pth`). Its numbers track the usual FID but are not identical to
-  torch-fidelity's or clean-fid's, which use a port of the original TensorFlow graph; for numbers to
-  compare with papers, write the images out (`llamagen eval tokenizer --save-images DIR`) and run
-  `fidelity --fid --input1 DIR/originals --input2 DIR/reconstructions` (torch-fidelity) on them.
+- Inception-v3 (2048-dim pool features) from the user's local weight file: the FID port of the TensorFlow
+  graph (`pt_inception-2015-12-05-6726825d.pth`, pytorch-fid's), whose numbers come close to the reference
+  code's and the ADM evaluator's, or torchvision's weights (`inception_v3_google-0cc3c7bd.pth`), whose numbers
+  track the usual FID without matching it (docs/evaluation.md says by how much each may differ).
 - Random features (the substitute, when no weights are given): a small convolutional network with fixed
   random weights (seed 0), mean- and max-pooled to 512 numbers. Random convolutional features still
   separate textures and colours, so the distance falls as reconstructions improve, but its scale means
@@ -15,13 +14,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from torch import nn
 
 from llamagen.checkpoints import load_state_dict_strictly, read_checkpoint
@@ -31,16 +28,32 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two (N, D) feature sets."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two (N >= 2, D) feature sets of one width, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # fewer images than dimensions make singular covariances: expected
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root = linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(root).all():  # near-singular product: nudge both, as the reference code does
-        offset = np.eye(a.shape[1]) * 1e-6
-        root = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    root = root.real  # sqrtm of a product of PSD matrices has only round-off imaginary parts
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(root))
+    return frechet_distance_of(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and covariance of (N, D) features: what FID keeps of a set."""
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance_of(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
+    """The Fréchet distance of two Gaussians given by their means and covariances."""
+    if mu_a.shape != mu_b.shape or sigma_a.shape != sigma_b.shape or sigma_a.shape != mu_a.shape * 2:
+        raise ValueError(f"statistics of different widths: means {mu_a.shape}, {mu_b.shape}, covariances "
+                         f"{sigma_a.shape}, {sigma_b.shape}")  # fmt: skip
+    mean_term = ((mu_a - mu_b) ** 2).sum()
+    return float(mean_term + np.trace(sigma_a) + np.trace(sigma_b) - 2 * _trace_of_root_of_product(sigma_a, sigma_b))
+
+
+def _trace_of_root_of_product(sigma_a: np.ndarray, sigma_b: np.ndarray) -> float:
+    """Tr (S_a S_b)^(1/2) for covariances S_a, S_b: S_a S_b is similar to the symmetric S_a^(1/2) S_b S_a^(1/2),
+    so the trace is the sum of the square roots of that matrix's eigenvalues. Two symmetric eigendecompositions
+    instead of a general matrix square root (scipy's sqrtm, which the reference code uses): the same number,
+    several times faster at 2048 dimensions, and exact where few images make the covariances singular (round-off
+    below zero is clipped, where sqrtm would return complex values)."""
+    values, vectors = np.linalg.eigh(sigma_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    return float(np.sqrt(np.linalg.eigvalsh(root_a @ sigma_b @ root_a).clip(min=0)).sum())
 
 
 class RandomFeatures(nn.Module):
@@ -68,32 +81,59 @@ class RandomFeatures(nn.Module):
 
 
 class InceptionFeatures(nn.Module):
-    """torchvision's Inception-v3 up to its 2048-dim average pool, on images resized to 299x299."""
+    """Inception-v3 up to its 2048-dim average pool, from a local weight file of either kind:
 
-    name = "inception-v3 (torchvision)"
+    - the FID port of the TensorFlow graph (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`): the network
+      FID's reference code and the ADM evaluator run, with its own resizing and pixel scale
+      (`inception_tf`); its numbers come close to theirs;
+    - torchvision's (`inception_v3_google-0cc3c7bd.pth`): other weights and pooling, numbers of its own.
+
+    Images come in [-1, 1]. `graph` says which network was loaded ("tensorflow" or "torchvision")."""
 
     def __init__(self, weights: str | os.PathLike):
         super().__init__()
         from torchvision.models import inception_v3
 
+        from llamagen.evaluation.inception_tf import graph_inception, is_graph_port
+
         if not Path(weights).is_file():
             raise FileNotFoundError(f"no Inception-v3 weight file at {str(weights)!r}")
-        # Google's weights expect inputs in [-1, 1], which is what images here are: no transform_input.
-        self.network = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+        state = read_checkpoint(weights).state_dict
+        self.graph = "tensorflow" if is_graph_port(state) else "torchvision"
+        if self.graph == "tensorflow":
+            self.network = graph_inception()
+        else:  # Google's weights expect inputs in [-1, 1], which is what images here are: no transform_input.
+            self.network = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
         load_state_dict_strictly(
             self.network,
-            read_checkpoint(weights).state_dict,
-            f"{str(weights)!r} (torchvision's Inception-v3 expected)",
-            "See llamagen.evaluation.fid for the file it needs.",
+            state,
+            f"{str(weights)!r} (the FID port of TensorFlow's Inception-v3 or torchvision's expected)",
+            "See llamagen.evaluation.fid for the files it reads.",
         )
+        self.name = f"inception-v3 ({self.graph})"
         # forward() gives the pool features; the classifier stays at hand for class readings (Inception Score).
         self.classifier, self.network.fc = self.network.fc, nn.Identity()
         self.requires_grad_(False).eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        resized = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.network(resized)
+        return self.network(self.prepared(images))
+
+    def prepared(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] as the network reads them: 299 x 299, on its own pixel scale."""
+        if self.graph == "tensorflow":
+            from llamagen.evaluation.inception_tf import resize_like_tensorflow1
+
+            pixels = resize_like_tensorflow1((images.float() + 1) * 127.5)
+            return (pixels - 128) / 128
+        return F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
+
+    def class_logits(self, pool: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits from pool features; for the graph without its bias, as the ADM evaluator's
+        Inception Score reads them."""
+        if self.graph == "tensorflow":
+            return pool @ self.classifier.weight.T
+        return self.classifier(pool)
 
 
 def image_features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:

@@ -3,16 +3,16 @@
 What the paper reports (Table 6, from the ADM evaluator of Dhariwal and Nichol, 2021), computed in torch:
 
 - FID: the Fréchet distance between the two sets' pool features (Heusel et al., 2017);
-- sFID (Nash et al., 2021): the same on spatial features, the first 7 channels of Inception's 17x17 mixed_6
-  block, which keep where things are;
+- sFID (Nash et al., 2021): the same on spatial features, the first 7 channels of the 17x17 1x1 branch of
+  Inception's mixed_6 block (torchvision's Mixed_6d), which keep where things are;
 - Inception Score (Salimans et al., 2016): exp of the mean KL from the classifier's marginal over the set to each
   image's class distribution, averaged over splits of `IS_SPLIT` images as ADM does;
 - precision and recall (Kynkäänniemi et al., 2019) with k = 3 in the pool features.
 
-The features come from a reader: torchvision's Inception-v3 from a local weight file (close to, not the same
-as, the TensorFlow graph the ADM evaluator runs: its numbers are for comparing runs here, see docs/evaluation.md),
-or one of this project's judges (`shapes-judge`, `digits-judge`: their 256 features and their class readings),
-which know what the embedded models draw.
+The features come from a reader: Inception-v3 from a local weight file (the FID port of the TensorFlow graph the
+ADM evaluator runs, whose numbers come close to the evaluator's, or torchvision's, whose numbers are for comparing
+runs here: docs/evaluation.md), or one of this project's judges (`shapes-judge`, `digits-judge`: their 256
+features and their class readings), which know what the embedded models draw.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamagen.evaluation.fid import frechet_distance
+from llamagen.evaluation.fid import frechet_distance, frechet_distance_of, gaussian_statistics
 from llamagen.evaluation.set_measures import NEIGHBOURS, precision_recall
 
 IS_SPLIT = 5000  # images per split of the Inception Score (ADM's)
@@ -54,11 +54,20 @@ def inception_score(probabilities: torch.Tensor, split: int = IS_SPLIT) -> float
     return float(np.mean(scores))
 
 
-def compare(fake: Readings, real: Readings, k: int = NEIGHBOURS) -> dict[str, float]:
-    """The measures of a sample set's readings against a reference set's."""
-    results = {"fid": frechet_distance(fake.pool.double().numpy(), real.pool.double().numpy())}
-    if fake.spatial is not None and real.spatial is not None:
-        results["sfid"] = frechet_distance(fake.spatial.double().numpy(), real.spatial.double().numpy())
+def compare(fake: Readings, real: Readings, k: int = NEIGHBOURS, statistics: dict | None = None) -> dict[str, float]:
+    """The measures of a sample set's readings against a reference set's. `statistics`: the reference's FID
+    statistics (`mu`, `sigma` and `mu_s`, `sigma_s`, as an ADM reference batch holds them, computed over more
+    images than it carries) to use in place of the reference's readings; they must be of the reader's features."""
+    fake_pool, real_pool = fake.pool.double().numpy(), real.pool.double().numpy()
+    if statistics is None:
+        results = {"fid": frechet_distance(fake_pool, real_pool)}
+        if fake.spatial is not None and real.spatial is not None:
+            results["sfid"] = frechet_distance(fake.spatial.double().numpy(), real.spatial.double().numpy())
+    else:
+        results = {"fid": frechet_distance_of(*gaussian_statistics(fake_pool), statistics["mu"], statistics["sigma"])}
+        if fake.spatial is not None and "mu_s" in statistics:
+            spatial = gaussian_statistics(fake.spatial.double().numpy())
+            results["sfid"] = frechet_distance_of(*spatial, statistics["mu_s"], statistics["sigma_s"])
     if fake.probabilities is not None:
         results["inception_score"] = inception_score(fake.probabilities)
     results["precision"], results["recall"] = precision_recall(real.pool.float(), fake.pool.float(), k)
@@ -67,7 +76,8 @@ def compare(fake: Readings, real: Readings, k: int = NEIGHBOURS) -> dict[str, fl
 
 
 class InceptionReader:
-    """torchvision's Inception-v3 (a local weight file): 2048 pool features, 7x17x17 spatial ones, 1000 classes."""
+    """Inception-v3 from a local weight file (the FID port of the TensorFlow graph or torchvision's,
+    `fid.InceptionFeatures`): 2048 pool features, the spatial features sFID reads, class probabilities."""
 
     def __init__(self, weights: str | Path, device: str | torch.device = "cpu"):
         from llamagen.evaluation.fid import InceptionFeatures
@@ -76,17 +86,26 @@ class InceptionReader:
         self.device = torch.device(device)
         self.name = self.features.name
 
+    @property
+    def graph(self) -> str:
+        return self.features.graph
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> Readings:
+        # ADM's "mixed_6/conv": the graph's seventh mixed block (torchvision's Mixed_6d), its 1x1 branch after
+        # the ReLU, 17 x 17 x 192, of which the first 7 channels, flattened in TensorFlow's order (H, W, C) so
+        # that a reference batch's statistics (mu_s, sigma_s) line up with them.
         captured = {}
-        hook = self.features.network.Mixed_6e.register_forward_hook(
-            lambda module, inputs, output: captured.update(spatial=output[:, :SPATIAL_CHANNELS].flatten(1))
+        hook = self.features.network.Mixed_6d.branch1x1.register_forward_hook(
+            lambda module, inputs, output: captured.update(
+                spatial=output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+            )
         )
         try:
             pool = self.features(images.to(self.device))
         finally:
             hook.remove()
-        probabilities = torch.softmax(self.features.classifier(pool), -1)
+        probabilities = torch.softmax(self.features.class_logits(pool).double(), -1)
         return Readings(pool.float().cpu(), captured["spatial"].float().cpu(), probabilities.float().cpu())
 
 
@@ -155,9 +174,28 @@ def load_images(source: str | Path) -> np.ndarray:
         if len({image.shape for image in images}) != 1:
             raise ValueError(f"the images in {str(path)!r} are not all of one size: resize them first")
         return np.stack(images)
+    with _sample_batch(path) as loaded:
+        return loaded["arr_0"]
+
+
+def reference_statistics(source: str | Path) -> dict[str, np.ndarray] | None:
+    """The FID statistics an ADM reference batch carries (`mu`, `sigma`, and `mu_s`, `sigma_s` for sFID, in the
+    TensorFlow graph's features), or None for a folder or a batch without them."""
+    path = Path(source)
+    if path.is_dir():
+        return None
+    with _sample_batch(path) as loaded:
+        if "mu" not in loaded.files or "sigma" not in loaded.files:
+            return None
+        return {name: loaded[name].astype(np.float64) for name in ("mu", "sigma", "mu_s", "sigma_s")
+                if name in loaded.files}  # fmt: skip
+
+
+def _sample_batch(path: Path):
     if path.suffix != ".npz":
         raise ValueError(f"{str(path)!r}: give an .npz with arr_0 (the ADM evaluator's format) or a folder of images")
-    with np.load(path) as loaded:
-        if "arr_0" not in loaded.files:
-            raise ValueError(f"{str(path)!r} has no arr_0: not a sample batch in the ADM evaluator's format")
-        return loaded["arr_0"]
+    loaded = np.load(path)
+    if "arr_0" not in loaded.files:
+        loaded.close()
+        raise ValueError(f"{str(path)!r} has no arr_0: not a sample batch in the ADM evaluator's format")
+    return loaded
