@@ -125,3 +125,29 @@ def test_two_processes_under_torchrun_measure_what_one_does(sets, tmp_path):
     assert one.keys() == two.keys() and all(
         two[key] == pytest.approx(one[key], rel=1e-6) for key in one if key not in ("reader", "fid_reference")
     )
+
+
+@pytest.mark.slow
+def test_shapes_c2i_sampled_at_2000_images_reads_close_to_real_shapes(tmp_path):
+    """The two commands end to end, at the size of a real reading: 50 images of each of shapes-c2i's 40 classes
+    at its card's guidance, against the 2,000 held-out shapes, beside the floor (2,000 real training shapes
+    against the same). The judge sees nearly real shapes: precision, recall and Inception Score near the floor's,
+    FID above it (the measured values: benchmarks/results/sample_eval_shapes-c2i_*.md)."""
+    from llamagen.evaluation.judges import judge_data, labelled
+
+    reference = tmp_path / "held_out.npz"
+    np.savez(reference, arr_0=tensor_to_uint8(held_out("shapes", 2000)[0]))
+    training = judge_data("shapes", train=True)
+    np.savez(tmp_path / "real.npz", arr_0=tensor_to_uint8(labelled([training[i] for i in range(2000)])[0]))
+    assert main(["sample", "--gpt", "shapes-c2i", "--per-class", "50", "--out", str(tmp_path / "samples.npz")]) == 0
+    measured = {}
+    for name in ("samples", "real"):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "samples", str(tmp_path / f"{name}.npz"), "--reference", str(reference), "--judge",
+                     "shapes", "--out", str(out)]) == 0  # fmt: skip
+        measured[name] = json.loads(out.read_text())
+    samples, real = measured["samples"], measured["real"]
+    assert samples["images"] == real["images"] == samples["reference_images"] == 2000
+    assert real["fid"] < samples["fid"] < 4 * real["fid"]
+    assert samples["precision"] > 0.9 and samples["recall"] > 0.85 and real["recall"] > 0.9
+    assert real["inception_score"] - 4 < samples["inception_score"] <= 40
