@@ -36,6 +36,9 @@ def test_each_run_is_trained_measured_kept_and_recorded_once(tiny, tmp_path, mon
     assert 1 <= row["latents_participation"] <= 8 and row["usage_over_steps"][-1][0] == 4
     assert np.load(tmp_path / "runs" / "photos-d2-s0" / "codebook.npy").shape == (32, 2)
     assert np.load(tmp_path / "runs" / "digits-d8-raw-kmeans-s0" / "latents.npy").shape == (100, 8)
+    uses = np.load(tmp_path / "runs" / "digits-d2-s0" / "uses.npy")
+    assert uses.shape == (32,) and uses.sum() == 64 * 16  # every position of the 64 held-out 16x16 digits
+    assert (uses > 0).mean() == pytest.approx(results["runs"]["digits-d2-s0"]["usage_eval"])
     lines = out.with_suffix(".csv").read_text().splitlines()
     assert lines[0].startswith("data,variant,seed,dim,size") and len(lines) == 5
     assert json.loads(out.read_text()) == results
@@ -67,3 +70,16 @@ def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path
         "digits-d2-s3",
         "photos-d2-s1",
     ]
+    # The notebooks' points: seed 0's runs only (none here, then one), each run's used codes with their uses.
+    points = tmp_path / "points.npz"
+    main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points", str(points)])
+    assert "the codes and latents of 0 runs" in capsys.readouterr().out and np.load(points).files == []
+    main(["sweep", "codebook-study", "--data", "photos", "--seeds", "0", "--variants", "d2", "--steps", "2",
+          "--out", str(out), "--work-dir", str(tmp_path / "runs")])  # fmt: skip
+    main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points", str(points)])
+    with np.load(points) as loaded:
+        assert sorted(loaded.files) == ["photos-d2-s0/codes", "photos-d2-s0/latents", "photos-d2-s0/uses"]
+        codebook = np.load(tmp_path / "runs" / "photos-d2-s0" / "codebook.npy")
+        uses = np.load(tmp_path / "runs" / "photos-d2-s0" / "uses.npy")
+        assert np.array_equal(loaded["photos-d2-s0/codes"], codebook[uses > 0])
+        assert loaded["photos-d2-s0/uses"].sum() == 64 * 16 and loaded["photos-d2-s0/latents"].shape == (100, 2)

@@ -154,8 +154,15 @@ def run_sweep_codebook(args: argparse.Namespace) -> None:
 
 
 def run_codebook_study(args: argparse.Namespace) -> None:
-    from llamagen.training.codebook_study import StudySettings, study_codebooks
+    from llamagen.training.codebook_study import StudySettings, gather_points, study_codebooks
 
+    if args.points:
+        import json
+
+        check_writable(Path(args.points), "--points")
+        gathered = gather_points(json.loads(Path(args.out).read_text()), args.work_dir, args.points)
+        print(f"wrote       {args.points}: the codes and latents of {len(gathered)} runs")
+        return
     chosen = {"data": args.data, "variants": args.variants, "seeds": args.seeds, "steps": args.steps}
     _run_codebook_runs(args, StudySettings, study_codebooks, chosen)
 
@@ -369,6 +376,11 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     study.add_argument("--variants", nargs="+", help="variant names (default: all; see codebook_study.VARIANTS)")
     study.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1 2)")
     study.add_argument("--steps", type=int, help="training steps per run (default: 1000)")
+    study.add_argument(
+        "--points",
+        help="instead of training: gather the used codes and latents of the runs --out records (seed 0 of each) "
+        "from --work-dir into this .npz, for the notebooks",
+    )
     study.set_defaults(run=run_codebook_study)
     cfg = sweep.add_parser(
         "cfg",

@@ -11,8 +11,9 @@ dead-code restarts. Every (data, variant) runs with several seeds.
 A run's row holds its usage, perplexity and PSNR on held-out images of its kind, its usage over training, and
 the geometry (`analysis.geometry`) of its used codes (weighted by use) and of its encoder's latents on those
 images: participation ratio and TwoNN dimension. Its folder keeps its codebook and a sample of the latents
-(float16 .npy) for the notebooks. Rows go, after every run, to one JSON file and a CSV beside it; a stopped study
-started again skips the runs it has recorded and resumes the one it was in.
+(float16 .npy) and how often the held-out images use each code; `gather_points` collects one seed's used codes
+and latents into one small file for the notebooks. Rows go, after every run, to one JSON file and a CSV beside
+it; a stopped study started again skips the runs it has recorded and resumes the one it was in.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ IMAGE_SIZE = 16
 # Steps between dead-code restarts in the restart arms: the usage window (65,536 codes) fills in 128 steps of 32.
 RESTART_EVERY = 200
 LATENTS_KEPT = 4096  # of the held-out images', for the geometry and the notebooks
+POINTS_LATENTS = 1024  # of those, in the notebooks' points file: the 256-dim runs' latents make up most of its size
 EVAL_BATCH = 512  # held-out images reconstructed at a time: tiny images, so the time goes to each layer's call
 CSV_FIELDS = (
     "data", "variant", "seed", "dim", "size", "l2", "init", "restarts", "usage_eval", "usage_train", "perplexity",
@@ -159,6 +161,7 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
     codebook = tokenizer.quantize.codebook().detach().cpu()
     _save_float16(run_dir / "codebook.npy", codebook)
     _save_float16(run_dir / "latents.npy", latents)
+    _save(run_dir / "uses.npy", counts.numpy().astype(np.int32))
     used = counts > 0
     return {
         "data": data,
@@ -178,11 +181,39 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
 
 
 def _save_float16(path: Path, values: torch.Tensor) -> None:
+    _save(path, values.numpy().astype(np.float16))
+
+
+def _save(path: Path, values: np.ndarray) -> None:
     def write(temporary: str) -> None:
         with open(temporary, "wb") as file:  # a file, not a name, to which np.save would add ".npy"
-            np.save(file, values.numpy().astype(np.float16))
+            np.save(file, values)
 
     write_atomically(path, write)
+
+
+def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: int = 0,
+                  latents: int = POINTS_LATENTS) -> list[str]:  # fmt: skip
+    """For the notebooks, in one compressed .npz: each recorded run of `seed`, its used codes (float16,
+    `{run}/codes`), how often the held-out images use each (`{run}/uses`) and the first `latents` of its kept
+    latents (`{run}/latents`), read from the runs' folders. Returns the runs gathered."""
+    arrays, gathered = {}, []
+    for name, row in results["runs"].items():
+        if row["seed"] != seed:
+            continue
+        folder = Path(work_dir) / name
+        uses = np.load(folder / "uses.npy")
+        arrays[f"{name}/codes"] = np.load(folder / "codebook.npy")[uses > 0]
+        arrays[f"{name}/uses"] = uses[uses > 0]
+        arrays[f"{name}/latents"] = np.load(folder / "latents.npy")[:latents]
+        gathered.append(name)
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:
+            np.savez_compressed(file, **arrays)
+
+    write_atomically(Path(out), write)
+    return gathered
 
 
 @torch.no_grad()
