@@ -7,6 +7,7 @@ from helpers import small_tokenizer
 
 from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.geometry import (
+    assignments_kept,
     encoder_latents,
     participation_ratio,
     pca_spectrum,
@@ -90,6 +91,21 @@ def test_projection_onto_every_axis_changes_nothing_and_onto_none_one_code_is_le
     assert none.codes_kept < 0.5
     with pytest.raises(ValueError, match=r"each k must be in 0\.\.8"):
         projection_test(tokenizer, images, [9])
+
+
+def test_stored_codes_on_a_3_sphere_in_16_dimensions_keep_their_assignments_from_4_axes_on():
+    """Codes and latents that span 4 axes (a 3-sphere placed in 16 dimensions, latents near their codes): their
+    assignments survive flattening onto 4 axes or more, not onto fewer; raw codes, flattened without going back to
+    the sphere, likewise."""
+    codes = embedded(sphere(300, 4, seed=1), 16).float()
+    noise = torch.randn(2000, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.02
+    latents = embedded(sphere(2000, 4, seed=3) + noise, 16).float()
+    latents = latents / latents.norm(dim=1, keepdim=True)
+    kept = assignments_kept(codes, latents, [16, 4, 3, 1, 0], on_sphere=True)
+    assert kept[0] == kept[1] == 1.0 and kept[2] < 0.9 and kept[3] < kept[2] and kept[4] < 0.01
+    assert assignments_kept(codes * 2, latents * 2, [4, 2], on_sphere=False)[0] == 1.0
+    with pytest.raises(ValueError, match=r"each k must be in 0\.\.16"):
+        assignments_kept(codes, latents, [17], on_sphere=True)
 
 
 def test_the_projection_explorer_shows_an_image_at_every_axis_count(capsys):

@@ -199,6 +199,24 @@ def projection_test(
     return rows
 
 
+def assignments_kept(codes: torch.Tensor, latents: torch.Tensor, ks: Sequence[int], on_sphere: bool,
+                     uses: torch.Tensor | np.ndarray | None = None) -> list[float]:  # fmt: skip
+    """The projection test's code assignments on stored points, without the tokenizer (a study's used codes and
+    latents): for each k, the share of latents whose nearest code is the same after codes and latents are
+    flattened onto the first k principal axes of the codes (weighted by `uses`), back on the unit sphere where
+    the codebook is l2-normalised."""
+    codes, latents = codes.float(), latents.float()
+    axes = principal_axes(codes, uses)
+    full = nearest_entries(latents, codes)
+    kept = []
+    for k in ks:
+        if not 0 <= k <= codes.shape[1]:
+            raise ValueError(f"each k must be in 0..{codes.shape[1]}, got {k}")
+        flat = nearest_entries(_flattened(axes, latents, k, on_sphere), _flattened(axes, codes, k, on_sphere))
+        kept.append(float((flat == full).double().mean()))
+    return kept
+
+
 def _flattened(axes: PrincipalAxes, points: torch.Tensor, k: int, on_sphere: bool) -> torch.Tensor:
     flat = axes.project(points.double(), k).float()
     return F.normalize(flat, dim=-1) if on_sphere else flat
