@@ -104,6 +104,9 @@ def test_stored_codes_on_a_3_sphere_in_16_dimensions_keep_their_assignments_from
     kept = assignments_kept(codes, latents, [16, 4, 3, 1, 0], on_sphere=True)
     assert kept[0] == kept[1] == 1.0 and kept[2] < 0.9 and kept[3] < kept[2] and kept[4] < 0.01
     assert assignments_kept(codes * 2, latents * 2, [4, 2], on_sphere=False)[0] == 1.0
+    # A code stored twice is one code: no latent changes code by picking its twin.
+    twice, uses = torch.cat([codes, codes[:50]]), torch.ones(350)
+    assert assignments_kept(twice, latents, [16], on_sphere=True, uses=uses) == [1.0]
     with pytest.raises(ValueError, match=r"each k must be in 0\.\.16"):
         assignments_kept(codes, latents, [17], on_sphere=True)
 

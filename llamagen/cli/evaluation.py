@@ -146,13 +146,6 @@ def _print_guidance_row(row: dict) -> None:
     )
 
 
-def run_sweep_codebook(args: argparse.Namespace) -> None:
-    from llamagen.training.sweep import SweepSettings, sweep_codebook
-
-    chosen = {"dimensions": args.dims, "sizes": args.sizes, "steps": args.steps, "batch_size": args.batch_size}
-    _run_codebook_runs(args, SweepSettings, sweep_codebook, chosen)
-
-
 def run_codebook_study(args: argparse.Namespace) -> None:
     from llamagen.training.codebook_study import StudySettings, gather_points, study_codebooks
 
@@ -164,14 +157,9 @@ def run_codebook_study(args: argparse.Namespace) -> None:
         print(f"wrote       {args.points}: the codes and latents of {len(gathered)} runs")
         return
     chosen = {"data": args.data, "variants": args.variants, "seeds": args.seeds, "steps": args.steps}
-    _run_codebook_runs(args, StudySettings, study_codebooks, chosen)
-
-
-def _run_codebook_runs(args: argparse.Namespace, settings_type, run_all, chosen: dict) -> None:
-    """Settings from the options given (lists as tuples), every run, and a line for each."""
-    settings = settings_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
     check_writable(Path(args.out), "--out")
-    results = run_all(settings, args.out, args.work_dir)
+    results = study_codebooks(settings, args.out, args.work_dir)
     print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
     width = max(map(len, results["runs"]), default=0) + 2
     for name, run in results["runs"].items():
@@ -346,21 +334,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook, codebook-study, cfg, completion, conditioning."""
-    cb = sweep.add_parser(
-        "codebook",
-        help="codebook usage against dimension, size and l2-normalisation (the paper's Table 2, small)",
-        description="Trains one small tokenizer per combination on the same photo crops for the same steps and "
-        "writes usage, perplexity, PSNR and usage over training to --out (JSON) and a CSV beside it after every "
-        "run. Started again, it skips the runs already recorded.",
-    )
-    cb.add_argument("--out", default="notebooks/data/codebook_sweep.json")
-    cb.add_argument("--work-dir", default="runs/codebook-sweep", help="where the runs' checkpoints go")
-    cb.add_argument("--dims", type=int, nargs="+", help="codebook dimensions (default: 4 8 16 32 64 256)")
-    cb.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 1024 4096 16384)")
-    cb.add_argument("--steps", type=int, help="training steps per run (default: 400)")
-    cb.add_argument("--batch-size", type=int, help="(default: 32)")
-    cb.set_defaults(run=run_sweep_codebook)
+    """The `sweep` group: codebook-study, cfg, completion, conditioning."""
     study = sweep.add_parser(
         "codebook-study",
         help="where codebooks collapse and into how many dimensions, per kind of data, over seeds",
