@@ -83,3 +83,24 @@ def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path
         uses = np.load(tmp_path / "runs" / "photos-d2-s0" / "uses.npy")
         assert np.array_equal(loaded["photos-d2-s0/codes"], codebook[uses > 0])
         assert loaded["photos-d2-s0/uses"].sum() == 64 * 16 and loaded["photos-d2-s0/latents"].shape == (100, 2)
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_processes_share_the_runs_and_record_what_one_process_does(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def study(*launcher, name):
+        command = [sys.executable, *launcher, "-m", "llamagen", "sweep", "codebook-study", "--data", "digits",
+                   "--variants", "d2", "--seeds", "0", "1", "--steps", "2", "--out", str(tmp_path / f"{name}.json"),
+                   "--work-dir", str(tmp_path / name)]  # fmt: skip
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    alone = study(name="alone")
+    shared = study("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", name="shared")
+    assert list(shared["runs"]) == ["digits-d2-s0", "digits-d2-s1"] and shared == alone
+    assert all((tmp_path / "shared" / run / "row.json").is_file() for run in shared["runs"])

@@ -13,13 +13,17 @@ the geometry (`analysis.geometry`) of its used codes (weighted by use) and of it
 images: participation ratio and TwoNN dimension. Its folder keeps its codebook and a sample of the latents
 (float16 .npy) and how often the held-out images use each code; `gather_points` collects one seed's used codes
 and latents into one small file for the notebooks. Rows go, after every run, to one JSON file and a CSV beside
-it; a stopped study started again skips the runs it has recorded and resumes the one it was in.
+it; a stopped study started again skips the runs it has recorded and resumes the one it was in. Under torchrun
+the processes share the runs out whole (a tiny tokenizer gains nothing from DDP; eight processes run eight
+runs at once), the first gathering their rows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,8 @@ IMAGE_SIZE = 16
 # Steps between dead-code restarts in the restart arms: the usage window (65,536 codes) fills in 128 steps of 32.
 RESTART_EVERY = 200
 LATENTS_KEPT = 4096  # of the held-out images', for the geometry and the notebooks
+ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
+ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
 POINTS_LATENTS = 1024  # of those, in the notebooks' points file: the 256-dim runs' latents make up most of its size
 EVAL_BATCH = 512  # held-out images reconstructed at a time: tiny images, so the time goes to each layer's call
 CSV_FIELDS = (
@@ -105,7 +111,9 @@ def training_data(data: str, seed: int):
 
 def study_codebooks(settings: StudySettings, out: str | Path, work_dir: str | Path, show_progress: bool = True) -> dict:
     """Train, evaluate and measure every (data, variant, seed) that `out` (JSON) does not hold yet, and add it
-    there (rewritten after each run): a study can be run a part at a time."""
+    there (rewritten after each run): a study can be run a part at a time. Under torchrun the runs are shared
+    out whole, process r of W taking every W-th one; each run's row is written to its folder (`row.json`), and
+    the first process gathers the rows into `out` as they come and once all are there."""
     out, work_dir = Path(out), Path(work_dir)
     results = json.loads(out.read_text()) if out.is_file() else {}
     if results and results.get("training") != settings.training():
@@ -115,20 +123,58 @@ def study_codebooks(settings: StudySettings, out: str | Path, work_dir: str | Pa
         "evaluation": results.get("evaluation", {}),
         "runs": results.get("runs", {}),
     }
-    for data in settings.data:
-        images, description = held_out_images("photo-tiles" if data == "photos" else data, IMAGE_SIZE)
-        results["evaluation"][data] = f"{description} ({len(images)} images)"
-        for variant in settings.variants:
-            for seed in settings.seeds:
-                name = run_name(data, variant, seed)
-                if name in results["runs"]:
-                    continue
-                row = _run(settings, data, variant, seed, images, work_dir / name, show_progress)
-                if row is None:
-                    return results  # stopped by a signal: the run resumes when the study starts again
-                results["runs"][name] = row
-                write_results(results, out, CSV_FIELDS)
+    planned = [(data, variant, seed) for data in settings.data for variant in settings.variants
+               for seed in settings.seeds]  # fmt: skip
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    pending = [run for run in planned if run_name(*run) not in results["runs"]]
+    held_out = _HeldOut()
+    for data, variant, seed in pending[rank::world]:
+        run_dir = work_dir / run_name(data, variant, seed)
+        if (run_dir / ROW_FILE).is_file():
+            continue  # finished by a process whose rows were not gathered yet
+        row = _run(settings, data, variant, seed, held_out.images(data), run_dir, show_progress)
+        if row is None:
+            return results  # stopped by a signal: the run resumes when the study starts again
+        text = json.dumps(row)
+        write_atomically(run_dir / ROW_FILE, lambda temporary, text=text: Path(temporary).write_text(text))
+        if rank == 0:
+            _gather_rows(results, pending, work_dir, held_out, out)
+    if rank == 0:
+        while not all((work_dir / run_name(*run) / ROW_FILE).is_file() for run in pending):
+            time.sleep(ROW_WAIT_S)  # another process is still training
+        _gather_rows(results, pending, work_dir, held_out, out)
     return results
+
+
+class _HeldOut:
+    """Each kind's held-out images, read once, and what they are."""
+
+    def __init__(self):
+        self.read: dict[str, tuple[list, str]] = {}
+
+    def images(self, data: str) -> list:
+        return self._read(data)[0]
+
+    def description(self, data: str) -> str:
+        images, description = self._read(data)
+        return f"{description} ({len(images)} images)"
+
+    def _read(self, data: str) -> tuple[list, str]:
+        if data not in self.read:
+            self.read[data] = held_out_images("photo-tiles" if data == "photos" else data, IMAGE_SIZE)
+        return self.read[data]
+
+
+def _gather_rows(results: dict, pending: list, work_dir: Path, held_out: _HeldOut, out: Path) -> None:
+    """The rows written so far of the pending runs, added to `results` in the study's order and written."""
+    for run in pending:
+        name = run_name(*run)
+        path = work_dir / name / ROW_FILE
+        if name not in results["runs"] and path.is_file():
+            row = json.loads(path.read_text())
+            results["evaluation"][row["data"]] = held_out.description(row["data"])
+            results["runs"][name] = row
+    write_results(results, out, CSV_FIELDS)
 
 
 def _run(settings: StudySettings, data: str, variant: str, seed: int, images, run_dir: Path, show_progress: bool):
@@ -149,9 +195,8 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
     )
     if run_dir.exists() and not has_checkpoint(run_dir):
         shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume, so it starts again
-    outcome = train_tokenizer(
-        config, training, training_data(data, seed), run_dir, resume=run_dir.exists(), show_progress=show_progress
-    )
+    outcome = train_tokenizer(config, training, training_data(data, seed), run_dir, resume=run_dir.exists(),
+                              show_progress=show_progress, alone=True)  # fmt: skip
     if not outcome.finished:
         return None
     # The trained weights, not their EMA, which trails far behind in a short run.

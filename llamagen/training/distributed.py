@@ -102,10 +102,10 @@ class Processes:
 
 
 @contextlib.contextmanager
-def process_group(device: str | torch.device | None = None) -> Iterator[Processes]:
+def process_group(device: str | torch.device | None = None, alone: bool = False) -> Iterator[Processes]:
     """`start_processes` for the work of a `with` block, closed after it; a collective that timed out comes out
     as a `CollectiveTimeout` with a one-line message."""
-    processes = start_processes(device)
+    processes = start_processes(device, alone)
     try:
         yield processes
     except Exception as error:
@@ -117,22 +117,23 @@ def process_group(device: str | torch.device | None = None) -> Iterator[Processe
     processes.close()
 
 
-def start_processes(device: str | torch.device | None = None) -> Processes:
-    """The process group torchrun asked for (initialised here), or a single process.
+def start_processes(device: str | torch.device | None = None, alone: bool = False) -> Processes:
+    """The process group torchrun asked for (initialised here), or a single process; with `alone`, this process
+    by itself even under torchrun (on its own GPU), for work shared out whole, as a study's runs.
 
     Under torchrun, a collective that waits longer than LLAMAGEN_COLLECTIVE_TIMEOUT seconds (default 600) for
     another process fails (`CollectiveTimeout`) instead of blocking for good behind a frozen or dead process, and
     each process stops as SIGTERM would stop it (saving a checkpoint) when the launcher dies."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = 1 if alone else int(os.environ.get("WORLD_SIZE", "1"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
     if world == 1:
         return Processes(device=device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    rank = int(os.environ["RANK"])
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = collective_timeout()

@@ -52,6 +52,7 @@ def train_tokenizer(
     device: str | torch.device | None = None,
     lpips: LPIPS | None = None,
     changes: Collection[str] = (),
+    alone: bool = False,
 ) -> TrainingOutcome:
     """Train (or, with `resume`, continue) a tokenizer; its EMA weights go to `final.safetensors` at the end.
 
@@ -59,9 +60,10 @@ def train_tokenizer(
     them. Under torchrun every process runs this with the same arguments and takes its share of each batch.
     `lpips` adds the perceptual loss; `training.disc_start` the PatchGAN. `command`, the command line that
     started the run, is recorded in `config.json` for its model card. A resumed run must have the settings
-    it was trained with, but those named in `changes` (`TrainingRun`).
+    it was trained with, but those named in `changes` (`TrainingRun`). `alone` trains in this process only, even
+    under torchrun (a study gives each process whole runs).
     """
-    with process_group(device) as processes:
+    with process_group(device, alone) as processes:
         run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
         parts = _Parts(model_config, training, processes)
         if lpips is not None:
