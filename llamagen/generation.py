@@ -15,6 +15,7 @@ import torch
 
 from llamagen import fast
 from llamagen.gpt.guidance_schedules import Schedule, guidance_scales
+from llamagen.gpt.jacobi import jacobi_decode
 from llamagen.gpt.model import GPT
 from llamagen.gpt.sampling import check_sampling_options, guided, sample
 
@@ -38,6 +39,7 @@ def generate(
     compile: bool = False,
     decoding: str = "fastest",
     prefix_tokens: torch.Tensor | None = None,
+    jacobi_window: int = 0,
 ) -> torch.Tensor:
     """Sample `block_size` image tokens per condition -> (B, block_size) int64; with `prefix_tokens`, keep them
     as the image's first tokens and sample the rest (completion).
@@ -69,11 +71,17 @@ def generate(
             (`tokenizer.tokenize(images).flatten(1)[:, :n]`): kept as the first n tokens and prefilled with the
             condition in one forward; tokens n onwards are sampled after them, each at its own place in the
             guidance schedule. The same seed draws the same tokens as without a prefix when n is 0.
+        jacobi_window: 0 decodes one token a step; w >= 1 verifies a window of w draft tokens per model call
+            (speculative Jacobi decoding, `llamagen.gpt.jacobi`): the same distribution of images in fewer calls,
+            and with greedy sampling the same tokens. It runs the model's own modules (`decoding` aside).
 
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it. A model has
     one cache, so generations on one model from several threads run one after another (`generation_lock`).
     """
     check_sampling_options(gpt.config.vocab_size, cfg_scale, temperature, top_k, top_p)
+    if isinstance(jacobi_window, bool) or not isinstance(jacobi_window, int) or jacobi_window < 0:
+        raise ValueError(f"jacobi_window must be a whole number of tokens >= 0 (0 decodes one at a time), "
+                         f"got {jacobi_window!r}")  # fmt: skip
     scales = guidance_scales(cfg_schedule, cfg_scale, gpt.config.block_size)
     # Both halves run for every guided token, even where its scale is 1, so that the unconditional half's
     # cache holds every token for the guided ones after it.
@@ -91,10 +99,16 @@ def generate(
         return tokens
     with generation_lock(gpt):
         gpt.setup_cache(rows)
-        decoder = fast.decoder(gpt, rows, compile, decoding)
+        decoder = None if jacobi_window else fast.decoder(gpt, rows, compile, decoding)  # made before the prefill
         logits = gpt.prefill(cond, cond_mask, torch.cat([tokens[:, :kept]] * (rows // batch)))
         if progress is not None and kept:
             progress(kept, gpt.config.block_size)
+        if jacobi_window:
+            guided_scales = [scale if guidance and (cfg_interval < 0 or i <= cfg_interval + 1) else None
+                             for i, scale in enumerate(scales)]  # fmt: skip
+            jacobi_decode(gpt, tokens, kept, logits, jacobi_window, guided_scales, temperature, top_k, top_p,
+                          generator, progress)  # fmt: skip
+            return tokens
         for i in range(kept, gpt.config.block_size):
             guide = guidance and (cfg_interval < 0 or i <= cfg_interval + 1)
             if i > kept:

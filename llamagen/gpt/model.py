@@ -4,8 +4,9 @@ The condition enters as prefix tokens, as the paper's, or also (or instead) thro
 `GPTConfig.condition` chooses (`llamagen.gpt.conditioning`). One stack of layers, run three ways:
 - `forward(tokens, cond, cond_mask)`: the whole sequence at once (training, and checking);
 - `prefill(cond, cond_mask)`: the condition prefix into the KV cache, logits of the first image token;
-- `decode_step(tokens, position)`: one token per row into the cache at `position`, logits of the next.
-The last two write the cache at given positions and attend over all of it, masked to what precedes each query
+- `decode_step(tokens, position)`: one token per row into the cache at `position`, logits of the next
+  (`decode_window`: several consecutive tokens per row at once, for parallel decoding).
+The cached ones write the cache at given positions and attend over all of it, masked to what precedes each query
 (as gpt-fast's model does): the shapes of a step never change, so a step can be compiled or replayed whole.
 Faster ways to run the same step are in `llamagen.fast`.
 """
@@ -266,6 +267,19 @@ class GPT(nn.Module):
         if not self.condition_enters_layers:
             return None
         return LayerCondition.of(self.condition_tokens[:rows], self.condition_visible[:rows], self.modulation)
+
+    def decode_window(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """tokens (b, S) at sequence positions start .. start + S - 1 (prefix included) -> (b, S, vocab) float32
+        logits, each of the token after its position, in one forward; their keys and values go into the cache
+        at those positions. Parallel (Jacobi) decoding verifies a window of draft tokens this way; what it writes
+        past the tokens it accepts is overwritten before a later step reads it."""
+        positions = torch.arange(start, start + tokens.shape[1], device=self.device)
+        rows = tokens.shape[0]
+        mask = attention_mask(self.visible_keys[:rows], positions)
+        h = self.transformer(
+            self.tok_embeddings(tokens), positions, mask, cached=True, condition=self._layer_condition(rows)
+        )
+        return self.output(h).float()
 
     def decode_step(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """tokens (b, 1) at sequence `position` (prefix included; an int, or a one-element int64 tensor on the
