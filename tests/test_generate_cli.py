@@ -66,6 +66,13 @@ def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
     assert (tmp_path / "grid.png").read_bytes() != first
 
 
+def test_greedy_parallel_decoding_draws_the_same_grid(small_pair, tmp_path):
+    run(small_pair, tmp_path, "--class", "3", "7", "--top-k", "1")
+    sequential = (tmp_path / "grid.png").read_bytes()
+    run(small_pair, tmp_path, "--class", "3", "7", "--top-k", "1", "--jacobi-window", "4")
+    assert (tmp_path / "grid.png").read_bytes() == sequential
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -74,6 +81,7 @@ def test_the_same_seed_gives_the_same_images(small_pair, tmp_path):
         (["--class", "1", "--top-k", "513"], "top_k must be in [0, 512]"),
         (["--class", "1", "--cfg-scale", "-2"], "cfg_scale must be >= 0"),
         (["--class", "1", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--class", "1", "--jacobi-window", "-1"], "jacobi_window must be a whole number of tokens >= 0"),
         ([], "at least one class"),
     ],
 )

@@ -118,6 +118,7 @@ def _write_generations(args: argparse.Namespace, **completion) -> None:
         seed=args.seed,
         num_images_per_condition=args.images_per_class,
         compile=args.compile,
+        jacobi_window=args.jacobi_window,
         **completion,
     )
     given = {name: getattr(args, name) for name in pipe.sampling.values() if getattr(args, name) is not None}
@@ -256,6 +257,13 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="sample among the k most likely codes (0: all; default: the model's)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (1: off; default: the model's)")
     parser.add_argument("--temperature", type=float, help="0 is greedy (default: the model's)")
+    parser.add_argument(
+        "--jacobi-window",
+        type=int,
+        default=0,
+        help="verify this many draft tokens per model call (speculative Jacobi decoding: the same distribution "
+        "in fewer calls; 0: one token a call)",
+    )
 
 
 def sampling_arguments(args: argparse.Namespace) -> dict:

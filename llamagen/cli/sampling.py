@@ -48,7 +48,7 @@ def run_sample(args: argparse.Namespace) -> None:
         if not 1 <= args.num_images <= count:
             raise ValueError(f"--num-images must be from 1 to the {count} conditions given, got {args.num_images}")
         conditions = {name: values[: args.num_images] for name, values in conditions.items()}
-    sampling = pipe.sampling.filled(**sampling_arguments(args))
+    sampling = {**pipe.sampling.filled(**sampling_arguments(args)), "jacobi_window": args.jacobi_window}
     # One batch size for every process (the first's choice), so that each shard is drawn alike whoever draws it.
     batch_size = processes.share(args.batch_size or fitting_batch_size(pipe.gpt, guidance=sampling["cfg_scale"] != 1))
     spec = SampleSet(class_labels=conditions.get("class_labels"), prompts=conditions.get("prompts"),
