@@ -37,10 +37,11 @@ def jacobi_decode(
     top_p: float,
     generator: torch.Generator | Sequence[torch.Generator] | None,
     progress: Callable[[int, int], None] | None = None,
-) -> int:
+) -> None:
     """Fill tokens[:, start:] (B, block_size) in place after a prefill of the condition and tokens[:, :start],
     whose logits of token `start` are `first_logits` ((2B or B, vocab)); the cache holds 2B rows where guided.
-    `scales[i]`: the guidance scale of token i, None where it is not guided. Returns the model calls made."""
+    `scales[i]`: the guidance scale of token i, None where it is not guided. `progress` is called after every
+    model call (and once for the first token, drawn from the prefill's logits)."""
     batch, block_size = tokens.shape
     guidance = first_logits.shape[0] == 2 * batch
     generators = list(generator) if isinstance(generator, Sequence) else [generator] * batch
@@ -62,7 +63,6 @@ def jacobi_decode(
     tokens[:, start + 1 :] = 0  # placeholders until a step drafts them
     frontier = [start + 1] * batch  # each row's first unaccepted position
     drafted_from: dict[tuple[int, int], torch.Tensor] = {}  # (row, position) -> the q its draft was drawn from
-    calls = 0
     if progress is not None:
         progress(start + 1, block_size)
     while min(frontier) < block_size:
@@ -70,7 +70,6 @@ def jacobi_decode(
         end = min(begin + window, block_size)
         inputs = tokens[:, begin - 1 : end - 1]
         logits = gpt.decode_window(torch.cat([inputs, inputs]) if guidance else inputs, gpt.prefix_length + begin - 1)
-        calls += 1
         step = [probabilities(logits[:, position - begin], position) for position in range(begin, end)]
         for row in range(batch):
             position = frontier[row]
@@ -95,4 +94,3 @@ def jacobi_decode(
                 drafted_from[(row, later)] = q
         if progress is not None:
             progress(min(frontier), block_size)
-    return calls
