@@ -73,7 +73,7 @@ def generate(
             guidance schedule. The same seed draws the same tokens as without a prefix when n is 0.
         jacobi_window: 0 decodes one token a step; w >= 1 verifies a window of w draft tokens per model call
             (speculative Jacobi decoding, `llamagen.gpt.jacobi`): the same distribution of images in fewer calls,
-            and with greedy sampling the same tokens. It runs the model's own modules (`decoding` aside).
+            and with greedy sampling the same tokens.
 
     The KV cache stays allocated for the next call with as many rows; `gpt.clear_cache()` frees it. A model has
     one cache, so generations on one model from several threads run one after another (`generation_lock`).
@@ -99,15 +99,15 @@ def generate(
         return tokens
     with generation_lock(gpt):
         gpt.setup_cache(rows)
-        decoder = None if jacobi_window else fast.decoder(gpt, rows, compile, decoding)  # made before the prefill
+        decoder = fast.decoder(gpt, rows, compile, decoding, window=max(jacobi_window, 1))  # before the prefill
         logits = gpt.prefill(cond, cond_mask, torch.cat([tokens[:, :kept]] * (rows // batch)))
         if progress is not None and kept:
             progress(kept, gpt.config.block_size)
         if jacobi_window:
             guided_scales = [scale if guidance and (cfg_interval < 0 or i <= cfg_interval + 1) else None
                              for i, scale in enumerate(scales)]  # fmt: skip
-            jacobi_decode(gpt, tokens, kept, logits, jacobi_window, guided_scales, temperature, top_k, top_p,
-                          generator, progress)  # fmt: skip
+            jacobi_decode(decoder.window, gpt.prefix_length, tokens, kept, logits, jacobi_window, guided_scales,
+                          temperature, top_k, top_p, generator, progress, decoder.top_k)  # fmt: skip
             return tokens
         for i in range(kept, gpt.config.block_size):
             guide = guidance and (cfg_interval < 0 or i <= cfg_interval + 1)

@@ -134,6 +134,41 @@ def test_the_one_call_step_computes_what_the_modules_do(model_type, n_kv_head, r
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, window", [(1, 1), (1, 16), (2, 5), (3, 8), (9, 3)])
+@pytest.mark.parametrize("model_type, n_kv_head", [("c2i", 2), ("t2i", None)])
+def test_the_one_call_window_computes_what_the_modules_do(model_type, n_kv_head, rows, window, dtype):
+    """A window of tokens a row (parallel decoding's step): each token attends to the cache up to itself, the
+    window's earlier tokens included; a second window from the middle of the first overwrites what the first
+    wrote past it, as Jacobi decoding does when it refuses a draft."""
+    cls_token_num = 6 if model_type == "t2i" else 1
+    model = small(model_type=model_type, n_kv_head=n_kv_head, cls_token_num=cls_token_num, block_size=64)
+    model = model.to(dtype)
+    cond, cond_mask = condition(model, batch=max(rows, 2))
+    cond, cond_mask = cond[:rows], None if cond_mask is None else cond_mask[:rows]
+    tokens = torch.randint(0, model.config.vocab_size, (rows, 2 * window), generator=torch.Generator().manual_seed(1))
+    middle = window // 2
+
+    def decode(forward):
+        model.prefill(cond, cond_mask)
+        first = forward(tokens[:, :window], model.prefix_length)
+        second = forward(tokens[:, window:], model.prefix_length + middle)  # from the middle of the first
+        _, caches = one_call.step_tensors(model)
+        return torch.cat([first, second], 1), [cache.clone() for cache in caches]
+
+    with torch.no_grad():
+        model.setup_cache(rows)
+        assert one_call.serves(model, rows * window)
+        by_kernel, kernel_caches = decode(one_call.OneCallStep(model).window)
+        by_module, module_caches = decode(model.decode_window)
+    assert by_kernel.shape == (rows, 2 * window, model.config.vocab_size)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.1, "rtol": 2**-7}
+    torch.testing.assert_close(by_kernel, by_module, **tolerance)
+    for got, expected in zip(kernel_caches, module_caches, strict=True):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+@needs_kernel
 def test_the_one_call_step_serves_only_what_it_computes_like_the_modules(monkeypatch):
     model = small()
     assert not one_call.serves(model, 2)  # no cache yet
@@ -177,6 +212,13 @@ def test_the_one_call_step_refuses_what_it_cannot_read():
         step(caches=[*caches[:-1], caches[-1].bfloat16()])
     with pytest.raises(RuntimeError, match=r"tokens must be \(rows, 1\)"):
         step(tokens=torch.tensor([[1, 2], [3, 4]]))
+    window = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    arguments = (weights, caches, model.freqs_cis, None)
+    assert torch.ops.llamagen.decode_window(window, *arguments, 14, 4, 1e-5).shape == (2, 3, 97)
+    with pytest.raises(RuntimeError, match="position 15 and the window after it is outside the cache"):
+        torch.ops.llamagen.decode_window(window, *arguments, 15, 4, 1e-5)
+    with pytest.raises(RuntimeError, match=r"tokens must be \(rows, window\)"):
+        torch.ops.llamagen.decode_window(window[0], *arguments, 3, 4, 1e-5)
     with pytest.raises(RuntimeError, match="rope must be"):
         torch.ops.llamagen.decode_step(tokens, weights, caches, model.freqs_cis[..., :1].contiguous(), None, 3, 4, 1e-5)
 

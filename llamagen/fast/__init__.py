@@ -34,14 +34,17 @@ WAYS = ("fastest", "plain")
 @dataclass(frozen=True)
 class Decoder:
     """What a generation calls at every token: `step(tokens, position)` -> logits, and the sampler's
-    `top_k(logits, k)` -> (values, ids)."""
+    `top_k(logits, k)` -> (values, ids); parallel decoding calls `window(tokens, start)` -> logits of a window
+    of tokens (`GPT.decode_window`) instead of `step`."""
 
     step: Callable[[torch.Tensor, int], torch.Tensor]
     top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+    window: Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest") -> Decoder:
-    """The decoding step for a generation of `rows` rows on `gpt`, whose KV cache is set up.
+def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest", window: int = 1) -> Decoder:
+    """The decoding step for a generation of `rows` rows on `gpt`, whose KV cache is set up, each step `window`
+    tokens a row (parallel decoding; the window runs through the modules uncompiled, or the one-call kernel).
 
     "fastest": on a CPU with llamagen's kernels (built by `make setup`, AVX-512 BF16), up to
     `one_call.MAX_ROWS` rows (any number for a model of a few MB) run as one call of the whole-step kernel,
@@ -52,15 +55,16 @@ def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest") ->
     if way not in WAYS:
         raise ValueError(f"decoding must be one of {', '.join(WAYS)}, got {way!r}")
     if way == "plain":
-        return Decoder(_modules(gpt, compile), sorted_top_k)
+        return Decoder(_modules(gpt, compile), sorted_top_k, gpt.decode_window)
     if gpt.device.type == "cuda" and cuda_graphs.serves(gpt):
-        return Decoder(cuda_graphs.graphed_decode_steps(gpt, compile), sorted_top_k)
+        return Decoder(cuda_graphs.graphed_decode_steps(gpt, compile), sorted_top_k, gpt.decode_window)
     if gpt.device.type == "cpu":
         kernels.load()
         huge_pages.move_to_huge_pages(gpt)  # every step streams the weights and cache: fewer pages to translate
-        if one_call.serves(gpt, rows):
-            return Decoder(one_call.OneCallStep(gpt), top_k_candidates)
-    return Decoder(_modules(gpt, compile), top_k_candidates)
+        if one_call.serves(gpt, rows * window):
+            step = one_call.OneCallStep(gpt)
+            return Decoder(step, top_k_candidates, step.window)
+    return Decoder(_modules(gpt, compile), top_k_candidates, gpt.decode_window)
 
 
 def _modules(gpt: GPT, compile: bool) -> Callable[[torch.Tensor, int], torch.Tensor]:

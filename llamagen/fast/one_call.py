@@ -50,25 +50,26 @@ def _weight_bytes(gpt: GPT) -> int:
 
 
 class OneCallStep:
-    """`gpt.decode_step(tokens, position)` as one call of the kernel, over the weights and caches the model has
-    now (gathered once: a new cache or moved weights need a new OneCallStep)."""
+    """`gpt.decode_step(tokens, position)` as one call of the kernel, and `gpt.decode_window` as `window`, over
+    the weights and caches the model has now (gathered once: a new cache or moved weights need a new
+    OneCallStep)."""
 
     def __init__(self, gpt: GPT) -> None:
         self._gpt = gpt
         self._weights, self._caches = step_tensors(gpt)
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        return self._run(torch.ops.llamagen.decode_step, tokens, position)
+
+    def window(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """`gpt.decode_window(tokens, start)`: (rows, w) tokens -> (rows, w, vocab) logits."""
+        return self._run(torch.ops.llamagen.decode_window, tokens, start)
+
+    def _run(self, op: torch._ops.OpOverloadPacket, tokens: torch.Tensor, position: int) -> torch.Tensor:
         gpt = self._gpt
-        return torch.ops.llamagen.decode_step(
-            tokens,
-            self._weights,
-            self._caches,
-            gpt.freqs_cis,
-            gpt.visible_keys,
-            position,
-            gpt.config.n_head,
-            gpt.config.norm_eps,
-        )
+        config = gpt.config
+        return op(tokens, self._weights, self._caches, gpt.freqs_cis, gpt.visible_keys, position, config.n_head,
+                  config.norm_eps)  # fmt: skip
 
 
 def step_tensors(gpt: GPT) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

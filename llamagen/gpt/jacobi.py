@@ -20,13 +20,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from llamagen.gpt.model import GPT
-from llamagen.gpt.sampling import guided, sampling_probabilities
+from llamagen.gpt.sampling import TopK, sampling_probabilities, sorted_top_k
+
+WindowForward = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 @torch.no_grad()
 def jacobi_decode(
-    gpt: GPT,
+    forward: WindowForward,
+    prefix_length: int,
     tokens: torch.Tensor,
     start: int,
     first_logits: torch.Tensor,
@@ -37,60 +39,75 @@ def jacobi_decode(
     top_p: float,
     generator: torch.Generator | Sequence[torch.Generator] | None,
     progress: Callable[[int, int], None] | None = None,
+    top_k_candidates: TopK = sorted_top_k,
 ) -> None:
     """Fill tokens[:, start:] (B, block_size) in place after a prefill of the condition and tokens[:, :start],
     whose logits of token `start` are `first_logits` ((2B or B, vocab)); the cache holds 2B rows where guided.
-    `scales[i]`: the guidance scale of token i, None where it is not guided. `progress` is called after every
-    model call (and once for the first token, drawn from the prefill's logits)."""
+    `forward(tokens, sequence_position)`: the model's window forward (`GPT.decode_window`, or the kernel's), the
+    image's tokens after `prefix_length` condition tokens. `scales[i]`: the guidance scale of token i, None
+    where it is not guided. `progress` is called after every model call (and once for the first token, drawn
+    from the prefill's logits)."""
     batch, block_size = tokens.shape
     guidance = first_logits.shape[0] == 2 * batch
     generators = list(generator) if isinstance(generator, Sequence) else [generator] * batch
     greedy = top_k == 1 or temperature == 0
 
-    def probabilities(logits: torch.Tensor, position: int) -> torch.Tensor:
+    def probabilities(logits: torch.Tensor, positions: range) -> torch.Tensor:
+        """(rows, n, vocab) logits of `positions` -> (B, n, vocab) probabilities that sequential decoding draws
+        from, each position guided at its own scale."""
         if guidance:
-            logits = guided(logits, scales[position] if scales[position] is not None else 1.0)
-        return sampling_probabilities(logits, temperature, top_k, top_p)
+            cond, uncond = logits.chunk(2)
+            scale = torch.tensor([scales[i] if scales[i] is not None else 1.0 for i in positions])[:, None]
+            # As `sampling.guided`: at scale 1 the conditional logits exactly.
+            logits = torch.where(scale == 1.0, cond, uncond + (cond - uncond) * scale)
+        rows, n, vocab = logits.shape
+        flat = sampling_probabilities(logits.reshape(rows * n, vocab), temperature, top_k, top_p, top_k_candidates)
+        return flat.view(rows, n, vocab)
 
-    def draw(p: torch.Tensor, row: int) -> int:
+    def draw(p: torch.Tensor, row: int) -> torch.Tensor:
+        """(n, vocab) -> (n,) one token of each distribution."""
         if greedy:
-            return int(p.argmax())
-        return int(torch.multinomial(p, 1, generator=generators[row]))
+            return p.argmax(-1)
+        return torch.multinomial(p, 1, generator=generators[row])[:, 0]
 
-    first = probabilities(first_logits, start)
+    first = probabilities(first_logits[:, None], range(start, start + 1))[:, 0]
     for row in range(batch):
-        tokens[row, start] = draw(first[row], row)
+        tokens[row, start] = draw(first[row : row + 1], row)[0]
     tokens[:, start + 1 :] = 0  # placeholders until a step drafts them
     frontier = [start + 1] * batch  # each row's first unaccepted position
-    drafted_from: dict[tuple[int, int], torch.Tensor] = {}  # (row, position) -> the q its draft was drawn from
+    # The distributions of the last step, which drew the drafts at positions drafted_from .. drafted_to - 1 (a
+    # row's from its frontier on).
+    drafted, drafted_from, drafted_to = None, start + 1, start + 1
     if progress is not None:
         progress(start + 1, block_size)
     while min(frontier) < block_size:
         begin = min(frontier)
         end = min(begin + window, block_size)
         inputs = tokens[:, begin - 1 : end - 1]
-        logits = gpt.decode_window(torch.cat([inputs, inputs]) if guidance else inputs, gpt.prefix_length + begin - 1)
-        step = [probabilities(logits[:, position - begin], position) for position in range(begin, end)]
+        logits = forward(torch.cat([inputs, inputs]) if guidance else inputs, prefix_length + begin - 1)
+        step = probabilities(logits, range(begin, end))
         for row in range(batch):
-            position = frontier[row]
-            while position < end:
-                p = step[position - begin][row]
-                q = drafted_from.pop((row, position), None)
-                if q is not None:
-                    draft = int(tokens[row, position])
-                    ratio = float(p[draft] / q[draft])
-                    if ratio >= 1 or (ratio > 0 and float(torch.rand((), generator=generators[row])) < ratio):
-                        position += 1
-                        continue
-                    residual = (p - q).clamp_min(0)
+            position, row_drafts = frontier[row], range(frontier[row], min(drafted_to, end))
+            if row_drafts:
+                ids = tokens[row, row_drafts.start : row_drafts.stop]
+                p = step[row, row_drafts.start - begin : row_drafts.stop - begin].gather(-1, ids[:, None])[:, 0]
+                q = drafted[row, row_drafts.start - drafted_from : row_drafts.stop - drafted_from]
+                ratio = p / q.gather(-1, ids[:, None])[:, 0]
+                accepted = ratio >= 1
+                if not greedy:
+                    accepted |= torch.rand(len(ratio), generator=generators[row]) < ratio
+                refused = (~accepted).nonzero()
+                position += len(ratio) if len(refused) == 0 else int(refused[0])
+            if position < end:
+                p = step[row, position - begin]
+                if position in row_drafts:  # a refused draft: redrawn from the residual
+                    residual = (p - drafted[row, position - drafted_from]).clamp_min(0)
                     p = residual / residual.sum() if residual.sum() > 0 else p
-                tokens[row, position] = draw(p, row)
+                tokens[row, position] = draw(p[None], row)[0]
                 position += 1
-                break
             frontier[row] = position
-            for later in range(position, end):
-                q = step[later - begin][row]
-                tokens[row, later] = draw(q, row)
-                drafted_from[(row, later)] = q
+            if position < end:
+                tokens[row, position:end] = draw(step[row, position - begin :], row)
+        drafted, drafted_from, drafted_to = step, begin, end
         if progress is not None:
             progress(min(frontier), block_size)

@@ -70,15 +70,15 @@ def sample(
     return candidates if candidate_ids is None else candidate_ids.gather(-1, candidates)
 
 
-def sampling_probabilities(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                           top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
+def sampling_probabilities(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                           top_k_candidates: TopK = sorted_top_k) -> torch.Tensor:  # fmt: skip
     """(B, vocab) float32 logits -> (B, vocab) the probabilities `sample` draws from (zero outside top-k and
     top-p; one-hot at the argmax where sampling is greedy), for methods that test a draw against them."""
     if top_k == 1 or temperature == 0:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
-        values, ids = sorted_top_k(logits, top_k)
+        values, ids = top_k_candidates(logits, top_k)
         logits = torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
     if top_p < 1.0:
         logits = _top_p_filter(logits, top_p)

@@ -2,7 +2,7 @@
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Four ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
+the table on the CPU. Five ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
 product uses AMX's tiles:
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 16 rows of x, reading the weights
@@ -13,7 +13,8 @@ product uses AMX's tiles:
 - `torch.ops.llamagen.top_k(logits, k)`: the sampler's k largest logits of each row, by radix select (top_k.cpp);
 - `torch.ops.llamagen.decode_step(tokens, weights, caches, rope, visible, position, heads, eps)`: a whole
   decoding step of the generator in one call, over the two kernels above (decode_step.cpp; `llamagen.fast`
-  calls it through `one_call.py`).
+  calls it through `one_call.py`), and `decode_window(...)` the same for a window of tokens a row (parallel
+  decoding's step, `GPT.decode_window`).
 
 The build takes about half a minute, once per machine: the library is cached in torch's extension folder
 (`TORCH_EXTENSIONS_DIR`, which the Makefile points into `.cache/`; `make setup` builds it). Where the CPU lacks

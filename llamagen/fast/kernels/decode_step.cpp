@@ -1,5 +1,8 @@
 // A whole decoding step of the Llama generator in one call: the token embeddings of its rows (each row a
-// sequence; guidance doubles them) through every layer into the KV cache, to the logits of the next token.
+// sequence; guidance doubles them) through every layer into the KV cache, to the logits of the next token. A
+// window of w tokens per sequence (parallel decoding verifies w drafts at once, llamagen/gpt/jacobi.py) runs as
+// w times the rows through the products, which read the weights once for up to 16 rows: while reading them sets
+// the step's time, a window costs little more than a token; each token attends to the cache up to itself.
 //
 // Op by op, a step of GPT-B is some 200 calls through torch's dispatcher (and, eager, through Python's modules):
 // about 2 ms of a 7 ms bf16 step at batch 1 went to the graph's own small kernels, their calls, the attention's
@@ -68,9 +71,11 @@ inline __m512 exponential(__m512 x) {
   return _mm512_scalef_ps(sum, k);
 }
 
-// The sizes of a step, read from its weights and caches.
+// The sizes of a step, read from its weights and caches: `rows` token rows, `window` consecutive tokens of each
+// of `sequences` sequences, stored window position by window position (row j * sequences + s is token j of
+// sequence s), so that the tokens at one position are consecutive rows for the attention.
 struct Shape {
-  int64_t rows, dim, heads, kv_heads, head_dim, hidden, vocab, layers;
+  int64_t sequences, window, rows, dim, heads, kv_heads, head_dim, hidden, vocab, layers;
   int64_t q_size() const { return heads * head_dim; }
   int64_t kv_size() const { return kv_heads * head_dim; }
 };
@@ -102,7 +107,7 @@ class Step {
     int64_t values = 0;
     for (const int64_t width : widths) values += round_up(s_.rows * width);
     workspace_ = at::empty({values}, at::TensorOptions().dtype(dtype()));
-    scores_ = at::empty({s_.rows * s_.heads * (position + 1)}, at::TensorOptions().dtype(at::kFloat));
+    scores_ = at::empty({s_.sequences * s_.heads * (position + s_.window)}, at::TensorOptions().dtype(at::kFloat));
     Scalar* next = workspace_.data_ptr<Scalar>();
     for (size_t b = 0; b < std::size(buffers); ++b) {
       *buffers[b] = next;
@@ -110,19 +115,28 @@ class Step {
     }
   }
 
+  // tokens: (sequences, window), row-major.
   void embed(const at::Tensor& table, const int64_t* tokens) {
     const Scalar* rows = table.data_ptr<Scalar>();
-    for (int64_t r = 0; r < s_.rows; ++r) std::copy_n(rows + tokens[r] * s_.dim, s_.dim, h_ + r * s_.dim);
+    for (int64_t r = 0; r < s_.rows; ++r) {
+      const int64_t id = tokens[sequence_of(r) * s_.window + window_position_of(r)];
+      std::copy_n(rows + id * s_.dim, s_.dim, h_ + r * s_.dim);
+    }
   }
 
   void layer(const LayerWeights& w, const at::Tensor& k_cache, const at::Tensor& v_cache) {
     rms_norm(h_, w.attention_norm.data_ptr<Scalar>(), normed_);
     linear(normed_, w.wqkv, qkv_);
     store_queries_keys_values(k_cache, v_cache);
-    llamagen::single_query_attention_rows(dtype(), attended_, llamagen::cached_heads(k_cache),
-                                          llamagen::cached_heads(v_cache), visible_, visible_stride_, s_.rows,
-                                          s_.heads, s_.kv_heads, position_ + 1, s_.head_dim,
-                                          scores_.data_ptr<float>(), attended_);
+    // The queries at window position j see the cache up to position_ + j: the window's earlier tokens, just
+    // stored, and none after.
+    for (int64_t j = 0; j < s_.window; ++j) {
+      Scalar* queries = attended_ + j * s_.sequences * s_.q_size();
+      llamagen::single_query_attention_rows(dtype(), queries, llamagen::cached_heads(k_cache),
+                                            llamagen::cached_heads(v_cache), visible_, visible_stride_, s_.sequences,
+                                            s_.heads, s_.kv_heads, position_ + j + 1, s_.head_dim,
+                                            scores_.data_ptr<float>(), queries);
+    }
     linear(attended_, w.wo, normed_);
     add_to_residual(normed_);
     rms_norm(h_, w.ffn_norm.data_ptr<Scalar>(), normed_);
@@ -133,15 +147,18 @@ class Step {
     add_to_residual(normed_);
   }
 
+  // (sequences, window, vocab) float32.
   at::Tensor logits(const at::Tensor& norm, const at::Tensor& output) {
     rms_norm(h_, norm.data_ptr<Scalar>(), normed_);
     linear(normed_, output, logits_);
-    at::Tensor result = at::empty({s_.rows, s_.vocab}, at::TensorOptions().dtype(at::kFloat));
-    float* out = result.data_ptr<float>();
-    const int64_t n = s_.rows * s_.vocab;
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 mask = chunk_mask(i, n);
-      _mm512_mask_storeu_ps(out + i, mask, T::load(logits_ + i, mask));
+    at::Tensor result = at::empty({s_.sequences, s_.window, s_.vocab}, at::TensorOptions().dtype(at::kFloat));
+    for (int64_t r = 0; r < s_.rows; ++r) {
+      float* out = result.data_ptr<float>() + (sequence_of(r) * s_.window + window_position_of(r)) * s_.vocab;
+      const Scalar* row = logits_ + r * s_.vocab;
+      for (int64_t i = 0; i < s_.vocab; i += 16) {
+        const __mmask16 mask = chunk_mask(i, s_.vocab);
+        _mm512_mask_storeu_ps(out + i, mask, T::load(row + i, mask));
+      }
     }
     return result;
   }
@@ -149,6 +166,8 @@ class Step {
  private:
   static int64_t round_up(int64_t values) { return (values + 31) / 32 * 32; }  // buffers 64-byte aligned
   static at::ScalarType dtype() { return c10::CppTypeToScalarType<Scalar>::value; }
+  int64_t sequence_of(int64_t row) const { return row % s_.sequences; }
+  int64_t window_position_of(int64_t row) const { return row / s_.sequences; }
 
   // The product takes up to kMaxRows rows at a time: more rows read the weights once per group of them.
   void linear(const Scalar* x, const at::Tensor& weight, Scalar* y) const {
@@ -180,9 +199,9 @@ class Step {
   }
 
   // The 2-D rotary embedding of one head (layers.py's apply_rope): pairs (a, b) -> (a cos - b sin, b cos + a sin),
-  // the angles of this position from the table (head_dim/2 pairs of cos, sin).
-  void rotate(const Scalar* head, Scalar* out) const {
-    const float* table = rope_ + position_ * s_.head_dim;  // head_dim/2 (cos, sin) pairs a position
+  // the angles of its position from the table (head_dim/2 pairs of cos, sin).
+  void rotate(const Scalar* head, int64_t position, Scalar* out) const {
+    const float* table = rope_ + position * s_.head_dim;  // head_dim/2 (cos, sin) pairs a position
     for (int64_t i = 0; i < s_.head_dim; i += 16) {
       const __mmask16 mask = chunk_mask(i, s_.head_dim);
       const __m512 values = T::load(head + i, mask);
@@ -195,21 +214,22 @@ class Step {
     }
   }
 
-  // The queries rotated into their buffer; the keys rotated, and the values as they are, into the cache at this
-  // position.
+  // The queries rotated into their buffer; the keys rotated, and the values as they are, into the cache of
+  // their sequence at their position.
   void store_queries_keys_values(const at::Tensor& k_cache, const at::Tensor& v_cache) {
     Scalar* keys = k_cache.data_ptr<Scalar>();
     Scalar* values = v_cache.data_ptr<Scalar>();
     const int64_t width = s_.q_size() + 2 * s_.kv_size();
     for (int64_t r = 0; r < s_.rows; ++r) {
       const Scalar* projected = qkv_ + r * width;
+      const int64_t sequence = sequence_of(r), position = position_ + window_position_of(r);
       for (int64_t h = 0; h < s_.heads; ++h) {
-        rotate(projected + h * s_.head_dim, attended_ + (r * s_.heads + h) * s_.head_dim);
+        rotate(projected + h * s_.head_dim, position, attended_ + (r * s_.heads + h) * s_.head_dim);
       }
       for (int64_t h = 0; h < s_.kv_heads; ++h) {
-        const int64_t cached = r * k_cache.stride(0) + h * k_cache.stride(1) + position_ * k_cache.stride(2);
-        rotate(projected + s_.q_size() + h * s_.head_dim, keys + cached);
-        const int64_t value_at = r * v_cache.stride(0) + h * v_cache.stride(1) + position_ * v_cache.stride(2);
+        const int64_t cached = sequence * k_cache.stride(0) + h * k_cache.stride(1) + position * k_cache.stride(2);
+        rotate(projected + s_.q_size() + h * s_.head_dim, position, keys + cached);
+        const int64_t value_at = sequence * v_cache.stride(0) + h * v_cache.stride(1) + position * v_cache.stride(2);
         std::copy_n(projected + s_.q_size() + s_.kv_size() + h * s_.head_dim, s_.head_dim, values + value_at);
       }
     }
@@ -256,8 +276,8 @@ void check_weight(const at::Tensor& weight, at::ScalarType dtype, std::initializ
 
 // Everything the step reads, checked before it writes anything: the weights' shapes against the embeddings',
 // the caches', the rows, the position and the token ids.
-Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList caches, const at::Tensor& rope,
-            const std::optional<at::Tensor>& visible, int64_t position, int64_t heads) {
+Shape check(const at::Tensor& tokens, bool window, at::TensorList weights, at::TensorList caches,
+            const at::Tensor& rope, const std::optional<at::Tensor>& visible, int64_t position, int64_t heads) {
   TORCH_CHECK(weights.size() >= 3 + kWeightsPerLayer && (weights.size() - 3) % kWeightsPerLayer == 0,
               "weights: the embeddings, 7 per layer (one layer at least), the norm and the output, got ",
               weights.size());
@@ -271,17 +291,19 @@ Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList cac
   const at::Tensor& cache = caches[0];
   TORCH_CHECK(cache.dim() == 4 && cache.size(1) > 0 && heads > 0,
               "caches must be (batch, kv_heads, length, head_dim), with heads and kv_heads at least 1");
-  TORCH_CHECK(tokens.dim() <= 2 && tokens.numel() == tokens.size(0), "tokens must be (rows, 1), got ", tokens.sizes());
-  Shape s{tokens.numel(), embeddings.size(1), heads, cache.size(1), cache.size(3), weights[5].size(0),
-          weights.back().size(0), layers};
-  TORCH_CHECK(s.rows >= 1 && s.rows <= cache.size(0), "1 to ", cache.size(0), " rows (the cache's batch), got ",
-              s.rows);
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 1 && (window || tokens.size(1) == 1), "tokens must be ",
+              window ? "(rows, window)" : "(rows, 1)", ", got ", tokens.sizes());
+  Shape s{tokens.size(0), tokens.size(1), tokens.numel(), embeddings.size(1), heads, cache.size(1), cache.size(3),
+          weights[5].size(0), weights.back().size(0), layers};
+  TORCH_CHECK(s.sequences >= 1 && s.sequences <= cache.size(0), "1 to ", cache.size(0),
+              " rows (the cache's batch), got ", s.sequences);
   TORCH_CHECK(heads % s.kv_heads == 0 && s.q_size() == s.dim, "heads must be a multiple of the caches' ",
               s.kv_heads, " with heads * head_dim the model's width");
   const int64_t lanes = dtype == at::kFloat ? 16 : 32;
   TORCH_CHECK(s.dim % lanes == 0 && s.hidden % lanes == 0 && s.head_dim % 2 == 0,
               "the width and the hidden width must be whole 512-bit registers, and head_dim even");
-  TORCH_CHECK(position >= 0 && position < cache.size(2), "position ", position, " is outside the cache");
+  TORCH_CHECK(position >= 0 && position + s.window <= cache.size(2), "position ", position,
+              s.window > 1 ? " and the window after it" : "", " is outside the cache");
   for (int64_t l = 0; l < layers; ++l) {
     const at::TensorList w = weights.slice(1 + l * kWeightsPerLayer, kWeightsPerLayer);
     check_weight(w[0], dtype, {s.dim}, "attention_norm");
@@ -302,7 +324,7 @@ Shape check(const at::Tensor& tokens, at::TensorList weights, at::TensorList cac
                   rope.size(0) == cache.size(2) && rope.size(1) * 2 == s.head_dim && rope.size(2) == 2,
               "rope must be the (length, head_dim/2, 2) float32 table");
   if (visible.has_value()) {
-    TORCH_CHECK(visible->scalar_type() == at::kBool && visible->dim() == 2 && visible->size(0) >= s.rows &&
+    TORCH_CHECK(visible->scalar_type() == at::kBool && visible->dim() == 2 && visible->size(0) >= s.sequences &&
                     visible->size(1) == cache.size(2) && visible->stride(1) == 1,
                 "visible must be (batch, length) booleans, one per cached position");
   }
@@ -327,15 +349,30 @@ at::Tensor run(const at::Tensor& tokens, at::TensorList weights, at::TensorList 
   return step.logits(weights[weights.size() - 2], weights.back());
 }
 
-at::Tensor decode_step(const at::Tensor& tokens, at::TensorList weights, at::TensorList caches,
-                       const at::Tensor& rope, const std::optional<at::Tensor>& visible, int64_t position,
-                       int64_t heads, double eps) {
-  const at::Tensor ids = tokens.contiguous();  // a column of the generation's tokens
-  const Shape shape = check(ids, weights, caches, rope, visible, position, heads);
+at::Tensor decode(const at::Tensor& tokens, bool window, at::TensorList weights, at::TensorList caches,
+                  const at::Tensor& rope, const std::optional<at::Tensor>& visible, int64_t position, int64_t heads,
+                  double eps) {
+  const at::Tensor ids = tokens.contiguous();  // columns of the generation's tokens
+  const Shape shape = check(ids, window, weights, caches, rope, visible, position, heads);
   if (weights[0].scalar_type() == at::kFloat) {
     return run<Float32>(ids, weights, caches, rope, visible, position, shape, static_cast<float>(eps));
   }
   return run<BFloat16>(ids, weights, caches, rope, visible, position, shape, static_cast<float>(eps));
+}
+
+// tokens (rows, 1) at `position` -> (rows, vocab) logits of the next token.
+at::Tensor decode_step(const at::Tensor& tokens, at::TensorList weights, at::TensorList caches,
+                       const at::Tensor& rope, const std::optional<at::Tensor>& visible, int64_t position,
+                       int64_t heads, double eps) {
+  return decode(tokens, false, weights, caches, rope, visible, position, heads, eps).select(1, 0);
+}
+
+// tokens (rows, w) at positions position .. position + w - 1 -> (rows, w, vocab), each the logits of the token
+// after its own (GPT.decode_window).
+at::Tensor decode_window(const at::Tensor& tokens, at::TensorList weights, at::TensorList caches,
+                         const at::Tensor& rope, const std::optional<at::Tensor>& visible, int64_t position,
+                         int64_t heads, double eps) {
+  return decode(tokens, true, weights, caches, rope, visible, position, heads, eps);
 }
 
 }  // namespace
@@ -344,5 +381,11 @@ TORCH_LIBRARY_FRAGMENT(llamagen, m) {
   m.def(
       "decode_step(Tensor tokens, Tensor[] weights, Tensor(a!)[] caches, Tensor rope, Tensor? visible, "
       "int position, int heads, float eps) -> Tensor");
+  m.def(
+      "decode_window(Tensor tokens, Tensor[] weights, Tensor(a!)[] caches, Tensor rope, Tensor? visible, "
+      "int position, int heads, float eps) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("decode_step", &decode_step); }
+TORCH_LIBRARY_IMPL(llamagen, CPU, m) {
+  m.impl("decode_step", &decode_step);
+  m.impl("decode_window", &decode_window);
+}
