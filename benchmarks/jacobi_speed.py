@@ -33,7 +33,7 @@ STEP_REPEATS = 20
 
 def decoding_row(pipe, window: int, device: str) -> tuple[float, float]:
     """(model calls per image, milliseconds per token) over `IMAGES` images of batch 1."""
-    gpt, options = pipe.gpt, pipe.sampling.filled()
+    gpt, options = pipe.gpt, pipe.sampling.values()
     reports = []
     start = time.perf_counter()
     for seed in range(IMAGES):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion, seed_mean
+from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion, seed_mean, token_histograms_differ
 
 
 def test_the_interval_of_normal_samples_is_about_the_normal_one():
@@ -64,3 +64,36 @@ def test_a_mean_over_seeds_has_students_interval():
     assert float(seed_mean([5.0, 5.0]).high) == 5.0  # no spread, no width
     with pytest.raises(ValueError, match="at least 2 runs, got 1"):
         seed_mean([1.0])
+
+
+def test_token_histograms_are_told_apart_only_where_they_differ():
+    """Known answers: position 0 drawn from one distribution in both samples, position 1 from distributions
+    that put a tenth and a third of the mass on five tokens, position 2 a single token everywhere (nothing to
+    test: p = 1). With two groups (classes) whose tokens differ, the samples' mix of them kept by the
+    permutations, and a difference within one group seen."""
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.ones(50)
+    shifted = weights.clone()
+    shifted[:5] *= 5.0
+
+    def sample(n, first, second):
+        columns = [torch.multinomial(first, n, True, generator=generator),
+                   torch.multinomial(second, n, True, generator=generator), torch.full((n,), 7)]  # fmt: skip
+        return torch.stack(columns, 1)
+
+    same, apart = sample(600, weights, weights), sample(500, weights, shifted)
+    test = token_histograms_differ(same, apart)
+    p = test.position_p_values
+    assert test.p_value < 0.01 and p.shape == (3,) and p[0] > 0.01 and p[1] < 0.01 and p[2] == 1.0
+    assert token_histograms_differ(same, sample(500, weights, weights)).p_value > 0.05
+
+    # Group 1's tokens sit elsewhere (ids 50-99); both samples hold both groups, in other proportions.
+    def grouped(n_0, n_1, second):
+        return torch.cat([sample(n_0, weights, second), sample(n_1, weights, weights) + 50])
+
+    a, groups_a = grouped(300, 300, weights), torch.tensor([0] * 300 + [1] * 300)
+    b, groups_b = grouped(200, 300, weights), torch.tensor([0] * 200 + [1] * 300)
+    assert token_histograms_differ(a, b, (groups_a, groups_b)).p_value > 0.05
+    assert token_histograms_differ(a, grouped(200, 300, shifted), (groups_a, groups_b)).p_value < 0.01
+    with pytest.raises(ValueError, match="two \\(n, L\\) samples of one length"):
+        token_histograms_differ(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long))

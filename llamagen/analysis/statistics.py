@@ -75,3 +75,84 @@ def _normal_quantile(p: float) -> float:
 def by_grid_row(per_position: torch.Tensor, grid: int) -> torch.Tensor:
     """(B, grid*grid) values per image position in raster order -> (B, grid) means per row of the token grid."""
     return per_position.reshape(per_position.shape[0], grid, grid).mean(-1)
+
+
+@dataclass
+class HistogramTest:
+    """A two-sample test of token histograms: the p-value of all positions together, and each position's own."""
+
+    p_value: float
+    position_p_values: torch.Tensor  # (L,)
+    permutations: int
+
+
+def token_histograms_differ(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+    permutations: int = 999,
+    least_expected: float = 5.0,
+    seed: int = 1_000_003,
+) -> HistogramTest:
+    """Whether two samples of L-token sequences, (n_a, L) and (n_b, L) token ids, draw their tokens from one
+    distribution at each position, by a permutation test.
+
+    At each position Pearson's chi-squared statistic compares the two samples' token counts, tokens too rare
+    for it (fewer than `least_expected` expected in the smaller sample) pooled into one bin; the test's
+    statistic is the sum over positions, so that a small change at many positions adds up. Its p-value is
+    read from `permutations` random reassignments of whole sequences to the two samples, which keeps the
+    dependence between a sequence's positions that a chi-squared table of every token would ignore. Each
+    position's p-value is read from the same reassignments. `groups`: (n_a,) and (n_b,) ids of the condition
+    each sequence was drawn for (its class): sequences are then reassigned within their group only, so that
+    the samples' mix of conditions, which moves the tokens far more than what is tested, stays as it is.
+    `seed` seeds the reassignments; it is not 0, which the samples themselves are often drawn with: a stream
+    of uniforms that both drew and reassigned the samples would sort them by token."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two (n, L) samples of one length, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(a.shape[0], b.shape[0]) < 2 or permutations < 1:
+        raise ValueError(f"need two sequences a sample and one permutation at least, got {a.shape[0]}, "
+                         f"{b.shape[0]} and {permutations}")  # fmt: skip
+    both = torch.cat([a, b]).long()
+    n, length = both.shape
+    group = torch.zeros(n, dtype=torch.long) if groups is None else torch.cat(groups).long()
+    if group.shape != (n,):
+        raise ValueError(f"groups must hold one id per sequence, ({a.shape[0]},) and ({b.shape[0]},)")
+    group = torch.unique(group, return_inverse=True)[1]
+    in_a_per_group = torch.bincount(group[: a.shape[0]], minlength=int(group.max()) + 1)
+    group_start = torch.cumsum(torch.bincount(group), 0) - torch.bincount(group)
+    vocab = int(both.max()) + 1
+    smaller = min(a.shape[0], b.shape[0]) / n
+    # Each position's bins: a token of its own where common enough, else the pooled bin (bin 0); the totals,
+    # and so the bins, are the same under every reassignment.
+    totals = torch.zeros(length, vocab).scatter_add_(1, both.T, torch.ones(length, n))
+    common = totals * smaller >= least_expected
+    bin_of = torch.where(common, common.long().cumsum(1), 0)  # (L, vocab)
+    bins = int(bin_of.max()) + 1
+    flat_bins = (bin_of.gather(1, both.T) + bins * torch.arange(length)[:, None]).T  # (n, L) into L x bins
+    bin_totals = torch.bincount(flat_bins.flatten(), minlength=length * bins).view(length, bins).double()
+    share_a = a.shape[0] / n
+
+    def statistics(in_a: torch.Tensor) -> torch.Tensor:
+        counts_a = torch.bincount(flat_bins[in_a].flatten(), minlength=length * bins).view(length, bins).double()
+        counts_b = bin_totals - counts_a
+        expected_a, expected_b = bin_totals * share_a, bin_totals * (1 - share_a)
+        used = bin_totals > 0
+        terms = (counts_a - expected_a) ** 2 / expected_a.clamp_min(1e-12) + (counts_b - expected_b) ** 2 / (
+            expected_b.clamp_min(1e-12)
+        )
+        return (terms * used).sum(1)  # (L,)
+
+    observed = statistics(torch.arange(a.shape[0]))
+    generator = torch.Generator().manual_seed(seed)
+    at_least = torch.zeros(length)
+    total_at_least = 0
+    for _ in range(permutations):
+        # Sequences sorted by group, in random order within it: each group's first members go to sample a.
+        order = torch.argsort(group + torch.rand(n, generator=generator, dtype=torch.float64))
+        rank_in_group = torch.arange(n) - group_start[group[order]]
+        permuted = statistics(order[rank_in_group < in_a_per_group[group[order]]])
+        at_least += permuted >= observed - 1e-9
+        total_at_least += int(permuted.sum() >= observed.sum() - 1e-9)
+    return HistogramTest(
+        (1 + total_at_least) / (1 + permutations), ((1 + at_least) / (1 + permutations)).double(), permutations
+    )
