@@ -98,6 +98,20 @@ def test_generate_sends_the_pipelines_images_as_png(client):
     assert re.search(r"4 images of 32x32 pixels \(64 tokens each\) in [\d.]+ s: \*\*[\d.]+ s per image", timing)
 
 
+def test_generate_decodes_in_parallel_when_asked(client):
+    """A window of draft tokens per model call: the pipeline's images for that window and seed, in fewer calls
+    than tokens, said in the summary; a window past the slider's end is refused."""
+    gallery, _, _, timing = client.predict("digits-c2i", ["3"], "", *SAMPLING.values(), 5, 2, 8, api_name="/generate")
+    pipe = load_pipeline("digits-c2i", device="cpu")
+    output = pipe(class_labels=["3"], seed=5, num_images_per_condition=2, jacobi_window=8, **SAMPLING)
+    for item, expected in zip(gallery, output.images, strict=True):
+        assert np.array_equal(png(item["image"]), np.asarray(expected))
+    calls = int(re.search(r", (\d+) model calls", timing).group(1))
+    assert 0 < calls < 63  # fewer than one a token after the first
+    with pytest.raises(Exception, match="Value 17 is greater than maximum value 16"):
+        client.predict("digits-c2i", ["3"], "", *SAMPLING.values(), 5, 2, 17, api_name="/generate")
+
+
 def test_text_generator_takes_a_prompt_and_refuses_an_empty_one(client):
     gallery, _, _, _ = generate_call(client, seed=0, classes=(), count=3, model="tiny-t2i", prompt="a red star")
     assert len(gallery) == 3 and png(gallery[0]["image"]).shape == (16, 16, 3)

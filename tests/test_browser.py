@@ -109,6 +109,13 @@ def test_generate_tab(page):
     caption_box = page.locator("#generate-gallery .caption-label").first.bounding_box()
     assert caption_box["y"] >= image_box["y"] + image_box["height"] - 1
     page.screenshot(path=ARTIFACTS / "generate.png", full_page=True)
+    # Parallel decoding: a window of 8 drafts a call, and the summary counts the calls.
+    window = page.locator("#generate-jacobi-window input[type=number]")
+    window.fill("8")
+    window.press("Enter")
+    page.click("#generate-button")
+    page.locator("#generate-timing", has_text="model calls").wait_for()
+    assert page.locator("#generate-gallery img").count() >= 4
     # Another generator: its own guidance, and the last one's images gone.
     choose(page, "Generator", "shapes-c2i")
     page.wait_for_function("document.querySelector('#generate-cfg-scale input[type=number]').value === '2'")

@@ -51,25 +51,34 @@ def token_grid_picture(pipe: Pipeline, tokens):
 
 @shown_errors
 def generate(registry: ModelRegistry, model, classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p,
-             temperature, seed, count, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
-    """Images, their token grids as pictures, one picture of them all, and how long it took."""
+             temperature, seed, count, jacobi_window=0, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its progress bar)  # fmt: skip
+    """Images, their token grids as pictures, one picture of them all, and how long it took; `jacobi_window`
+    draft tokens verified per model call (0: one token a call)."""
     pipe = registry.pipeline(model)
     condition = condition_of(pipe, classes, prompt)  # every input checked before waiting for the generator
     options = sampling_options(pipe, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed)
+    block_size = pipe.gpt.config.block_size
+    options["jacobi_window"] = number_in_range("parallel decoding window", jacobi_window, 0, block_size, True)
     conditions = len(condition.get("class_labels") or condition["prompts"])
     count = number_in_range("number of images", count, 1, MAX_IMAGES_PER_REQUEST, True)
     if conditions * count > MAX_IMAGES_PER_REQUEST:
         raise ValueError(f"{conditions} classes x {count} images is over the limit of {MAX_IMAGES_PER_REQUEST}")
+    calls = []  # a progress report after every model call (parallel decoding: also one for its first token)
+
+    def report(done, total):
+        calls.append(done)
+        progress((done, total), desc="tokens")
+
     with registry.generation(model):
         started = time.perf_counter()
-        output = pipe(**condition, **options, num_images_per_condition=count,
-                      progress=lambda done, total: progress((done, total), desc="tokens"))  # fmt: skip
+        output = pipe(**condition, **options, num_images_per_condition=count, progress=report)
         seconds = time.perf_counter() - started
     token_grids = [token_grid_picture(pipe, tokens) for tokens in output.tokens]
     total = len(output.images)
     summary = (
         f"{total} image{'s' * (total > 1)} of {pipe.image_size}x{pipe.image_size} pixels "
-        f"({pipe.gpt.config.block_size} tokens each) in {seconds:.2f} s: **{seconds / total:.2f} s per image**"
+        f"({block_size} tokens each) in {seconds:.2f} s: **{seconds / total:.2f} s per image**"
+        + (f", {len(calls) - 1} model calls" if options["jacobi_window"] else "")
         + "".join(f"\n\n{note}" for note in output.notes)
     )
     captions = output.conditions
@@ -140,13 +149,20 @@ def build(registry: ModelRegistry) -> None:
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed")
                 count = gr.Slider(1, MAX_IMAGES_PER_REQUEST, value=4, step=1, label="Images per class")
+            jacobi_window = gr.Slider(
+                0, 16, value=0, step=1, label="Parallel decoding: draft tokens verified per model call",
+                info="0: one token a call. Speculative Jacobi decoding keeps the images' distribution in fewer "
+                "calls; it saves time only where reading the weights sets a call's time (docs/performance.md)",
+                elem_id="generate-jacobi-window",
+            )  # fmt: skip
             run = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
             gallery = captioned_gallery("Images", 4, 320, elem_id="generate-gallery")
             grids = captioned_gallery("Token grids (colour = code index)", 4, 240)
             sheet = picture("All images (download)", height=240)
             timing = gr.Markdown(elem_id="generate-timing")
-    inputs = [model, classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed, count]
+    inputs = [model, classes, prompt, cfg_scale, cfg_interval, cfg_schedule, top_k, top_p, temperature, seed, count,
+              jacobi_window]  # fmt: skip
     run.click(functools.partial(generate, registry), inputs, [gallery, grids, sheet, timing], api_name="generate",
               **GENERATOR_QUEUE)  # fmt: skip
     model.change(functools.partial(model_inputs, registry), model,
