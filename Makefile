@@ -64,7 +64,8 @@ demo: setup
 # benchmarks/results/tokenizer_cpu_DATE.md); then token surgery's local re-decode against a full decode
 # (benchmarks/results/token_surgery_cpu_DATE.md); then `llamagen sample`'s images per second at each batch size
 # (benchmarks/results/sample_cpu_DATE.md); then speculative Jacobi decoding's model calls and time per token
-# against one token a call (benchmarks/results/jacobi_cpu_DATE.md).
+# against one token a call (benchmarks/results/jacobi_cpu_DATE.md), and the judge's reading of its images
+# beside sequential decoding's (benchmarks/results/jacobi_quality_cpu_DATE.md).
 bench: setup
 	$(BIN)/python benchmarks/decode_speed.py
 	$(BIN)/python benchmarks/small_batch_linear.py
@@ -72,6 +73,7 @@ bench: setup
 	$(BIN)/python benchmarks/token_surgery.py
 	$(BIN)/python benchmarks/sample_speed.py
 	$(BIN)/python benchmarks/jacobi_speed.py
+	$(BIN)/python benchmarks/jacobi_quality.py
 
 clean:
 	rm -rf $(OUTPUTS) .cache .pytest_cache .ruff_cache
