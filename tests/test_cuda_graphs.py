@@ -38,6 +38,22 @@ def test_the_step_compiles_whole_with_the_position_a_tensor(monkeypatch):
     )
 
 
+def test_the_window_compiles_whole_with_its_start_a_tensor():
+    """Parallel decoding's step as the GPU's graphs record it with compile: traced whole with the start a
+    tensor, and computing what it computes with the start an int (`aot_eager`, as above)."""
+    model = small_of("t2i", seed=6)
+    cond, cond_mask = condition(model, batch=2)
+    tokens = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(GPT.decode_window, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        model.setup_cache(2)
+        model.prefill(cond, cond_mask)
+        expected = model.decode_window(tokens, model.prefix_length + 3)
+        model.prefill(cond, cond_mask)
+        got = compiled(model, tokens, torch.tensor([model.prefix_length + 3]))
+    torch.testing.assert_close(got, expected)
+
+
 def test_cuda_graphs_serve_only_a_gpu_model_without_gradients():
     model = small()
     with torch.no_grad():
@@ -107,3 +123,24 @@ def test_cuda_graphs_complete_a_kept_prefix_as_the_plain_step_does():
 
     expected = complete("plain")
     assert torch.equal(expected[:, :5], kept) and torch.equal(complete("fastest"), expected)
+
+
+@needs_a_gpu
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graphs_replay_parallel_decodings_windows(compile):
+    """Each window size a graph of its own: the replayed windows' logits against the modules', and greedy Jacobi
+    decoding through them the tokens of sequential decoding."""
+    model = small_of("c2i", seed=4).cuda()
+    cond = condition(model, batch=2)[0].cuda()
+    tokens = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        model.setup_cache(2)
+        steps = cuda_graphs.graphed_decode_steps(model, compile)
+        for width, start in ((4, 0), (3, 2), (4, 4)):  # a second width, and the first again at another start
+            model.prefill(cond)
+            expected = model.decode_window(tokens[:, :width], model.prefix_length + start)
+            model.prefill(cond)
+            replayed = steps.window(tokens[:, :width], model.prefix_length + start)
+            torch.testing.assert_close(replayed, expected, atol=1e-4, rtol=0)
+    sequential = generate(model, cond, cfg_scale=2.0, top_k=1, decoding="plain")
+    assert torch.equal(generate(model, cond, cfg_scale=2.0, top_k=1, jacobi_window=4, compile=compile), sequential)

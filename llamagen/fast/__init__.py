@@ -44,7 +44,8 @@ class Decoder:
 
 def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest", window: int = 1) -> Decoder:
     """The decoding step for a generation of `rows` rows on `gpt`, whose KV cache is set up, each step `window`
-    tokens a row (parallel decoding; the window runs through the modules uncompiled, or the one-call kernel).
+    tokens a row (parallel decoding: on a CPU the one-call kernel where it serves that many rows, on a GPU a CUDA
+    graph per window size, otherwise the modules, uncompiled).
 
     "fastest": on a CPU with llamagen's kernels (built by `make setup`, AVX-512 BF16), up to
     `one_call.MAX_ROWS` rows (any number for a model of a few MB) run as one call of the whole-step kernel,
@@ -57,7 +58,8 @@ def decoder(gpt: GPT, rows: int, compile: bool = False, way: str = "fastest", wi
     if way == "plain":
         return Decoder(_modules(gpt, compile), sorted_top_k, gpt.decode_window)
     if gpt.device.type == "cuda" and cuda_graphs.serves(gpt):
-        return Decoder(cuda_graphs.graphed_decode_steps(gpt, compile), sorted_top_k, gpt.decode_window)
+        graphed = cuda_graphs.graphed_decode_steps(gpt, compile)
+        return Decoder(graphed, sorted_top_k, graphed.window)
     if gpt.device.type == "cpu":
         kernels.load()
         huge_pages.move_to_huge_pages(gpt)  # every step streams the weights and cache: fewer pages to translate

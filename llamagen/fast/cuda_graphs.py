@@ -7,10 +7,11 @@ addresses and shapes: the model's step has fixed shapes (it attends over the who
 is a tensor on the device that each replay fills, the tokens are copied into a tensor the graph reads, and the
 caption's visible keys are the model's own, which every prefill writes in place.
 
-A model's graphs are recorded at the first step of each number of rows (guidance that ends halves them), with or
-without a caption mask, and kept for later generations while every tensor they read (weights, caches, RoPE
-table) is where it was: recording waits for the device and empties torch's memory caches first (and collects
-Python's garbage, in older torch or with `force_cudagraph_gc`), too much to pay every generation. The first step
+A model's graphs are recorded at the first step of each number of rows (guidance that ends halves them;
+parallel decoding's windows, each window size), with or without a caption mask, and kept for later generations
+while every tensor they read (weights, caches, RoPE table) is where it was: recording waits for the device and
+empties torch's memory caches first (and collects Python's garbage, in older torch or with
+`force_cudagraph_gc`), too much to pay every generation. The first step
 of each also runs once outside the graph, so that lazy initialisation (cuBLAS's handles and workspaces) does not
 happen while recording.
 """
@@ -45,7 +46,8 @@ def graphed_decode_steps(gpt: GPT, compile: bool = False) -> GraphedDecodeSteps:
 
 class GraphedDecodeSteps:
     """`gpt.decode_step(tokens, position)`, each number of rows recorded into a CUDA graph at its first step and
-    replayed at the others. Valid while the tensors at `addresses` stay there
+    replayed at the others, and `window(tokens, start)`, `gpt.decode_window` (parallel decoding's step), each
+    shape of its tokens (rows, window size) recorded alike. Valid while the tensors at `addresses` stay there
     (`graphed_decode_steps` checks).
 
     With `compile`, what is recorded is the step compiled by torch.compile: a GPU runs each kernel of a graph for
@@ -58,20 +60,26 @@ class GraphedDecodeSteps:
         self._gpt = weakref.ref(gpt)  # kept per model (a weak key): no reference back to it
         self._compile = compile
         self._step = torch.compile(GPT.decode_step, fullgraph=True) if compile else GPT.decode_step
-        self._steps: dict[int, _RecordedStep] = {}
+        self._window = torch.compile(GPT.decode_window, fullgraph=True) if compile else GPT.decode_window
+        self._recorded: dict[tuple, _RecordedStep] = {}  # by the step and the shape of its tokens
 
     def __call__(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        gpt = self._gpt()
-        rows = tokens.shape[0]
-        if rows not in self._steps:
+        return self._replayed(self._step, tokens, position)
+
+    def window(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        return self._replayed(self._window, tokens, start)
+
+    def _replayed(self, step: Callable, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        key = (step, *tokens.shape)
+        if key not in self._recorded:
             with _recompile_limit_raised() if self._compile else contextlib.nullcontext():
-                self._steps[rows] = _RecordedStep(gpt, self._step, tokens, position)
-        return self._steps[rows].replay(tokens, position)
+                self._recorded[key] = _RecordedStep(self._gpt(), step, tokens, position)
+        return self._recorded[key].replay(tokens, position)
 
 
 class _RecordedStep:
-    """One CUDA graph of `step` (`GPT.decode_step`, or it compiled) for a number of rows, with the tensors it
-    reads and writes."""
+    """One CUDA graph of `step` (`GPT.decode_step` or `GPT.decode_window`, or either compiled) for one shape of
+    its tokens, with the tensors it reads and writes."""
 
     def __init__(self, gpt: GPT, step: Callable, tokens: torch.Tensor, position: int) -> None:
         device = tokens.device

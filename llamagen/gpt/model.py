@@ -268,12 +268,14 @@ class GPT(nn.Module):
             return None
         return LayerCondition.of(self.condition_tokens[:rows], self.condition_visible[:rows], self.modulation)
 
-    def decode_window(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        """tokens (b, S) at sequence positions start .. start + S - 1 (prefix included) -> (b, S, vocab) float32
+    def decode_window(self, tokens: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """tokens (b, S) at sequence positions start .. start + S - 1 (prefix included; `start` an int, or a
+        one-element int64 tensor on the model's device, as a CUDA graph replays it) -> (b, S, vocab) float32
         logits, each of the token after its position, in one forward; their keys and values go into the cache
         at those positions. Parallel (Jacobi) decoding verifies a window of draft tokens this way; what it writes
         past the tokens it accepts is overwritten before a later step reads it."""
-        positions = torch.arange(start, start + tokens.shape[1], device=self.device)
+        offsets = torch.arange(tokens.shape[1], device=self.device)
+        positions = start.view(1) + offsets if isinstance(start, torch.Tensor) else start + offsets
         rows = tokens.shape[0]
         mask = attention_mask(self.visible_keys[:rows], positions)
         h = self.transformer(
