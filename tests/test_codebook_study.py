@@ -57,7 +57,7 @@ def test_unknown_variants_and_data_are_refused():
 
 
 @pytest.mark.slow
-def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path, capsys):
+def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path, capsys, monkeypatch):
     from llamagen.cli import main
 
     out = tmp_path / "study.json"
@@ -83,6 +83,11 @@ def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path
         uses = np.load(tmp_path / "runs" / "photos-d2-s0" / "uses.npy")
         assert np.array_equal(loaded["photos-d2-s0/codes"], codebook[uses > 0])
         assert loaded["photos-d2-s0/uses"].sum() == 64 * 16 and loaded["photos-d2-s0/latents"].shape == (100, 2)
+    # A run keeps fewer latents where they would hold more values than the file's budget for a run.
+    monkeypatch.setattr(study, "POINTS_LATENT_VALUES", 60)
+    main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points", str(points)])
+    with np.load(points) as loaded:
+        assert loaded["photos-d2-s0/latents"].shape == (30, 2)
 
 
 @pytest.mark.slow

@@ -59,7 +59,11 @@ RESTART_EVERY = 200
 LATENTS_KEPT = 4096  # of the held-out images', for the geometry and the notebooks
 ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
 ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
-POINTS_LATENTS = 1024  # of those, in the notebooks' points file: the 256-dim runs' latents make up most of its size
+# Of those, in the notebooks' points file, a run keeps at most POINTS_LATENTS latents of at most
+# POINTS_LATENT_VALUES values together: the 256-dimensional runs keep 256, whose latents would otherwise make up
+# most of the file.
+POINTS_LATENTS = 1024
+POINTS_LATENT_VALUES = 2**16
 EVAL_BATCH = 512  # held-out images reconstructed at a time: tiny images, so the time goes to each layer's call
 CSV_FIELDS = (
     "data", "variant", "seed", "dim", "size", "l2", "init", "restarts", "usage_eval", "usage_train", "perplexity",
@@ -241,7 +245,8 @@ def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: in
                   latents: int = POINTS_LATENTS) -> list[str]:  # fmt: skip
     """For the notebooks, in one compressed .npz: each recorded run of `seed`, its used codes (float16,
     `{run}/codes`), how often the held-out images use each (`{run}/uses`) and the first `latents` of its kept
-    latents (`{run}/latents`), read from the runs' folders. Returns the runs gathered."""
+    latents, fewer where they would hold more than POINTS_LATENT_VALUES values (`{run}/latents`), read from the
+    runs' folders. Returns the runs gathered."""
     arrays, gathered = {}, []
     for name, row in results["runs"].items():
         if row["seed"] != seed:
@@ -250,7 +255,8 @@ def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: in
         uses = np.load(folder / "uses.npy")
         arrays[f"{name}/codes"] = np.load(folder / "codebook.npy")[uses > 0]
         arrays[f"{name}/uses"] = uses[uses > 0]
-        arrays[f"{name}/latents"] = np.load(folder / "latents.npy")[:latents]
+        kept = np.load(folder / "latents.npy")
+        arrays[f"{name}/latents"] = kept[: min(latents, POINTS_LATENT_VALUES // kept.shape[1])]
         gathered.append(name)
 
     def write(temporary: str) -> None:
