@@ -6,10 +6,14 @@ drafts included. Along the window, from a row's first unaccepted position, a dra
 with probability min(1, p(x) / q(x)), p the distribution this step computes for it; at the first unaccepted
 position every token before is accepted, so p is the model's own, and a rejected draft is replaced by a draw
 from the residual max(0, p - q), normalised: speculative sampling's rule (Leviathan et al., 2023), which
-leaves every token distributed as sequential decoding draws it. A position without a draft yet takes a draw
-from p. The positions after the first replaced one get new drafts from this step's p, tested at the next step.
-With greedy sampling p and q are one-hot: a draft is accepted when it is the argmax, and the tokens are those
-of sequential decoding.
+leaves every token distributed as sequential decoding draws it, whatever q is. The positions after the first
+replaced one get new drafts from this step's p, tested at the next step. A position that enters the window
+with no draft yet is given a copy of the token before it, a draft drawn from a q that is one-hot at it:
+accepted with probability p(x), else redrawn from p without x. Neighbouring tokens repeat (backgrounds,
+strokes), so the copy is often right, and it gives the positions after it a likelier context than a fixed
+placeholder (on 12 images of each embedded generator at windows 4 to 16, 3-11% fewer model calls than a
+placeholder of 0; copying the token above instead was about as good). With greedy sampling p is one-hot too: a draft is accepted when it is the argmax, and the
+tokens are those of sequential decoding.
 
 Rows accept their own counts; the window starts where the slowest row stands, so a row ahead of it waits.
 """
@@ -73,41 +77,49 @@ def jacobi_decode(
     first = probabilities(first_logits[:, None], range(start, start + 1))[:, 0]
     for row in range(batch):
         tokens[row, start] = draw(first[row : row + 1], row)[0]
-    tokens[:, start + 1 :] = 0  # placeholders until a step drafts them
     frontier = [start + 1] * batch  # each row's first unaccepted position
-    # The distributions of the last step, which drew the drafts at positions drafted_from .. drafted_to - 1 (a
-    # row's from its frontier on).
-    drafted, drafted_from, drafted_to = None, start + 1, start + 1
+    # Every row's drafts reach drafted_to: those before sampled_to drawn from the distributions `drafted` of the
+    # last step (of positions drafted_from on), those after it copies of the token before (q one-hot at them).
+    drafted, drafted_from, sampled_to, drafted_to = None, start + 1, start + 1, start + 1
     if progress is not None:
         progress(start + 1, block_size)
     while min(frontier) < block_size:
         begin = min(frontier)
         end = min(begin + window, block_size)
+        for position in range(drafted_to, end):  # new in the window: a copy of the token before as its draft
+            tokens[:, position] = tokens[:, position - 1]
+        drafted_to = max(drafted_to, end)
         inputs = tokens[:, begin - 1 : end - 1]
         logits = forward(torch.cat([inputs, inputs]) if guidance else inputs, prefix_length + begin - 1)
         step = probabilities(logits, range(begin, end))
         for row in range(batch):
-            position, row_drafts = frontier[row], range(frontier[row], min(drafted_to, end))
-            if row_drafts:
-                ids = tokens[row, row_drafts.start : row_drafts.stop]
-                p = step[row, row_drafts.start - begin : row_drafts.stop - begin].gather(-1, ids[:, None])[:, 0]
-                q = drafted[row, row_drafts.start - drafted_from : row_drafts.stop - drafted_from]
-                ratio = p / q.gather(-1, ids[:, None])[:, 0]
-                accepted = ratio >= 1
-                if not greedy:
-                    accepted |= torch.rand(len(ratio), generator=generators[row]) < ratio
-                refused = (~accepted).nonzero()
-                position += len(ratio) if len(refused) == 0 else int(refused[0])
-            if position < end:
+            position, row_drafts = frontier[row], range(frontier[row], end)
+            sampled = range(row_drafts.start, max(row_drafts.start, min(sampled_to, end)))
+            ids = tokens[row, row_drafts.start : row_drafts.stop]
+            p = step[row, row_drafts.start - begin :].gather(-1, ids[:, None])[:, 0]
+            q = torch.ones_like(p)  # a guess's q is one-hot at it
+            if sampled:
+                q_sampled = drafted[row, sampled.start - drafted_from : sampled.stop - drafted_from]
+                q[: len(sampled)] = q_sampled.gather(-1, ids[: len(sampled), None])[:, 0]
+            ratio = p / q
+            accepted = ratio >= 1
+            if not greedy:
+                accepted |= torch.rand(len(ratio), generator=generators[row]) < ratio
+            refused = (~accepted).nonzero()
+            position += len(ratio) if len(refused) == 0 else int(refused[0])
+            if position < end:  # a refused draft: redrawn from the residual max(0, p - q), normalised
                 p = step[row, position - begin]
-                if position in row_drafts:  # a refused draft: redrawn from the residual
+                if position in sampled:
                     residual = (p - drafted[row, position - drafted_from]).clamp_min(0)
-                    p = residual / residual.sum() if residual.sum() > 0 else p
+                else:
+                    residual = p.clone()
+                    residual[tokens[row, position]] = 0
+                p = residual / residual.sum() if residual.sum() > 0 else p
                 tokens[row, position] = draw(p[None], row)[0]
                 position += 1
             frontier[row] = position
             if position < end:
                 tokens[row, position:end] = draw(step[row, position - begin :], row)
-        drafted, drafted_from, drafted_to = step, begin, end
+        drafted, drafted_from, sampled_to = step, begin, end
         if progress is not None:
             progress(min(frontier), block_size)
