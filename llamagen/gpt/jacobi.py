@@ -12,8 +12,8 @@ with no draft yet is given a copy of the token before it, a draft drawn from a q
 accepted with probability p(x), else redrawn from p without x. Neighbouring tokens repeat (backgrounds,
 strokes), so the copy is often right, and it gives the positions after it a likelier context than a fixed
 placeholder (on 12 images of each embedded generator at windows 4 to 16, 3-11% fewer model calls than a
-placeholder of 0; copying the token above instead was about as good). With greedy sampling p is one-hot too: a draft is accepted when it is the argmax, and the
-tokens are those of sequential decoding.
+placeholder of 0; copying the token above instead was about as good). With greedy sampling p is one-hot too:
+a draft is accepted when it is the argmax, and the tokens are those of sequential decoding.
 
 Rows accept their own counts; the window starts where the slowest row stands, so a row ahead of it waits.
 """
