@@ -78,26 +78,24 @@ def jacobi_decode(
     for row in range(batch):
         tokens[row, start] = draw(first[row : row + 1], row)[0]
     frontier = [start + 1] * batch  # each row's first unaccepted position
-    # Every row's drafts reach drafted_to: those before sampled_to drawn from the distributions `drafted` of the
-    # last step (of positions drafted_from on), those after it copies of the token before (q one-hot at them).
-    drafted, drafted_from, sampled_to, drafted_to = None, start + 1, start + 1, start + 1
+    # A row's drafts from its frontier to sampled_to were drawn from the distributions `drafted` of the last step
+    # (of positions drafted_from on); every frontier is at most sampled_to, and the window's end at least.
+    drafted, drafted_from, sampled_to = None, start + 1, start + 1
     if progress is not None:
         progress(start + 1, block_size)
     while min(frontier) < block_size:
         begin = min(frontier)
         end = min(begin + window, block_size)
-        for position in range(drafted_to, end):  # new in the window: a copy of the token before as its draft
+        for position in range(sampled_to, end):  # new in the window: a copy of the token before as its draft
             tokens[:, position] = tokens[:, position - 1]
-        drafted_to = max(drafted_to, end)
         inputs = tokens[:, begin - 1 : end - 1]
         logits = forward(torch.cat([inputs, inputs]) if guidance else inputs, prefix_length + begin - 1)
         step = probabilities(logits, range(begin, end))
         for row in range(batch):
-            position, row_drafts = frontier[row], range(frontier[row], end)
-            sampled = range(row_drafts.start, max(row_drafts.start, min(sampled_to, end)))
-            ids = tokens[row, row_drafts.start : row_drafts.stop]
-            p = step[row, row_drafts.start - begin :].gather(-1, ids[:, None])[:, 0]
-            q = torch.ones_like(p)  # a guess's q is one-hot at it
+            position, sampled = frontier[row], range(frontier[row], sampled_to)
+            ids = tokens[row, position:end]  # its drafts: sampled, then copies
+            p = step[row, position - begin :].gather(-1, ids[:, None])[:, 0]
+            q = torch.ones_like(p)  # a copy's q is one-hot at it
             if sampled:
                 q_sampled = drafted[row, sampled.start - drafted_from : sampled.stop - drafted_from]
                 q[: len(sampled)] = q_sampled.gather(-1, ids[: len(sampled), None])[:, 0]
