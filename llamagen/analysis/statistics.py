@@ -118,8 +118,9 @@ def token_histograms_differ(
     if group.shape != (n,):
         raise ValueError(f"groups must hold one id per sequence, ({a.shape[0]},) and ({b.shape[0]},)")
     group = torch.unique(group, return_inverse=True)[1]
-    in_a_per_group = torch.bincount(group[: a.shape[0]], minlength=int(group.max()) + 1)
-    group_start = torch.cumsum(torch.bincount(group), 0) - torch.bincount(group)
+    group_sizes = torch.bincount(group)
+    group_start = group_sizes.cumsum(0) - group_sizes
+    in_a_per_group = torch.bincount(group[: a.shape[0]], minlength=len(group_sizes))
     vocab = int(both.max()) + 1
     smaller = min(a.shape[0], b.shape[0]) / n
     # Each position's bins: a token of its own where common enough, else the pooled bin (bin 0); the totals,
