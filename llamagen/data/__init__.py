@@ -1,6 +1,7 @@
 """Data the project trains and demonstrates on, all available offline: rendered shapes, scikit-learn's digits,
-crops of the photos scikit-image ships, and your folders (`open_dataset`); batches that depend only on
-(seed, step) (`batches.py`); codes for generator training (`codes.py`)."""
+crops of the photos scikit-image ships, and your folders (`open_dataset`); captioned human motion
+(`motion`); batches that depend only on (seed, step) (`batches.py`); codes for generator training
+(`codes.py`)."""
 
 from __future__ import annotations
 
