@@ -129,6 +129,21 @@ class TokenizerTrainingConfig(TrainingSettings):
 
 
 @dataclass
+class MotionTokenizerTrainingConfig(TrainingSettings):
+    steps: int = setting(3000, "steps to train for")
+    batch_size: int = setting(64, "windows per step")
+    lr: float = setting(2e-4, "peak learning rate (T2M-GPT's)")
+    beta1: float = setting(0.9, "AdamW's beta1")
+    beta2: float = setting(0.99, "AdamW's beta2 (T2M-GPT's)")
+    warmup_steps: int = setting(200, "steps of linear learning-rate warm-up, before the cosine decay")
+    window: int = setting(60, "feature frames a training window (3 s at 20 frames a second)")
+    position_weight: float = setting(
+        0.5, "extra weight of the joint positions' part of the features in the loss (T2M-GPT's 0.5)"
+    )
+    statistics_clips: int = setting(1024, "clips the features' mean and deviation are measured on")
+
+
+@dataclass
 class ClipTrainingConfig(TrainingSettings):
     steps: int = setting(3000, "steps to train for")
     batch_size: int = setting(128, "image-caption pairs per step (at least 2)")

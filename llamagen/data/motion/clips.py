@@ -108,16 +108,16 @@ def animate(channels: Channels, body: Body) -> Motion:
     feet = relative[:, FOOT_JOINTS, 1] - soles  # how far each foot joint is above where it stands at rest
     height = -feet.min(axis=1) + channels.airborne
     grounded = feet + height[:, None] < GROUND_TOLERANCE * body.scale
+    # Frame to frame, the body moves by minus what its planted feet moved (their mean), or in flight as the
+    # channels say.
+    planted = grounded[1:] & grounded[:-1]
+    moved = relative[1:, FOOT_JOINTS] - relative[:-1, FOOT_JOINTS]
+    count = planted.sum(axis=1, keepdims=True)
+    standing_step = -(moved * planted[..., None]).sum(axis=1) / np.maximum(count, 1)
+    velocity = np.stack([channels.flight_velocity[:-1, 0], np.zeros(frames - 1), channels.flight_velocity[:-1, 1]], 1)
+    flying_step = np.einsum("tij,tj->ti", yaw_rotations(heading[:-1]), velocity) / FPS
+    step = np.where(count > 0, standing_step, flying_step)
     root = np.zeros((frames, 3))
+    root[1:, [0, 2]] = np.cumsum(step[:, [0, 2]], axis=0)
     root[:, 1] = height
-    heading_rotations = yaw_rotations(heading)
-    for t in range(1, frames):
-        planted = grounded[t] & grounded[t - 1]
-        if planted.any():  # the planted feet stay where they are: the body moves by what they moved
-            moved = relative[t, FOOT_JOINTS][planted] - relative[t - 1, FOOT_JOINTS][planted]
-            step = -moved.mean(axis=0)
-        else:
-            velocity = np.array([channels.flight_velocity[t - 1, 0], 0.0, channels.flight_velocity[t - 1, 1]])
-            step = heading_rotations[t - 1] @ velocity / FPS
-        root[t, [0, 2]] = root[t - 1, [0, 2]] + step[[0, 2]]
     return Motion(relative + root[:, None], rotations, heading)

@@ -93,17 +93,19 @@ def random_body(rng: np.random.Generator) -> Body:
 
 
 def euler_rotations(angles: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) from angles (..., 3) = (x, y, z) in radians: R = Ry(y) Rz(z) Rx(x)."""
-    x, y, z = (angles[..., axis] for axis in range(3))
-    zero, one = np.zeros_like(x), np.ones_like(x)
-
-    def matrix(rows):
-        return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
-
-    rx = matrix([[one, zero, zero], [zero, np.cos(x), -np.sin(x)], [zero, np.sin(x), np.cos(x)]])
-    ry = matrix([[np.cos(y), zero, np.sin(y)], [zero, one, zero], [-np.sin(y), zero, np.cos(y)]])
-    rz = matrix([[np.cos(z), -np.sin(z), zero], [np.sin(z), np.cos(z), zero], [zero, zero, one]])
-    return ry @ rz @ rx
+    """Rotation matrices (..., 3, 3) from angles (..., 3) = (x, y, z) in radians: R = Ry(y) Rz(z) Rx(x),
+    multiplied out."""
+    (cx, cy, cz), (sx, sy, sz) = np.moveaxis(np.cos(angles), -1, 0), np.moveaxis(np.sin(angles), -1, 0)
+    rows = [
+        [cy * cz, sy * sx - cy * sz * cx, cy * sz * sx + sy * cx],
+        [sz, cz * cx, -cz * sx],
+        [-sy * cz, sy * sz * cx + cy * sx, cy * cx - sy * sz * sx],
+    ]
+    matrices = np.empty((*angles.shape[:-1], 3, 3))
+    for i, row in enumerate(rows):
+        for j, entry in enumerate(row):
+            matrices[..., i, j] = entry
+    return matrices
 
 
 def yaw_rotations(yaw: np.ndarray) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Training a motion tokenizer as T2M-GPT trains its VQ-VAE, resumably.
+
+Loss = smooth L1 between the normalised features of a window and their reconstruction, plus `position_weight`
+times the same on the joint-position part of the features (T2M-GPT's extra weight there), plus the quantizer's
+own terms (commitment, and LlamaGen's codebook loss). Windows are a pure function of (seed, step), so a run
+resumed from a checkpoint ends on the weights of one never stopped. A tokenizer this small trains in one
+process; under torchrun a study gives each process whole runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llamagen.checkpoints import save
+from llamagen.data.batches import step_loader
+from llamagen.data.motion.features import FEATURE_SLICES
+from llamagen.data.motion.windows import MotionWindows, feature_statistics
+from llamagen.motion.tokenizer import MotionVQ, MotionVQConfig
+from llamagen.training.common import TrainingRun, load_optimizer_state
+from llamagen.training.distributed import process_group
+from llamagen.training.settings import MotionTokenizerTrainingConfig
+
+
+@dataclass
+class MotionTrainingOutcome:
+    model: MotionVQ
+    step: int  # steps done
+    finished: bool  # False when a signal stopped the run first; resuming continues it
+
+
+def train_motion_tokenizer(config: MotionVQConfig, training: MotionTokenizerTrainingConfig, out_dir: str | Path,
+                           resume: bool = False, show_progress: bool = True,
+                           command: str | None = None) -> MotionTrainingOutcome:  # fmt: skip
+    """Train (or, with `resume`, continue) a motion tokenizer on `Motions(training.seed)`; its weights go to
+    `final.safetensors` at the end."""
+    with process_group("cpu", alone=True) as processes:
+        data = {"motion": {"seed": training.seed, "window": training.window}}
+        run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, data=data)
+        torch.manual_seed(training.seed)
+        model = MotionVQ(config).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, betas=(training.beta1, training.beta2),
+                                      weight_decay=training.weight_decay)  # fmt: skip
+        if run.state is not None:
+            model.load_state_dict(run.state["model"])
+            load_optimizer_state(optimizer, run.state["optimizer"])
+        else:
+            model.set_statistics(*feature_statistics(training.seed, training.statistics_clips))
+        run.start_rng()
+        windows = MotionWindows(training.seed, training.window)
+        batches = step_loader(windows, training.batch_size, run.start, training.steps, training.seed)
+        for step, batch in run.steps(batches, show_progress):
+            report = _train_step(model, optimizer, training, batch["features"], step)
+            if run.log_due():
+                run.log(report, shown=("loss", "batch_usage"))
+            if run.checkpoint_due():
+                run.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        run.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        if run.finished:
+            save(model, run.out_dir / "final.safetensors")
+        return MotionTrainingOutcome(model.eval(), run.step, run.finished)
+
+
+def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingConfig, features: torch.Tensor,
+                step: int) -> dict[str, float]:  # fmt: skip
+    for group in optimizer.param_groups:
+        group["lr"] = training.lr_at(step)
+    target = model.normalise(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.bf16):
+        reconstruction, quantized = model(target)
+    reconstruction = reconstruction.float()
+    positions = FEATURE_SLICES["positions"]
+    terms = {
+        "reconstruction": F.smooth_l1_loss(reconstruction, target),
+        "positions": training.position_weight
+        * F.smooth_l1_loss(reconstruction[..., positions], target[..., positions]),
+        "quantizer": quantized.loss,
+    }
+    loss = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+    optimizer.step()
+    used = torch.unique(quantized.codes).numel() / model.config.codebook_size
+    return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}, "batch_usage": used,
+            "grad_norm": float(grad_norm), "lr": training.lr_at(step)}  # fmt: skip
