@@ -12,33 +12,29 @@ A run's row holds its usage, perplexity and PSNR on held-out images of its kind,
 the geometry (`analysis.geometry`) of its used codes (weighted by use) and of its encoder's latents on those
 images: participation ratio and TwoNN dimension. Its folder keeps its codebook and a sample of the latents
 (float16 .npy) and how often the held-out images use each code; `gather_points` collects one seed's used codes
-and latents into one small file for the notebooks. Rows go, after every run, to one JSON file and a CSV beside
-it; a stopped study started again skips the runs it has recorded and resumes the one it was in. Under torchrun
-the processes share the runs out whole (a tiny tokenizer gains nothing from DDP; eight processes run eight
-runs at once), the first gathering their rows.
+and latents into one small file for the notebooks. Runs are recorded, resumed and shared out under torchrun
+as `studies.run_study` does.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
+from llamagen.analysis.geometry import pca_spectrum
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_images
-from llamagen.files import write_atomically, write_results
+from llamagen.files import write_atomically
 from llamagen.images import pil_to_tensor
 from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.tokenizer.quantizer import nearest_entries
 from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
 from llamagen.training.settings import TokenizerTrainingConfig
+from llamagen.training.studies import geometry_fields, run_study, save_array, save_float16
 from llamagen.training.tokenizer import train_tokenizer
 
 BASE = {"dim": 8, "size": 16384, "l2": True, "init": "uniform", "restarts": False}
@@ -57,8 +53,6 @@ IMAGE_SIZE = 16
 # Steps between dead-code restarts in the restart arms: the usage window (65,536 codes) fills in 128 steps of 32.
 RESTART_EVERY = 200
 LATENTS_KEPT = 4096  # of the held-out images', for the geometry and the notebooks
-ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
-ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
 # Of those, in the notebooks' points file, a run keeps at most POINTS_LATENTS latents of at most
 # POINTS_LATENT_VALUES values together: the 256-dimensional runs keep 256, whose latents would otherwise make up
 # most of the file.
@@ -115,39 +109,19 @@ def training_data(data: str, seed: int):
 
 def study_codebooks(settings: StudySettings, out: str | Path, work_dir: str | Path, show_progress: bool = True) -> dict:
     """Train, evaluate and measure every (data, variant, seed) that `out` (JSON) does not hold yet, and add it
-    there (rewritten after each run): a study can be run a part at a time. Under torchrun the runs are shared
-    out whole, process r of W taking every W-th one; each run's row is written to its folder (`row.json`), and
-    the first process gathers the rows into `out` as they come and once all are there."""
-    out, work_dir = Path(out), Path(work_dir)
-    results = json.loads(out.read_text()) if out.is_file() else {}
-    if results and results.get("training") != settings.training():
-        raise ValueError(f"{str(out)!r} holds a study trained otherwise; write to another file")
-    results = {
-        "training": settings.training(),
-        "evaluation": results.get("evaluation", {}),
-        "runs": results.get("runs", {}),
-    }
-    planned = [(data, variant, seed) for data in settings.data for variant in settings.variants
-               for seed in settings.seeds]  # fmt: skip
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    pending = [run for run in planned if run_name(*run) not in results["runs"]]
+    there (`studies.run_study`: a study can be run a part at a time, and shared out under torchrun)."""
+    runs = {run_name(data, variant, seed): (data, variant, seed) for data in settings.data
+            for variant in settings.variants for seed in settings.seeds}  # fmt: skip
     held_out = _HeldOut()
-    for data, variant, seed in pending[rank::world]:
-        run_dir = work_dir / run_name(data, variant, seed)
-        if (run_dir / ROW_FILE).is_file():
-            continue  # finished by a process whose rows were not gathered yet
-        row = _run(settings, data, variant, seed, held_out.images(data), run_dir, show_progress)
-        if row is None:
-            return results  # stopped by a signal: the run resumes when the study starts again
-        text = json.dumps(row)
-        write_atomically(run_dir / ROW_FILE, lambda temporary, text=text: Path(temporary).write_text(text))
-        if rank == 0:
-            _gather_rows(results, pending, work_dir, held_out, out)
-    if rank == 0:
-        while not all((work_dir / run_name(*run) / ROW_FILE).is_file() for run in pending):
-            time.sleep(ROW_WAIT_S)  # another process is still training
-        _gather_rows(results, pending, work_dir, held_out, out)
-    return results
+
+    def train(name: str, folder: Path) -> dict | None:
+        data, variant, seed = runs[name]
+        return _run(settings, data, variant, seed, held_out.images(data), folder, show_progress)
+
+    def describe_held_out(results: dict, row: dict) -> None:
+        results.setdefault("evaluation", {})[row["data"]] = held_out.description(row["data"])
+
+    return run_study(list(runs), train, out, work_dir, settings.training(), CSV_FIELDS, describe_held_out)
 
 
 class _HeldOut:
@@ -167,18 +141,6 @@ class _HeldOut:
         if data not in self.read:
             self.read[data] = held_out_images("photo-tiles" if data == "photos" else data, IMAGE_SIZE)
         return self.read[data]
-
-
-def _gather_rows(results: dict, pending: list, work_dir: Path, held_out: _HeldOut, out: Path) -> None:
-    """The rows written so far of the pending runs, added to `results` in the study's order and written."""
-    for run in pending:
-        name = run_name(*run)
-        path = work_dir / name / ROW_FILE
-        if name not in results["runs"] and path.is_file():
-            row = json.loads(path.read_text())
-            results["evaluation"][row["data"]] = held_out.description(row["data"])
-            results["runs"][name] = row
-    write_results(results, out, CSV_FIELDS)
 
 
 def _run(settings: StudySettings, data: str, variant: str, seed: int, images, run_dir: Path, show_progress: bool):
@@ -208,9 +170,9 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
     evaluation = evaluate_tokenizer(tokenizer, images, batch_size=EVAL_BATCH)
     counts, latents = _codes_and_latents(tokenizer, images, seed)
     codebook = tokenizer.quantize.codebook().detach().cpu()
-    _save_float16(run_dir / "codebook.npy", codebook)
-    _save_float16(run_dir / "latents.npy", latents)
-    _save(run_dir / "uses.npy", counts.numpy().astype(np.int32))
+    save_float16(run_dir / "codebook.npy", codebook)
+    save_float16(run_dir / "latents.npy", latents)
+    save_array(run_dir / "uses.npy", counts.numpy().astype(np.int32))
     used = counts > 0
     return {
         "data": data,
@@ -221,24 +183,12 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
         "usage_train": tokenizer.codebook_usage(),
         "perplexity": evaluation.perplexity,
         "psnr": evaluation.psnr,
-        **_geometry("codes", codebook[used], counts[used]),
-        **_geometry("latents", latents, None),
+        **geometry_fields("codes", codebook[used], counts[used]),
+        **geometry_fields("latents", latents, None),
         "codes_spectrum": pca_spectrum(codebook[used], counts[used]).tolist() if used.sum() > 1 else None,
         "latents_spectrum": pca_spectrum(latents).tolist(),
         "usage_over_steps": [[m["step"], m["usage"]] for m in read_metrics(run_dir)],
     }
-
-
-def _save_float16(path: Path, values: torch.Tensor) -> None:
-    _save(path, values.numpy().astype(np.float16))
-
-
-def _save(path: Path, values: np.ndarray) -> None:
-    def write(temporary: str) -> None:
-        with open(temporary, "wb") as file:  # a file, not a name, to which np.save would add ".npy"
-            np.save(file, values)
-
-    write_atomically(path, write)
 
 
 def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: int = 0,
@@ -280,17 +230,3 @@ def _codes_and_latents(tokenizer: VQModel, images, seed: int) -> tuple[torch.Ten
     latents = torch.cat(latents)
     drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:LATENTS_KEPT]
     return counts, latents[drawn]
-
-
-def _geometry(prefix: str, points: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float | None]:
-    """Participation ratio and TwoNN dimension of `points`; None where there are too few distinct points."""
-    if len(points) < 3:
-        return {f"{prefix}_participation": None, f"{prefix}_two_nn": None}
-    try:
-        dimension = two_nn_dimension(points, weights)
-    except ValueError:  # fewer than 3 points apart from their twins (a blank background's latents coincide)
-        dimension = None
-    return {
-        f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),
-        f"{prefix}_two_nn": dimension,
-    }

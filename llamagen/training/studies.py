@@ -1,0 +1,98 @@
+"""A study: many small training runs, each recorded as one row once it has finished.
+
+Rows go, after every run, to one JSON file (`runs`, name -> row, beside the `training` settings every run of
+the study shares) and a CSV beside it. A stopped study started again skips the runs it has recorded and lets
+the run it was in resume from its checkpoint. Under torchrun the processes share the runs out whole (a small
+model gains nothing from DDP; eight processes train eight runs at once): each writes a finished run's row to
+the run's folder, and the first process gathers the rows into the file as they come and once all are there.
+Beside the loop: what a run of a codebook study keeps (arrays, atomically) and measures (geometry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
+from llamagen.files import write_atomically, write_results
+
+ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
+ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
+
+
+def run_study(names: list[str], train: Callable[[str, Path], dict | None], out: str | Path, work_dir: str | Path,
+              training: dict, fields: tuple[str, ...],
+              on_row: Callable[[dict, dict], None] | None = None) -> dict:  # fmt: skip
+    """Train every run of `names` that `out` does not hold yet: `train(name, folder)` returns its row, or None
+    when a signal stopped it (the study then returns, to be started again). `on_row(results, row)` may add to
+    the file's other entries as a row is recorded."""
+    out, work_dir = Path(out), Path(work_dir)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    if results and results.get("training") != training:
+        raise ValueError(f"{str(out)!r} holds a study trained otherwise; write to another file")
+    results = {**results, "training": training, "runs": results.get("runs", {})}
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    pending = [name for name in names if name not in results["runs"]]
+    for name in pending[rank::world]:
+        folder = work_dir / name
+        if (folder / ROW_FILE).is_file():
+            continue  # finished by a process whose rows were not gathered yet
+        row = train(name, folder)
+        if row is None:
+            return results
+        text = json.dumps(row)
+        write_atomically(folder / ROW_FILE, lambda temporary, text=text: Path(temporary).write_text(text))
+        if rank == 0:
+            _gather_rows(results, pending, work_dir, out, fields, on_row)
+    if rank == 0:
+        while not all((work_dir / name / ROW_FILE).is_file() for name in pending):
+            time.sleep(ROW_WAIT_S)  # another process is still training
+        _gather_rows(results, pending, work_dir, out, fields, on_row)
+    return results
+
+
+def _gather_rows(results: dict, pending: list[str], work_dir: Path, out: Path, fields, on_row) -> None:
+    """The rows written so far of the pending runs, added to `results` in the study's order and written."""
+    for name in pending:
+        path = work_dir / name / ROW_FILE
+        if name not in results["runs"] and path.is_file():
+            row = json.loads(path.read_text())
+            if on_row is not None:
+                on_row(results, row)
+            results["runs"][name] = row
+    write_results(results, out, fields)
+
+
+def save_float16(path: Path, values: torch.Tensor) -> None:
+    """`values` as a float16 .npy file, written atomically."""
+    save_array(path, values.numpy().astype(np.float16))
+
+
+def save_array(path: Path, values: np.ndarray) -> None:
+    """An .npy file, written atomically."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:  # a file, not a name, to which np.save would add ".npy"
+            np.save(file, values)
+
+    write_atomically(path, write)
+
+
+def geometry_fields(prefix: str, points: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float | None]:
+    """Participation ratio and TwoNN dimension of `points`; None where there are too few distinct points."""
+    if len(points) < 3:
+        return {f"{prefix}_participation": None, f"{prefix}_two_nn": None}
+    try:
+        dimension = two_nn_dimension(points, weights)
+    except ValueError:  # fewer than 3 points apart from their twins (a blank background's latents coincide)
+        dimension = None
+    return {
+        f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),
+        f"{prefix}_two_nn": dimension,
+    }
