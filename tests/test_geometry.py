@@ -66,6 +66,9 @@ def test_a_line_has_one_axis_and_weights_count_as_repeats():
         pca_spectrum(points, -torch.ones(40))
     with pytest.raises(ValueError, match="at least 3 distinct points"):
         two_nn_dimension(torch.zeros(10, 3, dtype=torch.float64))
+    ring = torch.stack([torch.cos(torch.arange(12) * torch.pi / 6), torch.sin(torch.arange(12) * torch.pi / 6)], 1)
+    with pytest.raises(ValueError, match="equally far"):  # every point's two neighbours at the same distance
+        two_nn_dimension(ring.double())
 
 
 def test_latents_are_what_the_quantizer_compares():

@@ -167,6 +167,21 @@ def run_codebook_study(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}usage {usage:6.1%}  perplexity {perplexity:8.1f}  PSNR {psnr:.2f}")
 
 
+def run_motion_study(args: argparse.Namespace) -> None:
+    from llamagen.training.motion_study import MotionStudySettings, study_motion_tokenizers
+
+    chosen = {"arms": args.arms, "sizes": args.sizes, "dimensions": args.dimensions, "seeds": args.seeds,
+              "steps": args.steps}  # fmt: skip
+    settings = MotionStudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v})
+    check_writable(Path(args.out), "--out")
+    results = study_motion_tokenizers(settings, args.out, args.work_dir)
+    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} runs")
+    width = max(map(len, results["runs"]), default=0) + 2
+    for name, run in results["runs"].items():
+        print(f"{name:<{width}}usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  "
+              f"MPJPE {run['mpjpe_mm']:6.1f} mm")  # fmt: skip
+
+
 def run_sweep_cfg(args: argparse.Namespace) -> None:
     from llamagen.analysis.guidance import sweep_caption_guidance, sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
@@ -334,7 +349,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook-study, cfg, completion, conditioning."""
+    """The `sweep` group: codebook-study, motion-tokenizers, cfg, completion, conditioning."""
     study = sweep.add_parser(
         "codebook-study",
         help="where codebooks collapse and into how many dimensions, per kind of data, over seeds",
@@ -356,6 +371,23 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
         "from --work-dir into this .npz, for the notebooks",
     )
     study.set_defaults(run=run_codebook_study)
+    motion = sweep.add_parser(
+        "motion-tokenizers",
+        help="LlamaGen's codebook against T2M-GPT's and FSQ in a motion tokenizer, over seeds",
+        description="Trains one 1-D motion tokenizer per (arm, codebook size, seed) on the procedural motion data: "
+        "T2M-GPT's quantizer (512 dimensions, EMA, resets), LlamaGen's (8 dimensions, l2) and FSQ at 512-16,384 "
+        "codes, and LlamaGen's at 1,024 codes over code dimensions. Writes usage, perplexity, MPJPE, joint velocity "
+        "error and the geometry of the used codes and the latents to --out (JSON) and a CSV beside it after every "
+        "run. Started again, it skips the runs already recorded; under torchrun the processes share the runs.",
+    )
+    motion.add_argument("--out", default="notebooks/data/motion_study.json")
+    motion.add_argument("--work-dir", default="runs/motion-study", help="where the runs' folders go")
+    motion.add_argument("--arms", nargs="+", help="llamagen, t2m, fsq (default: all three)")
+    motion.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 512 1024 4096 16384)")
+    motion.add_argument("--dimensions", type=int, nargs="+", help="LlamaGen's code dimensions (default: 2 ... 64)")
+    motion.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1 2)")
+    motion.add_argument("--steps", type=int, help="training steps per run (default: 2000)")
+    motion.set_defaults(run=run_motion_study)
     cfg = sweep.add_parser(
         "cfg",
         help="accuracy, KID, FID, precision, recall and diversity against the guidance scale and its schedule",

@@ -20,6 +20,7 @@ from llamagen.data.batches import step_loader
 from llamagen.data.motion.features import FEATURE_SLICES
 from llamagen.data.motion.windows import MotionWindows, feature_statistics
 from llamagen.motion.tokenizer import MotionVQ, MotionVQConfig
+from llamagen.tokenizer.quantizer import USAGE_WINDOW
 from llamagen.training.common import TrainingRun, load_optimizer_state
 from llamagen.training.distributed import process_group
 from llamagen.training.settings import MotionTokenizerTrainingConfig
@@ -44,28 +45,38 @@ def train_motion_tokenizer(config: MotionVQConfig, training: MotionTokenizerTrai
         model = MotionVQ(config).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, betas=(training.beta1, training.beta2),
                                       weight_decay=training.weight_decay)  # fmt: skip
+        # the last USAGE_WINDOW codes chosen in training: usage as the paper measures it (Table 2)
+        recent = torch.full((USAGE_WINDOW,), -1, dtype=torch.long)
         if run.state is not None:
             model.load_state_dict(run.state["model"])
             load_optimizer_state(optimizer, run.state["optimizer"])
+            recent = run.state["recent_codes"]
         else:
             model.set_statistics(*feature_statistics(training.seed, training.statistics_clips))
         run.start_rng()
         windows = MotionWindows(training.seed, training.window)
         batches = step_loader(windows, training.batch_size, run.start, training.steps, training.seed)
         for step, batch in run.steps(batches, show_progress):
-            report = _train_step(model, optimizer, training, batch["features"], step)
+            report, codes = _train_step(model, optimizer, training, batch["features"], step)
+            recent = torch.cat([recent[codes.numel() :], codes.flatten()[-USAGE_WINDOW:]])
             if run.log_due():
-                run.log(report, shown=("loss", "batch_usage"))
+                usage = torch.unique(recent[recent >= 0]).numel() / model.config.codebook_size
+                run.log(report, shown=("loss", "usage"), usage=usage)
             if run.checkpoint_due():
-                run.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
-        run.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+                run.checkpoint(_state(model, optimizer, recent))
+        run.checkpoint(_state(model, optimizer, recent))
         if run.finished:
             save(model, run.out_dir / "final.safetensors")
         return MotionTrainingOutcome(model.eval(), run.step, run.finished)
 
 
+def _state(model: MotionVQ, optimizer, recent: torch.Tensor) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "recent_codes": recent}
+
+
 def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingConfig, features: torch.Tensor,
-                step: int) -> dict[str, float]:  # fmt: skip
+                step: int) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
+    """One update; the losses, and the codes the batch chose."""
     for group in optimizer.param_groups:
         group["lr"] = training.lr_at(step)
     target = model.normalise(features)
@@ -84,6 +95,6 @@ def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingCon
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
     optimizer.step()
-    used = torch.unique(quantized.codes).numel() / model.config.codebook_size
-    return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}, "batch_usage": used,
-            "grad_norm": float(grad_norm), "lr": training.lr_at(step)}  # fmt: skip
+    report = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()},
+              "grad_norm": float(grad_norm), "lr": training.lr_at(step)}  # fmt: skip
+    return report, quantized.codes.detach()

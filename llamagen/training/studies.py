@@ -90,7 +90,7 @@ def geometry_fields(prefix: str, points: torch.Tensor, weights: torch.Tensor | N
         return {f"{prefix}_participation": None, f"{prefix}_two_nn": None}
     try:
         dimension = two_nn_dimension(points, weights)
-    except ValueError:  # fewer than 3 points apart from their twins (a blank background's latents coincide)
+    except ValueError:  # too few points apart from their twins (a blank background's latents), or a grid (FSQ's)
         dimension = None
     return {
         f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),

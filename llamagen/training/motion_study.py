@@ -1,0 +1,150 @@
+"""The motion tokenizer study: would LlamaGen's codebook make a better motion tokenizer than T2M-GPT's?
+
+Three quantizers in the same 1-D VQ-VAE (`motion.tokenizer`), at equal bits per frame (a token every 4
+frames, log2 K bits a token): T2M-GPT's (512-dimensional entries, EMA updates, dead entries reset), LlamaGen's
+(8 dimensions on the unit sphere, learned by the codebook loss), FSQ's grid (the levels its paper recommends
+for about K codes). Each at K = 512, 1,024, 4,096 and 16,384; and LlamaGen's dimension swept (2 ... 64) at
+1,024 codes, the motion column of the codebook study's per-data-type answer. Everything but the quantizer is
+the same in every run: the network, the steps, the batch, the learning rate and the data.
+
+A run's row holds usage (on the held-out clips and over the last 65,536 training codes), perplexity, MPJPE
+and joint velocity error on the held-out clips, the geometry of the used codes (weighted by use) and of the
+latents as compared with them, and usage over training; its folder keeps the codebook, a sample of latents
+and each code's count, as the codebook study's runs do. Runs are recorded, resumed and shared out under
+torchrun as `studies.run_study` does; seed 0 of every arm comes before seed 1, so a study cut short still
+covers every arm.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamagen.analysis.geometry import pca_spectrum
+from llamagen.motion.measures import evaluate_motion_tokenizer, held_out_clips
+from llamagen.motion.tokenizer import ARMS, arm_config
+from llamagen.training.common import has_checkpoint
+from llamagen.training.export import read_metrics
+from llamagen.training.motion_tokenizer import train_motion_tokenizer
+from llamagen.training.settings import MotionTokenizerTrainingConfig
+from llamagen.training.studies import geometry_fields, run_study, save_array, save_float16
+
+SIZES = (512, 1024, 4096, 16384)
+DIMENSIONS = (2, 4, 8, 16, 32, 64)
+LATENTS_KEPT = 4096
+CSV_FIELDS = (
+    "arm", "size", "dim", "seed", "codebook_size", "usage_eval", "usage_train", "perplexity", "mpjpe_mm",
+    "velocity_error_mm_s", "codes_participation", "codes_two_nn", "latents_participation", "latents_two_nn",
+)  # fmt: skip
+
+
+@dataclass
+class MotionStudySettings:
+    arms: tuple[str, ...] = tuple(ARMS)
+    sizes: tuple[int, ...] = SIZES
+    dimensions: tuple[int, ...] = DIMENSIONS  # LlamaGen's arm, at `dimension_size` codes
+    dimension_size: int = 1024
+    seeds: tuple[int, ...] = (0, 1, 2)
+    width: int = 128
+    depth: int = 3
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    eval_clips: int = 1024  # 33,000 tokens: usage is measured on about half the paper's window
+    statistics_clips: int = 1024  # clips the features' mean and deviation are measured on
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+
+    def training(self) -> dict:
+        """What every run shares; the arms, sizes, dimensions and seeds only choose which runs to add."""
+        return {"width": self.width, "depth": self.depth, "steps": self.steps, "batch_size": self.batch_size,
+                "lr": self.lr, "eval_clips": self.eval_clips, "statistics_clips": self.statistics_clips}  # fmt: skip
+
+    def runs(self) -> dict[str, tuple[str, int, int | None, int]]:
+        """name -> (arm, size, code dimension or None for the arm's own, seed), seed by seed."""
+        planned = {}
+        for seed in self.seeds:
+            for arm in self.arms:
+                for size in self.sizes:
+                    planned[run_name(arm, size, None, seed)] = (arm, size, None, seed)
+            if "llamagen" in self.arms:
+                for dim in self.dimensions:
+                    if dim != ARMS["llamagen"]["code_dim"] or self.dimension_size not in self.sizes:
+                        planned[run_name("llamagen", self.dimension_size, dim, seed)] = (
+                            "llamagen", self.dimension_size, dim, seed
+                        )  # fmt: skip
+        return planned
+
+
+def run_name(arm: str, size: int, dim: int | None, seed: int) -> str:
+    return f"{arm}-k{size}" + ("" if dim is None else f"-d{dim}") + f"-s{seed}"
+
+
+def study_motion_tokenizers(settings: MotionStudySettings, out: str | Path, work_dir: str | Path,
+                            show_progress: bool = True) -> dict:  # fmt: skip
+    """Train, evaluate and measure every run that `out` (JSON) does not hold yet, and add it there."""
+    runs = settings.runs()
+    clips: list[torch.Tensor] = []
+
+    def train(name: str, folder: Path) -> dict | None:
+        if not clips:
+            clips.extend(held_out_clips(settings.eval_clips))
+        return _run(settings, *runs[name], clips, folder, show_progress)
+
+    return run_study(list(runs), train, out, work_dir, settings.training(), CSV_FIELDS)
+
+
+def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, seed: int, clips, folder: Path,
+         show_progress: bool) -> dict | None:  # fmt: skip
+    config = arm_config(arm, size, width=settings.width, depth=settings.depth,
+                        **({} if dim is None else {"code_dim": dim}))  # fmt: skip
+    training = MotionTokenizerTrainingConfig(
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        warmup_steps=settings.steps // 10,
+        seed=seed,
+        log_every=max(1, settings.steps // 40),
+        checkpoint_every=max(1, settings.steps // 4),
+        statistics_clips=settings.statistics_clips,
+    )
+    if folder.exists() and not has_checkpoint(folder):
+        shutil.rmtree(folder)  # killed before its first checkpoint: nothing to resume, so it starts again
+    outcome = train_motion_tokenizer(config, training, folder, resume=folder.exists(), show_progress=show_progress)
+    if not outcome.finished:
+        return None
+    evaluation = evaluate_motion_tokenizer(outcome.model, clips)
+    codebook = outcome.model.quantize.codebook().detach().cpu()
+    drawn = torch.randperm(len(evaluation.latents), generator=torch.Generator().manual_seed(seed))[:LATENTS_KEPT]
+    latents = evaluation.latents[drawn]
+    save_float16(folder / "codebook.npy", codebook)
+    save_float16(folder / "latents.npy", latents)
+    save_array(folder / "uses.npy", evaluation.counts.numpy().astype(np.int32))
+    counts = evaluation.counts
+    used = counts > 0
+    usage_over_steps = [[m["step"], m["usage"]] for m in read_metrics(folder)]
+    return {
+        "arm": arm,
+        "size": size,
+        "dim": config.code_dim,
+        "seed": seed,
+        "quantizer": config.quantizer,
+        "codebook_size": config.codebook_size,  # FSQ's grid is near, not at, the size
+        "usage_eval": evaluation.usage,
+        "usage_train": usage_over_steps[-1][1],
+        "perplexity": evaluation.perplexity,
+        "mpjpe_mm": evaluation.mpjpe_mm,
+        "velocity_error_mm_s": evaluation.velocity_error_mm_s,
+        **geometry_fields("codes", codebook[used], counts[used]),
+        **geometry_fields("latents", latents, None),
+        "codes_spectrum": pca_spectrum(codebook[used], counts[used]).tolist() if used.sum() > 1 else None,
+        "latents_spectrum": pca_spectrum(latents).tolist(),
+        "usage_over_steps": usage_over_steps,
+    }

@@ -1,0 +1,36 @@
+"""The motion tokenizer study's driver: every arm trained and measured, rows recorded, recorded runs skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llamagen.training.motion_study import MotionStudySettings, study_motion_tokenizers
+
+
+def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_path):
+    tiny = MotionStudySettings(sizes=(512,), dimensions=(4,), seeds=(0,), width=8, depth=1, steps=4, batch_size=4,
+                               eval_clips=6, statistics_clips=8)  # fmt: skip
+    assert list(tiny.runs()) == ["llamagen-k512-s0", "t2m-k512-s0", "fsq-k512-s0", "llamagen-k1024-d4-s0"]
+    out = tmp_path / "study.json"
+    results = study_motion_tokenizers(tiny, out, tmp_path / "runs", show_progress=False)
+    assert json.loads(out.read_text()) == results
+    rows = results["runs"]
+    assert list(rows) == list(tiny.runs())
+    assert [rows[name]["dim"] for name in rows] == [8, 512, 3, 4]
+    assert rows["fsq-k512-s0"]["codebook_size"] == 512 and rows["t2m-k512-s0"]["quantizer"] == "ema-reset"
+    for name, row in rows.items():
+        assert 0 < row["usage_eval"] <= 1 and row["perplexity"] >= 1 and row["mpjpe_mm"] > 0
+        folder = tmp_path / "runs" / name
+        uses = np.load(folder / "uses.npy")
+        assert uses.sum() == sum(int(n) for n in uses) and np.count_nonzero(uses) / len(uses) == row["usage_eval"]
+        assert np.load(folder / "codebook.npy").shape == (row["codebook_size"], row["dim"])
+    assert (tmp_path / "study.csv").read_text().startswith("arm,size,dim,seed,")
+    again = study_motion_tokenizers(tiny, out, tmp_path / "runs", show_progress=False)
+    assert again["runs"] == rows  # nothing trained again
+    with pytest.raises(ValueError, match="trained otherwise"):
+        study_motion_tokenizers(MotionStudySettings(steps=5), out, tmp_path / "runs", show_progress=False)
+    with pytest.raises(ValueError, match="unknown arm"):
+        MotionStudySettings(arms=("vqgan",))
