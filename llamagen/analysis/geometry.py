@@ -108,7 +108,7 @@ def two_nn_dimension(points: torch.Tensor, weights: torch.Tensor | np.ndarray | 
     cumulative = (np.cumsum(w) - w / 2) / w.sum()
     kept = cumulative <= 1 - TWO_NN_DISCARD
     x, y = np.log(ratios[kept]), -np.log1p(-cumulative[kept])
-    if not (x > 0).any():
+    if not (x > 1e-6).any():  # equal up to rounding
         raise ValueError("TwoNN is undefined where every point's two nearest neighbours are equally far (a grid)")
     return float((w[kept] * x * y).sum() / (w[kept] * x * x).sum())
 
