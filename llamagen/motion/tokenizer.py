@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llamagen.checkpoints import load_into, read_model_checkpoint
 from llamagen.data.motion.features import FEATURES
+from llamagen.motion.loading import load_saved_model
 from llamagen.motion.quantizers import FSQ_LEVELS, EMAResetQuantizer, FSQuantizer, Quantized, SphereQuantizer
 
 QUANTIZERS = ("llamagen", "ema-reset", "fsq")
@@ -172,9 +172,5 @@ class MotionVQ(nn.Module):
 
 
 def load_motion_tokenizer(source: str | os.PathLike) -> MotionVQ:
-    """A motion tokenizer saved by `llamagen.save` (its file carries its config), strictly loaded, in eval mode."""
-    path, contents = read_model_checkpoint(source, MotionVQ.checkpoint_kind)
-    if contents.config is None:
-        raise ValueError(f"{str(path)!r} carries no config: it is not a motion tokenizer the project saved")
-    config = MotionVQConfig(**contents.config)
-    return load_into(lambda: MotionVQ(config), contents, path, "cpu", None)
+    """A motion tokenizer saved by `llamagen.save`, strictly loaded, in eval mode."""
+    return load_saved_model(source, MotionVQ, MotionVQConfig)
