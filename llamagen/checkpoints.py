@@ -107,7 +107,8 @@ def read_model_checkpoint(
     contents = read_checkpoint(path, prefer_ema=prefer_ema)
     if contents.kind not in (None, kind):
         wanted = {"vq": "tokenizer", "gpt": "generator", "judge": "judge", "clip": "CLIP text encoder",
-                  "motion-vq": "motion tokenizer", "motion-judge": "motion judge"}[kind]  # fmt: skip
+                  "motion-vq": "motion tokenizer", "motion-judge": "motion judge",
+                  "motion-clip": "motion CLIP"}[kind]  # fmt: skip
         raise ValueError(f"{str(path)!r} is a {contents.kind!r} checkpoint, not a {wanted}")
     return path, contents
 

@@ -152,16 +152,25 @@ def run_train_clip(args: argparse.Namespace) -> None:
 
 
 def run_train_judge(args: argparse.Namespace) -> None:
-    from llamagen.training.judge import JudgeTraining, save_judge, train_judge
-
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must name a .safetensors file, got {str(out)!r}")
     check_writable(out, "--out")
-    training = JudgeTraining(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    chosen = {name: getattr(args, name) for name in ("steps", "batch_size", "lr", "seed") if getattr(args, name)}
     started = time.time()
-    judge, accuracy = train_judge(args.kind, training)
-    save_judge(judge, args.kind, training, accuracy, out, command_line(), (time.time() - started) / 60)
+    if args.kind == "motion":
+        from llamagen.motion.judge import MotionJudgeConfig
+        from llamagen.training.motion_judge import MotionJudgeTraining, save_motion_judge, train_motion_judge
+
+        training = MotionJudgeTraining(**chosen)
+        judge, accuracy = train_motion_judge(MotionJudgeConfig(), training)
+        save_motion_judge(judge, training, accuracy, out, command_line(), (time.time() - started) / 60)
+    else:
+        from llamagen.training.judge import JudgeTraining, save_judge, train_judge
+
+        training = JudgeTraining(**chosen)
+        judge, accuracy = train_judge(args.kind, training)
+        save_judge(judge, args.kind, training, accuracy, out, command_line(), (time.time() - started) / 60)
     print(
         f"wrote       {out} and its card; held-out accuracy " + ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items())
     )
@@ -265,14 +274,14 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     clip.set_defaults(run=run_train_clip)
     judge = train.add_parser(
         "judge",
-        help="train a judge: a classifier of real shapes or digits that scores generated images",
+        help="train a judge: a classifier of real shapes, digits or motion clips that scores generated ones",
         description="Writes the weights (bf16) to --out and a card with the held-out accuracy beside it; "
         "--out llamagen/assets/NAME.safetensors makes it an embedded model.",
     )
-    judge.add_argument("kind", choices=["shapes", "digits"])
+    judge.add_argument("kind", choices=["shapes", "digits", "motion"])
     judge.add_argument("--out", required=True, help="a .safetensors file")
-    judge.add_argument("--steps", type=int, default=1500)
-    judge.add_argument("--batch-size", type=int, default=64)
-    judge.add_argument("--lr", type=float, default=2e-3)
-    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--steps", type=int, help="(default: 1,500; motion: 2,000)")
+    judge.add_argument("--batch-size", type=int, help="(default: 64; motion: 32)")
+    judge.add_argument("--lr", type=float, help="(default: 2e-3; motion: 1e-3)")
+    judge.add_argument("--seed", type=int, help="(default: 0)")
     judge.set_defaults(run=run_train_judge)

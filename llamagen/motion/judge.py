@@ -169,4 +169,6 @@ def padded_batch(items: list[dict], frames: int | None = None) -> tuple[torch.Te
 
 def load_motion_judge(source: str | os.PathLike) -> MotionJudge:
     """A motion judge saved by `llamagen.save`, strictly loaded, in eval mode."""
-    return load_saved_model(source, MotionJudge, MotionJudgeConfig)
+    return load_saved_model(
+        source, MotionJudge.checkpoint_kind, lambda config: MotionJudge(MotionJudgeConfig(**config))
+    )

@@ -173,4 +173,4 @@ class MotionVQ(nn.Module):
 
 def load_motion_tokenizer(source: str | os.PathLike) -> MotionVQ:
     """A motion tokenizer saved by `llamagen.save`, strictly loaded, in eval mode."""
-    return load_saved_model(source, MotionVQ, MotionVQConfig)
+    return load_saved_model(source, MotionVQ.checkpoint_kind, lambda config: MotionVQ(MotionVQConfig(**config)))
