@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamagen.analysis.statistics import Estimate, proportion
 from llamagen.data.motion import ACTIONS, FEATURES, PARAMETERS
 from llamagen.motion.loading import load_saved_model
 
@@ -153,6 +154,31 @@ def verdict(asked: list[dict], read: list[ReadAction]) -> Verdict:
         for name in PARAMETERS[segment["action"]]:
             parameters[f"{index}:{name}"] = right and read[index].params[name] == segment[name]
     return Verdict(right, parameters)
+
+
+@dataclass
+class MotionScores:
+    """How often generated motions do what their captions asked, each share with its Wilson 95% interval."""
+
+    actions: Estimate  # the actions asked, in order, and no other
+    everything: Estimate  # the actions and every parameter
+    parameters: Estimate | None  # of the parameters asked of motions whose actions are right, the share right
+
+
+def score_motions(judge: MotionJudge, motions: list[torch.Tensor], asked: list[list[dict]]) -> MotionScores:
+    """Read each motion (T, 263) and hold it to the segments its caption asked; a motion of no frames does
+    nothing it was asked."""
+    if len(motions) != len(asked) or not motions:
+        raise ValueError(f"need one list of asked actions a motion, got {len(asked)} for {len(motions)} motions")
+    verdicts = [verdict(segments, read_motion(judge, motion) if len(motion) else [])
+                for motion, segments in zip(motions, asked, strict=True)]  # fmt: skip
+    right = [v for v in verdicts if v.actions]
+    parameters = [value for v in right for value in v.parameters.values()]
+    return MotionScores(
+        proportion(len(right), len(verdicts)),
+        proportion(sum(v.everything for v in verdicts), len(verdicts)),
+        proportion(sum(parameters), len(parameters)) if parameters else None,
+    )
 
 
 def padded_batch(items: list[dict], frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
