@@ -141,9 +141,18 @@ def run_train_clip(args: argparse.Namespace) -> None:
     from llamagen.text import ClipConfig
     from llamagen.training.clip import train_clip
 
-    config = ClipConfig.coerce(parse_config(args.config))
     training = settings_from_flags(ClipTrainingConfig, args)
     training, changes = apply_overrides(training, args.override, args.resume)
+    if args.data == "motion":
+        from llamagen.motion.text import MOTION_CLIP
+        from llamagen.training.motion_clip import train_motion_clip
+
+        chosen = MOTION_CLIP if args.config == "shapes-clip" else parse_config(args.config)
+        _, step, finished = train_motion_clip(training, args.out, ClipConfig.coerce(chosen), resume=args.resume,
+                                              command=command_line(), changes=changes)  # fmt: skip
+        report_training(finished, step, Path(args.out), ema=False)
+        return
+    config = ClipConfig.coerce(parse_config(args.config))
     options = {"captioned": True} if args.data == "shapes" else {}
     dataset = open_dataset(args.data, size=config.vision_cfg.get("image_size", 224), seed=args.seed, **options)
     _, step, finished = train_clip(config, training, dataset, args.out, resume=args.resume, command=command_line(),
@@ -262,12 +271,16 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     cca.set_defaults(run=run_train_cca)
     clip = train.add_parser(
         "clip",
-        help="train a small CLIP on captioned images (open_clip's architecture and contrastive loss)",
+        help="train a small CLIP on captioned images or motions (open_clip's architecture and contrastive loss)",
         description="For text-to-image on shapes: the captions leave out the held-out (shape, colour) pairs. "
-        "The weights go to OUT/final.safetensors, usable as --text-encoder. One process.",
+        "For text-to-motion (--data motion): a text tower against a motion tower, the captions leaving out the "
+        "held-out (action, value) pairs. The weights go to OUT/final.safetensors, usable as --text-encoder. "
+        "One process.",
     )
-    clip.add_argument("--config", default="shapes-clip", help="a preset, JSON file or inline JSON of ClipConfig")
-    clip.add_argument("--data", default="shapes", help="shapes or captions:FILE.jsonl")
+    clip.add_argument(
+        "--config", default="shapes-clip", help="a preset, JSON file or inline JSON of ClipConfig (motion: its own)"
+    )
+    clip.add_argument("--data", default="shapes", help="shapes, motion or captions:FILE.jsonl")
     clip.add_argument("--out", required=True, help="the run's folder")
     add_settings_flags(clip, ClipTrainingConfig)
     add_run_options(clip)

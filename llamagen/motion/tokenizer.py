@@ -10,6 +10,7 @@ equal across the arms. The model keeps the features' mean and deviation and norm
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class MotionVQConfig:
         if self.quantizer == "fsq":
             if not self.fsq_levels:
                 raise ValueError("the fsq quantizer needs fsq_levels")
-            self.code_dim, self.codebook_size = len(self.fsq_levels), int(torch.tensor(self.fsq_levels).prod())
+            self.code_dim, self.codebook_size = len(self.fsq_levels), math.prod(self.fsq_levels)
         for name in ("width", "depth", "codebook_size", "code_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

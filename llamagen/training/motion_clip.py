@@ -8,6 +8,7 @@ is measured on pairs neither model has seen. One process, resumable.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -26,8 +27,8 @@ STATISTICS_CLIPS = 1024
 
 
 def train_motion_clip(training: ClipTrainingConfig, out_dir: str | Path, config: ClipConfig | None = None,
-                      resume: bool = False, show_progress: bool = True,
-                      command: str | None = None) -> tuple[MotionTextEncoder, int, bool]:  # fmt: skip
+                      resume: bool = False, show_progress: bool = True, command: str | None = None,
+                      changes: Collection[str] = ()) -> tuple[MotionTextEncoder, int, bool]:  # fmt: skip
     """Train (or continue) a motion CLIP on `PaddedClips(training.seed)`; the weights go to `final.safetensors`.
     Returns (the encoder, steps done, whether it finished)."""
     if training.hard_negatives:
@@ -35,7 +36,7 @@ def train_motion_clip(training: ClipTrainingConfig, out_dir: str | Path, config:
     config = config or ClipConfig.from_dict(MOTION_CLIP)
     with process_group("cpu", alone=True) as processes:
         data = {"motion": {"seed": training.seed, "captioned": True}}
-        run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, data=data)
+        run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, data=data, changes=changes)
         torch.manual_seed(training.seed)
         encoder = MotionTextEncoder.from_config(config, source=str(Path(out_dir) / "final.safetensors")).train()
         optimizer = adamw_decaying_matrices(encoder, training.lr, (0.9, 0.98), training.weight_decay)
