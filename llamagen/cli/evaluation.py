@@ -182,6 +182,19 @@ def run_motion_study(args: argparse.Namespace) -> None:
               f"MPJPE {run['mpjpe_mm']:6.1f} mm")  # fmt: skip
 
 
+def run_text_to_motion_study(args: argparse.Namespace) -> None:
+    from llamagen.training.text_to_motion_study import TextToMotionSettings, study_text_to_motion
+
+    chosen = {name: getattr(args, name) for name in ("steps", "cfg_scale") if getattr(args, name) is not None}
+    settings = TextToMotionSettings(tuple(args.tokenizers), args.text_encoder, args.judge, **chosen)
+    check_writable(Path(args.out), "--out")
+    results = study_text_to_motion(settings, args.out, args.work_dir)
+    print(f"wrote       {args.out} and {Path(args.out).with_suffix('.csv')}: {len(results['runs'])} tokenizers")
+    for name, row in results["runs"].items():
+        print(f"{name}: actions right {row['seen_actions']:.0%} (seen pairs), {row['held_out_actions']:.0%} "
+              f"(held-out pairs); the wrong-caption control {row['control_actions']:.0%}")  # fmt: skip
+
+
 def run_sweep_cfg(args: argparse.Namespace) -> None:
     from llamagen.analysis.guidance import sweep_caption_guidance, sweep_guidance, write_rows_csv
     from llamagen.pipeline import load_pipeline
@@ -349,7 +362,7 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
-    """The `sweep` group: codebook-study, motion-tokenizers, cfg, completion, conditioning."""
+    """The `sweep` group: codebook-study, motion-tokenizers, text-to-motion, cfg, completion, conditioning."""
     study = sweep.add_parser(
         "codebook-study",
         help="where codebooks collapse and into how many dimensions, per kind of data, over seeds",
@@ -388,6 +401,24 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     motion.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1 2)")
     motion.add_argument("--steps", type=int, help="training steps per run (default: 2000)")
     motion.set_defaults(run=run_motion_study)
+    t2m = sweep.add_parser(
+        "text-to-motion",
+        help="the same text-to-motion GPT over each motion tokenizer's codes, judged on what the captions ask",
+        description="For each --tokenizers file: its codes of the captioned motion clips, a GPT trained on them with "
+        "the captions through --text-encoder (a motion CLIP), and one motion a caption for captions whose "
+        "(action, value) pairs training saw and for the held-out pairs, read by --judge. Writes each tokenizer's "
+        "row (actions right, everything right, parameters right, with Wilson intervals; a wrong-caption control) "
+        "and the judge's reading of the real clips to --out (JSON) and a CSV beside it. Started again, it skips "
+        "the tokenizers already recorded.",
+    )
+    t2m.add_argument("--tokenizers", nargs="+", required=True, help="motion tokenizer files (final.safetensors)")
+    t2m.add_argument("--text-encoder", required=True, help="a motion CLIP (llamagen train clip --data motion)")
+    t2m.add_argument("--judge", required=True, help="a motion judge (llamagen train judge motion)")
+    t2m.add_argument("--out", default="notebooks/data/text_to_motion.json")
+    t2m.add_argument("--work-dir", default="runs/text-to-motion", help="where the runs' folders go")
+    t2m.add_argument("--steps", type=int, help="generator training steps (default: 3000)")
+    t2m.add_argument("--cfg-scale", type=float, help="guidance of the generations (default: 2)")
+    t2m.set_defaults(run=run_text_to_motion_study)
     cfg = sweep.add_parser(
         "cfg",
         help="accuracy, KID, FID, precision, recall and diversity against the guidance scale and its schedule",
