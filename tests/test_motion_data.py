@@ -203,6 +203,7 @@ def test_sitting_lowers_the_body_to_a_seat_and_ends_the_clip():
     for _ in range(300):
         actions = [segment.action for segment in draw_segments(rng)]
         assert "sit" not in actions[:-1]
+        assert all(before != after for before, after in itertools.pairwise(actions))  # none follows itself
 
 
 def test_each_caption_phrase_names_one_set_of_parameters():

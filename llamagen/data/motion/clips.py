@@ -46,13 +46,14 @@ class Motion:
 
 
 def draw_segments(rng: np.random.Generator) -> list[Segment]:
-    """One to three actions, each with random parameters. Sitting down ends a clip: the actions have no
-    standing up."""
+    """One to three actions, each with random parameters. No action follows itself (two squats in a row would
+    read as one longer squat, to a judge as to a viewer), and sitting down ends a clip (no action stands up)."""
     segments = []
     for _ in range(int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))):
         if segments and segments[-1].action == "sit":
             break
-        action = ACTIONS[rng.integers(len(ACTIONS))]
+        choices = [action for action in ACTIONS if not segments or action != segments[-1].action]
+        action = choices[rng.integers(len(choices))]
         params = {name: values[rng.integers(len(values))] for name, values in PARAMETERS[action].items()}
         segments.append(Segment(action, params))
     return segments
