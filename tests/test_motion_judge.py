@@ -3,9 +3,11 @@ parameters from the frames' labels, padding that changes nothing, and a trained 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from llamagen.checkpoints import embedded_card
 from llamagen.data.motion import Motions
 from llamagen.motion.judge import (
     ACTION_LABELS,
@@ -20,7 +22,12 @@ from llamagen.motion.judge import (
     read_motion,
     verdict,
 )
-from llamagen.training.motion_judge import MotionJudgeTraining, save_motion_judge, train_motion_judge
+from llamagen.training.motion_judge import (
+    MotionJudgeTraining,
+    judge_accuracies,
+    save_motion_judge,
+    train_motion_judge,
+)
 
 
 class Oracle(nn.Module):
@@ -101,3 +108,11 @@ def test_a_trained_judge_is_saved_with_its_card_and_loads(tmp_path):
         for parameter in judge.parameters():  # the weights are stored in bf16, the statistics as they are
             parameter.copy_(parameter.bfloat16().float())
         torch.testing.assert_close(loaded(features)["action"], judge(features)["action"])
+
+
+def test_the_shipped_motion_judge_reads_held_out_clips_as_its_card_says():
+    card = embedded_card("motion-judge")
+    accuracy = judge_accuracies(load_motion_judge("motion-judge"), 64)
+    for name in HEADS:  # per frame, over 64 clips' thousands of frames
+        assert accuracy[f"frames_{name}"] == pytest.approx(card["held_out_accuracy"][f"frames_{name}"], abs=0.05)
+    assert accuracy["clips_actions"] >= 0.95 and accuracy["clips_everything"] >= 0.9
