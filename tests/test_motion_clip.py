@@ -9,6 +9,7 @@ import torch
 from llamagen.data.motion.windows import PaddedClips
 from llamagen.motion.text import MotionTextEncoder, load_motion_text_encoder
 from llamagen.text.clip import ClipConfig
+from llamagen.training.export import export_motion_text_encoder
 from llamagen.training.motion_clip import train_motion_clip
 from llamagen.training.settings import ClipTrainingConfig
 
@@ -46,5 +47,11 @@ def test_a_trained_motion_clip_is_saved_and_loads(tmp_path):
     loaded = load_motion_text_encoder(tmp_path / "clip" / "final.safetensors")
     captions = ["a woman does a high kick with the right leg"]
     torch.testing.assert_close(loaded.encode(captions).features, encoder.encode(captions).features)
+    card = export_motion_text_encoder(tmp_path / "clip", "tiny-motion-clip", "captioned clips", "llamagen train ...",
+                                      assets_dir=tmp_path, clips=4)  # fmt: skip
+    assert card["kind"] == "motion-clip" and card["evaluation"]["candidates"] == 4
+    assert set(card["evaluation"]["right_value"]) <= {"speed", "direction", "size", "side", "angle", "count"}
+    shipped = load_motion_text_encoder(tmp_path / "tiny-motion-clip.safetensors")
+    torch.testing.assert_close(shipped.encode(captions).features, encoder.encode(captions).features, atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="hard negatives"):
         train_motion_clip(ClipTrainingConfig(hard_negatives=True), tmp_path / "other", TINY)

@@ -113,6 +113,19 @@ def run_export_clip(args: argparse.Namespace) -> None:
     )
 
 
+def run_export_motion_clip(args: argparse.Namespace) -> None:
+    from llamagen.training.export import export_motion_text_encoder
+
+    card = export_motion_text_encoder(args.run_dir, args.name, args.data, args.train_command, args.notes)
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    print(
+        f"retrieval   caption -> motion {evaluation['text_to_motion_top1']:.1%}, motion -> caption "
+        f"{evaluation['motion_to_text_top1']:.1%} among {evaluation['candidates']}; own parameter value preferred: "
+        + ", ".join(f"{name} {share:.0%}" for name, share in evaluation["right_value"].items())
+    )
+
+
 def _print_guidance_row(row: dict) -> None:
     """A guidance sweep's row: with intervals and floors as the sweeps write them (captions: accuracy per stated
     attribute, FID, KID and CLIP score), or as a model card recorded it (values alone)."""
@@ -343,7 +356,7 @@ def _export_parser(export: argparse._SubParsersAction, model: str, help: str) ->
 
 
 def add_export_commands(export: argparse._SubParsersAction) -> None:
-    """The `export` group: tokenizer, gpt, clip."""
+    """The `export` group: tokenizer, gpt, clip, motion-clip."""
     ex = _export_parser(export, "tokenizer", "bf16 weights and a model card in llamagen/assets, loadable by name")
     ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
@@ -359,6 +372,8 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
     exg.set_defaults(run=run_export_gpt)
     exc = _export_parser(export, "clip", "a small CLIP's bf16 weights and card, with caption-image retrieval")
     exc.set_defaults(run=run_export_clip)
+    exm = _export_parser(export, "motion-clip", "a motion CLIP's bf16 weights and card, with caption-motion retrieval")
+    exm.set_defaults(run=run_export_motion_clip)
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:

@@ -292,3 +292,46 @@ def export_text_encoder(
         "notes": notes,
     }
     return _write_card(card, assets_dir)
+
+
+def export_motion_text_encoder(
+    run_dir: str | Path,
+    name: str,
+    data: str,
+    train_command: str | None = None,
+    notes: str = "",
+    assets_dir: Path = ASSETS_DIR,
+    clips: int = 500,
+) -> dict[str, Any]:
+    """Write `assets_dir/NAME.safetensors` (the run's final motion CLIP in bf16) and its card, with
+    caption-motion retrieval among `clips` held-out captioned clips and how often it prefers each clip's own
+    parameter values (`motion.retrieval`), also on as many clips of the pairs training never showed."""
+    from llamagen.data.motion import Motions
+    from llamagen.motion.measures import HELD_OUT_SEED
+    from llamagen.motion.retrieval import motion_caption_retrieval, parameter_choice
+    from llamagen.motion.text import load_motion_text_encoder
+
+    run_dir = Path(run_dir)
+    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    weights = assets_dir / f"{name}.safetensors"
+    save(load_motion_text_encoder(final), weights, weights_dtype=torch.bfloat16)
+    shipped = load_motion_text_encoder(weights)
+    seen, held_out = Motions(seed=HELD_OUT_SEED, captioned=True), Motions(seed=HELD_OUT_SEED, only_held_out_pairs=True)
+    items = [seen[i] for i in range(clips)]
+    card = {
+        "name": name,
+        "kind": "motion-clip",
+        "config": run_config["model"],
+        "training": run_config["training"],
+        "data": data,
+        **_training_summary(metrics, use_ema=False),
+        "evaluation": {
+            "data": f"{clips} captioned clips of seed {HELD_OUT_SEED} (not the training stream)",
+            **motion_caption_retrieval(shipped, items),
+            "right_value": parameter_choice(shipped, items),
+            "right_value_held_out_pairs": parameter_choice(shipped, [held_out[i] for i in range(clips)]),
+        },
+        "reproduce": [train_command, f"llamagen export motion-clip {run_dir} --name {name} --data {json.dumps(data)}"],
+        "notes": notes,
+    }
+    return _write_card(card, assets_dir)
