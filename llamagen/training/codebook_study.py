@@ -18,7 +18,6 @@ as `studies.run_study` does.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +30,9 @@ from llamagen.files import write_atomically
 from llamagen.images import pil_to_tensor
 from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.tokenizer.quantizer import nearest_entries
-from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
 from llamagen.training.settings import TokenizerTrainingConfig
-from llamagen.training.studies import geometry_fields, run_study, save_array, save_float16
+from llamagen.training.studies import geometry_fields, resumable, run_schedule, run_study, save_array, save_float16
 from llamagen.training.tokenizer import train_tokenizer
 
 BASE = {"dim": 8, "size": 16384, "l2": True, "init": "uniform", "restarts": False}
@@ -149,19 +147,13 @@ def _run(settings: StudySettings, data: str, variant: str, seed: int, images, ru
         settings.preset, codebook_size=choice["size"], codebook_embed_dim=choice["dim"], codebook_l2_norm=choice["l2"]
     )
     training = TokenizerTrainingConfig(
-        steps=settings.steps,
+        **run_schedule(settings.steps, seed),
         batch_size=settings.batch_size,
         lr=settings.lr,
-        warmup_steps=settings.steps // 10,
-        seed=seed,
-        log_every=max(1, settings.steps // 40),
-        checkpoint_every=max(1, settings.steps // 4),
         codebook_init=choice["init"],
         restart_dead_codes_every=RESTART_EVERY if choice["restarts"] else None,
     )
-    if run_dir.exists() and not has_checkpoint(run_dir):
-        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume, so it starts again
-    outcome = train_tokenizer(config, training, training_data(data, seed), run_dir, resume=run_dir.exists(),
+    outcome = train_tokenizer(config, training, training_data(data, seed), run_dir, resume=resumable(run_dir),
                               show_progress=show_progress, alone=True)  # fmt: skip
     if not outcome.finished:
         return None

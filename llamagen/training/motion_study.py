@@ -17,7 +17,6 @@ covers every arm.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +26,10 @@ import torch
 from llamagen.analysis.geometry import pca_spectrum
 from llamagen.motion.measures import evaluate_motion_tokenizer, held_out_clips
 from llamagen.motion.tokenizer import ARMS, arm_config
-from llamagen.training.common import has_checkpoint
 from llamagen.training.export import read_metrics
 from llamagen.training.motion_tokenizer import train_motion_tokenizer
 from llamagen.training.settings import MotionTokenizerTrainingConfig
-from llamagen.training.studies import geometry_fields, run_study, save_array, save_float16
+from llamagen.training.studies import geometry_fields, resumable, run_schedule, run_study, save_array, save_float16
 
 SIZES = (512, 1024, 4096, 16384)
 DIMENSIONS = (2, 4, 8, 16, 32, 64)
@@ -105,19 +103,9 @@ def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, se
          show_progress: bool) -> dict | None:  # fmt: skip
     config = arm_config(arm, size, width=settings.width, depth=settings.depth,
                         **({} if dim is None else {"code_dim": dim}))  # fmt: skip
-    training = MotionTokenizerTrainingConfig(
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        warmup_steps=settings.steps // 10,
-        seed=seed,
-        log_every=max(1, settings.steps // 40),
-        checkpoint_every=max(1, settings.steps // 4),
-        statistics_clips=settings.statistics_clips,
-    )
-    if folder.exists() and not has_checkpoint(folder):
-        shutil.rmtree(folder)  # killed before its first checkpoint: nothing to resume, so it starts again
-    outcome = train_motion_tokenizer(config, training, folder, resume=folder.exists(), show_progress=show_progress)
+    training = MotionTokenizerTrainingConfig(**run_schedule(settings.steps, seed), batch_size=settings.batch_size,
+                                             lr=settings.lr, statistics_clips=settings.statistics_clips)  # fmt: skip
+    outcome = train_motion_tokenizer(config, training, folder, resume=resumable(folder), show_progress=show_progress)
     if not outcome.finished:
         return None
     evaluation = evaluate_motion_tokenizer(outcome.model, clips)

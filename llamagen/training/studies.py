@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
 from llamagen.files import write_atomically, write_results
+from llamagen.training.common import has_checkpoint
 
 ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
 ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
@@ -67,6 +69,21 @@ def _gather_rows(results: dict, pending: list[str], work_dir: Path, out: Path, f
                 on_row(results, row)
             results["runs"][name] = row
     write_results(results, out, fields)
+
+
+def run_schedule(steps: int, seed: int) -> dict[str, int]:
+    """The settings every run of a study derives from its length: a tenth of warm-up, 40 log lines, 4
+    checkpoints."""
+    return {"steps": steps, "seed": seed, "warmup_steps": steps // 10, "log_every": max(1, steps // 40),
+            "checkpoint_every": max(1, steps // 4)}  # fmt: skip
+
+
+def resumable(folder: Path) -> bool:
+    """Whether a run's folder holds a run to resume; one killed before its first checkpoint holds nothing to
+    resume, and is removed so that the run starts again."""
+    if folder.exists() and not has_checkpoint(folder):
+        shutil.rmtree(folder)
+    return folder.exists()
 
 
 def save_float16(path: Path, values: torch.Tensor) -> None:

@@ -25,10 +25,9 @@ from llamagen.motion.judge import MotionScores, load_motion_judge, score_motions
 from llamagen.motion.measures import HELD_OUT_SEED
 from llamagen.motion.text import load_motion_text_encoder
 from llamagen.motion.tokenizer import load_motion_tokenizer
-from llamagen.training.common import has_checkpoint
 from llamagen.training.gpt import generator_config_for, train_gpt
 from llamagen.training.settings import GPTTrainingConfig
-from llamagen.training.studies import run_study
+from llamagen.training.studies import resumable, run_schedule, run_study
 
 SPLITS = ("seen", "held_out")
 MEASURES = ("actions", "everything", "parameters")
@@ -103,13 +102,11 @@ def _run(settings: TextToMotionSettings, path: str, name: str, folder: Path, tex
         extract_motion_codes(tokenizer, settings.clips, codes, seed=settings.seed, show_progress=show_progress)
     dataset = CodesDataset(codes, seed=settings.seed)
     config = generator_config_for(dataset.info, gpt_preset(settings.preset), text_encoder)
-    training = GPTTrainingConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
-                                 warmup_steps=settings.steps // 10, ema_decay=settings.ema_decay,
-                                 seed=settings.seed, log_every=max(1, settings.steps // 40),
-                                 checkpoint_every=max(1, settings.steps // 4))  # fmt: skip
+    training = GPTTrainingConfig(**run_schedule(settings.steps, settings.seed), batch_size=settings.batch_size,
+                                 lr=settings.lr, ema_decay=settings.ema_decay)  # fmt: skip
     run_dir = folder / "gpt"
-    outcome = train_gpt(config, training, dataset, run_dir, text_encoder=text_encoder,
-                        resume=has_checkpoint(run_dir), show_progress=show_progress)  # fmt: skip
+    outcome = train_gpt(config, training, dataset, run_dir, text_encoder=text_encoder, resume=resumable(run_dir),
+                        show_progress=show_progress)  # fmt: skip
     if not outcome.finished:
         return None
     gpt = outcome.model.eval()
