@@ -275,23 +275,30 @@ def export_text_encoder(
     held_out = Shapes(size=shipped.config.vision_cfg["image_size"], seed=SECOND_REAL_SEED, captioned=True)
     items = [held_out[i] for i in range(retrieval_images)]
     pairs = Shapes(size=held_out.size, seed=SECOND_REAL_SEED, only_held_out_pairs=True)
-    card = {
+    evaluation = {
+        "data": f"{retrieval_images} captioned shapes of seed {SECOND_REAL_SEED} (not the training stream)",
+        **caption_retrieval(shipped, items),
+        "right_word": word_choice(shipped, items),
+        "right_word_held_out_pairs": word_choice(shipped, [pairs[i] for i in range(retrieval_images)]),
+    }
+    card = _encoder_card(name, "clip", run_dir, run_config, metrics, data, evaluation, train_command, notes)
+    return _write_card(card, assets_dir)
+
+
+def _encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics: list[dict], data: str,
+                  evaluation: dict, train_command: str, notes: str) -> dict[str, Any]:  # fmt: skip
+    """The card of a CLIP: `kind` is also the `llamagen export` command that ships it."""
+    return {
         "name": name,
-        "kind": "clip",
+        "kind": kind,
         "config": run_config["model"],
         "training": run_config["training"],
         "data": data,
         **_training_summary(metrics, use_ema=False),
-        "evaluation": {
-            "data": f"{retrieval_images} captioned shapes of seed {SECOND_REAL_SEED} (not the training stream)",
-            **caption_retrieval(shipped, items),
-            "right_word": word_choice(shipped, items),
-            "right_word_held_out_pairs": word_choice(shipped, [pairs[i] for i in range(retrieval_images)]),
-        },
-        "reproduce": [train_command, f"llamagen export clip {run_dir} --name {name} --data {json.dumps(data)}"],
+        "evaluation": evaluation,
+        "reproduce": [train_command, f"llamagen export {kind} {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
     }
-    return _write_card(card, assets_dir)
 
 
 def export_motion_text_encoder(
@@ -318,20 +325,11 @@ def export_motion_text_encoder(
     shipped = load_motion_text_encoder(weights)
     seen, held_out = Motions(seed=HELD_OUT_SEED, captioned=True), Motions(seed=HELD_OUT_SEED, only_held_out_pairs=True)
     items = [seen[i] for i in range(clips)]
-    card = {
-        "name": name,
-        "kind": "motion-clip",
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
-        **_training_summary(metrics, use_ema=False),
-        "evaluation": {
-            "data": f"{clips} captioned clips of seed {HELD_OUT_SEED} (not the training stream)",
-            **motion_caption_retrieval(shipped, items),
-            "right_value": parameter_choice(shipped, items),
-            "right_value_held_out_pairs": parameter_choice(shipped, [held_out[i] for i in range(clips)]),
-        },
-        "reproduce": [train_command, f"llamagen export motion-clip {run_dir} --name {name} --data {json.dumps(data)}"],
-        "notes": notes,
+    evaluation = {
+        "data": f"{clips} captioned clips of seed {HELD_OUT_SEED} (not the training stream)",
+        **motion_caption_retrieval(shipped, items),
+        "right_value": parameter_choice(shipped, items),
+        "right_value_held_out_pairs": parameter_choice(shipped, [held_out[i] for i in range(clips)]),
     }
+    card = _encoder_card(name, "motion-clip", run_dir, run_config, metrics, data, evaluation, train_command, notes)
     return _write_card(card, assets_dir)
