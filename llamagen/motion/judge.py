@@ -28,11 +28,18 @@ from llamagen.motion.loading import load_saved_model
 
 NONE = "none"
 ACTION_LABELS = (*ACTIONS, NONE)
-# Every parameter any action has, and the values it takes over all of them.
-PARAMETER_LABELS: dict[str, tuple] = {}
-for _domains in PARAMETERS.values():
-    for _name, _values in _domains.items():
-        PARAMETER_LABELS[_name] = tuple(dict.fromkeys((*PARAMETER_LABELS.get(_name, ()), *_values)))
+
+
+def _parameter_labels() -> dict[str, tuple]:
+    """Every parameter any action has, and the values it takes over all of them."""
+    labels: dict[str, tuple] = {}
+    for domains in PARAMETERS.values():
+        for name, values in domains.items():
+            labels[name] = tuple(dict.fromkeys((*labels.get(name, ()), *values)))
+    return labels
+
+
+PARAMETER_LABELS = _parameter_labels()
 HEADS = ("action", *PARAMETER_LABELS)
 NOT_APPLICABLE = -1  # a frame's label for a parameter its action does not have (left out of the loss)
 MIN_RUN_FRAMES = 6  # 0.3 s: shorter runs of one action are blends between two, not actions
