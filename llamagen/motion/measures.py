@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from llamagen.data.motion import FPS, Motions, feature_positions
+from llamagen.metrics import code_perplexity
 from llamagen.motion.tokenizer import MotionVQ
 
 HELD_OUT_SEED = 1_000_003  # the evaluation clips' seed: no training run draws from it
@@ -37,9 +38,7 @@ def joint_errors(true_features: np.ndarray, reconstructed: np.ndarray) -> tuple[
 
 def code_statistics(counts: torch.Tensor) -> tuple[float, float]:
     """(usage: the share of the codebook used at least once, perplexity: exp of the codes' entropy)."""
-    share = counts.double() / counts.sum()
-    entropy = -(share[share > 0] * share[share > 0].log()).sum()
-    return float((counts > 0).double().mean()), float(entropy.exp())
+    return float((counts > 0).double().mean()), code_perplexity(counts)
 
 
 @dataclass
