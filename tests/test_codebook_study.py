@@ -88,6 +88,16 @@ def test_the_command_runs_the_chosen_part_and_prints_a_line_a_run(tiny, tmp_path
     main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points", str(points)])
     with np.load(points) as loaded:
         assert loaded["photos-d2-s0/latents"].shape == (30, 2)
+        kept = {key: loaded[key] for key in loaded.files}
+    # A run whose folder is gone (trained on another machine) keeps its stored points; one with neither is refused.
+    (tmp_path / "runs" / "photos-d2-s0").rename(tmp_path / "elsewhere")
+    main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points", str(points)])
+    with np.load(points) as loaded:
+        assert loaded.files == list(kept) and all(np.array_equal(loaded[key], kept[key]) for key in kept)
+    points.unlink()
+    assert main(["sweep", "codebook-study", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--points",
+                 str(points)]) == 2  # fmt: skip
+    assert "error: run photos-d2-s0 has no folder in" in capsys.readouterr().err and not points.exists()
 
 
 @pytest.mark.slow

@@ -188,17 +188,24 @@ def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: in
     """For the notebooks, in one compressed .npz: each recorded run of `seed`, its used codes (float16,
     `{run}/codes`), how often the held-out images use each (`{run}/uses`) and the first `latents` of its kept
     latents, fewer where they would hold more than POINTS_LATENT_VALUES values (`{run}/latents`), read from the
-    runs' folders. Returns the runs gathered."""
+    runs' folders. A run whose folder is gone keeps what an existing `out` holds of it, so that the file grows
+    with a study run on several machines. Returns the runs gathered."""
+    stored = _stored_points(Path(out))
     arrays, gathered = {}, []
     for name, row in results["runs"].items():
         if row["seed"] != seed:
             continue
         folder = Path(work_dir) / name
-        uses = np.load(folder / "uses.npy")
-        arrays[f"{name}/codes"] = np.load(folder / "codebook.npy")[uses > 0]
-        arrays[f"{name}/uses"] = uses[uses > 0]
-        kept = np.load(folder / "latents.npy")
-        arrays[f"{name}/latents"] = kept[: min(latents, POINTS_LATENT_VALUES // kept.shape[1])]
+        if folder.is_dir():
+            uses = np.load(folder / "uses.npy")
+            arrays[f"{name}/codes"] = np.load(folder / "codebook.npy")[uses > 0]
+            arrays[f"{name}/uses"] = uses[uses > 0]
+            kept = np.load(folder / "latents.npy")
+            arrays[f"{name}/latents"] = kept[: min(latents, POINTS_LATENT_VALUES // kept.shape[1])]
+        elif f"{name}/codes" in stored:
+            arrays.update({f"{name}/{part}": stored[f"{name}/{part}"] for part in ("codes", "uses", "latents")})
+        else:
+            raise FileNotFoundError(f"run {name} has no folder in {work_dir} and no points in {out}")
         gathered.append(name)
 
     def write(temporary: str) -> None:
@@ -207,6 +214,13 @@ def gather_points(results: dict, work_dir: str | Path, out: str | Path, seed: in
 
     write_atomically(Path(out), write)
     return gathered
+
+
+def _stored_points(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as stored:
+        return {key: stored[key] for key in stored.files}
 
 
 @torch.no_grad()
