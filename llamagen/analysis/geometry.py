@@ -157,22 +157,30 @@ class ProjectionRow:
 
 def usage_axes(tokenizer: VQModel, images) -> PrincipalAxes:
     """The principal axes of the codes that `images` use, each code weighted by its use."""
-    usage = torch.bincount(torch.cat([nearest_entries(_latents(tokenizer, image), codebook_vectors(tokenizer))
-                                      for image in images]), minlength=tokenizer.config.codebook_size)  # fmt: skip
+    return _axes_of_use(tokenizer, [nearest_entries(_latents(tokenizer, image), codebook_vectors(tokenizer))
+                                    for image in images])  # fmt: skip
+
+
+def _axes_of_use(tokenizer: VQModel, codes: list[torch.Tensor]) -> PrincipalAxes:
+    usage = torch.bincount(torch.cat(codes), minlength=tokenizer.config.codebook_size)
     used = usage > 0
     return principal_axes(codebook_vectors(tokenizer)[used], usage[used])
 
 
 @torch.no_grad()
-def flattened_decode(tokenizer: VQModel, image, axes: PrincipalAxes, k: int) -> tuple[torch.Tensor, np.ndarray]:
+def flattened_decode(
+    tokenizer: VQModel, image, axes: PrincipalAxes, k: int, latents: torch.Tensor | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
     """`image` tokenized with codes and latents flattened onto the first k of `axes` (back on the unit sphere for
-    an l2 tokenizer), and the flattened codes decoded: its (positions,) codes and (H, W, 3) uint8 pixels."""
+    an l2 tokenizer), and the flattened codes decoded: its (positions,) codes and (H, W, 3) uint8 pixels.
+    `latents`: the image's encoder latents where the caller has them already (the encoder is not run again)."""
     dimensions = tokenizer.config.codebook_embed_dim
     if not 0 <= k <= dimensions:
         raise ValueError(f"each k must be in 0..{dimensions}, got {k}")
     on_sphere = tokenizer.quantize.l2_norm
+    latents = _latents(tokenizer, image) if latents is None else latents
     codebook = _flattened(axes, codebook_vectors(tokenizer), k, on_sphere)
-    codes = nearest_entries(_flattened(axes, _latents(tokenizer, image), k, on_sphere), codebook)
+    codes = nearest_entries(_flattened(axes, latents, k, on_sphere), codebook)
     factor = tokenizer.downsample_factor
     rows, columns = -(-image.height // factor), -(-image.width // factor)
     quantized = codebook[codes].reshape(1, rows, columns, -1).permute(0, 3, 1, 2).to(tokenizer.device)
@@ -188,13 +196,14 @@ def projection_test(
     axes (by default `usage_axes` on the images); the share of positions that keep their code and the mean PSNR.
     k = D changes nothing."""
     images = list(images)
-    axes = axes if axes is not None else usage_axes(tokenizer, images)
-    full_codes = [nearest_entries(_latents(tokenizer, image), codebook_vectors(tokenizer)) for image in images]
+    latents = [_latents(tokenizer, image) for image in images]  # encoded once, flattened for every k
+    full_codes = [nearest_entries(vectors, codebook_vectors(tokenizer)) for vectors in latents]
+    axes = axes if axes is not None else _axes_of_use(tokenizer, full_codes)
     rows = []
     for k in ks:
         kept, scores = 0, []
-        for image, codes in zip(images, full_codes, strict=True):
-            new_codes, pixels = flattened_decode(tokenizer, image, axes, k)
+        for image, vectors, codes in zip(images, latents, full_codes, strict=True):
+            new_codes, pixels = flattened_decode(tokenizer, image, axes, k, vectors)
             kept += int((new_codes == codes).sum())
             scores.append(float(psnr(np.array(image)[None], pixels[None], data_range=255.0)[0]))
         rows.append(ProjectionRow(k, kept / sum(len(codes) for codes in full_codes), float(np.mean(scores))))
