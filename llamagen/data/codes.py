@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -42,6 +41,8 @@ def augmented_views(images: torch.Tensor, augment: str, size: int) -> torch.Tens
         return images[:, None]
     if augment == "flip":
         return torch.stack([images, images.flip(-1)], dim=1)
+    import torchvision.transforms.functional as TF  # here: importing torchvision takes a second and a half
+
     crops = TF.ten_crop(images, [size, size])  # five crops, then the same five of the mirror image
     return torch.stack(crops[: AUGMENTATIONS[augment]], dim=1)
 
