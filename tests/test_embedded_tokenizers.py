@@ -3,6 +3,7 @@
 import functools
 import json
 
+import numpy as np
 import pytest
 
 from llamagen import load_tokenizer
@@ -50,6 +51,26 @@ def test_shapes_vq_keeps_the_shape_and_colour_the_judge_reads():
     # The first 1,000 of the 2,000 held-out shapes (its card: 99.9% of all 2,000 read right).
     judged = judge_reconstructions(load_tokenizer("shapes-vq", device="cpu"), "shapes", count=1000)
     assert judged["shape"] >= 0.99 and judged["colour"] >= 0.99
+
+
+def test_photo_vq_reads_the_whole_photos_as_its_card_says():
+    """The photos whole: the centre square of each resized to 256 (here by PIL's resize of that box), reconstructed
+    at the PSNR the card reports."""
+    from PIL import Image
+
+    from llamagen.data.photos import HELD_OUT_PHOTOS, load_photo
+    from llamagen.training.export import whole_photo_psnr
+
+    images, _ = held_out_images("whole-photos")
+    for name, image in zip(HELD_OUT_PHOTOS, images, strict=True):
+        photo = load_photo(name)
+        side = min(photo.size)
+        left, top = (photo.width - side) / 2, (photo.height - side) / 2
+        square = photo.resize((256, 256), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        assert np.array_equal(np.asarray(image), np.asarray(square)), name
+    card = json.loads((ASSETS_DIR / "photo-vq.json").read_text())["evaluation"]["whole_photos"]
+    measured = whole_photo_psnr(load_tokenizer("photo-vq", device="cpu"))
+    assert measured["psnr_per_photo"] == pytest.approx(card["psnr_per_photo"], abs=0.05)
 
 
 def test_photo_vq_keeps_its_large_codebook_in_use():

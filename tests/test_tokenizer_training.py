@@ -161,6 +161,8 @@ def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch
     assert card["steps"] == 2 and card["reproduce"][0] == "llamagen train ..."
     assert card["evaluation"]["images"] == 15
     assert 0 < card["evaluation"]["psnr"] < 60
+    whole = card["evaluation"]["whole_photos"]  # a photo tokenizer is read on the photos whole as well
+    assert len(whole["psnr_per_photo"]) == 3 and whole["psnr"] == pytest.approx(np.mean(whole["psnr_per_photo"]))
     monkeypatch.setattr(checkpoints, "ASSETS_DIR", tmp_path)
     assert "tiny-vq" in checkpoints.embedded_models()
     assert load_tokenizer("tiny-vq", device="cpu").config == MODEL

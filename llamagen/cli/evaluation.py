@@ -309,7 +309,9 @@ def add_eval_commands(evaluate: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--tokenizer", required=True)
     ev.add_argument("images", nargs="*", help="image files (default: the held-out photo crops)")
-    ev.add_argument("--data", default="photos", help="held-out images: photos, photo-tiles, shapes or digits")
+    ev.add_argument(
+        "--data", default="photos", help="held-out images: photos, whole-photos, photo-tiles, shapes or digits"
+    )
     ev.add_argument("--size", type=int, help="image size of the held-out set (default: its own)")
     ev.add_argument("--config")
     ev.add_argument("--save-images", help="write the originals and reconstructions as PNGs under this folder")
@@ -359,7 +361,9 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
     """The `export` group: tokenizer, gpt, clip, motion-clip."""
     ex = _export_parser(export, "tokenizer", "bf16 weights and a model card in llamagen/assets, loadable by name")
     ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
-    ex.add_argument("--evaluate-on", default="photos", help="held-out images: photos, photo-tiles, shapes, digits")
+    ex.add_argument(
+        "--evaluate-on", default="photos", help="held-out images: photos, whole-photos, photo-tiles, shapes, digits"
+    )
     ex.set_defaults(run=run_export_tokenizer)
     exg = _export_parser(export, "gpt", "bf16 weights and a model card scored by a judge, loadable by name")
     exg.add_argument("--judge", choices=["shapes", "digits"], help="class-conditional: the judge that scores samples")

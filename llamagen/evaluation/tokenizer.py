@@ -52,6 +52,15 @@ def held_out_crops(size: int = 256) -> list[Image.Image]:
     return crops
 
 
+def held_out_whole_photos(size: int = 256) -> list[Image.Image]:
+    """Each held-out photo whole: resized on its shorter side to `size` and centre-cropped to a square, as the
+    paper's ImageNet images are read (a coarser scale than `held_out_crops`, which cut the photos as they are)."""
+    from llamagen.data.photos import HELD_OUT_PHOTOS, load_photo
+    from llamagen.evaluation.reconstruction_set import fitted
+
+    return [fitted(load_photo(name), size) for name in HELD_OUT_PHOTOS]
+
+
 def held_out_tiles(size: int) -> list[Image.Image]:
     """Every non-overlapping size x size tile of the held-out photos: many images, for usage statistics."""
     from llamagen.data.photos import HELD_OUT_PHOTOS, load_photo
@@ -75,6 +84,12 @@ def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Imag
             f"{size}x{size} crops (corners and centre) of the held-out photos china, flower (scikit-learn) and "
             "grace_hopper (Matplotlib), never seen in training"
         )
+    if data == "whole-photos":
+        size = size or 256
+        return held_out_whole_photos(size), (
+            f"the held-out photos china, flower (scikit-learn) and grace_hopper (Matplotlib) whole, resized to {size} "
+            "on the shorter side and centre-cropped"
+        )
     if data == "photo-tiles":
         size = size or 32
         return held_out_tiles(size), f"every non-overlapping {size}x{size} tile of the three held-out photos"
@@ -95,7 +110,7 @@ def held_out_images(data: str, size: int | None = None) -> tuple[list[Image.Imag
         digits = Digits("test", size=size)
         images = tensor_to_pil(torch.stack([digits[i]["image"] for i in range(len(digits))]))
         return images, f"the last {TEST_IMAGES} of scikit-learn's digits at {size}x{size}, held out of training"
-    raise ValueError(f"no held-out images for {data!r}; choose photos, photo-tiles, shapes or digits")
+    raise ValueError(f"no held-out images for {data!r}; choose photos, whole-photos, photo-tiles, shapes or digits")
 
 
 def _features_of(features: nn.Module, pictures: list[Image.Image]) -> np.ndarray:

@@ -91,6 +91,8 @@ def export_tokenizer(
     images, description = held_out_images(evaluate_on)
     evaluation = evaluate_tokenizer(shipped, images)
     judged = {}
+    if evaluate_on == "photos":
+        judged = {"whole_photos": whole_photo_psnr(shipped)}
     if f"{evaluate_on}-judge" in embedded_models():
         judged = {"judge_accuracy_on_reconstructions": judge_reconstructions(shipped, evaluate_on)}
     card = {
@@ -114,6 +116,16 @@ def export_tokenizer(
         "notes": notes,
     }
     return _write_card(card, assets_dir)
+
+
+def whole_photo_psnr(tokenizer) -> dict[str, Any]:
+    """PSNR on the held-out photos whole (resized and centre-cropped to 256, the scale at which the paper reads
+    ImageNet), beside the crops a photo tokenizer's card reports first: per photo, there being three."""
+    from llamagen.tokenizer.reconstruction import reconstruct_batch
+
+    images, description = held_out_images("whole-photos")
+    per_photo = [result.psnr for result in reconstruct_batch(tokenizer, images)]
+    return {"data": description, "psnr": statistics.fmean(per_photo), "psnr_per_photo": per_photo}
 
 
 def _shipped_name(kind: str, source: str | None, override: str | None) -> str:
