@@ -321,6 +321,31 @@ def test_training_that_cannot_work_is_refused_before_it_starts(tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_started_from_weights_starts_on_them_and_trains_their_model(tmp_path, capsys):
+    from llamagen.cli import main
+
+    first = train_tokenizer(MODEL, training(2), crops(), tmp_path / "first", show_progress=False)
+    weights = tmp_path / "first" / "final.safetensors"
+    # At learning rate 0 nothing moves: the run's weights and their average are the ones it started from.
+    still = train_tokenizer(None, training(1, lr=0.0, init_from=str(weights)), crops(), tmp_path / "still",
+                            show_progress=False)  # fmt: skip
+    for model in (still.trained, still.model):
+        for name, value in model.named_parameters():
+            assert torch.equal(value, dict(first.model.named_parameters())[name]), name
+    with pytest.raises(ValueError, match="codebook_size differ"):
+        other = vq_preset("VQ-4-tiny", codebook_size=32)
+        train_tokenizer(other, training(1, init_from=str(weights)), crops(), tmp_path / "other", show_progress=False)
+    with pytest.raises(ValueError, match="keeps their codebook"):
+        training(1, init_from=str(weights), codebook_init="kmeans")
+    # The command line trains their model when no --config is given, and may change what training reads.
+    args = ["train", "tokenizer", "--init-from", str(weights), "--out", str(tmp_path / "tuned"), "--image-size", "16",
+            "--steps", "1", "--batch-size", "2", "--fp32", "--entropy-loss", "0.1"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    recorded = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert recorded["model"] == {**MODEL.to_dict(), "entropy_loss_ratio": 0.1}
+    assert recorded["training"]["init_from"] == str(weights)
+
+
 def test_training_hours_leave_out_the_pause_between_legs():
     from llamagen.training.export import training_hours
 

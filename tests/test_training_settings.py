@@ -22,7 +22,8 @@ def test_every_setting_has_its_flag(trainer):
     """Each field, set through its flag to something other than its default, arrives in the settings."""
     settings = TRAINERS[trainer]
     flags = {"bf16": ["--fp32"], "restart_dead_codes_every": ["--restart-dead-codes", "7"]}
-    choices = {"codebook_init": "kmeans"}  # a setting that takes one of a few words: one other than the default
+    # A setting that takes words rather than a number: a legal one other than the default.
+    choices = {"codebook_init": "kmeans", "init_from": "photo-vq"}
     for field in dataclasses.fields(settings):
         default = field.default
         if isinstance(default, bool):

@@ -26,6 +26,8 @@ from llamagen.training.settings import (
     TokenizerTrainingConfig,
 )
 
+DEFAULT_TOKENIZER_CONFIG = "VQ-8-small"
+
 
 def _conditioned_data(args: argparse.Namespace, size: int):
     """(data set, "label" or "caption") for --data, --captions and --seed: what a generator is conditioned on."""
@@ -63,11 +65,17 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
     from llamagen.tokenizer import VQConfig
     from llamagen.training.tokenizer import train_tokenizer
 
-    model_config = VQConfig.coerce(parse_config(args.config))
-    if args.entropy_loss is not None:
-        model_config = dataclasses.replace(model_config, entropy_loss_ratio=args.entropy_loss)
     training = settings_from_flags(TokenizerTrainingConfig, args)
     training, changes = apply_overrides(training, args.override, args.resume)
+    model_config = None  # started from weights (--init-from) without --config: their model
+    if args.config is not None or training.init_from is None:
+        model_config = VQConfig.coerce(parse_config(args.config or DEFAULT_TOKENIZER_CONFIG))
+    if args.entropy_loss is not None:
+        if model_config is None:
+            from llamagen.tokenizer.loading import load_tokenizer
+
+            model_config = load_tokenizer(training.init_from, device="cpu").config
+        model_config = dataclasses.replace(model_config, entropy_loss_ratio=args.entropy_loss)
     lpips = None
     if args.lpips_vgg or args.lpips_lin:
         if not (args.lpips_vgg and args.lpips_lin):
@@ -219,7 +227,11 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
         "(atomically); --resume continues exactly; SIGINT or SIGTERM saves and exits. Metrics go to "
         "OUT/metrics.jsonl, the EMA weights to OUT/final.safetensors.",
     )
-    tok.add_argument("--config", default="VQ-8-small", help="a preset, a JSON file or inline JSON of VQConfig fields")
+    tok.add_argument(
+        "--config",
+        help=f"a preset, a JSON file or inline JSON of VQConfig fields (default: {DEFAULT_TOKENIZER_CONFIG}, or with "
+        "--init-from the model of those weights)",
+    )
     tok.add_argument("--out", required=True, help="the run's folder")
     tok.add_argument("--data", default="photos", help="photos, shapes, digits, folder:PATH or captions:FILE.jsonl")
     tok.add_argument("--image-size", type=int, default=64)

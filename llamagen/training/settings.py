@@ -117,11 +117,19 @@ class TokenizerTrainingConfig(TrainingSettings):
         "the original; puts every entry where the latents are, with or without l2-normalisation)",
         metavar="{uniform,kmeans}",
     )
+    init_from: str | None = setting(
+        None,
+        "start from these weights (an embedded tokenizer's name, a .safetensors file or a published checkpoint) "
+        "rather than at random: fine-tuning; the model is theirs",
+        metavar="WEIGHTS",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {', '.join(CODEBOOK_INITS)}, got {self.codebook_init!r}")
+        if self.init_from is not None and self.codebook_init != "uniform":
+            raise ValueError("a run started from weights (init_from) keeps their codebook: no codebook_init")
         if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
             raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
         if self.disc_start is not None and self.disc_start < 0:

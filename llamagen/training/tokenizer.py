@@ -10,10 +10,10 @@ the run that was never interrupted: model, EMA, optimizer, step and RNG state ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from llamagen.training.distributed import Processes, process_group
 from llamagen.training.settings import TokenizerTrainingConfig
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainingOutcome:
     model: VQModel  # the EMA weights
     step: int  # steps done
@@ -41,7 +41,7 @@ class TrainingOutcome:
 
 
 def train_tokenizer(
-    model_config: VQConfig,
+    model_config: VQConfig | None,
     training: TokenizerTrainingConfig,
     dataset,
     out_dir: str | Path,
@@ -61,8 +61,11 @@ def train_tokenizer(
     `lpips` adds the perceptual loss; `training.disc_start` the PatchGAN. `command`, the command line that
     started the run, is recorded in `config.json` for its model card. A resumed run must have the settings
     it was trained with, but those named in `changes` (`TrainingRun`). `alone` trains in this process only, even
-    under torchrun (a study gives each process whole runs).
+    under torchrun (a study gives each process whole runs). With `training.init_from` the run starts from those
+    weights, and `model_config` (None: theirs) may change only what training reads (the losses' weights, dropout).
     """
+    start = _starting_weights(training.init_from, model_config)
+    model_config = start.config if model_config is None else model_config
     with process_group(device, alone) as processes:
         run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
         parts = _Parts(model_config, training, processes)
@@ -70,6 +73,9 @@ def train_tokenizer(
             lpips = lpips.to(processes.device)
         if run.state is not None:
             parts.load(run.state)
+        elif start is not None:
+            parts.model.load_state_dict(start.state_dict())
+            parts.ema.load_state_dict(start.state_dict())
         elif training.codebook_init == "kmeans":
             initialise_codebook(parts.model, dataset, training.batch_size, training.seed)
             parts.ema.quantize.embedding.weight.copy_(parts.model.quantize.embedding.weight)
@@ -90,6 +96,29 @@ def train_tokenizer(
         outcome = TrainingOutcome(parts.ema, run.step, run.finished, parts.model.eval())
         del parts  # the DDP structures, in reference cycles: closing the group collects them (`Processes.close`)
         return outcome
+
+
+# What training reads and the weights do not: a run started from weights may set these anew.
+TRAINING_ONLY_FIELDS = ("commit_loss_beta", "entropy_loss_ratio", "dropout_p")
+
+
+def _starting_weights(init_from: str | None, model_config: VQConfig | None) -> VQModel | None:
+    """The tokenizer a run starts from (None: at random), its model checked against `model_config`."""
+    if init_from is None:
+        if model_config is None:
+            raise ValueError("a tokenizer is trained from a model config, or from weights (init_from)")
+        return None
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    start = load_tokenizer(init_from, device="cpu")
+    if model_config is not None:
+        kept = {name: getattr(model_config, name) for name in TRAINING_ONLY_FIELDS}
+        theirs = dataclasses.asdict(start.config) | kept
+        differ = sorted(name for name, value in dataclasses.asdict(model_config).items() if theirs[name] != value)
+        if differ:
+            raise ValueError(f"the weights of {init_from!r} are another model: {', '.join(differ)} differ; "
+                             "leave the config out to train theirs")  # fmt: skip
+    return start
 
 
 class _Parts:
