@@ -256,3 +256,28 @@ def test_bad_features_are_refused():
         feature_positions(np.zeros((10, 262)))
     with pytest.raises(ValueError, match="positions must be"):
         motion_features(np.zeros((1, 22, 3)), np.zeros((1, 22, 3, 3)), np.zeros(1), np.zeros(4))
+
+
+def test_the_animation_draws_each_clip_s_bones_frame_by_frame(clips):
+    """Every frame of the animation holds each clip's bones as the picture plane sees them, the body centred; a
+    shorter clip holds its last pose; the left limbs are drawn in the left colour."""
+    from llamagen.data.motion.drawing import COLOURS, SIDE, TRACES_PER_PANEL, VIEW_FORWARD, VIEW_LEFT, motion_animation
+
+    long, short = clips[0]["positions"].numpy(), clips[1]["positions"].numpy()[:40]
+    figure = motion_animation({"long": long, "short": short})
+    assert len(figure.frames) == len(long) > len(short)
+    assert len(figure.frames[0].data) == 2 * TRACES_PER_PANEL
+    left_knee, left_hip = JOINT["left_knee"], JOINT["left_hip"]
+    assert SIDE[left_knee] == "left"
+    for t in (0, 17, len(long) - 1):
+        for panel, positions in enumerate((long, short)):
+            pose = positions[min(t, len(positions) - 1)]
+            screen_x = VIEW_FORWARD * pose[:, 2] + VIEW_LEFT * pose[:, 0]
+            left = figure.frames[t].data[panel * TRACES_PER_PANEL]  # the panel's first trace: the left limbs
+            assert left.line.color == "rgb({},{},{})".format(*COLOURS["left"])
+            xs, ys = list(left.x), list(left.y)
+            # The thigh: a segment from the hip to the knee, x relative to the pelvis, y the height.
+            knee = (screen_x[left_knee] - screen_x[0], pose[left_knee, 1])
+            start = next(i for i in range(0, len(xs), 3) if (xs[i + 1], ys[i + 1]) == pytest.approx(knee))
+            assert (xs[start], ys[start]) == pytest.approx((screen_x[left_hip] - screen_x[0], pose[left_hip, 1]))
+    assert list(figure.layout.sliders[0].steps[-1].args[0]) == [str(len(long) - 1)]
