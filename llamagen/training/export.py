@@ -90,11 +90,11 @@ def export_tokenizer(
     shipped = load_tokenizer(weights, device="cpu")  # evaluate what users get: the bf16 weights
     images, description = held_out_images(evaluate_on)
     evaluation = evaluate_tokenizer(shipped, images)
-    judged = {}
+    also = {}  # what the card reports beside the held-out set's measures, for some kinds of data
     if evaluate_on == "photos":
-        judged = {"whole_photos": whole_photo_psnr(shipped)}
+        also["whole_photos"] = whole_photo_psnr(shipped)
     if f"{evaluate_on}-judge" in embedded_models():
-        judged = {"judge_accuracy_on_reconstructions": judge_reconstructions(shipped, evaluate_on)}
+        also["judge_accuracy_on_reconstructions"] = judge_reconstructions(shipped, evaluate_on)
     card = {
         "name": name,
         "kind": "vq",
@@ -106,7 +106,7 @@ def export_tokenizer(
         "evaluation": {
             "data": description,
             **evaluation.as_dict(),
-            **judged,
+            **also,
         },
         "reproduce": [
             train_command,
