@@ -97,9 +97,11 @@ def motion_animation(clips: dict[str, np.ndarray], fps: int = 20, height: int = 
     poses = [np.asarray(clips[title], dtype=np.float64) for title in titles]
     frames = max(len(pose) for pose in poses)
 
+    def on_panel(panel, **drawing):
+        return go.Scatter(showlegend=False, xaxis=f"x{panel + 1}", yaxis=f"y{panel + 1}", **drawing)
+
     def lines(xs, ys, colour, width, panel):
-        axes = {"xaxis": f"x{panel + 1}", "yaxis": f"y{panel + 1}"}
-        return go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "width": width}, showlegend=False, **axes)
+        return on_panel(panel, x=xs, y=ys, mode="lines", line={"color": colour, "width": width})
 
     def traces(t: int) -> list:
         drawn = []
@@ -108,10 +110,9 @@ def motion_animation(clips: dict[str, np.ndarray], fps: int = 20, height: int = 
             centre = float(_screen(points[0])[0])
             for side, (xs, ys) in _bone_lines(points, centre).items():
                 drawn.append(lines(xs, ys, "rgb({},{},{})".format(*COLOURS[side]), 3, panel))
-            head = _screen(points[JOINT["head"]])
-            drawn.append(go.Scatter(x=[float(head[0] - centre)], y=[float(head[1])], mode="markers",
-                                    marker={"size": 12, "color": "rgb(250,250,248)", "line": {"width": 2}},
-                                    showlegend=False, xaxis=f"x{panel + 1}", yaxis=f"y{panel + 1}"))  # fmt: skip
+            x, y = _screen(points[JOINT["head"]])
+            marker = {"size": 12, "color": "rgb(250,250,248)", "line": {"width": 2}}
+            drawn.append(on_panel(panel, x=[float(x - centre)], y=[float(y)], mode="markers", marker=marker))
             ticks = _ground_ticks(float(_screen(pose[0, 0])[0]), centre)
             drawn.append(lines(*ticks, "rgb(150,150,140)", 2, panel))
         return drawn
