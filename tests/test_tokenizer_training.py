@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import llamagen.checkpoints as checkpoints
+import llamagen.training.export as export_module
 from llamagen import load_tokenizer
 from llamagen.data.photos import PhotoCrops
 from llamagen.evaluation.tokenizer import evaluate_tokenizer, held_out_crops
@@ -157,8 +158,12 @@ def test_bad_training_settings_are_refused():
 
 def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch):
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", show_progress=False, command="llamagen train ...")
-    card = export_tokenizer(tmp_path / "run", "tiny-vq", "photo crops", assets_dir=tmp_path)
-    assert card["steps"] == 2 and card["reproduce"][0] == "llamagen train ..."
+    assert export_module._finished_run(tmp_path / "run", None)[3] == ["llamagen train ..."]  # as the run recorded it
+    # A run fine-tuned from another's weights is reproduced by both commands, in order, then the export.
+    commands = ["llamagen train tokenizer --out first", "llamagen train tokenizer --init-from first/final.safetensors"]
+    card = export_tokenizer(tmp_path / "run", "tiny-vq", "photo crops", commands, assets_dir=tmp_path)
+    assert card["steps"] == 2 and card["reproduce"][:2] == commands
+    assert card["reproduce"][2].startswith(f"llamagen export tokenizer {tmp_path / 'run'} --name tiny-vq")
     assert card["evaluation"]["images"] == 15
     assert 0 < card["evaluation"]["psnr"] < 60
     whole = card["evaluation"]["whole_photos"]  # a photo tokenizer is read on the photos whole as well

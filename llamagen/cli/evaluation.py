@@ -72,7 +72,7 @@ def run_export_tokenizer(args: argparse.Namespace) -> None:
         args.run_dir,
         args.name,
         args.data,
-        args.train_command,
+        args.train_commands,
         args.notes,
         evaluate_on=args.evaluate_on,
         use_ema=not args.no_ema,
@@ -90,7 +90,7 @@ def run_export_gpt(args: argparse.Namespace) -> None:
 
     card = export_generator(
         args.run_dir, args.name, args.data, args.judge, tuple(args.cfg_scales), args.images_per_class,
-        args.train_command, args.notes, use_ema=not args.no_ema, tokenizer=args.tokenizer,
+        args.train_commands, args.notes, use_ema=not args.no_ema, tokenizer=args.tokenizer,
         text_encoder=args.text_encoder, captions=args.captions,
     )  # fmt: skip
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
@@ -104,7 +104,7 @@ def run_export_gpt(args: argparse.Namespace) -> None:
 def run_export_clip(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_text_encoder
 
-    card = export_text_encoder(args.run_dir, args.name, args.data, args.train_command, args.notes)
+    card = export_text_encoder(args.run_dir, args.name, args.data, args.train_commands, args.notes)
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     print(
@@ -116,7 +116,7 @@ def run_export_clip(args: argparse.Namespace) -> None:
 def run_export_motion_clip(args: argparse.Namespace) -> None:
     from llamagen.training.export import export_motion_text_encoder
 
-    card = export_motion_text_encoder(args.run_dir, args.name, args.data, args.train_command, args.notes)
+    card = export_motion_text_encoder(args.run_dir, args.name, args.data, args.train_commands, args.notes)
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     print(
@@ -352,7 +352,13 @@ def _export_parser(export: argparse._SubParsersAction, model: str, help: str) ->
     parser.add_argument("run_dir", metavar="RUN", help="the training run's folder")
     parser.add_argument("--name", required=True)
     parser.add_argument("--data", required=True, help="what it was trained on, for the card")
-    parser.add_argument("--train-command", help="the command that trained it (default: as the run recorded it)")
+    parser.add_argument(
+        "--train-command",
+        dest="train_commands",
+        action="append",
+        help="the command that trained it (default: as the run recorded it); once per command, in order, for a run "
+        "started from another run's weights",
+    )
     parser.add_argument("--notes", default="", help="anything a reader of the card should know")
     return parser
 

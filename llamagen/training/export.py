@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return MetricsLog(path).records()
 
 
-def _finished_run(run_dir: Path, train_command: str | None) -> tuple[Path, list[dict], dict, str]:
-    """The final weights, metrics, config and training command of a finished run."""
+def _finished_run(run_dir: Path, train_commands: Sequence[str] | None) -> tuple[Path, list[dict], dict, list[str]]:
+    """The final weights, metrics, config and training commands of a finished run: those given, in order (a run
+    started from another's weights needs that run's command first), or else the one the run recorded."""
     final = run_dir / "final.safetensors"
     if not final.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no final.safetensors: the run has not finished")
     metrics = read_metrics(run_dir)
     run_config = json.loads((run_dir / "config.json").read_text())
-    train_command = train_command or run_config.get("command")
-    if not train_command:
+    train_commands = list(train_commands or [run_config.get("command")])
+    if not all(train_commands):
         raise ValueError(f"{str(run_dir)!r} recorded no training command; pass the one that made it")
-    return final, metrics, run_config, train_command
+    return final, metrics, run_config, train_commands
 
 
 def training_hours(metrics: list[dict]) -> float:
@@ -67,7 +69,7 @@ def export_tokenizer(
     run_dir: str | Path,
     name: str,
     data: str,
-    train_command: str | None = None,
+    train_commands: Sequence[str] | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     evaluate_on: str = "photos",
@@ -75,13 +77,13 @@ def export_tokenizer(
 ) -> dict[str, Any]:
     """Write `assets_dir/NAME.safetensors` (the run's EMA weights in bf16) and its card `NAME.json`.
 
-    `train_command` defaults to the command the run recorded in its config.json; `evaluate_on` names the
+    `train_commands` default to the command the run recorded in its config.json; `evaluate_on` names the
     held-out images the card reports (see `held_out_images`). `use_ema=False` ships the trained weights
     themselves rather than their moving average: in a short run the average trails far behind (and with
     dead-code restarts it averages entries that moved), so it can be the worse of the two.
     """
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
 
     weights = assets_dir / f"{name}.safetensors"
     # final.safetensors holds the EMA weights; the last checkpoint, written at the same step, both.
@@ -109,7 +111,7 @@ def export_tokenizer(
             **also,
         },
         "reproduce": [
-            train_command,
+            *train_commands,
             f"llamagen export tokenizer {run_dir} --name {name} --data {json.dumps(data)} --evaluate-on {evaluate_on}"
             + ("" if use_ema else " --no-ema"),
         ],
@@ -198,7 +200,7 @@ def export_generator(
     judge: str | None = None,
     cfg_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0),
     images_per_class: int = 25,
-    train_command: str | None = None,
+    train_commands: Sequence[str] | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     use_ema: bool = True,
@@ -220,7 +222,7 @@ def export_generator(
     from llamagen.pipeline import generator_metadata, load_pipeline
 
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
     metadata = generator_metadata(final)
     config = GPTConfig.from_dict(run_config["model"])
     if config.model_type == "c2i" and judge is None:
@@ -252,7 +254,7 @@ def export_generator(
         "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
             metadata.get("codes_command", ""),
-            train_command,
+            *train_commands,
             f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
             f"{metadata['tokenizer']} --cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} {how}"
             + ("" if use_ema else " --no-ema"),
@@ -266,7 +268,7 @@ def export_text_encoder(
     run_dir: str | Path,
     name: str,
     data: str,
-    train_command: str | None = None,
+    train_commands: Sequence[str] | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     retrieval_images: int = 500,
@@ -280,7 +282,7 @@ def export_text_encoder(
     from llamagen.text import load_text_encoder
 
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
     weights = assets_dir / f"{name}.safetensors"
     save(load_text_encoder(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
     shipped = load_text_encoder(weights, device="cpu")
@@ -293,12 +295,12 @@ def export_text_encoder(
         "right_word": word_choice(shipped, items),
         "right_word_held_out_pairs": word_choice(shipped, [pairs[i] for i in range(retrieval_images)]),
     }
-    card = _encoder_card(name, "clip", run_dir, run_config, metrics, data, evaluation, train_command, notes)
+    card = _encoder_card(name, "clip", run_dir, run_config, metrics, data, evaluation, train_commands, notes)
     return _write_card(card, assets_dir)
 
 
 def _encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics: list[dict], data: str,
-                  evaluation: dict, train_command: str, notes: str) -> dict[str, Any]:  # fmt: skip
+                  evaluation: dict, train_commands: list[str], notes: str) -> dict[str, Any]:  # fmt: skip
     """The card of a CLIP: `kind` is also the `llamagen export` command that ships it."""
     return {
         "name": name,
@@ -308,7 +310,7 @@ def _encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics
         "data": data,
         **_training_summary(metrics, use_ema=False),
         "evaluation": evaluation,
-        "reproduce": [train_command, f"llamagen export {kind} {run_dir} --name {name} --data {json.dumps(data)}"],
+        "reproduce": [*train_commands, f"llamagen export {kind} {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
     }
 
@@ -317,7 +319,7 @@ def export_motion_text_encoder(
     run_dir: str | Path,
     name: str,
     data: str,
-    train_command: str | None = None,
+    train_commands: Sequence[str] | None = None,
     notes: str = "",
     assets_dir: Path = ASSETS_DIR,
     clips: int = 500,
@@ -331,7 +333,7 @@ def export_motion_text_encoder(
     from llamagen.motion.text import load_motion_text_encoder
 
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_command = _finished_run(run_dir, train_command)
+    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
     weights = assets_dir / f"{name}.safetensors"
     save(load_motion_text_encoder(final), weights, weights_dtype=torch.bfloat16)
     shipped = load_motion_text_encoder(weights)
@@ -343,5 +345,5 @@ def export_motion_text_encoder(
         "right_value": parameter_choice(shipped, items),
         "right_value_held_out_pairs": parameter_choice(shipped, [held_out[i] for i in range(clips)]),
     }
-    card = _encoder_card(name, "motion-clip", run_dir, run_config, metrics, data, evaluation, train_command, notes)
+    card = _encoder_card(name, "motion-clip", run_dir, run_config, metrics, data, evaluation, train_commands, notes)
     return _write_card(card, assets_dir)
