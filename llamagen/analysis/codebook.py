@@ -7,12 +7,15 @@ the quantizer sees them.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from llamagen.files import write_atomically
 from llamagen.tokenizer.model import VQModel
 from llamagen.tokenizer.reconstruction import tokenize_image
 
@@ -74,6 +77,36 @@ def project_2d(vectors: torch.Tensor, method: str = "pca", seed: int = 0) -> np.
         )
         projected = projection.fit_transform(points.numpy())
     return projected.astype(np.float32)
+
+
+def codebook_digest(tokenizer: VQModel) -> str:
+    """SHA-256 of the codebook's entries as stored (float32 holds bf16 weights exactly, so either dtype gives the
+    same): names the codebook that a stored picture of it was computed from."""
+    return hashlib.sha256(tokenizer.quantize.embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest()
+
+
+def save_projection(tokenizer: VQModel, path: str | Path, method: str = "umap", seed: int = 0) -> None:
+    """Store `project_2d` of the codebook (float16 points) with the digest of the codebook it maps."""
+    points = project_2d(codebook_vectors(tokenizer), method, seed).astype(np.float16)
+    stored = {"points": points, "codebook": codebook_digest(tokenizer), "method": method, "seed": seed}
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as file:  # np.savez would add ".npz" to a file name without it
+            np.savez(file, **stored)
+
+    write_atomically(Path(path), write)
+
+
+def stored_projection(tokenizer: VQModel, path: str | Path, method: str = "umap", seed: int = 0) -> np.ndarray | None:
+    """The (K, 2) float32 points `save_projection` stored for this very codebook, method and seed; None where the
+    file is missing or was made for other weights (a retrained tokenizer), so that a stale map is never shown."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as stored:
+        made_for = (str(stored["codebook"]), str(stored["method"]), int(stored["seed"]))
+        if made_for != (codebook_digest(tokenizer), method, seed):
+            return None
+        return stored["points"].astype(np.float32)
 
 
 def nearest_neighbours(points: torch.Tensor, count: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:

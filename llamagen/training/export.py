@@ -34,6 +34,7 @@ def _finished_run(run_dir: Path, train_commands: Sequence[str] | None) -> tuple[
         raise FileNotFoundError(f"{str(run_dir)!r} has no final.safetensors: the run has not finished")
     metrics = read_metrics(run_dir)
     run_config = json.loads((run_dir / "config.json").read_text())
+    run_config["training"] = _settings_at_the_end(run_dir, run_config["training"])
     train_commands = list(train_commands or [run_config.get("command")])
     if not all(train_commands):
         raise ValueError(f"{str(run_dir)!r} recorded no training command; pass the one that made it")
@@ -48,6 +49,21 @@ def training_hours(metrics: list[dict]) -> float:
         return 0.0
     usual = statistics.median(gaps)
     return sum(gap for gap in gaps if gap <= 10 * usual) / 3600
+
+
+def _settings_at_the_end(run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+    """The training settings a run finished with: config.json keeps those it started with, and history.jsonl each
+    resume that changed some (`--override`), which are applied here in order and listed under
+    "changed_on_resume" as {"step", NAME: [before, after]}."""
+    history = run_dir / "history.jsonl"
+    events = [json.loads(line) for line in history.read_text().splitlines() if line] if history.is_file() else []
+    changes = [{"step": event["step"], **event["changed"]} for event in events if event.get("changed")]
+    if not changes:
+        return training
+    at_the_end = dict(training)
+    for change in changes:
+        at_the_end.update({name: values[1] for name, values in change.items() if name in training})
+    return {**at_the_end, "changed_on_resume": changes}
 
 
 def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
