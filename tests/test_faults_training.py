@@ -230,8 +230,9 @@ def test_a_killed_launcher_ends_its_workers_after_they_save(tmp_path, digit_code
         for pid in workers:  # orphans now, if they outlived their launcher
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    saved = load_training_state(out)["step"]
-    assert saved >= 3 and saved >= records(out, "metrics.jsonl")[-1]["step"]
+    state = load_training_state(out)
+    assert state is not None, "no checkpoint; the workers said: " + launcher.stderr.read()[-3000:]
+    assert state["step"] >= 3 and state["step"] >= records(out, "metrics.jsonl")[-1]["step"]
     lock_run_folder(out).close()  # nobody holds the folder any more
 
 

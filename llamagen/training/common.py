@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from llamagen.checkpoints import first_line
 from llamagen.files import write_atomically, write_text_atomically
-from llamagen.training.distributed import Processes
+from llamagen.training.distributed import LAUNCHER_GONE, Processes
 from llamagen.training.settings import TrainingSettings
 
 LATEST_CHECKPOINT = "latest.pt"
@@ -290,14 +290,14 @@ class TrainingRun:
         return self.step >= self.training.steps
 
     def steps(self, batches: Iterable[dict], show_progress: bool = True) -> Iterator[tuple[int, dict]]:
-        """(step, batch) for each step from the run's start (steps count from 0), while the batches last. SIGINT
-        and SIGTERM end the loop between steps, on every process at once; `self.step` counts the steps done,
-        the one just yielded included."""
+        """(step, batch) for each step from the run's start (steps count from 0), while the batches last. SIGINT,
+        SIGTERM and, under torchrun, the launcher's death end the loop between steps, on every process at once;
+        `self.step` counts the steps done, the one just yielded included."""
         self._progress = tqdm(total=self.training.steps, initial=self.start, dynamic_ncols=True,
                               disable=not (show_progress and self.processes.is_main))  # fmt: skip
         with StopRequest() as stop:
             for batch in batches:
-                if self.processes.any(stop.requested):
+                if self.processes.any(stop.requested or LAUNCHER_GONE.is_set()):
                     break
                 if batch["skipped"]:
                     self._skipped += batch["skipped"]

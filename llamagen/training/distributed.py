@@ -11,7 +11,6 @@ import datetime
 import gc
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,7 +122,7 @@ def start_processes(device: str | torch.device | None = None, alone: bool = Fals
 
     Under torchrun, a collective that waits longer than LLAMAGEN_COLLECTIVE_TIMEOUT seconds (default 600) for
     another process fails (`CollectiveTimeout`) instead of blocking for good behind a frozen or dead process, and
-    each process stops as SIGTERM would stop it (saving a checkpoint) when the launcher dies."""
+    each process stops as SIGTERM would stop it (saving a checkpoint) when the launcher dies (`LAUNCHER_GONE`)."""
     world = 1 if alone else int(os.environ.get("WORLD_SIZE", "1"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,14 +170,21 @@ def _collective_timeout_error() -> CollectiveTimeout:
     )
 
 
+# Set when torchrun's agent, this process's parent, is gone: the training loop then stops as on SIGTERM, saving
+# a checkpoint. A flag, not a signal to this process: the loop may already have stopped on another process's word
+# (its watcher saw the launcher go first), and a SIGTERM arriving then, past the loop's handler, would kill this
+# process in the middle of writing that checkpoint.
+LAUNCHER_GONE = threading.Event()
+
+
 def _stop_when_the_launcher_dies() -> None:
-    """Watch the parent process (torchrun's agent); when it is gone, send this process SIGTERM, which makes the
+    """Watch the parent process (torchrun's agent); when it is gone, set `LAUNCHER_GONE`, which makes the
     training loop save and stop, instead of running on unsupervised beside a new launch."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
+        LAUNCHER_GONE.set()
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
