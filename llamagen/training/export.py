@@ -56,7 +56,7 @@ def _settings_at_the_end(run_dir: Path, training: dict[str, Any]) -> dict[str, A
     resume that changed some (`--override`), which are applied here in order and listed under
     "changed_on_resume" as {"step", NAME: [before, after]}."""
     history = run_dir / "history.jsonl"
-    events = [json.loads(line) for line in history.read_text().splitlines() if line] if history.is_file() else []
+    events = MetricsLog(history).records() if history.is_file() else []  # a JSON object a line, as the metrics
     changes = [{"step": event["step"], **event["changed"]} for event in events if event.get("changed")]
     if not changes:
         return training
