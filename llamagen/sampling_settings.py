@@ -64,15 +64,23 @@ def card_sampling(card: dict[str, Any], name: str) -> SamplingSettings:
     return SamplingSettings(**{key: entry[key] for key in _FIELDS if key in entry}, source=f"{name}'s card")
 
 
-def recommended_sampling(weights: Path, model_type: str, vocab_size: int) -> SamplingSettings:
-    """The card's settings when a card with a `"sampling"` entry sits beside the weights (`NAME.json`), else
-    the original's defaults for the model type."""
+def model_card(weights: Path) -> dict[str, Any] | None:
+    """The card beside a `.safetensors` file (`NAME.json`), or None where there is none."""
     card_path = weights.with_suffix(".json")
-    if weights.suffix == ".safetensors" and card_path.is_file():
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read the model card {str(card_path)!r}: {error}") from error
-        if isinstance(card, dict) and "sampling" in card:
-            return card_sampling(card, weights.stem).fitted_to(vocab_size)
-    return ORIGINAL[model_type].fitted_to(vocab_size)
+    if weights.suffix != ".safetensors" or not card_path.is_file():
+        return None
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the model card {str(card_path)!r}: {error}") from error
+    return card if isinstance(card, dict) else None
+
+
+def recommended_sampling(weights: Path, model_type: str, vocab_size: int,
+                         fallback: SamplingSettings | None = None) -> SamplingSettings:  # fmt: skip
+    """The card's settings when a card with a `"sampling"` entry sits beside the weights, else `fallback`, else
+    the original's defaults for the model type."""
+    card = model_card(weights)
+    if card is not None and "sampling" in card:
+        return card_sampling(card, weights.stem).fitted_to(vocab_size)
+    return (fallback or ORIGINAL[model_type]).fitted_to(vocab_size)

@@ -118,3 +118,24 @@ def one_line_error(capsys, *argv: str) -> str:
     last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     assert status == 2 and "Traceback" not in stderr and last.startswith("llamagen "), (status, stderr[-2000:])
     return last
+
+
+def tiny_motion_generator(folder, codebook_size: int = 64, seed: int = 0):
+    """A random text-to-motion GPT file in `folder`, naming a tiny motion tokenizer and motion CLIP saved beside it
+    (as the text-to-motion study's generators name theirs)."""
+    from llamagen import save
+    from llamagen.gpt import gpt_preset
+    from llamagen.motion import MotionVQ, arm_config
+    from llamagen.motion.codes import SEQUENCE
+    from llamagen.motion.text import MotionTextEncoder
+
+    torch.manual_seed(seed)
+    text = {"context_length": 48, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}
+    clip = ClipConfig(embed_dim=8, vision_cfg={"width": 8, "dilations": [1]}, text_cfg=text)
+    vq = MotionVQ(arm_config("llamagen", codebook_size, width=8, depth=1))
+    tokenizer = save(vq, folder / "motion-vq.safetensors")
+    encoder = save(MotionTextEncoder.from_config(clip), folder / "motion-clip.safetensors")
+    gpt = GPT(gpt_preset("GPT-XS", vocab_size=codebook_size + 1, block_size=SEQUENCE, model_type="t2i",
+                         caption_dim=16, cls_token_num=48))  # fmt: skip
+    return save(gpt, folder / "motion-gpt.safetensors", metadata={"tokenizer": str(tokenizer),
+                                                                  "text_encoder": str(encoder)})  # fmt: skip

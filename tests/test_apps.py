@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from helpers import small, small_tokenizer, tiny_encoder
+from helpers import small, small_tokenizer, tiny_encoder, tiny_motion_generator
 from PIL import Image
 
 from llamagen import save
@@ -37,13 +37,19 @@ SAMPLING = {"cfg_scale": 4.0, "cfg_interval": -1, "cfg_schedule": "constant", "t
 
 @pytest.fixture(scope="module")
 def models_file(tmp_path_factory):
-    """A models file naming a tiny random text-to-image generator (its tokenizer and CLIP beside it)."""
+    """A models file naming a tiny random text-to-image generator (its tokenizer and CLIP beside it), and a tiny
+    random text-to-motion generator read by the embedded motion judge."""
     folder = tmp_path_factory.mktemp("models")
     save(small_tokenizer(codebook_size=97), folder / "vq.safetensors")
     save(tiny_encoder(), folder / "clip.safetensors")
     metadata = {"tokenizer": str(folder / "vq.safetensors"), "text_encoder": str(folder / "clip.safetensors")}
     save(small(model_type="t2i", caption_dim=32, cls_token_num=12), folder / "t2i.safetensors", metadata=metadata)
-    spec = {"generators": {"tiny-t2i": {"gpt": str(folder / "t2i.safetensors")}}, "device": "cpu"}
+    motion = tiny_motion_generator(folder)
+    spec = {
+        "generators": {"tiny-t2i": {"gpt": str(folder / "t2i.safetensors")}},
+        "device": "cpu",
+        "motion_generators": {"tiny-motion": {"gpt": str(motion), "judge": "motion-judge"}},
+    }
     (folder / "models.json").write_text(json.dumps(spec))
     return folder / "models.json"
 
@@ -533,12 +539,45 @@ def test_codebook_usage_is_counted_on_the_chosen_images(client):
         client.predict("shapes-vq", "shapes (64)", 600, api_name="/codebook")
 
 
+def test_the_motion_tab_animates_the_pipelines_motions_and_says_what_the_judge_reads(client, models_file):
+    from llamagen.apps.motion_tab import MAX_CAPTION_CHARACTERS
+    from llamagen.motion.pipeline import STUDY_SAMPLING, load_motion_pipeline
+
+    cfg_scale, temperature, top_k, note, *_ = client.predict("tiny-motion", api_name="/motion_inputs")
+    assert (cfg_scale, temperature, top_k) == (STUDY_SAMPLING.cfg_scale, 1.0, 0)
+    assert "the text-to-motion study's settings" in note and "walk fast" in note
+    caption = "a person walks forward slowly, then turns left"
+    plot, summary = client.predict("tiny-motion", caption, 3.0, 1.0, 0, 7, 2, api_name="/motion")
+    entry = json.loads(models_file.read_text())["motion_generators"]["tiny-motion"]
+    pipe = load_motion_pipeline(**entry)
+    motions = pipe([caption] * 2, cfg_scale=3.0, temperature=1.0, top_k=0, seed=7)
+    figure = json.loads(plot["plot"])
+    titles = [note["text"] for note in figure["layout"]["annotations"]]
+    drawn = [f"seed {7 + i}" for i, motion in enumerate(motions) if len(motion.features)]
+    assert titles == drawn and len(figure["frames"]) == max(len(motion.features) for motion in motions)
+    for index, motion in enumerate(motions):
+        if len(motion.features):
+            reading = pipe.read(motion)
+            said = ", then ".join(action.action for action in reading) if reading else "no action"
+            assert f"**seed {7 + index}**: {motion.seconds:.1f} s ({len(motion.features)} frames)" in summary
+            assert said.split(",")[0] in summary.split(f"seed {7 + index}")[1]
+    with pytest.raises(Exception, match=f"the limit is {MAX_CAPTION_CHARACTERS}"):
+        client.predict("tiny-motion", "walk " * 100, 3.0, 1.0, 0, 7, 2, api_name="/motion")
+    with pytest.raises(Exception, match="a caption is empty"):
+        client.predict("tiny-motion", "  ", 3.0, 1.0, 0, 7, 2, api_name="/motion")
+    with pytest.raises(Exception, match="gone is not in the list of choices"):
+        client.predict("gone", caption, 3.0, 1.0, 0, 7, 2, api_name="/motion")
+
+
 def test_bad_models_files_and_missing_models_are_refused(tmp_path):
     from llamagen.apps.models import ModelRegistry
 
     (tmp_path / "bad.json").write_text('{"generators": {"x": {"tokenizer": "vq.pt"}}}')
     with pytest.raises(ValueError, match="generator 'x' needs 'gpt'"):
         ModelRegistry().add_from_file(tmp_path / "bad.json")
+    (tmp_path / "motion.json").write_text('{"motion_generators": {"m": {"gpt": "m.safetensors", "vq": "x"}}}')
+    with pytest.raises(ValueError, match="motion generator 'm' needs 'gpt' and takes only"):
+        ModelRegistry().add_from_file(tmp_path / "motion.json")
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read the models file"):
         ModelRegistry().add_from_file(tmp_path / "broken.json")

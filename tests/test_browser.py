@@ -46,16 +46,22 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def page():
+def page(tmp_path_factory):
     _browser_or_skip()
     sync_api = pytest.importorskip("playwright.sync_api")
+    from helpers import tiny_motion_generator
+
     from llamagen.apps import launch
     from llamagen.apps.models import ModelRegistry
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app, url = launch(ModelRegistry.embedded(), port=port)
+    registry = ModelRegistry.embedded()
+    # A tiny random text-to-motion generator, read by the embedded motion judge, for the Motion tab.
+    motion = tiny_motion_generator(tmp_path_factory.mktemp("motion"))
+    registry.motion_generators["tiny-motion"] = {"gpt": str(motion), "judge": "motion-judge"}
+    app, url = launch(registry, port=port)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -204,6 +210,23 @@ def test_codebook_tab(page):
     page.locator("#codebook-summary", has_text="perplexity").wait_for()
     assert fetched_png(page, "#codebook-map img").shape[0] > 300
     page.screenshot(path=ARTIFACTS / "codebook.png", full_page=True)
+
+
+def test_motion_tab_plays_a_generated_motion(page):
+    open_tab(page, "Motion")
+    page.click("#motion-button")
+    page.locator("#motion-summary", has_text="the judge reads").first.wait_for()
+    plot = page.locator("#motion-animation .js-plotly-plot")
+    plot.wait_for()
+    # The slider's label says the frame shown; playing moves it on.
+    frame = plot.locator(".slider-label", has_text="frame ")
+    assert frame.text_content().strip() == "frame 0"
+    plot.locator(".updatemenu-button", has_text="play").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#motion-animation .slider-label')].some("
+        "label => /^frame [1-9]/.test(label.textContent.trim()))"
+    )
+    page.screenshot(path=ARTIFACTS / "motion.png", full_page=True)
 
 
 def test_a_generation_returns_while_a_reconstruction_runs(page, tmp_path):

@@ -1,4 +1,5 @@
-"""The Gradio apps: Generate, Complete, Reconstruct, Compare conditioning and Codebook, one tab each, in one page.
+"""The Gradio apps: Generate, Complete, Reconstruct, Compare conditioning, Codebook and (where the models include a
+motion generator) Motion, one tab each, in one page.
 
 The tabs only call the library (the pipeline, the tokenizer, `llamagen.analysis`); they hold no model logic.
 `build_app(registry)` makes the page; `launch(registry, host, port)` serves it in the background. Model calls
@@ -42,7 +43,7 @@ def build_app(registry: ModelRegistry):
     _quiet_environment()
     import gradio as gr
 
-    from llamagen.apps import codebook_tab, complete_tab, conditioning_tab, generate_tab, reconstruct_tab
+    from llamagen.apps import codebook_tab, complete_tab, conditioning_tab, generate_tab, motion_tab, reconstruct_tab
 
     with gr.Blocks(title="LlamaGen explorer") as app:
         gr.Markdown(
@@ -59,6 +60,9 @@ def build_app(registry: ModelRegistry):
             conditioning_tab.build(registry)
         with gr.Tab("Codebook", id="codebook"):
             codebook_tab.build(registry)
+        if registry.motion_generators:
+            with gr.Tab("Motion", id="motion"):
+                motion_tab.build(registry)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return app
 

@@ -42,9 +42,11 @@ def sequence_codes(tokens: torch.Tensor, end: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_motion_codes(tokenizer: MotionVQ, count: int, out_path: str | os.PathLike, seed: int = 0,
-                         show_progress: bool = True) -> Path:  # fmt: skip
+                         show_progress: bool = True, tokenizer_source: str | None = None) -> Path:  # fmt: skip
     """The first `count` captioned clips of `Motions(seed)` (held-out pairs left out) as a codes file of
-    (count, 1, 7, 7) sequences with their captions, written atomically; `CodesDataset` reads it."""
+    (count, 1, 7, 7) sequences with their captions, written atomically; `CodesDataset` reads it. With
+    `tokenizer_source` (the tokenizer's file or embedded name) the file, and the generator trained on it, name
+    their tokenizer."""
     clips = Motions(seed=seed, captioned=True)
     end, step = tokenizer.config.codebook_size, tokenizer.config.frames_per_token
     sequences, captions = [], []
@@ -62,6 +64,8 @@ def extract_motion_codes(tokenizer: MotionVQ, count: int, out_path: str | os.Pat
         "class_names": json.dumps([]),
         "data": json.dumps({"motion": {"seed": seed, "captioned": True, "clips": count}}),
     }
+    if tokenizer_source is not None:
+        metadata["tokenizer"] = str(tokenizer_source)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out_path, lambda temporary: save_file({"codes": codes}, temporary, metadata=metadata))

@@ -23,6 +23,7 @@ from llamagen.motion.codes import extract_motion_codes
 from llamagen.motion.generation import generate_motions
 from llamagen.motion.judge import MotionScores, load_motion_judge, score_motions
 from llamagen.motion.measures import HELD_OUT_SEED
+from llamagen.motion.pipeline import STUDY_SAMPLING
 from llamagen.motion.text import load_motion_text_encoder
 from llamagen.motion.tokenizer import load_motion_tokenizer
 from llamagen.training.gpt import generator_config_for, train_gpt
@@ -47,7 +48,7 @@ class TextToMotionSettings:
     lr: float = 3e-4
     ema_decay: float = 0.999
     captions: int = 256  # evaluation captions of each split
-    cfg_scale: float = 2.0
+    cfg_scale: float = STUDY_SAMPLING.cfg_scale  # a motion generator without a card samples with it too
     seed: int = 0
 
     def training(self) -> dict:
@@ -99,7 +100,14 @@ def _run(settings: TextToMotionSettings, path: str, name: str, folder: Path, tex
     tokenizer = load_motion_tokenizer(path)
     codes = folder / "motion.codes"
     if not codes.is_file():
-        extract_motion_codes(tokenizer, settings.clips, codes, seed=settings.seed, show_progress=show_progress)
+        extract_motion_codes(
+            tokenizer,
+            settings.clips,
+            codes,
+            seed=settings.seed,
+            show_progress=show_progress,
+            tokenizer_source=str(path),
+        )
     dataset = CodesDataset(codes, seed=settings.seed)
     config = generator_config_for(dataset.info, gpt_preset(settings.preset), text_encoder)
     training = GPTTrainingConfig(**run_schedule(settings.steps, settings.seed), batch_size=settings.batch_size,
