@@ -13,8 +13,8 @@ from llamagen.motion.measures import HELD_OUT_SEED
 from llamagen.motion.retrieval import parameter_choice
 from llamagen.motion.text import MotionTextEncoder, load_motion_text_encoder
 from llamagen.text.clip import ClipConfig
-from llamagen.training.export import export_motion_text_encoder
 from llamagen.training.motion_clip import train_motion_clip
+from llamagen.training.motion_export import export_motion_text_encoder
 from llamagen.training.settings import ClipTrainingConfig
 
 TINY = ClipConfig(

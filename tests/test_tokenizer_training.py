@@ -160,7 +160,7 @@ def test_export_writes_weights_and_a_card_loadable_by_name(tmp_path, monkeypatch
     train_tokenizer(MODEL, training(1), crops(), tmp_path / "run", show_progress=False, command="llamagen train ...")
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "run", resume=True, show_progress=False,
                     changes=["steps"])  # fmt: skip
-    assert export_module._finished_run(tmp_path / "run", None)[3] == ["llamagen train ..."]  # as the run recorded it
+    assert export_module.finished_run(tmp_path / "run", None)[3] == ["llamagen train ..."]  # as the run recorded it
     # A run fine-tuned from another's weights is reproduced by both commands, in order, then the export.
     commands = ["llamagen train tokenizer --out first", "llamagen train tokenizer --init-from first/final.safetensors"]
     card = export_tokenizer(tmp_path / "run", "tiny-vq", "photo crops", commands, assets_dir=tmp_path)

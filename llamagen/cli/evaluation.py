@@ -114,7 +114,7 @@ def run_export_clip(args: argparse.Namespace) -> None:
 
 
 def run_export_motion_clip(args: argparse.Namespace) -> None:
-    from llamagen.training.export import export_motion_text_encoder
+    from llamagen.training.motion_export import export_motion_text_encoder
 
     card = export_motion_text_encoder(args.run_dir, args.name, args.data, args.train_commands, args.notes)
     evaluation = card["evaluation"]
@@ -124,6 +124,39 @@ def run_export_motion_clip(args: argparse.Namespace) -> None:
         f"{evaluation['motion_to_text_top1']:.1%} among {evaluation['candidates']}; own parameter value preferred: "
         + ", ".join(f"{name} {share:.0%}" for name, share in evaluation["right_value"].items())
     )
+
+
+def run_export_motion_tokenizer(args: argparse.Namespace) -> None:
+    from llamagen.training.motion_export import export_motion_tokenizer
+
+    card = export_motion_tokenizer(args.run_dir, args.name, args.data, args.train_commands, args.notes)
+    evaluation = card["evaluation"]
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    print(
+        f"held out    MPJPE {evaluation['mpjpe_mm']:.1f} mm, joint velocity error "
+        f"{evaluation['velocity_error_mm_s']:.1f} mm/s, usage {evaluation['codebook_usage']:.1%}, perplexity "
+        f"{evaluation['perplexity']:.1f}"
+    )
+
+
+def run_export_motion_gpt(args: argparse.Namespace) -> None:
+    from llamagen.training.motion_export import export_motion_generator
+
+    card = export_motion_generator(
+        args.run_dir, args.name, args.data, tokenizer=args.tokenizer, text_encoder=args.text_encoder,
+        judge=args.judge, cfg_scales=args.cfg_scales, captions=args.captions, train_commands=args.train_commands,
+        notes=args.notes, use_ema=not args.no_ema,
+    )  # fmt: skip
+    print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
+    for row in card["evaluation"]["by_cfg_scale"]:
+        print(
+            f"guidance {row['cfg_scale']:<5g} actions right {row['actions']:.1%} [{row['actions_low']:.1%}, "
+            f"{row['actions_high']:.1%}], everything right {row['everything']:.1%} [{row['everything_low']:.1%}, "
+            f"{row['everything_high']:.1%}] of {row['actions_n']}"
+        )
+    held_out = card["evaluation"]["held_out_pairs_at_best_cfg_scale"]
+    print(f"held-out pairs at guidance {card['evaluation']['best_cfg_scale']:g}: actions right "
+          f"{held_out['actions']:.1%}, everything right {held_out['everything']:.1%}")  # fmt: skip
 
 
 def _print_guidance_row(row: dict) -> None:
@@ -364,7 +397,7 @@ def _export_parser(export: argparse._SubParsersAction, model: str, help: str) ->
 
 
 def add_export_commands(export: argparse._SubParsersAction) -> None:
-    """The `export` group: tokenizer, gpt, clip, motion-clip."""
+    """The `export` group: tokenizer, gpt, clip, motion-clip, motion-tokenizer, motion-gpt."""
     ex = _export_parser(export, "tokenizer", "bf16 weights and a model card in llamagen/assets, loadable by name")
     ex.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
     ex.add_argument(
@@ -384,6 +417,20 @@ def add_export_commands(export: argparse._SubParsersAction) -> None:
     exc.set_defaults(run=run_export_clip)
     exm = _export_parser(export, "motion-clip", "a motion CLIP's bf16 weights and card, with caption-motion retrieval")
     exm.set_defaults(run=run_export_motion_clip)
+    exmt = _export_parser(
+        export, "motion-tokenizer", "a motion tokenizer's bf16 weights and card, with MPJPE and usage"
+    )
+    exmt.set_defaults(run=run_export_motion_tokenizer)
+    exmg = _export_parser(
+        export, "motion-gpt", "a text-to-motion generator's bf16 weights and card, its guidance scored by the judge"
+    )
+    exmg.add_argument("--tokenizer", help="the embedded motion tokenizer to name (default: the one the codes recorded)")
+    exmg.add_argument("--text-encoder", help="the embedded motion CLIP to name (default: the one the run recorded)")
+    exmg.add_argument("--judge", default="motion-judge", help="the embedded motion judge that scores it")
+    exmg.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    exmg.add_argument("--captions", type=int, default=256, help="captions of seen pairs per scale (and of held-out)")
+    exmg.add_argument("--no-ema", action="store_true", help="ship the trained weights, not their moving average")
+    exmg.set_defaults(run=run_export_motion_gpt)
 
 
 def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:

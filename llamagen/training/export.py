@@ -26,7 +26,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return MetricsLog(path).records()
 
 
-def _finished_run(run_dir: Path, train_commands: Sequence[str] | None) -> tuple[Path, list[dict], dict, list[str]]:
+def finished_run(run_dir: Path, train_commands: Sequence[str] | None) -> tuple[Path, list[dict], dict, list[str]]:
     """The final weights, metrics, config and training commands of a finished run: those given, in order (a run
     started from another's weights needs that run's command first), or else the one the run recorded."""
     final = run_dir / "final.safetensors"
@@ -66,7 +66,7 @@ def _settings_at_the_end(run_dir: Path, training: dict[str, Any]) -> dict[str, A
     return {**at_the_end, "changed_on_resume": changes}
 
 
-def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
+def training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
     return {
         "steps": metrics[-1]["step"],
         "wall_time_hours": round(training_hours(metrics), 2),
@@ -75,7 +75,7 @@ def _training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
     }
 
 
-def _write_card(card: dict[str, Any], assets_dir: Path) -> dict[str, Any]:
+def write_card(card: dict[str, Any], assets_dir: Path) -> dict[str, Any]:
     """The model card `NAME.json` beside the weights, written atomically."""
     write_text_atomically(assets_dir / f"{card['name']}.json", json.dumps(card, indent=2) + "\n")
     return card
@@ -99,7 +99,7 @@ def export_tokenizer(
     dead-code restarts it averages entries that moved), so it can be the worse of the two.
     """
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
+    final, metrics, run_config, train_commands = finished_run(run_dir, train_commands)
 
     weights = assets_dir / f"{name}.safetensors"
     # final.safetensors holds the EMA weights; the last checkpoint, written at the same step, both.
@@ -119,7 +119,7 @@ def export_tokenizer(
         "config": run_config["model"],
         "training": run_config["training"],
         "data": data,
-        **_training_summary(metrics, use_ema),
+        **training_summary(metrics, use_ema),
         "codebook_usage_training_window": shipped.codebook_usage(),
         "evaluation": {
             "data": description,
@@ -133,7 +133,7 @@ def export_tokenizer(
         ],
         "notes": notes,
     }
-    return _write_card(card, assets_dir)
+    return write_card(card, assets_dir)
 
 
 def whole_photo_psnr(tokenizer) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def whole_photo_psnr(tokenizer) -> dict[str, Any]:
     return {"data": description, "psnr": statistics.fmean(per_photo), "psnr_per_photo": per_photo}
 
 
-def _shipped_name(kind: str, source: str | None, override: str | None) -> str:
+def shipped_name(kind: str, source: str | None, override: str | None) -> str:
     """The embedded model an exported generator names as its tokenizer or text encoder: a shipped generator
     must not point at a training folder that only exists where it was trained."""
     name = override or source
@@ -238,14 +238,14 @@ def export_generator(
     from llamagen.pipeline import generator_metadata, load_pipeline
 
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
+    final, metrics, run_config, train_commands = finished_run(run_dir, train_commands)
     metadata = generator_metadata(final)
     config = GPTConfig.from_dict(run_config["model"])
     if config.model_type == "c2i" and judge is None:
         raise ValueError("a class-conditional generator is scored by a judge: name one (shapes or digits)")
-    metadata["tokenizer"] = _shipped_name("tokenizer", metadata.get("tokenizer"), tokenizer)
+    metadata["tokenizer"] = shipped_name("tokenizer", metadata.get("tokenizer"), tokenizer)
     if config.model_type == "t2i":
-        metadata["text_encoder"] = _shipped_name("text encoder", metadata.get("text_encoder"), text_encoder)
+        metadata["text_encoder"] = shipped_name("text encoder", metadata.get("text_encoder"), text_encoder)
     trained = load_gpt(final if use_ema else run_dir / LATEST_CHECKPOINT, config=config, device="cpu")
     stored = {key: json.dumps(value) if key == "class_names" else value for key, value in metadata.items()}
     weights = assets_dir / f"{name}.safetensors"
@@ -265,7 +265,7 @@ def export_generator(
         "data": data,
         **{key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")},
         "class_names": metadata.get("class_names"),
-        **_training_summary(metrics, use_ema),
+        **training_summary(metrics, use_ema),
         "evaluation": evaluation,
         "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
@@ -277,7 +277,7 @@ def export_generator(
         ],
         "notes": notes,
     }
-    return _write_card(card, assets_dir)
+    return write_card(card, assets_dir)
 
 
 def export_text_encoder(
@@ -298,7 +298,7 @@ def export_text_encoder(
     from llamagen.text import load_text_encoder
 
     run_dir = Path(run_dir)
-    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
+    final, metrics, run_config, train_commands = finished_run(run_dir, train_commands)
     weights = assets_dir / f"{name}.safetensors"
     save(load_text_encoder(final, device="cpu"), weights, weights_dtype=torch.bfloat16)
     shipped = load_text_encoder(weights, device="cpu")
@@ -311,11 +311,11 @@ def export_text_encoder(
         "right_word": word_choice(shipped, items),
         "right_word_held_out_pairs": word_choice(shipped, [pairs[i] for i in range(retrieval_images)]),
     }
-    card = _encoder_card(name, "clip", run_dir, run_config, metrics, data, evaluation, train_commands, notes)
-    return _write_card(card, assets_dir)
+    card = encoder_card(name, "clip", run_dir, run_config, metrics, data, evaluation, train_commands, notes)
+    return write_card(card, assets_dir)
 
 
-def _encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics: list[dict], data: str,
+def encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics: list[dict], data: str,
                   evaluation: dict, train_commands: list[str], notes: str) -> dict[str, Any]:  # fmt: skip
     """The card of a CLIP: `kind` is also the `llamagen export` command that ships it."""
     return {
@@ -324,42 +324,8 @@ def _encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics
         "config": run_config["model"],
         "training": run_config["training"],
         "data": data,
-        **_training_summary(metrics, use_ema=False),
+        **training_summary(metrics, use_ema=False),
         "evaluation": evaluation,
         "reproduce": [*train_commands, f"llamagen export {kind} {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,
     }
-
-
-def export_motion_text_encoder(
-    run_dir: str | Path,
-    name: str,
-    data: str,
-    train_commands: Sequence[str] | None = None,
-    notes: str = "",
-    assets_dir: Path = ASSETS_DIR,
-    clips: int = 500,
-) -> dict[str, Any]:
-    """Write `assets_dir/NAME.safetensors` (the run's final motion CLIP in bf16) and its card, with
-    caption-motion retrieval among `clips` held-out captioned clips and how often it prefers each clip's own
-    parameter values (`motion.retrieval`), also on as many clips of the pairs training never showed."""
-    from llamagen.data.motion import Motions
-    from llamagen.motion.measures import HELD_OUT_SEED
-    from llamagen.motion.retrieval import motion_caption_retrieval, parameter_choice
-    from llamagen.motion.text import load_motion_text_encoder
-
-    run_dir = Path(run_dir)
-    final, metrics, run_config, train_commands = _finished_run(run_dir, train_commands)
-    weights = assets_dir / f"{name}.safetensors"
-    save(load_motion_text_encoder(final), weights, weights_dtype=torch.bfloat16)
-    shipped = load_motion_text_encoder(weights)
-    seen, held_out = Motions(seed=HELD_OUT_SEED, captioned=True), Motions(seed=HELD_OUT_SEED, only_held_out_pairs=True)
-    items = [seen[i] for i in range(clips)]
-    evaluation = {
-        "data": f"{clips} captioned clips of seed {HELD_OUT_SEED} (not the training stream)",
-        **motion_caption_retrieval(shipped, items),
-        "right_value": parameter_choice(shipped, items),
-        "right_value_held_out_pairs": parameter_choice(shipped, [held_out[i] for i in range(clips)]),
-    }
-    card = _encoder_card(name, "motion-clip", run_dir, run_config, metrics, data, evaluation, train_commands, notes)
-    return _write_card(card, assets_dir)

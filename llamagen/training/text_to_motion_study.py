@@ -84,7 +84,7 @@ def study_text_to_motion(settings: TextToMotionSettings, out: str | Path, work_d
     real = {
         f"{split}_{key}": value
         for split, items in asked.items()
-        for key, value in _fields(
+        for key, value in score_fields(
             score_motions(judge, [item["features"] for item in items], [item["segments"] for item in items])
         ).items()
     }
@@ -122,17 +122,18 @@ def _run(settings: TextToMotionSettings, path: str, name: str, folder: Path, tex
     for split, items in asked.items():
         motions = generate_motions(gpt, tokenizer, text_encoder, [item["caption"] for item in items],
                                    cfg_scale=settings.cfg_scale, seed=settings.seed)  # fmt: skip
-        row.update({f"{split}_{key}": value for key, value in
-                    _fields(score_motions(judge, motions, [item["segments"] for item in items])).items()})  # fmt: skip
+        scores = score_fields(score_motions(judge, motions, [item["segments"] for item in items]))
+        row.update({f"{split}_{key}": value for key, value in scores.items()})
         if split == "seen":  # the control: each motion held to the next caption's actions
             others = [items[(i + 1) % len(items)]["segments"] for i in range(len(items))]
             row.update(
-                {f"control_{key}": value for key, value in _fields(score_motions(judge, motions, others)).items()}
+                {f"control_{key}": value for key, value in score_fields(score_motions(judge, motions, others)).items()}
             )
     return row
 
 
-def _fields(scores: MotionScores) -> dict[str, float | int | None]:
+def score_fields(scores: MotionScores) -> dict[str, float | int | None]:
+    """Each measure's share with its interval and n, flat (None where it does not apply), for rows."""
     fields = {}
     for measure in MEASURES:
         estimate = getattr(scores, measure)
