@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from llamagen.analysis.statistics import bootstrap_mean, by_grid_row, proportion, seed_mean, token_histograms_differ
+from llamagen.analysis.statistics import (
+    bootstrap_mean,
+    by_grid_row,
+    intervals_apart,
+    proportion,
+    seed_estimate,
+    seed_mean,
+    shown_estimate,
+    token_histograms_differ,
+)
 
 
 def test_the_interval_of_normal_samples_is_about_the_normal_one():
@@ -64,6 +73,19 @@ def test_a_mean_over_seeds_has_students_interval():
     assert float(seed_mean([5.0, 5.0]).high) == 5.0  # no spread, no width
     with pytest.raises(ValueError, match="at least 2 runs, got 1"):
         seed_mean([1.0])
+
+
+def test_a_study_cell_leaves_out_missing_runs_and_says_when_it_has_no_interval():
+    mean, low, high, n = seed_estimate([1.0, None, 2.0, math.nan, 3.0])
+    assert (mean, n) == (2.0, 3) and low == pytest.approx(2 - 2.48417, abs=1e-4)
+    assert shown_estimate((mean, low, high, n), digits=2) == "2.00 [-0.48, 4.48]"
+    assert shown_estimate((0.5, -0.1, 1.2, 3), scale=100, share=True) == "50.0 [0.0, 100.0]"
+    one = seed_estimate([0.25, None])
+    assert one[0] == 0.25 and one[3] == 1 and math.isnan(one[1]) and shown_estimate(one, 2) == "0.25 (n=1)"
+    assert math.isnan(seed_estimate([None])[0])
+    assert intervals_apart((1.0, 0.9, 1.1, 3), (2.0, 1.8, 2.2, 3))
+    assert not intervals_apart((1.0, 0.9, 1.9, 3), (2.0, 1.8, 2.2, 3))  # they overlap
+    assert not intervals_apart(one, (2.0, 1.8, 2.2, 3))  # one run has no interval to compare
 
 
 def test_token_histograms_are_told_apart_only_where_they_differ():

@@ -157,3 +157,31 @@ def token_histograms_differ(
     return HistogramTest(
         (1 + total_at_least) / (1 + permutations), ((1 + at_least) / (1 + permutations)).double(), permutations
     )
+
+
+def seed_estimate(values) -> tuple[float, float, float, int]:
+    """A study table's cell: the mean of a measure over seeds with its 95% t interval (`seed_mean`), as (mean,
+    low, high, n), runs without the measure (None or NaN) left out; one run gives its value and no interval
+    (NaN bounds), none gives NaN."""
+    values = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if len(values) < 2:
+        return (values[0] if values else math.nan, math.nan, math.nan, len(values))
+    estimate = seed_mean(values)
+    return (float(estimate.mean), float(estimate.low), float(estimate.high), estimate.n)
+
+
+def shown_estimate(estimate: tuple[float, float, float, int], digits: int = 1, scale: float = 1.0,
+                   share: bool = False) -> str:  # fmt: skip
+    """A `seed_estimate` as "mean [low, high]", or "mean (n=1)" without an interval; `share`: the interval of a
+    share is cut at 0 and 1, which the share cannot pass."""
+    mean, low, high, n = estimate
+    if share:
+        low, high = max(low, 0.0), min(high, 1.0)
+    if n < 2:
+        return f"{scale * mean:.{digits}f} (n={n})"
+    return f"{scale * mean:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def intervals_apart(a: tuple[float, float, float, int], b: tuple[float, float, float, int]) -> bool:
+    """Whether two `seed_estimate`s are told apart: both have intervals and these do not overlap."""
+    return a[3] >= 2 and b[3] >= 2 and (a[1] > b[2] or b[1] > a[2])
