@@ -66,6 +66,20 @@ def _settings_at_the_end(run_dir: Path, training: dict[str, Any]) -> dict[str, A
     return {**at_the_end, "changed_on_resume": changes}
 
 
+def card_opening(name: str, kind: str, run_config: dict, data: str, metrics: list[dict],
+                 use_ema: bool) -> dict[str, Any]:  # fmt: skip
+    """What every model card opens with: the model's name and kind, the run's model config and training
+    settings, the data, and how the training ended."""
+    return {
+        "name": name,
+        "kind": kind,
+        "config": run_config["model"],
+        "training": run_config["training"],
+        "data": data,
+        **training_summary(metrics, use_ema),
+    }
+
+
 def training_summary(metrics: list[dict], use_ema: bool) -> dict[str, Any]:
     return {
         "steps": metrics[-1]["step"],
@@ -114,12 +128,7 @@ def export_tokenizer(
     if f"{evaluate_on}-judge" in embedded_models():
         also["judge_accuracy_on_reconstructions"] = judge_reconstructions(shipped, evaluate_on)
     card = {
-        "name": name,
-        "kind": "vq",
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
-        **training_summary(metrics, use_ema),
+        **card_opening(name, "vq", run_config, data, metrics, use_ema),
         "codebook_usage_training_window": shipped.codebook_usage(),
         "evaluation": {
             "data": description,
@@ -258,14 +267,9 @@ def export_generator(
         evaluation = _text_conditional_evaluation(pipe, cfg_scales, captions)
         how = f"--captions {captions} --text-encoder {metadata['text_encoder']}"
     card = {
-        "name": name,
-        "kind": "gpt",
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
+        **card_opening(name, "gpt", run_config, data, metrics, use_ema),
         **{key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")},
         "class_names": metadata.get("class_names"),
-        **training_summary(metrics, use_ema),
         "evaluation": evaluation,
         "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
@@ -319,12 +323,7 @@ def encoder_card(name: str, kind: str, run_dir: Path, run_config: dict, metrics:
                   evaluation: dict, train_commands: list[str], notes: str) -> dict[str, Any]:  # fmt: skip
     """The card of a CLIP: `kind` is also the `llamagen export` command that ships it."""
     return {
-        "name": name,
-        "kind": kind,
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
-        **training_summary(metrics, use_ema=False),
+        **card_opening(name, kind, run_config, data, metrics, use_ema=False),
         "evaluation": evaluation,
         "reproduce": [*train_commands, f"llamagen export {kind} {run_dir} --name {name} --data {json.dumps(data)}"],
         "notes": notes,

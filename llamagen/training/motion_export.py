@@ -14,11 +14,11 @@ from llamagen.checkpoints import ASSETS_DIR, save
 from llamagen.training.common import LATEST_CHECKPOINT
 from llamagen.training.export import (
     SWEPT_WITH,
+    card_opening,
     encoder_card,
     finished_run,
     recommended_sampling_entry,
     shipped_name,
-    training_summary,
     write_card,
 )
 
@@ -43,12 +43,7 @@ def export_motion_tokenizer(
     save(load_motion_tokenizer(final), weights, weights_dtype=torch.bfloat16)
     measured = evaluate_motion_tokenizer(load_motion_tokenizer(weights), held_out_clips(clips))
     card = {
-        "name": name,
-        "kind": "motion-vq",
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
-        **training_summary(metrics, use_ema=False),
+        **card_opening(name, "motion-vq", run_config, data, metrics, use_ema=False),
         "evaluation": {
             "data": f"{clips} clips of seed {HELD_OUT_SEED} (not the training stream), cut to whole tokens",
             "mpjpe_mm": measured.mpjpe_mm,
@@ -128,13 +123,8 @@ def export_motion_generator(
         "held_out_pairs_at_best_cfg_scale": scores("held_out", best),
     }
     card = {
-        "name": name,
-        "kind": MOTION_GENERATOR_KIND,
-        "config": run_config["model"],
-        "training": run_config["training"],
-        "data": data,
+        **card_opening(name, MOTION_GENERATOR_KIND, run_config, data, metrics, use_ema),
         **names,
-        **training_summary(metrics, use_ema),
         "evaluation": evaluation,
         "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
