@@ -187,6 +187,18 @@ def test_captioned_images_read_a_jsonl_manifest(tmp_path):
         CaptionedImages(tmp_path / "bad.jsonl")
 
 
+def test_gradios_photos_widen_the_training_photos_and_hold_out_none():
+    from llamagen.data.photos import GRADIO_PHOTOS, HELD_OUT_PHOTOS, TRAINING_PHOTOS, PhotoCrops
+
+    wide = open_dataset("photos+gradio", size=32, seed=3)
+    assert isinstance(wide, PhotoCrops) and wide.names == TRAINING_PHOTOS + tuple(GRADIO_PHOTOS)
+    assert open_dataset("photos", size=32).names == TRAINING_PHOTOS
+    assert not set(wide.names) & set(HELD_OUT_PHOTOS)
+    assert torch.equal(wide[7]["image"], PhotoCrops(size=32, seed=3, photos="photos+gradio")[7]["image"])
+    with pytest.raises(ValueError, match=r"unknown photo set 'photos\+more'"):
+        PhotoCrops(photos="photos+more")
+
+
 def test_unknown_data_sets_are_named():
     with pytest.raises(ValueError, match="unknown data set 'imagenet'"):
         open_dataset("imagenet", size=32)

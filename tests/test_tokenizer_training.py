@@ -316,7 +316,7 @@ def test_the_gan_and_perceptual_losses_train_and_resume_exactly(tmp_path, monkey
     [
         (["--config", '{"ch": 48}'], "GroupNorm"),
         (["--data", "folder:EMPTY"], "no images in"),
-        (["--data", "shapes", "--hue-jitter"], "applies to the photos data set only"),
+        (["--data", "shapes", "--hue-jitter"], "applies to the photos data sets only"),
         (["--data", "imagenet"], "unknown data set"),
     ],
 )

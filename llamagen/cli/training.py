@@ -83,8 +83,8 @@ def run_train_tokenizer(args: argparse.Namespace) -> None:
         from llamagen.evaluation.lpips import load_lpips
 
         lpips = load_lpips(args.lpips_vgg, args.lpips_lin)
-    if args.hue_jitter and args.data != "photos":
-        raise ValueError("--hue-jitter applies to the photos data set only")
+    if args.hue_jitter and not args.data.startswith("photos"):
+        raise ValueError("--hue-jitter applies to the photos data sets only")
     options = {"hue_jitter": True} if args.hue_jitter else {}
     dataset = open_dataset(args.data, size=args.image_size, seed=args.seed, **options)
     outcome = train_tokenizer(
@@ -233,7 +233,9 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
         "--init-from the model of those weights)",
     )
     tok.add_argument("--out", required=True, help="the run's folder")
-    tok.add_argument("--data", default="photos", help="photos, shapes, digits, folder:PATH or captions:FILE.jsonl")
+    tok.add_argument(
+        "--data", default="photos", help="photos, photos+gradio, shapes, digits, folder:PATH or captions:FILE.jsonl"
+    )
     tok.add_argument("--image-size", type=int, default=64)
     tok.add_argument("--hue-jitter", action="store_true", help="photos: turn the hue of half the crops at random")
     tok.add_argument("--workers", type=int, default=0, help="data-loading processes (0: read in the training one)")

@@ -1,5 +1,5 @@
 """Data the project trains and demonstrates on, all available offline: rendered shapes, scikit-learn's digits,
-crops of the photos scikit-image ships, and your folders (`open_dataset`); captioned human motion
+crops of the photos scikit-image (and Gradio) ship, and your folders (`open_dataset`); captioned human motion
 (`motion`); batches that depend only on (seed, step) (`batches.py`); codes for generator training
 (`codes.py`)."""
 
@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import torch
 
-DATA_SETS = ("photos", "shapes", "digits", "folder:PATH", "captions:FILE.jsonl")
+DATA_SETS = ("photos", "photos+gradio", "shapes", "digits", "folder:PATH", "captions:FILE.jsonl")
 
 
 def open_dataset(spec: str, size: int, seed: int = 0, **options) -> torch.utils.data.Dataset:
-    """A training data set by name: photos, shapes, digits, folder:PATH (ImageNet layout), captions:FILE.jsonl."""
+    """A training data set by name: photos (scikit-image's), photos+gradio (with Gradio's six), shapes, digits,
+    folder:PATH (ImageNet layout), captions:FILE.jsonl."""
     kind, _, path = spec.partition(":")
-    if kind == "photos":
+    if kind in ("photos", "photos+gradio"):
         from llamagen.data.photos import PhotoCrops
 
-        return PhotoCrops(size=size, seed=seed, **options)
+        return PhotoCrops(size=size, seed=seed, photos=kind, **options)
     if kind == "shapes":
         from llamagen.data.shapes import Shapes
 
