@@ -220,8 +220,9 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     tok = train.add_parser(
         "tokenizer",
         help="train a VQ tokenizer (one process, or several under torchrun)",
-        description="Data: photos (random crops of the scikit-image photos), shapes (rendered), digits "
-        "(scikit-learn's), folder:PATH (one sub-folder per class, as ImageNet) or captions:FILE.jsonl. Under "
+        description="Data: photos (random crops of the scikit-image photos), photos+gradio (and of Gradio's six), "
+        "shapes (rendered), digits (scikit-learn's), folder:PATH (one sub-folder per class, as ImageNet) or "
+        "captions:FILE.jsonl. Under "
         "`torchrun --nproc-per-node N -m llamagen train tokenizer ...` each process takes 1/N of every batch "
         "(DDP: gloo on the CPU, NCCL on GPUs). Checkpoints to OUT/latest.pt every --checkpoint-every steps "
         "(atomically); --resume continues exactly; SIGINT or SIGTERM saves and exits. Metrics go to "
