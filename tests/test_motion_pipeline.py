@@ -69,6 +69,8 @@ def test_wrong_files_and_empty_captions_are_refused(generator, tmp_path):
     with pytest.raises(ValueError, match=r"predicts 33 tokens, not the .* tokenizer's 64 codes"):
         load_motion_pipeline(wider, tokenizer=folder / "motion-vq.safetensors")
     pipe = load_motion_pipeline(generator)
+    with pytest.raises(ValueError, match="the generator predicts 65 tokens, not the tokenizer's 32 codes"):
+        generate_motions(pipe.gpt, load_motion_pipeline(wider).tokenizer, pipe.text_encoder, ["a person sits"])
     for captions in ([], ["a person walks", "  "]):
         with pytest.raises(ValueError, match="a caption is empty"):
             pipe(captions)

@@ -17,7 +17,7 @@ import torch
 from llamagen.checkpoints import resolve_source
 from llamagen.data.motion import FPS, feature_positions
 from llamagen.gpt import GPT
-from llamagen.motion.generation import generate_motions
+from llamagen.motion.generation import check_vocabulary, generate_motions
 from llamagen.motion.judge import MotionJudge, ReadAction, load_motion_judge, read_motion
 from llamagen.motion.text import MotionTextEncoder, load_motion_text_encoder
 from llamagen.motion.tokenizer import MotionVQ, load_motion_tokenizer
@@ -102,7 +102,5 @@ def load_motion_pipeline(
         sampling=recommended_sampling(weights, "t2i", model.config.vocab_size, fallback=STUDY_SAMPLING),
         judge=load_motion_judge(judge) if judge else None,
     )
-    if model.config.vocab_size != pipeline.tokenizer.config.codebook_size + 1:
-        raise ValueError(f"{str(gpt)!r} predicts {model.config.vocab_size} tokens, not the {tokenizer!r} "
-                         f"tokenizer's {pipeline.tokenizer.config.codebook_size} codes and an end token")  # fmt: skip
+    check_vocabulary(model, pipeline.tokenizer, repr(str(gpt)), f"the {tokenizer!r} tokenizer")
     return pipeline
