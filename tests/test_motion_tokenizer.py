@@ -116,12 +116,32 @@ def test_arms_at_equal_codes():
 
 def test_joint_errors_are_in_millimetres():
     features = Motions(seed=3)[0]["features"].numpy().astype(np.float64)
-    assert joint_errors(features, features) == (0.0, 0.0)
+    assert joint_errors(features, features) == (0.0, 0.0, 0.0, 0.0)
     raised = features.copy()
     raised[:, FEATURE_SLICES["root_height"]] += 0.1
     raised[:, FEATURE_SLICES["positions"].start + 1 : FEATURE_SLICES["positions"].stop : 3] += 0.1
-    position, velocity = joint_errors(features, raised)  # every joint 10 cm higher, moving as before
-    assert position == pytest.approx(100.0) and velocity == pytest.approx(0.0, abs=1e-6)
+    errors = joint_errors(features, raised)  # every joint 10 cm higher, moving as before: the body, not its path
+    assert errors.mpjpe_mm == pytest.approx(100.0) and errors.pose_mpjpe_mm == pytest.approx(100.0)
+    assert errors.root_error_mm == pytest.approx(100.0)
+    assert errors.velocity_error_mm_s == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_drifting_path_is_told_apart_from_the_pose():
+    features = Motions(seed=3)[0]["features"].numpy().astype(np.float64)
+    frames = len(features)
+    sideways = features.copy()
+    sideways[:, FEATURE_SLICES["root_velocity"].start] += 0.001  # 1 mm a frame to the body's left
+    errors = joint_errors(features, sideways)
+    assert errors.pose_mpjpe_mm == 0.0  # the same body, on a path that drifts
+    # Each step is 1 mm off (20 mm/s), to the left of wherever the body faces then: after t frames the root is at
+    # most t mm from its path (exactly t where the clip does not turn), and every joint with it.
+    assert errors.velocity_error_mm_s == pytest.approx(20.0)
+    assert 0 < errors.root_error_mm <= (frames - 1) / 2 + 1e-9
+    assert errors.mpjpe_mm == pytest.approx(errors.root_error_mm, rel=1e-9)
+    turning = features.copy()
+    turning[:, FEATURE_SLICES["heading_velocity"]] += 0.01  # a turn of 0.57 degrees a frame more
+    errors = joint_errors(features, turning)
+    assert errors.pose_mpjpe_mm == 0.0 and errors.mpjpe_mm > errors.root_error_mm > 0
 
 
 def test_code_statistics():

@@ -133,7 +133,8 @@ def run_export_motion_tokenizer(args: argparse.Namespace) -> None:
     evaluation = card["evaluation"]
     print(f"wrote       llamagen/assets/{args.name}.safetensors and {args.name}.json")
     print(
-        f"held out    MPJPE {evaluation['mpjpe_mm']:.1f} mm, joint velocity error "
+        f"held out    MPJPE {evaluation['mpjpe_mm']:.1f} mm (pose {evaluation['pose_mpjpe_mm']:.1f}, root's path "
+        f"{evaluation['root_error_mm']:.1f}), joint velocity error "
         f"{evaluation['velocity_error_mm_s']:.1f} mm/s, usage {evaluation['codebook_usage']:.1%}, perplexity "
         f"{evaluation['perplexity']:.1f}"
     )
@@ -225,7 +226,7 @@ def run_motion_study(args: argparse.Namespace) -> None:
     width = max(map(len, results["runs"]), default=0) + 2
     for name, run in results["runs"].items():
         print(f"{name:<{width}}usage {run['usage_eval']:6.1%}  perplexity {run['perplexity']:8.1f}  "
-              f"MPJPE {run['mpjpe_mm']:6.1f} mm")  # fmt: skip
+              f"MPJPE {run['mpjpe_mm']:6.1f} mm  pose {run['pose_mpjpe_mm']:6.1f} mm")  # fmt: skip
 
 
 def run_text_to_motion_study(args: argparse.Namespace) -> None:

@@ -4,17 +4,22 @@ Errors are measured on joints, not features: both the clip's features and their 
 into positions (`feature_positions`, the root's path integrated as T2M-GPT does), so an error in the root's
 velocity shows as the drift it causes. MPJPE is the mean over frames and joints of the distance between
 true and reconstructed joints, in millimetres; the velocity error the same for the joints' velocities, in
-millimetres a second.
+millimetres a second. Two parts of it are reported apart, since a small error in each frame's turn or step
+grows along a clip into metres of path and can hide how well the body itself is kept: the pose MPJPE (the
+reconstruction's joints placed on the true path and heading) and the root's path error (the distance between
+the true and the reconstructed root, frame by frame).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from llamagen.data.motion import FPS, Motions, feature_positions
+from llamagen.data.motion.features import PATH_FEATURES
 from llamagen.metrics import code_perplexity
 from llamagen.motion.tokenizer import MotionVQ
 
@@ -28,12 +33,30 @@ def held_out_clips(count: int = HELD_OUT_CLIPS) -> list[torch.Tensor]:
     return [clips[index]["features"] for index in range(count)]
 
 
-def joint_errors(true_features: np.ndarray, reconstructed: np.ndarray) -> tuple[float, float]:
-    """(MPJPE in mm, joint velocity error in mm/s) of one clip's reconstruction."""
+class JointErrors(NamedTuple):
+    mpjpe_mm: float
+    velocity_error_mm_s: float
+    pose_mpjpe_mm: float  # the reconstructed body on the true path and heading
+    root_error_mm: float  # the root's path alone
+
+
+def joint_errors(true_features: np.ndarray, reconstructed: np.ndarray) -> JointErrors:
+    """The errors of one clip's reconstruction, in mm and mm/s (module docstring)."""
     true, again = feature_positions(true_features), feature_positions(reconstructed)
-    position = np.linalg.norm(true - again, axis=-1).mean()
-    velocity = np.linalg.norm(np.diff(true, axis=0) - np.diff(again, axis=0), axis=-1).mean() * FPS
-    return float(position * 1000), float(velocity * 1000)
+    on_true_path = np.array(reconstructed, dtype=np.float64, copy=True)
+    on_true_path[:, PATH_FEATURES] = true_features[:, PATH_FEATURES]
+    posed = feature_positions(on_true_path)
+    return JointErrors(
+        mpjpe_mm=_mean_distance(true, again),
+        velocity_error_mm_s=_mean_distance(np.diff(true, axis=0), np.diff(again, axis=0)) * FPS,
+        pose_mpjpe_mm=_mean_distance(true, posed),
+        root_error_mm=_mean_distance(true[:, 0], again[:, 0]),
+    )
+
+
+def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Euclidean distance between (..., 3) points in metres, in millimetres."""
+    return float(np.linalg.norm(a - b, axis=-1).mean() * 1000)
 
 
 def code_statistics(counts: torch.Tensor) -> tuple[float, float]:
@@ -45,6 +68,8 @@ def code_statistics(counts: torch.Tensor) -> tuple[float, float]:
 class MotionEvaluation:
     mpjpe_mm: float
     velocity_error_mm_s: float
+    pose_mpjpe_mm: float
+    root_error_mm: float
     usage: float
     perplexity: float
     counts: torch.Tensor  # (K,) how often the clips use each code
@@ -57,16 +82,15 @@ def evaluate_motion_tokenizer(model: MotionVQ, clips: list[torch.Tensor]) -> Mot
     model.eval()
     step = model.config.frames_per_token
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long)
-    positions, velocities, latents = [], [], []
+    errors, latents = [], []
     for features in clips:
         features = features[: len(features) // step * step].float().unsqueeze(0)
         normalised = model.normalise(features)
         reconstruction, quantized = model(normalised)
-        error = joint_errors(features[0].numpy(), model.denormalise(reconstruction)[0].numpy())
-        positions.append(error[0])
-        velocities.append(error[1])
+        errors.append(joint_errors(features[0].numpy(), model.denormalise(reconstruction)[0].numpy()))
         counts += torch.bincount(quantized.codes.flatten(), minlength=len(counts))
         latents.append(quantized.compared[0])
     usage, perplexity = code_statistics(counts)
-    return MotionEvaluation(float(np.mean(positions)), float(np.mean(velocities)), usage, perplexity, counts,
-                            torch.cat(latents))  # fmt: skip
+    means = JointErrors(*np.mean(errors, axis=0).tolist())
+    return MotionEvaluation(**means._asdict(), usage=usage, perplexity=perplexity, counts=counts,
+                            latents=torch.cat(latents))  # fmt: skip

@@ -48,6 +48,8 @@ def export_motion_tokenizer(
             "data": f"{clips} clips of seed {HELD_OUT_SEED} (not the training stream), cut to whole tokens",
             "mpjpe_mm": measured.mpjpe_mm,
             "velocity_error_mm_s": measured.velocity_error_mm_s,
+            "pose_mpjpe_mm": measured.pose_mpjpe_mm,
+            "root_error_mm": measured.root_error_mm,
             "codebook_usage": measured.usage,
             "perplexity": measured.perplexity,
         },

@@ -8,11 +8,11 @@ for about K codes). Each at K = 512, 1,024, 4,096 and 16,384; and LlamaGen's dim
 the same in every run: the network, the steps, the batch, the learning rate and the data.
 
 A run's row holds usage (on the held-out clips and over the last 65,536 training codes), perplexity, MPJPE
-and joint velocity error on the held-out clips, the geometry of the used codes (weighted by use) and of the
-latents as compared with them, and usage over training; its folder keeps the codebook, a sample of latents
-and each code's count, as the codebook study's runs do. Runs are recorded, resumed and shared out under
-torchrun as `studies.run_study` does; seed 0 of every arm comes before seed 1, so a study cut short still
-covers every arm.
+(whole, of the pose alone and of the root's path) and joint velocity error on the held-out clips, the geometry
+of the used codes (weighted by use) and of the latents as compared with them, and usage over training; its
+folder keeps the codebook, a sample of latents and each code's count, as the codebook study's runs do. Runs are
+recorded, resumed and shared out under torchrun as `studies.run_study` does; seed 0 of every arm comes before
+seed 1, so a study cut short still covers every arm.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ DIMENSIONS = (2, 4, 8, 16, 32, 64)
 LATENTS_KEPT = 4096
 CSV_FIELDS = (
     "arm", "size", "dim", "seed", "codebook_size", "usage_eval", "usage_train", "perplexity", "mpjpe_mm",
-    "velocity_error_mm_s", "codes_participation", "codes_two_nn", "latents_participation", "latents_two_nn",
+    "velocity_error_mm_s", "pose_mpjpe_mm", "root_error_mm", "codes_participation", "codes_two_nn",
+    "latents_participation", "latents_two_nn",
 )  # fmt: skip
 
 
@@ -130,6 +131,8 @@ def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, se
         "perplexity": evaluation.perplexity,
         "mpjpe_mm": evaluation.mpjpe_mm,
         "velocity_error_mm_s": evaluation.velocity_error_mm_s,
+        "pose_mpjpe_mm": evaluation.pose_mpjpe_mm,
+        "root_error_mm": evaluation.root_error_mm,
         **geometry_fields("codes", codebook[used], counts[used]),
         **geometry_fields("latents", latents, None),
         "codes_spectrum": pca_spectrum(codebook[used], counts[used]).tolist() if used.sum() > 1 else None,

@@ -1,7 +1,8 @@
 """Training a motion tokenizer as T2M-GPT trains its VQ-VAE, resumably.
 
 Loss = smooth L1 between the normalised features of a window and their reconstruction, plus `position_weight`
-times the same on the joint-position part of the features (T2M-GPT's extra weight there), plus the quantizer's
+times the same on the joint-position part of the features (T2M-GPT's extra weight there), plus `path_weight`
+times the same on each frame's turn and root move (whose errors add up along a clip), plus the quantizer's
 own terms (commitment, and LlamaGen's codebook loss). Windows are a pure function of (seed, step), so a run
 resumed from a checkpoint ends on the weights of one never stopped. A tokenizer this small trains in one
 process; under torchrun a study gives each process whole runs.
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from llamagen.checkpoints import save
 from llamagen.data.batches import step_loader
-from llamagen.data.motion.features import FEATURE_SLICES
+from llamagen.data.motion.features import FEATURE_SLICES, PATH_FEATURES
 from llamagen.data.motion.windows import MotionWindows, feature_statistics
 from llamagen.motion.tokenizer import MotionVQ, MotionVQConfig
 from llamagen.tokenizer.quantizer import USAGE_WINDOW
@@ -88,6 +89,7 @@ def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingCon
         "reconstruction": F.smooth_l1_loss(reconstruction, target),
         "positions": training.position_weight
         * F.smooth_l1_loss(reconstruction[..., positions], target[..., positions]),
+        "path": training.path_weight * F.smooth_l1_loss(reconstruction[..., PATH_FEATURES], target[..., PATH_FEATURES]),
         "quantizer": quantized.loss,
     }
     loss = sum(terms.values())

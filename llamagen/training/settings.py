@@ -148,6 +148,11 @@ class MotionTokenizerTrainingConfig(TrainingSettings):
     position_weight: float = setting(
         0.5, "extra weight of the joint positions' part of the features in the loss (T2M-GPT's 0.5)"
     )
+    path_weight: float = setting(
+        1.0,
+        "extra weight of each frame's turn and root move in the loss, whose errors add up along a clip (not in "
+        "T2M-GPT; 0 is its loss)",
+    )
     statistics_clips: int = setting(1024, "clips the features' mean and deviation are measured on")
 
 

@@ -32,6 +32,9 @@ FEATURE_SLICES = {
     "contacts": slice(4 + (J - 1) * 9 + J * 3, 8 + (J - 1) * 9 + J * 3),
 }
 FEATURES = FEATURE_SLICES["contacts"].stop  # 263
+# Each frame's turn and the root's move: the features a clip's heading and path are summed from, so that a small
+# error in them grows along the clip.
+PATH_FEATURES = slice(FEATURE_SLICES["heading_velocity"].start, FEATURE_SLICES["root_velocity"].stop)
 # A foot joint is in contact when it is within 5 cm of its standing height and moves under 0.4 m/s
 # (HumanML3D thresholds speed alone; the height test keeps a foot that hovers still from counting).
 CONTACT_HEIGHT, CONTACT_SPEED = 0.05, 0.02
