@@ -87,6 +87,21 @@ def test_ema_entries_find_the_latents_clusters_and_dead_entries_move_onto_latent
     assert (quantizer.codebook()[out.codes[0]] - latents[0].t()).norm(dim=1).max() < 0.2
 
 
+def test_ema_entries_start_as_latents_and_count_only_the_codes_chosen():
+    """The first batch places the entries on its latents (T2M-GPT's start) and then counts the codes it chose:
+    no latent is counted before codes are chosen. (Counting the batch as taking entry 0 would put it at the
+    batch's mean, nearest to most latents of many dimensions, with a running count that keeps it there.)"""
+    torch.manual_seed(0)
+    quantizer = EMAResetQuantizer(64, 32).train()
+    batch = torch.randn(1, 32, 512)
+    taken = torch.bincount(quantizer(batch).codes.flatten(), minlength=64)
+    alive = int((taken > 0).sum())
+    # An entry that took t latents counts 0.99 + 0.01 t; one that took none fell below 1 and restarts at 1.
+    expected = 0.99 * alive + 0.01 * 512 + (64 - alive)
+    assert float(quantizer.entry_counts.sum()) == pytest.approx(expected, rel=1e-5)
+    assert (quantizer.entry_counts <= 0.99 + 0.01 * taken.max() + 1e-5).all()
+
+
 def test_fsq_codes_are_the_grid_and_every_one_is_reachable():
     quantizer = FSQuantizer((8, 5, 3))
     assert quantizer.codebook_size == 120

@@ -84,12 +84,15 @@ class EMAResetQuantizer(nn.Module):
         return pool[torch.randperm(len(pool), device=flat.device)[: self.codebook_size]]
 
     @torch.no_grad()
+    def _start(self, flat: torch.Tensor) -> None:
+        """The entries start as latents of the first batch, each with a running count of one."""
+        self.entries.copy_(self._random_latents(flat))
+        self.entry_sums.copy_(self.entries)
+        self.entry_counts.fill_(1.0)
+        self.started.fill_(True)
+
+    @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
-        if not self.started:
-            self.entries.copy_(self._random_latents(flat))
-            self.entry_sums.copy_(self.entries)
-            self.entry_counts.fill_(1.0)
-            self.started.fill_(True)
         taken = F.one_hot(codes, self.codebook_size).float()  # (N, K)
         self.entry_sums.mul_(self.decay).add_(taken.t() @ flat, alpha=1 - self.decay)
         self.entry_counts.mul_(self.decay).add_(taken.sum(0), alpha=1 - self.decay)
@@ -107,7 +110,7 @@ class EMAResetQuantizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 if not self.started:  # the first batch starts the entries before any code is chosen
-                    self._update(flat, torch.zeros(len(flat), dtype=torch.long, device=flat.device))
+                    self._start(flat)
                 codes = squared_distances(flat, self.codebook()).argmin(1)
                 self._update(flat, codes)
         else:

@@ -17,6 +17,7 @@ seed 1, so a study cut short still covers every arm.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +63,15 @@ class MotionStudySettings:
             raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
 
     def training(self) -> dict:
-        """What every run shares; the arms, sizes, dimensions and seeds only choose which runs to add."""
-        return {"width": self.width, "depth": self.depth, "steps": self.steps, "batch_size": self.batch_size,
-                "lr": self.lr, "eval_clips": self.eval_clips, "statistics_clips": self.statistics_clips}  # fmt: skip
+        """What every run shares, every training setting included (the loss's weights too, so that a study is
+        not continued under other ones); the arms, sizes, dimensions and seeds only choose which runs to add."""
+        shared = {"width": self.width, "depth": self.depth, "eval_clips": self.eval_clips}
+        return {**shared, **{name: value for name, value in dataclasses.asdict(self.run_training(0)).items()
+                             if name != "seed"}}  # fmt: skip
+
+    def run_training(self, seed: int) -> MotionTokenizerTrainingConfig:
+        return MotionTokenizerTrainingConfig(**run_schedule(self.steps, seed), batch_size=self.batch_size,
+                                             lr=self.lr, statistics_clips=self.statistics_clips)  # fmt: skip
 
     def runs(self) -> dict[str, tuple[str, int, int | None, int]]:
         """name -> (arm, size, code dimension or None for the arm's own, seed), seed by seed."""
@@ -104,9 +111,8 @@ def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, se
          show_progress: bool) -> dict | None:  # fmt: skip
     config = arm_config(arm, size, width=settings.width, depth=settings.depth,
                         **({} if dim is None else {"code_dim": dim}))  # fmt: skip
-    training = MotionTokenizerTrainingConfig(**run_schedule(settings.steps, seed), batch_size=settings.batch_size,
-                                             lr=settings.lr, statistics_clips=settings.statistics_clips)  # fmt: skip
-    outcome = train_motion_tokenizer(config, training, folder, resume=resumable(folder), show_progress=show_progress)
+    outcome = train_motion_tokenizer(config, settings.run_training(seed), folder, resume=resumable(folder),
+                                     show_progress=show_progress)  # fmt: skip
     if not outcome.finished:
         return None
     evaluation = evaluate_motion_tokenizer(outcome.model, clips)
