@@ -10,7 +10,7 @@ from llamagen.data.codes import CodesDataset
 from llamagen.data.motion import Motions
 from llamagen.gpt import GPT, gpt_preset
 from llamagen.motion import MotionVQ, arm_config, judge
-from llamagen.motion.codes import SEQUENCE, extract_motion_codes, sequence, sequence_codes
+from llamagen.motion.codes import SEQUENCE, extract_motion_codes, motion_codes_of, sequence, sequence_codes
 from llamagen.motion.generation import generate_motions
 from llamagen.motion.judge import MotionJudge, MotionJudgeConfig, ReadAction, score_motions
 from llamagen.motion.text import MotionTextEncoder
@@ -59,6 +59,22 @@ def test_extracted_codes_are_the_tokenizers_sequences_and_train_a_generator(tiny
     training = GPTTrainingConfig(steps=2, batch_size=2, warmup_steps=1, ema_decay=0.0, bf16=False)
     outcome = train_gpt(config, training, codes, tmp_path / "gpt", text_encoder=text_encoder, show_progress=False)
     assert outcome.finished
+
+
+def test_a_codes_file_says_which_tokenizer_and_clips_it_holds_and_bad_counts_are_refused(tmp_path):
+    tokenizer = MotionVQ(arm_config("llamagen", 64, width=8, depth=1)).eval()
+    path = extract_motion_codes(tokenizer, 3, tmp_path / "motion.codes", seed=2, show_progress=False,
+                                tokenizer_source="runs/a/final.safetensors")  # fmt: skip
+    assert motion_codes_of(path, "runs/a/final.safetensors", 3, 2)
+    assert not motion_codes_of(path, "runs/b/final.safetensors", 3, 2)  # another tokenizer's codes
+    assert not motion_codes_of(path, "runs/a/final.safetensors", 4, 2)  # other clips
+    assert not motion_codes_of(path, "runs/a/final.safetensors", 3, 0)
+    with pytest.raises(ValueError, match="at least 1 clip"):
+        extract_motion_codes(tokenizer, 0, tmp_path / "none.codes", show_progress=False)
+    wide = MotionVQ(arm_config("fsq", 65536, width=8, depth=1))
+    with pytest.raises(ValueError, match="codes below 32,767 and an end token; this tokenizer has 64000 codes"):
+        extract_motion_codes(wide, 1, tmp_path / "wide.codes", show_progress=False)
+    assert not (tmp_path / "none.codes").exists() and not (tmp_path / "wide.codes").exists()
 
 
 def test_each_caption_draws_its_motion_alone(tiny_models):

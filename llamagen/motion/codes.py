@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -47,8 +48,12 @@ def extract_motion_codes(tokenizer: MotionVQ, count: int, out_path: str | os.Pat
     (count, 1, 7, 7) sequences with their captions, written atomically; `CodesDataset` reads it. With
     `tokenizer_source` (the tokenizer's file or embedded name) the file, and the generator trained on it, name
     their tokenizer."""
-    clips = Motions(seed=seed, captioned=True)
+    if count < 1:
+        raise ValueError(f"count must be at least 1 clip, got {count}")
     end, step = tokenizer.config.codebook_size, tokenizer.config.frames_per_token
+    if end >= 2**15:  # the codes are stored as int16, as the image generators' are
+        raise ValueError(f"a codes file holds codes below 32,767 and an end token; this tokenizer has {end} codes")
+    clips = Motions(seed=seed, captioned=True)
     sequences, captions = [], []
     for index in tqdm(range(count), disable=not show_progress, desc="extracting motion codes"):
         item = clips[index]
@@ -62,7 +67,7 @@ def extract_motion_codes(tokenizer: MotionVQ, count: int, out_path: str | os.Pat
         "end_token": str(end),
         "captions": json.dumps(captions),
         "class_names": json.dumps([]),
-        "data": json.dumps({"motion": {"seed": seed, "captioned": True, "clips": count}}),
+        "data": json.dumps(_data(count, seed)),
     }
     if tokenizer_source is not None:
         metadata["tokenizer"] = str(tokenizer_source)
@@ -70,3 +75,16 @@ def extract_motion_codes(tokenizer: MotionVQ, count: int, out_path: str | os.Pat
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out_path, lambda temporary: save_file({"codes": codes}, temporary, metadata=metadata))
     return out_path
+
+
+def _data(count: int, seed: int) -> dict:
+    return {"motion": {"seed": seed, "captioned": True, "clips": count}}
+
+
+def motion_codes_of(path: str | os.PathLike, tokenizer_source: str, count: int, seed: int) -> bool:
+    """Whether the codes file at `path` holds the first `count` clips of seed `seed` as `tokenizer_source`
+    tokenized them (as `extract_motion_codes` records), so that a study can reuse it."""
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata() or {}
+    recorded = json.loads(metadata.get("data", "null"))
+    return metadata.get("tokenizer") == str(tokenizer_source) and recorded == _data(count, seed)

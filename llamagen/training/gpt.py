@@ -67,6 +67,7 @@ def train_gpt(
     command: str | None = None,
     device: str | torch.device | None = None,
     changes: Collection[str] = (),
+    alone: bool = False,
 ) -> GPTTrainingOutcome:
     """Train (or, with `resume`, continue) a generator; the EMA goes to `final.safetensors`.
 
@@ -75,11 +76,12 @@ def train_gpt(
     `model_config` must match the codes (see `generator_config_for`); `text_encoder` (a frozen
     `llamagen.text` encoder) turns the captions of text-conditional codes into prefix features.
     A resumed run must have the settings and data it was trained with, but those named in `changes`
-    (`TrainingRun`).
+    (`TrainingRun`). `alone`: this process trains by itself even under torchrun (a study's processes each train
+    runs of their own).
     """
     dataset = codes if isinstance(codes, CodesDataset | CodesOnTheFly) else CodesDataset(codes, seed=training.seed)
     _check_codes(model_config, dataset.info, text_encoder)
-    with process_group(device) as processes:
+    with process_group(device, alone) as processes:
         run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command,
                           data_description(dataset.info), changes)  # fmt: skip
         parts = _Parts(model_config, training, processes)

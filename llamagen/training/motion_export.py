@@ -130,7 +130,7 @@ def export_motion_generator(
         "evaluation": evaluation,
         "sampling": recommended_sampling_entry(evaluation),
         "reproduce": [
-            recorded.get("codes_command", ""),
+            *([recorded["codes_command"]] if recorded.get("codes_command") else []),
             *train_commands,
             f"llamagen export motion-gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
             f"{names['tokenizer']} --text-encoder {names['text_encoder']} --judge {names['judge']} --cfg-scales "

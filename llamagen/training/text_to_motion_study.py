@@ -6,9 +6,8 @@ tower, as text-to-image does through shapes-clip), and it writes one motion for 
 captions. The motion judge reads each motion; a row holds, for captions whose (action, value) pairs training
 saw and for captions of the held-out pairs, how often the actions are right, how often everything is, and
 the share of parameters right where the actions are, each with its Wilson interval. Two references stand
-beside the rows: the judge on the real clips of the same captions (the ceiling), and a control, the first
-tokenizer's motions held to the next caption's actions (what the measure gives a motion that ignores its
-caption).
+beside the rows: the judge on the real clips of the same captions (the ceiling), and in each row a control,
+its motions held to the next caption's actions (what the measure gives a motion that ignores its caption).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 from llamagen.data.codes import CodesDataset
 from llamagen.data.motion import Motions
 from llamagen.gpt import gpt_preset
-from llamagen.motion.codes import extract_motion_codes
+from llamagen.motion.codes import extract_motion_codes, motion_codes_of
 from llamagen.motion.generation import generate_motions
 from llamagen.motion.judge import MotionScores, load_motion_judge, score_motions
 from llamagen.motion.measures import HELD_OUT_SEED
@@ -99,7 +98,7 @@ def _run(settings: TextToMotionSettings, path: str, name: str, folder: Path, tex
          show_progress: bool) -> dict | None:  # fmt: skip
     tokenizer = load_motion_tokenizer(path)
     codes = folder / "motion.codes"
-    if not codes.is_file():
+    if not (codes.is_file() and motion_codes_of(codes, str(path), settings.clips, settings.seed)):
         extract_motion_codes(
             tokenizer,
             settings.clips,
@@ -113,8 +112,9 @@ def _run(settings: TextToMotionSettings, path: str, name: str, folder: Path, tex
     training = GPTTrainingConfig(**run_schedule(settings.steps, settings.seed), batch_size=settings.batch_size,
                                  lr=settings.lr, ema_decay=settings.ema_decay)  # fmt: skip
     run_dir = folder / "gpt"
+    # On the CPU, where the tokenizer, the judge and the seeded sampling are; each process trains its own runs.
     outcome = train_gpt(config, training, dataset, run_dir, text_encoder=text_encoder, resume=resumable(run_dir),
-                        show_progress=show_progress)  # fmt: skip
+                        show_progress=show_progress, device="cpu", alone=True)  # fmt: skip
     if not outcome.finished:
         return None
     gpt = outcome.model.eval()
