@@ -561,6 +561,10 @@ def test_the_motion_tab_animates_the_pipelines_motions_and_says_what_the_judge_r
             said = ", then ".join(action.action for action in reading) if reading else "no action"
             assert f"**seed {7 + index}**: {motion.seconds:.1f} s ({len(motion.features)} frames)" in summary
             assert said.split(",")[0] in summary.split(f"seed {7 + index}")[1]
+    context = pipe.text_encoder.context_length
+    _, summary = client.predict("tiny-motion", "walk " * context, 3.0, 1.0, 0, 7, 1, api_name="/motion")
+    said = f"prompt 0 has {context + 2} tokens with its start and end markers; the text encoder reads {context}"
+    assert said in summary
     with pytest.raises(Exception, match=f"the limit is {MAX_CAPTION_CHARACTERS}"):
         client.predict("tiny-motion", "walk " * 100, 3.0, 1.0, 0, 7, 2, api_name="/motion")
     with pytest.raises(Exception, match="a caption is empty"):

@@ -34,7 +34,7 @@ ADD_FRAMES_JS = """
   attach(100);
 }
 """
-MAX_CAPTION_CHARACTERS = 300  # the text encoder reads 48 tokens; a longer caption is not read to its end
+MAX_CAPTION_CHARACTERS = 300  # the text encoder reads 48 tokens; a longer caption is not read to its end (said)
 EXAMPLE_CAPTIONS = [
     "a person walks forward slowly, then turns left",
     "someone jumps forward twice",
@@ -79,6 +79,7 @@ def generate_motion(registry: ModelRegistry, model, caption, cfg_scale, temperat
         motions = pipe([caption] * count, seed=seed, **options)
         seconds = time.perf_counter() - started
     lines = [f"{count} motion{'s' * (count > 1)} in {seconds:.2f} s."]
+    lines += pipe.text_encoder.token_ids([caption])[2]  # what the text encoder did not read of a long caption
     shown = {}
     for index, motion in enumerate(motions):
         title = f"seed {seed + index}"
