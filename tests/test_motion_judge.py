@@ -87,7 +87,10 @@ def test_padding_a_batch_changes_no_clip_reading():
     judge = MotionJudge(MotionJudgeConfig(width=16, dilations=(1, 4))).eval()
     items = [Motions(seed=2)[i] for i in range(3)]
     features, frames, labels = padded_batch(items)
-    assert features.shape[1] == max(item["frames"] for item in items) and (labels[0, frames[0] :] == -1).all()
+    longest = max(item["frames"] for item in items)
+    assert features.shape[1] == longest and (labels[0, frames[0] :] == -1).all()
+    with pytest.raises(ValueError, match=f"a batch of {longest - 1} frames cannot hold a clip of {longest}"):
+        padded_batch(items, longest - 1)
     with torch.no_grad():
         batched = judge(features, frames)
         for row, item in enumerate(items):

@@ -71,6 +71,9 @@ def test_wrong_files_and_empty_captions_are_refused(generator, tmp_path):
     pipe = load_motion_pipeline(generator)
     with pytest.raises(ValueError, match="the generator predicts 65 tokens, not the tokenizer's 32 codes"):
         generate_motions(pipe.gpt, load_motion_pipeline(wider).tokenizer, pipe.text_encoder, ["a person sits"])
+    short = GPT(gpt_preset("GPT-XS", vocab_size=65, block_size=16, model_type="t2i", caption_dim=16, cls_token_num=48))
+    with pytest.raises(ValueError, match="the generator writes 16 tokens, not a motion's 49"):
+        generate_motions(short, pipe.tokenizer, pipe.text_encoder, ["a person sits"])
     for captions in ([], ["a person walks", "  "]):
         with pytest.raises(ValueError, match="a caption is empty"):
             pipe(captions)

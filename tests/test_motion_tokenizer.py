@@ -127,6 +127,8 @@ def test_arms_at_equal_codes():
         arm_config("fsq", 1000)
     with pytest.raises(ValueError, match="unknown arm"):
         arm_config("vqgan", 512)
+    with pytest.raises(ValueError, match="an fsq arm's code_dim follow from its levels"):
+        arm_config("fsq", 1024, code_dim=8)
 
 
 def test_joint_errors_are_in_millimetres():

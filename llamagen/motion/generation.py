@@ -6,14 +6,17 @@ import torch
 
 from llamagen.generation import generate
 from llamagen.gpt import GPT
-from llamagen.motion.codes import sequence_codes
+from llamagen.motion.codes import SEQUENCE, sequence_codes
 from llamagen.motion.text import MotionTextEncoder
 from llamagen.motion.tokenizer import MotionVQ
 
 
 def check_vocabulary(gpt: GPT, tokenizer: MotionVQ, gpt_name: str = "the generator",
                      tokenizer_name: str = "the tokenizer") -> None:  # fmt: skip
-    """Refuse a generator whose tokens are not the tokenizer's codes and the end token that closes a motion."""
+    """Refuse a generator whose tokens are not the tokenizer's codes and the end token that closes a motion, or
+    whose sequence is not a motion's (SEQUENCE tokens: the codes of the longest clip and the end)."""
+    if gpt.config.block_size != SEQUENCE:
+        raise ValueError(f"{gpt_name} writes {gpt.config.block_size} tokens, not a motion's {SEQUENCE}")
     if gpt.config.vocab_size != tokenizer.config.codebook_size + 1:
         raise ValueError(f"{gpt_name} predicts {gpt.config.vocab_size} tokens, not {tokenizer_name}'s "
                          f"{tokenizer.config.codebook_size} codes and an end token")  # fmt: skip

@@ -190,7 +190,10 @@ def score_motions(judge: MotionJudge, motions: list[torch.Tensor], asked: list[l
 
 def padded_batch(items: list[dict], frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Motion items -> (features (B, T, 263) zero-padded, lengths (B,), labels (B, T, heads) -1 on padding)."""
-    frames = frames or max(item["frames"] for item in items)
+    longest = max(item["frames"] for item in items)
+    frames = frames or longest
+    if frames < longest:
+        raise ValueError(f"a batch of {frames} frames cannot hold a clip of {longest}")
     features = torch.zeros(len(items), frames, FEATURES)
     labels = torch.full((len(items), frames, len(HEADS)), NOT_APPLICABLE, dtype=torch.long)
     for row, item in enumerate(items):

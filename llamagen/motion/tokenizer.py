@@ -74,6 +74,9 @@ def arm_config(arm: str, codebook_size: int, **changes) -> MotionVQConfig:
     if arm == "t2m":
         fields["commit_beta"] = 0.02
     if arm == "fsq":
+        fixed = sorted({"codebook_size", "code_dim"} & set(changes))
+        if fixed:
+            raise ValueError(f"an fsq arm's {' and '.join(fixed)} follow from its levels: change fsq_levels instead")
         bits = codebook_size.bit_length() - 1
         if 2**bits != codebook_size or bits not in FSQ_LEVELS:
             raise ValueError(f"FSQ levels are known for 2^n codes, n in {sorted(FSQ_LEVELS)}; got {codebook_size}")

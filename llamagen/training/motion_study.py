@@ -1,11 +1,12 @@
 """The motion tokenizer study: would LlamaGen's codebook make a better motion tokenizer than T2M-GPT's?
 
-Three quantizers in the same 1-D VQ-VAE (`motion.tokenizer`), at equal bits per frame (a token every 4
-frames, log2 K bits a token): T2M-GPT's (512-dimensional entries, EMA updates, dead entries reset), LlamaGen's
-(8 dimensions on the unit sphere, learned by the codebook loss), FSQ's grid (the levels its paper recommends
-for about K codes). Each at K = 512, 1,024, 4,096 and 16,384; and LlamaGen's dimension swept (2 ... 64) at
-1,024 codes, the motion column of the codebook study's per-data-type answer. Everything but the quantizer is
-the same in every run: the network, the steps, the batch, the learning rate and the data.
+Three quantizers in the same 1-D VQ-VAE (`motion.tokenizer`), at about equal bits per frame (a token every 4
+frames, log2 K bits a token; FSQ's grids hold 1,000, 4,375 and 15,360 codes for 1,024, 4,096 and 16,384):
+T2M-GPT's (512-dimensional entries, EMA updates, dead entries reset), LlamaGen's (8 dimensions on the unit
+sphere, learned by the codebook loss), FSQ's grid (the levels its paper recommends for about K codes). Each at
+K = 512, 1,024, 4,096 and 16,384; and LlamaGen's dimension swept (2 ... 64) at 1,024 codes, the motion column
+of the codebook study's per-data-type answer. Everything but the quantizer is the same in every run: the
+network, the steps, the batch, the learning rate and the data.
 
 A run's row holds usage (on the held-out clips and over the last 65,536 training codes), perplexity, MPJPE
 (whole, of the pose alone and of the root's path) and joint velocity error on the held-out clips, the geometry
