@@ -21,16 +21,19 @@ def caption_retrieval(encoder, items: list[dict], batch: int = 256) -> dict[str,
         raise ValueError("retrieval needs at least two captioned images")
     captions = [item["caption"] for item in items]
     texts, images = _text_embeddings(encoder, captions, batch), _image_embeddings(encoder, items, batch)
-    similarity = texts @ images.T  # (captions, images)
+    to_image, to_text = top1_both_ways(texts @ images.T, captions)
+    return {"text_to_image_top1": to_image, "image_to_text_top1": to_text, "candidates": len(items)}
+
+
+def top1_both_ways(similarity: torch.Tensor, captions: list[str]) -> tuple[float, float]:
+    """Top-1 retrieval over item i's caption `captions[i]` and (captions, items) `similarity`: the share of
+    captions whose best item is theirs, and of items whose best caption is theirs; an item or caption counts as
+    right when it carries the same caption (captions repeat)."""
     ids = {caption: index for index, caption in enumerate(dict.fromkeys(captions))}
     caption_ids = torch.tensor([ids[caption] for caption in captions])
-    to_image = caption_ids[similarity.argmax(1)] == caption_ids
-    to_text = caption_ids[similarity.argmax(0)] == caption_ids
-    return {
-        "text_to_image_top1": float(to_image.float().mean()),
-        "image_to_text_top1": float(to_text.float().mean()),
-        "candidates": len(items),
-    }
+    to_items = caption_ids[similarity.argmax(1)] == caption_ids
+    to_captions = caption_ids[similarity.argmax(0)] == caption_ids
+    return float(to_items.float().mean()), float(to_captions.float().mean())
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 from llamagen.data.motion import PARAMETERS
 from llamagen.data.motion.captions import describe
 from llamagen.data.motion.clips import Segment
+from llamagen.evaluation.retrieval import top1_both_ways
 from llamagen.motion.text import MotionTextEncoder
 
 BATCH = 128
@@ -45,14 +46,9 @@ def motion_caption_retrieval(encoder: MotionTextEncoder, items: list[dict]) -> d
     if len(items) < 2:
         raise ValueError("retrieval needs at least two captioned clips")
     captions = [item["caption"] for item in items]
-    similarity = text_embeddings(encoder, captions) @ motion_embeddings(encoder, items).T
-    ids = {caption: index for index, caption in enumerate(dict.fromkeys(captions))}
-    caption_ids = torch.tensor([ids[caption] for caption in captions])
-    return {
-        "text_to_motion_top1": float((caption_ids[similarity.argmax(1)] == caption_ids).float().mean()),
-        "motion_to_text_top1": float((caption_ids[similarity.argmax(0)] == caption_ids).float().mean()),
-        "candidates": len(items),
-    }
+    to_motion, to_text = top1_both_ways(text_embeddings(encoder, captions) @ motion_embeddings(encoder, items).T,
+                                        captions)  # fmt: skip
+    return {"text_to_motion_top1": to_motion, "motion_to_text_top1": to_text, "candidates": len(items)}
 
 
 def parameter_choice(encoder: MotionTextEncoder, items: list[dict]) -> dict[str, float]:
