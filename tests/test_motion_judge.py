@@ -12,6 +12,8 @@ from llamagen.data.motion import Motions
 from llamagen.motion.judge import (
     ACTION_LABELS,
     HEADS,
+    MIN_RUN_FRAMES,
+    NONE,
     NOT_APPLICABLE,
     PARAMETER_LABELS,
     MotionJudge,
@@ -71,6 +73,19 @@ def test_a_perfect_reading_recovers_the_actions_and_a_wrong_one_is_caught():
     middle = item["segments"][0]["start"] + item["segments"][0]["frames"] // 2
     blip[middle : middle + 3, 0] = ACTION_LABELS.index("kick") if item["segments"][0]["action"] != "kick" else 0
     assert verdict(item["segments"], read_motion(Oracle(blip), item["features"])).everything  # a blip is not an action
+    # A blip that splits an action leaves one action, its parameters voted over all of its frames: here the
+    # piece before the blip reads another value, outvoted by the rest.
+    first = item["segments"][0]
+    name = next(iter(k for k in first if k not in ("action", "start", "frames")))
+    column, values = HEADS.index(name), PARAMETER_LABELS[name]
+    split = labels.copy()
+    cut = first["start"] + MIN_RUN_FRAMES
+    split[cut : cut + 2, 0] = ACTION_LABELS.index(NONE)
+    split[first["start"] : cut, column] = (values.index(first[name]) + 1) % len(values)
+    assert first["frames"] > 3 * MIN_RUN_FRAMES
+    merged = read_motion(Oracle(split), item["features"])
+    assert [(r.action, r.start) for r in merged] == [(a, start) for a, start, _ in expected]
+    assert merged[0].params[name] == first[name] and verdict(item["segments"], merged).everything
     swapped = [dict(item["segments"][1], start=0), dict(item["segments"][0], start=1)]
     if swapped[0]["action"] != swapped[1]["action"]:
         assert not verdict(swapped, read).actions

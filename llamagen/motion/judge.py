@@ -127,14 +127,17 @@ def read_motion(judge: MotionJudge, features: torch.Tensor) -> list[ReadAction]:
         if end == len(actions) or actions[end] != actions[start]:
             runs.append((int(actions[start]), start, end - start))
             start = end
-    read = []
+    spans: list[list] = []  # [action, start, frames]
     for action, start, frames in runs:
         name = ACTION_LABELS[action]
         if name == NONE or frames < MIN_RUN_FRAMES:
             continue
-        if read and read[-1].action == name and start - (read[-1].start + read[-1].frames) < MIN_RUN_FRAMES:
-            read[-1].frames = start + frames - read[-1].start  # one action, split by a blip
-            continue
+        if spans and spans[-1][0] == name and start - (spans[-1][1] + spans[-1][2]) < MIN_RUN_FRAMES:
+            spans[-1][2] = start + frames - spans[-1][1]  # one action, split by a blip
+        else:
+            spans.append([name, start, frames])
+    read = []
+    for name, start, frames in spans:  # each parameter voted over the whole of its action's frames
         params = {}
         for parameter in PARAMETERS[name]:
             votes = Counter(predicted[parameter][start : start + frames].tolist()).most_common(1)[0][0]
