@@ -263,6 +263,10 @@ def test_a_text_generator_ships_with_its_clip_and_is_scored_on_captions(tmp_path
                             assets_dir=assets, text_encoder="tiny-clip")  # fmt: skip
     scores = card["evaluation"]
     assert (card["tokenizer"], card["text_encoder"]) == ("tiny-vq", "tiny-clip")
+    # The codes were made here without a command to record, so the card starts at the training's.
+    assert card["reproduce"][0] == "llamagen train gpt ..." and len(card["reproduce"]) == 2
+    assert card["reproduce"][1].startswith(f"llamagen export gpt {tmp_path / 't2i'} --name tiny-t2i ")
+    assert card["sampling"]["cfg_scale"] == scores["best_cfg_scale"]
     assert [row["cfg_scale"] for row in scores["by_cfg_scale"]] == [1.0, 2.0] and scores["best_cfg_scale"] in (1, 2)
     assert all(0 <= row["accuracy_all_stated"] <= 1 and row["clip_score"] >= 0 for row in scores["by_cfg_scale"])
     assert scores["held_out_pairs_at_best_cfg_scale"]["images"] == 6

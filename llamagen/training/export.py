@@ -182,6 +182,33 @@ def recommended_sampling_entry(evaluation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def save_generator(run_dir: Path, final: Path, run_config: dict, use_ema: bool, weights: Path,
+                   metadata: dict[str, str]) -> None:  # fmt: skip
+    """The run's generator (its EMA `final`, or with `use_ema=False` the trained weights) saved to `weights` in
+    bf16 with `metadata`, what a generator file names of its tokenizer and text encoder."""
+    from llamagen.gpt import GPTConfig
+    from llamagen.gpt.loading import load_gpt
+
+    source = final if use_ema else run_dir / LATEST_CHECKPOINT
+    trained = load_gpt(source, config=GPTConfig.from_dict(run_config["model"]), device="cpu")
+    save(trained, weights, weights_dtype=torch.bfloat16, metadata=metadata)
+
+
+def generator_card(opening: dict[str, Any], names: dict[str, Any], evaluation: dict[str, Any],
+                   commands: Sequence[str], export_command: str, use_ema: bool,
+                   notes: str) -> dict[str, Any]:  # fmt: skip
+    """A generator's card: `opening` (`card_opening`), what it names, its evaluation and the sampling it
+    recommends from it, the commands that reproduce it (empty ones left out) ending with its export."""
+    return {
+        **opening,
+        **names,
+        "evaluation": evaluation,
+        "sampling": recommended_sampling_entry(evaluation),
+        "reproduce": [*(command for command in commands if command), export_command + ("" if use_ema else " --no-ema")],
+        "notes": notes,
+    }
+
+
 def _class_conditional_evaluation(pipe, judge: str, cfg_scales, images_per_class: int) -> dict[str, Any]:
     from llamagen.analysis.guidance import best_scale, sweep_guidance
 
@@ -243,7 +270,6 @@ def export_generator(
     override what the run recorded, which may be a training folder).
     """
     from llamagen.gpt import GPTConfig
-    from llamagen.gpt.loading import load_gpt
     from llamagen.pipeline import generator_metadata, load_pipeline
 
     run_dir = Path(run_dir)
@@ -255,10 +281,9 @@ def export_generator(
     metadata["tokenizer"] = shipped_name("tokenizer", metadata.get("tokenizer"), tokenizer)
     if config.model_type == "t2i":
         metadata["text_encoder"] = shipped_name("text encoder", metadata.get("text_encoder"), text_encoder)
-    trained = load_gpt(final if use_ema else run_dir / LATEST_CHECKPOINT, config=config, device="cpu")
     stored = {key: json.dumps(value) if key == "class_names" else value for key, value in metadata.items()}
     weights = assets_dir / f"{name}.safetensors"
-    save(trained, weights, weights_dtype=torch.bfloat16, metadata=stored)
+    save_generator(run_dir, final, run_config, use_ema, weights, stored)
     pipe = load_pipeline(weights, device="cpu")  # evaluate what users get: the bf16 weights
     if config.model_type == "c2i":
         evaluation = _class_conditional_evaluation(pipe, judge, cfg_scales, images_per_class)
@@ -266,21 +291,17 @@ def export_generator(
     else:
         evaluation = _text_conditional_evaluation(pipe, cfg_scales, captions)
         how = f"--captions {captions} --text-encoder {metadata['text_encoder']}"
-    card = {
-        **card_opening(name, "gpt", run_config, data, metrics, use_ema),
-        **{key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")},
-        "class_names": metadata.get("class_names"),
-        "evaluation": evaluation,
-        "sampling": recommended_sampling_entry(evaluation),
-        "reproduce": [
-            metadata.get("codes_command", ""),
-            *train_commands,
-            f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
-            f"{metadata['tokenizer']} --cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} {how}"
-            + ("" if use_ema else " --no-ema"),
-        ],
-        "notes": notes,
-    }
+    names = {key: value for key, value in metadata.items() if key not in ("class_names", "codes_command")}
+    card = generator_card(
+        card_opening(name, "gpt", run_config, data, metrics, use_ema),
+        {**names, "class_names": metadata.get("class_names")},
+        evaluation,
+        [metadata.get("codes_command", ""), *train_commands],
+        f"llamagen export gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer {metadata['tokenizer']} "
+        f"--cfg-scales {' '.join(f'{scale:g}' for scale in cfg_scales)} {how}",
+        use_ema,
+        notes,
+    )
     return write_card(card, assets_dir)
 
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 
 from llamagen.checkpoints import ASSETS_DIR, save
-from llamagen.training.common import LATEST_CHECKPOINT
 from llamagen.training.export import (
     SWEPT_WITH,
     card_opening,
     encoder_card,
     finished_run,
-    recommended_sampling_entry,
+    generator_card,
+    save_generator,
     shipped_name,
     write_card,
 )
@@ -80,8 +80,6 @@ def export_motion_generator(
     CLIP) and its card: per guidance scale, how often the judge reads one motion for each of `captions` captions
     whose pairs training saw doing what it asked; the best scale (by everything right, then actions) is the
     card's recommended setting, and at it the same for captions of the held-out pairs."""
-    from llamagen.gpt import GPTConfig
-    from llamagen.gpt.loading import load_gpt
     from llamagen.motion.judge import score_motions
     from llamagen.motion.measures import HELD_OUT_SEED
     from llamagen.motion.pipeline import MOTION_GENERATOR_KIND, load_motion_pipeline
@@ -96,11 +94,10 @@ def export_motion_generator(
         "text_encoder": shipped_name("text encoder", recorded.get("text_encoder"), text_encoder),
         "judge": shipped_name("judge", judge, None),
     }
-    source = final if use_ema else run_dir / LATEST_CHECKPOINT
-    trained = load_gpt(source, config=GPTConfig.from_dict(run_config["model"]), device="cpu")
     weights = assets_dir / f"{name}.safetensors"
-    save(trained, weights, weights_dtype=torch.bfloat16,
-         metadata={key: names[key] for key in ("tokenizer", "text_encoder")})  # fmt: skip
+    save_generator(
+        run_dir, final, run_config, use_ema, weights, {key: names[key] for key in ("tokenizer", "text_encoder")}
+    )
     pipe = load_motion_pipeline(weights, judge=names["judge"])  # evaluate what users get: the bf16 weights
     asked = evaluation_captions(captions)
     fixed = {key: SWEPT_WITH[key] for key in ("top_k", "temperature")}
@@ -124,21 +121,17 @@ def export_motion_generator(
         "by_cfg_scale": rows,
         "held_out_pairs_at_best_cfg_scale": scores("held_out", best),
     }
-    card = {
-        **card_opening(name, MOTION_GENERATOR_KIND, run_config, data, metrics, use_ema),
-        **names,
-        "evaluation": evaluation,
-        "sampling": recommended_sampling_entry(evaluation),
-        "reproduce": [
-            *([recorded["codes_command"]] if recorded.get("codes_command") else []),
-            *train_commands,
-            f"llamagen export motion-gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
-            f"{names['tokenizer']} --text-encoder {names['text_encoder']} --judge {names['judge']} --cfg-scales "
-            f"{' '.join(f'{scale:g}' for scale in cfg_scales)} --captions {captions}"
-            + ("" if use_ema else " --no-ema"),
-        ],
-        "notes": notes,
-    }
+    card = generator_card(
+        card_opening(name, MOTION_GENERATOR_KIND, run_config, data, metrics, use_ema),
+        names,
+        evaluation,
+        [recorded.get("codes_command", ""), *train_commands],
+        f"llamagen export motion-gpt {run_dir} --name {name} --data {json.dumps(data)} --tokenizer "
+        f"{names['tokenizer']} --text-encoder {names['text_encoder']} --judge {names['judge']} --cfg-scales "
+        f"{' '.join(f'{scale:g}' for scale in cfg_scales)} --captions {captions}",
+        use_ema,
+        notes,
+    )
     return write_card(card, assets_dir)
 
 
