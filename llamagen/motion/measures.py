@@ -5,7 +5,7 @@ into positions (`feature_positions`, the root's path integrated as T2M-GPT does)
 velocity shows as the drift it causes. MPJPE is the mean over frames and joints of the distance between
 true and reconstructed joints, in millimetres; the velocity error the same for the joints' velocities, in
 millimetres a second. Two parts of it are reported apart, since a small error in each frame's turn or step
-grows along a clip into metres of path and can hide how well the body itself is kept: the pose MPJPE (the
+grows along a clip into tens of centimetres of path and can hide how well the body itself is kept: the pose MPJPE (the
 reconstruction's joints placed on the true path and heading) and the root's path error (the distance between
 the true and the reconstructed root, frame by frame).
 """
