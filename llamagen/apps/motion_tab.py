@@ -34,7 +34,7 @@ ADD_FRAMES_JS = """
   attach(100);
 }
 """
-MAX_CAPTION_CHARACTERS = 300  # the text encoder reads 48 tokens; a longer caption is not read to its end (said)
+MAX_CAPTION_CHARACTERS = 300  # the text encoder reads 48 tokens; the tab says when it cuts a longer caption
 EXAMPLE_CAPTIONS = [
     "a person walks forward slowly, then turns left",
     "someone jumps forward twice",
