@@ -46,10 +46,9 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page():
     _browser_or_skip()
     sync_api = pytest.importorskip("playwright.sync_api")
-    from helpers import tiny_motion_generator
 
     from llamagen.apps import launch
     from llamagen.apps.models import ModelRegistry
@@ -57,11 +56,7 @@ def page(tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    registry = ModelRegistry.embedded()
-    # A tiny random text-to-motion generator, read by the embedded motion judge, for the Motion tab.
-    motion = tiny_motion_generator(tmp_path_factory.mktemp("motion"))
-    registry.motion_generators["tiny-motion"] = {"gpt": str(motion), "judge": "motion-judge"}
-    app, url = launch(registry, port=port)
+    app, url = launch(ModelRegistry.embedded(), port=port)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
