@@ -13,14 +13,20 @@ from llamagen.training.motion_study import MotionStudySettings, study_motion_tok
 def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_path):
     tiny = MotionStudySettings(sizes=(512,), dimensions=(4,), seeds=(0,), width=8, depth=1, steps=4, batch_size=4,
                                eval_clips=6, statistics_clips=8)  # fmt: skip
-    assert list(tiny.runs()) == ["llamagen-k512-s0", "t2m-k512-s0", "fsq-k512-s0", "llamagen-k1024-d4-s0"]
+    assert list(tiny.runs()) == ["llamagen-k512-s0", "t2m-k512-s0", "fsq-k512-s0", "llamagen-restart-k512-s0",
+                                 "llamagen-k1024-d4-s0"]  # fmt: skip
     out = tmp_path / "study.json"
     results = study_motion_tokenizers(tiny, out, tmp_path / "runs", show_progress=False)
     assert json.loads(out.read_text()) == results
     rows = results["runs"]
     assert list(rows) == list(tiny.runs())
-    assert [rows[name]["dim"] for name in rows] == [8, 512, 3, 4]
+    assert [rows[name]["dim"] for name in rows] == [8, 512, 3, 8, 4]
     assert rows["fsq-k512-s0"]["codebook_size"] == 512 and rows["t2m-k512-s0"]["quantizer"] == "ema-reset"
+    # The restart arm is LlamaGen's quantizer trained with restarts; the other runs without.
+    assert rows["llamagen-restart-k512-s0"]["quantizer"] == "llamagen"
+    restarts = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())["training"]
+                ["restart_dead_codes_every"] for name in rows}  # fmt: skip
+    assert restarts == {name: 100 if name.startswith("llamagen-restart") else None for name in rows}
     for name, row in rows.items():
         assert 0 < row["usage_eval"] <= 1 and row["perplexity"] >= 1 and row["mpjpe_mm"] > 0
         folder = tmp_path / "runs" / name

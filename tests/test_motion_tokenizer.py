@@ -205,3 +205,33 @@ def test_training_resumes_exactly_and_saves_a_loadable_tokenizer(tmp_path, monke
     a, b = evaluate_motion_tokenizer(whole.model, clips), evaluate_motion_tokenizer(loaded, clips)
     assert a.mpjpe_mm == b.mpjpe_mm and torch.equal(a.counts, b.counts)
     assert a.counts.sum() == sum(len(clip) // 4 for clip in clips)
+
+
+def test_restarts_move_the_unchosen_entries_and_resume_exactly(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(motion_tokenizer, "USAGE_WINDOW", 32)  # full after two steps of 4 windows x 4 tokens
+    config = arm_config("llamagen", 64, width=16, depth=1)  # 64 entries, at most 32 chosen in the window
+    settings = MotionTokenizerTrainingConfig(steps=6, batch_size=4, window=16, statistics_clips=8, warmup_steps=2,
+                                             checkpoint_every=2, log_every=1, restart_dead_codes_every=2)  # fmt: skip
+    whole = train_motion_tokenizer(config, settings, tmp_path / "whole", show_progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert "restarted_codes" not in logged[0] and logged[1]["restarted_codes"] >= 32
+    plain = train_motion_tokenizer(config, dataclasses.replace(settings, restart_dead_codes_every=None),
+                                   tmp_path / "plain", show_progress=False)  # fmt: skip
+    assert not torch.equal(plain.model.quantize.codebook(), whole.model.quantize.codebook())
+
+    class TerminatedAt(MotionWindows):  # SIGTERM while the batch of step 4 loads, after the restart of step 3
+        def __getitem__(self, index: int) -> dict:
+            if index == 12:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__getitem__(index)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(motion_tokenizer, "MotionWindows", TerminatedAt)
+        train_motion_tokenizer(config, settings, tmp_path / "parts", show_progress=False)
+    resumed = train_motion_tokenizer(config, settings, tmp_path / "parts", resume=True, show_progress=False)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="option of the llamagen quantizer"):
+        train_motion_tokenizer(arm_config("t2m", 64, width=16, depth=1), settings, tmp_path / "t2m")

@@ -468,7 +468,7 @@ def add_sweep_commands(sweep: argparse._SubParsersAction) -> None:
     )
     motion.add_argument("--out", default="notebooks/data/motion_study.json")
     motion.add_argument("--work-dir", default="runs/motion-study", help="where the runs' folders go")
-    motion.add_argument("--arms", nargs="+", help="llamagen, t2m, fsq (default: all three)")
+    motion.add_argument("--arms", nargs="+", help="llamagen, t2m, fsq, llamagen-restart (default: all four)")
     motion.add_argument("--sizes", type=int, nargs="+", help="codebook sizes (default: 512 1024 4096 16384)")
     motion.add_argument("--dimensions", type=int, nargs="+", help="LlamaGen's code dimensions (default: 2 ... 64)")
     motion.add_argument("--seeds", type=int, nargs="+", help="(default: 0 1 2)")

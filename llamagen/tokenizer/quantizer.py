@@ -159,9 +159,11 @@ class VectorQuantizer(nn.Module):
         self.codebook_used.copy_(torch.cat([self.codebook_used[recent.numel() :], recent]))
 
     @torch.no_grad()
-    def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Move every entry the usage window has not seen onto a latent vector that its code represents
-        badly; returns a (K,) mask of the moved entries. Nothing moves until the window is full.
+    def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator,
+                           used: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Move every entry the usage window (or `used`, a window of recent codes kept by the caller, -1 where
+        not yet filled) has not seen onto a latent vector that its code represents badly; returns a (K,) mask
+        of the moved entries. Nothing moves until the window is full.
 
         Not part of the original objective: an option against collapse at small scale (see the
         tokenizer-training docs). Among the 4 x (dead entries) latent vectors farthest from their
@@ -169,10 +171,11 @@ class VectorQuantizer(nn.Module):
         thinnest.
         """
         dead = torch.zeros(self.codebook_size, dtype=torch.bool, device=latent.device)
-        if self.codebook_used is None or (self.codebook_used < 0).any():
+        window = self.codebook_used if used is None else used
+        if window is None or (window < 0).any():
             return dead
         dead[:] = True
-        dead[self.codebook_used.to(latent.device)] = False
+        dead[window.to(latent.device)] = False
         count = int(dead.sum())
         if count == 0:
             return dead

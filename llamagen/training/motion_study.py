@@ -3,10 +3,12 @@
 Three quantizers in the same 1-D VQ-VAE (`motion.tokenizer`), at about equal bits per frame (a token every 4
 frames, log2 K bits a token; FSQ's grids hold 1,000, 4,375 and 15,360 codes for 1,024, 4,096 and 16,384):
 T2M-GPT's (512-dimensional entries, EMA updates, dead entries reset), LlamaGen's (8 dimensions on the unit
-sphere, learned by the codebook loss), FSQ's grid (the levels its paper recommends for about K codes). Each at
-K = 512, 1,024, 4,096 and 16,384; and LlamaGen's dimension swept (2 ... 64) at 1,024 codes, the motion column
-of the codebook study's per-data-type answer. Everything but the quantizer is the same in every run: the
-network, the steps, the batch, the learning rate and the data.
+sphere, learned by the codebook loss), FSQ's grid (the levels its paper recommends for about K codes); and a
+fourth arm, LlamaGen's with the dead-code restarts the image tokenizers train with, so that what LlamaGen's
+design does is told apart from what T2M-GPT's resets do. Each at K = 512, 1,024, 4,096 and 16,384; and
+LlamaGen's dimension swept (2 ... 64) at 1,024 codes, the motion column of the codebook study's per-data-type
+answer. Everything but the quantizer and how it is kept alive is the same in every run: the network, the
+steps, the batch, the learning rate and the data.
 
 A run's row holds usage (on the held-out clips and over the last 65,536 training codes), perplexity, MPJPE
 (whole, of the pose alone and of the root's path) and joint velocity error on the held-out clips, the geometry
@@ -33,6 +35,13 @@ from llamagen.training.motion_tokenizer import train_motion_tokenizer
 from llamagen.training.settings import MotionTokenizerTrainingConfig
 from llamagen.training.studies import geometry_fields, resumable, run_schedule, run_study, save_array, save_float16
 
+# The study's arms: a tokenizer arm (`motion.tokenizer.ARMS`) and the training options that go with it. LlamaGen's
+# quantizer again with the image tokenizers' dead-code restarts separates what its design does from what
+# T2M-GPT's resets do.
+STUDY_ARMS = {
+    **{arm: (arm, {}) for arm in ARMS},
+    "llamagen-restart": ("llamagen", {"restart_dead_codes_every": 100}),
+}
 SIZES = (512, 1024, 4096, 16384)
 DIMENSIONS = (2, 4, 8, 16, 32, 64)
 LATENTS_KEPT = 4096
@@ -45,7 +54,7 @@ CSV_FIELDS = (
 
 @dataclass
 class MotionStudySettings:
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = tuple(STUDY_ARMS)
     sizes: tuple[int, ...] = SIZES
     dimensions: tuple[int, ...] = DIMENSIONS  # LlamaGen's arm, at `dimension_size` codes
     dimension_size: int = 1024
@@ -59,20 +68,24 @@ class MotionStudySettings:
     statistics_clips: int = 1024  # clips the features' mean and deviation are measured on
 
     def __post_init__(self) -> None:
-        unknown = [arm for arm in self.arms if arm not in ARMS]
+        unknown = [arm for arm in self.arms if arm not in STUDY_ARMS]
         if unknown:
-            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(STUDY_ARMS)}")
 
     def training(self) -> dict:
         """What every run shares, every training setting included (the loss's weights too, so that a study is
-        not continued under other ones); the arms, sizes, dimensions and seeds only choose which runs to add."""
+        not continued under other ones) but those an arm sets; the arms, sizes, dimensions and seeds only choose
+        which runs to add."""
         shared = {"width": self.width, "depth": self.depth, "eval_clips": self.eval_clips}
+        by_arm = {name for _, options in STUDY_ARMS.values() for name in options}
         return {**shared, **{name: value for name, value in dataclasses.asdict(self.run_training(0)).items()
-                             if name != "seed"}}  # fmt: skip
+                             if name != "seed" and name not in by_arm}}  # fmt: skip
 
-    def run_training(self, seed: int) -> MotionTokenizerTrainingConfig:
+    def run_training(self, seed: int, arm: str | None = None) -> MotionTokenizerTrainingConfig:
+        """A run's training settings: the study's, and those of its arm."""
+        options = STUDY_ARMS[arm][1] if arm is not None else {}
         return MotionTokenizerTrainingConfig(**run_schedule(self.steps, seed), batch_size=self.batch_size,
-                                             lr=self.lr, statistics_clips=self.statistics_clips)  # fmt: skip
+                                             lr=self.lr, statistics_clips=self.statistics_clips, **options)  # fmt: skip
 
     def runs(self) -> dict[str, tuple[str, int, int | None, int]]:
         """name -> (arm, size, code dimension or None for the arm's own, seed), seed by seed."""
@@ -110,9 +123,9 @@ def study_motion_tokenizers(settings: MotionStudySettings, out: str | Path, work
 
 def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, seed: int, clips, folder: Path,
          show_progress: bool) -> dict | None:  # fmt: skip
-    config = arm_config(arm, size, width=settings.width, depth=settings.depth,
+    config = arm_config(STUDY_ARMS[arm][0], size, width=settings.width, depth=settings.depth,
                         **({} if dim is None else {"code_dim": dim}))  # fmt: skip
-    outcome = train_motion_tokenizer(config, settings.run_training(seed), folder, resume=resumable(folder),
+    outcome = train_motion_tokenizer(config, settings.run_training(seed, arm), folder, resume=resumable(folder),
                                      show_progress=show_progress)  # fmt: skip
     if not outcome.finished:
         return None

@@ -20,6 +20,7 @@ from llamagen.checkpoints import save
 from llamagen.data.batches import step_loader
 from llamagen.data.motion.features import FEATURE_SLICES, PATH_FEATURES
 from llamagen.data.motion.windows import MotionWindows, feature_statistics
+from llamagen.motion.quantizers import Quantized
 from llamagen.motion.tokenizer import MotionVQ, MotionVQConfig
 from llamagen.tokenizer.quantizer import USAGE_WINDOW
 from llamagen.training.common import TrainingRun, load_optimizer_state
@@ -39,6 +40,9 @@ def train_motion_tokenizer(config: MotionVQConfig, training: MotionTokenizerTrai
                            command: str | None = None) -> MotionTrainingOutcome:  # fmt: skip
     """Train (or, with `resume`, continue) a motion tokenizer on `Motions(training.seed)`; its weights go to
     `final.safetensors` at the end."""
+    if training.restart_dead_codes_every is not None and config.quantizer != "llamagen":
+        raise ValueError(f"dead-code restarts are an option of the llamagen quantizer, not {config.quantizer!r}'s "
+                         "(t2m's resets its own entries; fsq's grid has none to restart)")  # fmt: skip
     with process_group("cpu", alone=True) as processes:
         data = {"motion": {"seed": training.seed, "window": training.window}}
         run = TrainingRun(out_dir, resume, processes, config.to_dict(), training, command, data=data)
@@ -58,8 +62,13 @@ def train_motion_tokenizer(config: MotionVQConfig, training: MotionTokenizerTrai
         windows = MotionWindows(training.seed, training.window)
         batches = step_loader(windows, training.batch_size, run.start, training.steps, training.seed)
         for step, batch in run.steps(batches, show_progress):
-            report, codes = _train_step(model, optimizer, training, batch["features"], step)
+            report, quantized = _train_step(model, optimizer, training, batch["features"], step)
+            codes = quantized.codes.detach()
             recent = torch.cat([recent[codes.numel() :], codes.flatten()[-USAGE_WINDOW:]])
+            every = training.restart_dead_codes_every
+            if every is not None and (step + 1) % every == 0:
+                report["restarted_codes"] = _restart_dead_codes(model, optimizer, quantized.compared, recent,
+                                                                training.seed, step)  # fmt: skip
             if run.log_due():
                 usage = torch.unique(recent[recent >= 0]).numel() / model.config.codebook_size
                 run.log(report, shown=("loss", "usage"), usage=usage)
@@ -75,9 +84,23 @@ def _state(model: MotionVQ, optimizer, recent: torch.Tensor) -> dict:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "recent_codes": recent}
 
 
+def _restart_dead_codes(model: MotionVQ, optimizer, latents: torch.Tensor, recent: torch.Tensor, seed: int,
+                        step: int) -> int:  # fmt: skip
+    """Move the entries `recent` never chose onto latents of the batch (as the image tokenizer's training does)
+    and forget their Adam moments; a pure function of (seed, step), so a resumed run restarts the same ones."""
+    inner = model.quantize.inner
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    dead = inner.restart_dead_codes(latents, generator, used=recent)
+    moments = optimizer.state.get(inner.embedding.weight, {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in moments:
+            moments[name][dead] = 0
+    return int(dead.sum())
+
+
 def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingConfig, features: torch.Tensor,
-                step: int) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
-    """One update; the losses, and the codes the batch chose."""
+                step: int) -> tuple[dict[str, float], Quantized]:  # fmt: skip
+    """One update; the losses, and what the quantizer made of the batch."""
     for group in optimizer.param_groups:
         group["lr"] = training.lr_at(step)
     target = model.normalise(features)
@@ -99,4 +122,4 @@ def _train_step(model: MotionVQ, optimizer, training: MotionTokenizerTrainingCon
     optimizer.step()
     report = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()},
               "grad_norm": float(grad_norm), "lr": training.lr_at(step)}  # fmt: skip
-    return report, quantized.codes.detach()
+    return report, quantized

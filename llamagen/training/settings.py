@@ -154,6 +154,16 @@ class MotionTokenizerTrainingConfig(TrainingSettings):
         "T2M-GPT; 0 is its loss)",
     )
     statistics_clips: int = setting(1024, "clips the features' mean and deviation are measured on")
+    restart_dead_codes_every: int | None = setting(
+        None,
+        "llamagen quantizer only: every this many steps, move the entries the last 65,536 codes never chose onto "
+        "latents of the batch their codes represent worst (t2m's quantizer resets its own; fsq has no entries)",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
+            raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
 
 
 @dataclass
