@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,3 +41,10 @@ def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_pat
         study_motion_tokenizers(MotionStudySettings(steps=5), out, tmp_path / "runs", show_progress=False)
     with pytest.raises(ValueError, match="unknown arm"):
         MotionStudySettings(arms=("vqgan",))
+
+
+def test_the_committed_results_were_trained_as_the_study_trains_now():
+    """The study continues the committed file only while every shared training setting is the same: a setting
+    added with another default would start the study afresh."""
+    committed = json.loads((Path(__file__).parents[1] / "notebooks" / "data" / "motion_study.json").read_text())
+    assert MotionStudySettings().training() == committed["training"]

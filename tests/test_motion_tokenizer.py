@@ -176,18 +176,21 @@ def test_windows_are_fixed_length_and_the_statistics_normalise():
     assert mean.shape == std.shape == (FEATURES,) and std.min() >= 1e-2
 
 
+class TerminatedAt(MotionWindows):
+    """Windows that send SIGTERM while the batch of step 4 (samples 12-15, at 4 windows a step) loads."""
+
+    def __getitem__(self, index: int) -> dict:
+        if index == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(index)
+
+
 @pytest.mark.parametrize("arm", ["llamagen", "t2m"])
 def test_training_resumes_exactly_and_saves_a_loadable_tokenizer(tmp_path, monkeypatch, arm):
     config = arm_config(arm, 64, width=16, depth=1)
     settings = MotionTokenizerTrainingConfig(steps=6, batch_size=4, window=16, statistics_clips=8, warmup_steps=2,
                                              checkpoint_every=2, log_every=1)  # fmt: skip
     whole = train_motion_tokenizer(config, settings, tmp_path / "whole", show_progress=False)
-
-    class TerminatedAt(MotionWindows):  # SIGTERM while the batch of step 4 (samples 12-15) loads
-        def __getitem__(self, index: int) -> dict:
-            if index == 12:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().__getitem__(index)
 
     with monkeypatch.context() as patched:
         patched.setattr(motion_tokenizer, "MotionWindows", TerminatedAt)
@@ -221,17 +224,30 @@ def test_restarts_move_the_unchosen_entries_and_resume_exactly(tmp_path, monkeyp
                                    tmp_path / "plain", show_progress=False)  # fmt: skip
     assert not torch.equal(plain.model.quantize.codebook(), whole.model.quantize.codebook())
 
-    class TerminatedAt(MotionWindows):  # SIGTERM while the batch of step 4 loads, after the restart of step 3
-        def __getitem__(self, index: int) -> dict:
-            if index == 12:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().__getitem__(index)
-
+    # Stopped after step 3 (restarts came after steps 2, 4 and 6): the resumed run restarts at 4 and 6 as one
+    # never stopped does.
     with monkeypatch.context() as patched:
         patched.setattr(motion_tokenizer, "MotionWindows", TerminatedAt)
-        train_motion_tokenizer(config, settings, tmp_path / "parts", show_progress=False)
+        stopped = train_motion_tokenizer(config, settings, tmp_path / "parts", show_progress=False)
+    assert (stopped.step, stopped.finished) == (3, False)
     resumed = train_motion_tokenizer(config, settings, tmp_path / "parts", resume=True, show_progress=False)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     with pytest.raises(ValueError, match="option of the llamagen quantizer"):
         train_motion_tokenizer(arm_config("t2m", 64, width=16, depth=1), settings, tmp_path / "t2m")
+
+
+def test_a_restart_forgets_the_moved_entries_moments_only():
+    model = MotionVQ(arm_config("llamagen", 16, width=16, depth=1))
+    weight = model.quantize.inner.embedding.weight
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    before = {name: optimizer.state[weight][name].clone() for name in ("exp_avg", "exp_avg_sq")}
+    recent = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # entries 4-15 unchosen
+    latents = torch.nn.functional.normalize(torch.randn(2, 30, 8), dim=-1)
+    moved = motion_tokenizer._restart_dead_codes(model, optimizer, latents, recent, seed=0, step=9)
+    assert moved == 12
+    for name, values in before.items():
+        assert torch.all(optimizer.state[weight][name][4:] == 0), name
+        assert torch.equal(optimizer.state[weight][name][:4], values[:4]), name

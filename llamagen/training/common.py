@@ -56,6 +56,16 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
 
 
 @torch.no_grad()
+def forget_moments(optimizer: torch.optim.Optimizer, parameter: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero Adam's moments of `parameter`'s `rows` (a boolean mask): entries moved by a restart start afresh
+    rather than with the momentum of where they were."""
+    moments = optimizer.state.get(parameter, {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in moments:
+            moments[name][rows] = 0
+
+
+@torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (the usage window) are copied."""
     for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):

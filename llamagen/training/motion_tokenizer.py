@@ -23,7 +23,7 @@ from llamagen.data.motion.windows import MotionWindows, feature_statistics
 from llamagen.motion.quantizers import Quantized
 from llamagen.motion.tokenizer import MotionVQ, MotionVQConfig
 from llamagen.tokenizer.quantizer import USAGE_WINDOW
-from llamagen.training.common import TrainingRun, load_optimizer_state
+from llamagen.training.common import TrainingRun, forget_moments, load_optimizer_state
 from llamagen.training.distributed import process_group
 from llamagen.training.settings import MotionTokenizerTrainingConfig
 
@@ -91,10 +91,7 @@ def _restart_dead_codes(model: MotionVQ, optimizer, latents: torch.Tensor, recen
     inner = model.quantize.inner
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     dead = inner.restart_dead_codes(latents, generator, used=recent)
-    moments = optimizer.state.get(inner.embedding.weight, {})
-    for name in ("exp_avg", "exp_avg_sq"):
-        if name in moments:
-            moments[name][dead] = 0
+    forget_moments(optimizer, inner.embedding.weight, dead)
     return int(dead.sum())
 
 

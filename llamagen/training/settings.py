@@ -130,8 +130,7 @@ class TokenizerTrainingConfig(TrainingSettings):
             raise ValueError(f"codebook_init must be one of {', '.join(CODEBOOK_INITS)}, got {self.codebook_init!r}")
         if self.init_from is not None and self.codebook_init != "uniform":
             raise ValueError("a run started from weights (init_from) keeps their codebook: no codebook_init")
-        if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
-            raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
+        check_restart_interval(self.restart_dead_codes_every)
         if self.disc_start is not None and self.disc_start < 0:
             raise ValueError(f"disc_start must be a step (0 or more), got {self.disc_start}")
 
@@ -162,8 +161,7 @@ class MotionTokenizerTrainingConfig(TrainingSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.restart_dead_codes_every is not None and self.restart_dead_codes_every < 1:
-            raise ValueError(f"restart_dead_codes_every must be at least 1, got {self.restart_dead_codes_every}")
+        check_restart_interval(self.restart_dead_codes_every)
 
 
 @dataclass
@@ -181,6 +179,11 @@ class ClipTrainingConfig(TrainingSettings):
         super().__post_init__()
         if self.batch_size < 2:
             raise ValueError("a contrastive batch needs at least 2 pairs")
+
+
+def check_restart_interval(every: int | None) -> None:
+    if every is not None and every < 1:
+        raise ValueError(f"restart_dead_codes_every must be at least 1, got {every}")
 
 
 def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> float:

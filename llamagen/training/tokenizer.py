@@ -26,7 +26,7 @@ from llamagen.data.batches import step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
 from llamagen.training.codebook_init import initialise_codebook
-from llamagen.training.common import TrainingRun, load_optimizer_state, update_ema
+from llamagen.training.common import TrainingRun, forget_moments, load_optimizer_state, update_ema
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from llamagen.training.distributed import Processes, process_group
 from llamagen.training.settings import TokenizerTrainingConfig
@@ -182,10 +182,7 @@ def _restart_dead_codes(parts: _Parts, latent: torch.Tensor, seed: int, step: in
     dead = quantize.restart_dead_codes(latent, generator)
     processes.broadcast(quantize.embedding.weight.data)
     processes.broadcast(dead)
-    moments = parts.optimizer.state.get(quantize.embedding.weight, {})
-    for name in ("exp_avg", "exp_avg_sq"):
-        if name in moments:
-            moments[name][dead] = 0
+    forget_moments(parts.optimizer, quantize.embedding.weight, dead)
     return int(dead.sum())
 
 
