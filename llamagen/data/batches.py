@@ -16,10 +16,15 @@ import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 
+def seeded_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of draw `index` (an epoch, a step) of a run seeded `seed`: a function of the two alone,
+    so a resumed run draws what one never stopped drew."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+
+
 @functools.lru_cache(maxsize=2)
 def _permutation(length: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(length, generator=generator)
+    return torch.randperm(length, generator=seeded_generator(seed, epoch))
 
 
 def is_procedural(dataset) -> bool:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from llamagen.checkpoints import save
-from llamagen.data.batches import step_loader
+from llamagen.data.batches import seeded_generator, step_loader
 from llamagen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES, recaption
 from llamagen.text.clip import ClipConfig, ClipTextEncoder
 from llamagen.training.common import (
@@ -91,7 +91,7 @@ def _train_step(encoder: ClipTextEncoder, optimizer, training: ClipTrainingConfi
     images = batch["image"].to(device)
     captions = list(batch["caption"])
     if training.hard_negatives:  # drawn from the step, not the global RNG, so that a resumed run draws alike
-        captions += hard_negative_captions(batch, torch.Generator().manual_seed(training.seed * 1_000_003 + step))
+        captions += hard_negative_captions(batch, seeded_generator(training.seed, step))
     ids, _, _ = encoder.token_ids(captions)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=training.bf16):
         image_features = encoder.model.encode_image(images, normalize=True)

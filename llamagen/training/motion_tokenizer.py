@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from llamagen.checkpoints import save
-from llamagen.data.batches import step_loader
+from llamagen.data.batches import seeded_generator, step_loader
 from llamagen.data.motion.features import FEATURE_SLICES, PATH_FEATURES
 from llamagen.data.motion.windows import MotionWindows, feature_statistics
 from llamagen.motion.quantizers import Quantized
@@ -89,7 +89,7 @@ def _restart_dead_codes(model: MotionVQ, optimizer, latents: torch.Tensor, recen
     """Move the entries `recent` never chose onto latents of the batch (as the image tokenizer's training does)
     and forget their Adam moments; a pure function of (seed, step), so a resumed run restarts the same ones."""
     inner = model.quantize.inner
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    generator = seeded_generator(seed, step)
     dead = inner.restart_dead_codes(latents, generator, used=recent)
     forget_moments(optimizer, inner.embedding.weight, dead)
     return int(dead.sum())

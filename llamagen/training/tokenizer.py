@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from llamagen.checkpoints import save
-from llamagen.data.batches import step_loader
+from llamagen.data.batches import seeded_generator, step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
 from llamagen.training.codebook_init import initialise_codebook
@@ -178,7 +178,7 @@ def _wrap_for_processes(module: torch.nn.Module, processes: Processes) -> torch.
 def _restart_dead_codes(parts: _Parts, latent: torch.Tensor, seed: int, step: int, processes: Processes) -> int:
     """Move the unused codebook entries (rank 0's choice, on every process) and forget their Adam moments."""
     quantize = parts.model.quantize
-    generator = torch.Generator(device=latent.device).manual_seed(seed * 1_000_003 + step)
+    generator = seeded_generator(seed, step, latent.device)
     dead = quantize.restart_dead_codes(latent, generator)
     processes.broadcast(quantize.embedding.weight.data)
     processes.broadcast(dead)
