@@ -139,3 +139,8 @@ def tiny_motion_generator(folder, codebook_size: int = 64, seed: int = 0):
                          caption_dim=16, cls_token_num=48))  # fmt: skip
     return save(gpt, folder / "motion-gpt.safetensors", metadata={"tokenizer": str(tokenizer),
                                                                   "text_encoder": str(encoder)})  # fmt: skip
+
+
+def best_row(evaluation: dict) -> dict:
+    """A model card's evaluation row at its best guidance scale."""
+    return next(row for row in evaluation["by_cfg_scale"] if row["cfg_scale"] == evaluation["best_cfg_scale"])

@@ -3,6 +3,7 @@ for reproducibly, and still scores what its model card says at its best guidance
 
 import pytest
 import torch
+from helpers import best_row
 
 from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.evaluation.generation import caption_sets, evaluate_class_conditional, evaluate_text_conditional
@@ -17,10 +18,6 @@ CLASS_CONDITIONAL, TEXT_CONDITIONAL = generators("c2i"), generators("t2i")
 # The conditioning study's arms (notebook 05): small generators shipped to compare the ways to condition with each
 # other, held to their cards but not to the accuracy a generator offered for its images must reach.
 STUDY_ARMS = [name for name in CLASS_CONDITIONAL if name.startswith("shapes-c2i-arm-")]
-
-
-def best_row(evaluation: dict) -> dict:
-    return next(row for row in evaluation["by_cfg_scale"] if row["cfg_scale"] == evaluation["best_cfg_scale"])
 
 
 def test_the_expected_generators_are_shipped():

@@ -3,6 +3,7 @@ model card says on a part of the card's own evaluation."""
 
 import pytest
 import torch
+from helpers import best_row
 
 from llamagen.checkpoints import embedded_card, embedded_of_kind
 from llamagen.motion.judge import score_motions
@@ -36,7 +37,7 @@ def test_the_shipped_motion_generator_does_what_captions_ask_as_its_card_says():
     the card's (2.5 standard errors at n = 64), far above the 4-6% of motions held to another caption's."""
     pipe = load_motion_pipeline("motion-t2m")
     card = embedded_card("motion-t2m")["evaluation"]
-    best = next(row for row in card["by_cfg_scale"] if row["cfg_scale"] == card["best_cfg_scale"])
+    best = best_row(card)
     asked = evaluation_captions(64)["seen"]
     motions = pipe([item["caption"] for item in asked], seed=0)
     judged = score_motions(pipe.judge, [motion.features for motion in motions], [item["segments"] for item in asked])
