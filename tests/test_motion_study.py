@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from llamagen.training.motion_study import MotionStudySettings, study_motion_tokenizers
+from llamagen.training.studies import latents_at_codes_count
 
 
 def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_path):
@@ -34,6 +36,10 @@ def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_pat
         uses = np.load(folder / "uses.npy")
         assert uses.sum() == sum(int(n) for n in uses) and np.count_nonzero(uses) / len(uses) == row["usage_eval"]
         assert np.load(folder / "codebook.npy").shape == (row["codebook_size"], row["dim"])
+        # The scale control is taken again from what the folder keeps.
+        kept = torch.from_numpy(np.load(folder / "latents.npy")).float()
+        again = latents_at_codes_count(kept, int(np.count_nonzero(uses)), seed=0)
+        assert again == {"latents_two_nn_at_codes_count": row["latents_two_nn_at_codes_count"]}
     assert (tmp_path / "study.csv").read_text().startswith("arm,size,dim,seed,")
     again = study_motion_tokenizers(tiny, out, tmp_path / "runs", show_progress=False)
     assert again["runs"] == rows  # nothing trained again
@@ -48,3 +54,18 @@ def test_the_committed_results_were_trained_as_the_study_trains_now():
     added with another default would start the study afresh."""
     committed = json.loads((Path(__file__).parents[1] / "notebooks" / "data" / "motion_study.json").read_text())
     assert MotionStudySettings().training() == committed["training"]
+
+
+def test_latents_read_at_fewer_points_see_a_thickened_manifold_at_a_coarser_scale():
+    """A 3-sphere reads 3 at any number of points; thickened by noise in 4 more dimensions it reads more at 4,096
+    points than at 256, whose spacing is coarser than the noise: why codes are compared with as many latents."""
+    generator = torch.Generator().manual_seed(0)
+    sphere = torch.randn(4096, 4, generator=generator)
+    sphere = torch.cat([sphere / sphere.norm(dim=1, keepdim=True), torch.zeros(4096, 4)], dim=1)
+    thick = sphere + torch.cat([torch.zeros(4096, 4), 0.05 * torch.randn(4096, 4, generator=generator)], dim=1)
+
+    def read(points, count):
+        return latents_at_codes_count(points, count, seed=0)["latents_two_nn_at_codes_count"]
+
+    assert read(sphere, 256) == pytest.approx(3.0, abs=0.35) and read(sphere, 4096) == pytest.approx(3.0, abs=0.2)
+    assert read(thick, 4096) > 5.0 and read(thick, 4096) - read(thick, 256) > 1.0

@@ -33,7 +33,15 @@ from llamagen.motion.tokenizer import ARMS, arm_config
 from llamagen.training.export import read_metrics
 from llamagen.training.motion_tokenizer import train_motion_tokenizer
 from llamagen.training.settings import MotionTokenizerTrainingConfig
-from llamagen.training.studies import geometry_fields, resumable, run_schedule, run_study, save_array, save_float16
+from llamagen.training.studies import (
+    geometry_fields,
+    latents_at_codes_count,
+    resumable,
+    run_schedule,
+    run_study,
+    save_array,
+    save_float16,
+)
 
 # The study's arms: a tokenizer arm (`motion.tokenizer.ARMS`) and the training options that go with it. LlamaGen's
 # quantizer again with the image tokenizers' dead-code restarts separates what its design does from what
@@ -48,7 +56,7 @@ LATENTS_KEPT = 4096
 CSV_FIELDS = (
     "arm", "size", "dim", "seed", "codebook_size", "usage_eval", "usage_train", "perplexity", "mpjpe_mm",
     "velocity_error_mm_s", "pose_mpjpe_mm", "root_error_mm", "codes_participation", "codes_two_nn",
-    "latents_participation", "latents_two_nn",
+    "latents_participation", "latents_two_nn", "latents_two_nn_at_codes_count",
 )  # fmt: skip
 
 
@@ -155,6 +163,8 @@ def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, se
         "root_error_mm": evaluation.root_error_mm,
         **geometry_fields("codes", codebook[used], counts[used]),
         **geometry_fields("latents", latents, None),
+        # From the latents as kept (float16), so that the control can be taken again from the run's folder.
+        **latents_at_codes_count(latents.half().float(), int(used.sum()), seed),
         "codes_spectrum": pca_spectrum(codebook[used], counts[used]).tolist() if used.sum() > 1 else None,
         "latents_spectrum": pca_spectrum(latents).tolist(),
         "usage_over_steps": usage_over_steps,

@@ -113,3 +113,11 @@ def geometry_fields(prefix: str, points: torch.Tensor, weights: torch.Tensor | N
         f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),
         f"{prefix}_two_nn": dimension,
     }
+
+
+def latents_at_codes_count(latents: torch.Tensor, count: int, seed: int) -> dict[str, float | None]:
+    """TwoNN of `count` of the latents drawn at random: the latents read at as many points as there are used
+    codes. TwoNN reads a set at the spacing of its points, so codes (fewer points than the latents) are read at a
+    coarser scale; this is the control that tells a difference of the codes' own from one of scale."""
+    drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:count]
+    return {"latents_two_nn_at_codes_count": geometry_fields("latents", latents[drawn], None)["latents_two_nn"]}
