@@ -1,5 +1,6 @@
 """Tokenizer training: exact resume, clean stops, checkpoints, data determinism, export to an embedded model."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -353,6 +354,41 @@ def test_a_run_started_from_weights_starts_on_them_and_trains_their_model(tmp_pa
     recorded = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert recorded["model"] == {**MODEL.to_dict(), "entropy_loss_ratio": 0.1}
     assert recorded["training"]["init_from"] == str(weights)
+
+
+def test_a_decoder_trained_alone_keeps_every_code_and_may_be_a_wider_one(tmp_path):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "first", show_progress=False)
+    weights = str(tmp_path / "first" / "final.safetensors")
+    start = load_tokenizer(weights)
+    images = torch.stack([crops()[i]["image"] for i in range(4)])
+    wider = dataclasses.replace(MODEL, decoder_ch_mult=[2, 2, 4])
+    for config, name in ((None, "same"), (wider, "wider")):
+        outcome = train_tokenizer(config, training(3, lr=1e-3, init_from=weights, decoder_only=True), crops(),
+                                  tmp_path / name, show_progress=False)  # fmt: skip
+        for model in (outcome.trained, outcome.model):
+            theirs = dict(model.named_parameters())
+            for key, value in start.named_parameters():
+                if not key.startswith(("decoder.", "post_quant_conv.")):
+                    assert torch.equal(value, theirs[key]), key
+            assert torch.equal(model.tokenize(images), start.tokenize(images))
+        decoder = dict(outcome.trained.decoder.named_parameters())
+        if config is None:  # the same decoder, moved from where it started
+            assert any(not torch.equal(v, decoder[k]) for k, v in start.decoder.named_parameters())
+        else:
+            assert outcome.trained.config.decoder_ch_mult == [2, 2, 4]
+    # Stopped while step 3's batch loads and resumed, the wider decoder's run ends where the straight one did.
+    alone = training(3, lr=1e-3, init_from=weights, decoder_only=True)
+    stopped = train_tokenizer(wider, alone, TerminatedAt(4), tmp_path / "resumed", show_progress=False)
+    assert stopped.step == 2
+    resumed = train_tokenizer(wider, alone, crops(), tmp_path / "resumed", resume=True, show_progress=False)
+    for key, value in state_of(outcome.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="decoder_ch_mult differ"):
+        train_tokenizer(wider, training(1, init_from=weights), crops(), tmp_path / "refused", show_progress=False)
+    with pytest.raises(ValueError, match="give it"):
+        training(1, decoder_only=True)
+    with pytest.raises(ValueError, match="no restart_dead_codes_every"):
+        training(1, init_from=weights, decoder_only=True, restart_dead_codes_every=10)
 
 
 def test_training_hours_leave_out_the_pause_between_legs():

@@ -123,6 +123,11 @@ class TokenizerTrainingConfig(TrainingSettings):
         "rather than at random: fine-tuning; the model is theirs",
         metavar="WEIGHTS",
     )
+    decoder_only: bool = setting(
+        False,
+        "train the decoder alone, from init_from's weights: their encoder and codebook stay as they are, so every "
+        "image keeps its codes; the decoder may be another one (a config with other decoder_ch_mult)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,6 +136,10 @@ class TokenizerTrainingConfig(TrainingSettings):
         if self.init_from is not None and self.codebook_init != "uniform":
             raise ValueError("a run started from weights (init_from) keeps their codebook: no codebook_init")
         check_restart_interval(self.restart_dead_codes_every)
+        if self.decoder_only and self.init_from is None:
+            raise ValueError("decoder_only trains a decoder for the encoder and codebook of init_from: give it")
+        if self.decoder_only and self.restart_dead_codes_every is not None:
+            raise ValueError("decoder_only keeps the codebook as it is: no restart_dead_codes_every")
         if self.disc_start is not None and self.disc_start < 0:
             raise ValueError(f"disc_start must be a step (0 or more), got {self.disc_start}")
 

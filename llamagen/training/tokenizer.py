@@ -64,7 +64,7 @@ def train_tokenizer(
     under torchrun (a study gives each process whole runs). With `training.init_from` the run starts from those
     weights, and `model_config` (None: theirs) may change only what training reads (the losses' weights, dropout).
     """
-    start = _starting_weights(training.init_from, model_config)
+    start = _starting_weights(training.init_from, model_config, training.decoder_only)
     model_config = start.config if model_config is None else model_config
     with process_group(device, alone) as processes:
         run = TrainingRun(out_dir, resume, processes, model_config.to_dict(), training, command, changes=changes)
@@ -74,8 +74,8 @@ def train_tokenizer(
         if run.state is not None:
             parts.load(run.state)
         elif start is not None:
-            parts.model.load_state_dict(start.state_dict())
-            parts.ema.load_state_dict(start.state_dict())
+            for model in (parts.model, parts.ema):
+                _load_starting_weights(model, start)
         elif training.codebook_init == "kmeans":
             initialise_codebook(parts.model, dataset, training.batch_size, training.seed)
             parts.ema.quantize.embedding.weight.copy_(parts.model.quantize.embedding.weight)
@@ -100,9 +100,11 @@ def train_tokenizer(
 
 # What training reads and the weights do not: a run started from weights may set these anew.
 TRAINING_ONLY_FIELDS = ("commit_loss_beta", "entropy_loss_ratio", "dropout_p")
+# What a run that trains the decoder alone may change too: the decoder's widths, started afresh.
+DECODER_FIELDS = ("decoder_ch_mult",)
 
 
-def _starting_weights(init_from: str | None, model_config: VQConfig | None) -> VQModel | None:
+def _starting_weights(init_from: str | None, model_config: VQConfig | None, decoder_only: bool) -> VQModel | None:
     """The tokenizer a run starts from (None: at random), its model checked against `model_config`."""
     if init_from is None:
         if model_config is None:
@@ -112,13 +114,25 @@ def _starting_weights(init_from: str | None, model_config: VQConfig | None) -> V
 
     start = load_tokenizer(init_from, device="cpu")
     if model_config is not None:
-        kept = {name: getattr(model_config, name) for name in TRAINING_ONLY_FIELDS}
+        settable = TRAINING_ONLY_FIELDS + (DECODER_FIELDS if decoder_only else ())
+        kept = {name: getattr(model_config, name) for name in settable}
         theirs = dataclasses.asdict(start.config) | kept
         differ = sorted(name for name, value in dataclasses.asdict(model_config).items() if theirs[name] != value)
         if differ:
             raise ValueError(f"the weights of {init_from!r} are another model: {', '.join(differ)} differ; "
                              "leave the config out to train theirs")  # fmt: skip
     return start
+
+
+def _load_starting_weights(model: VQModel, start: VQModel) -> None:
+    """`start`'s weights, all of them, or all but the decoder's where its widths differ (a decoder trained alone,
+    from scratch, for `start`'s codes)."""
+    if model.config.decoder_ch_mult == start.config.decoder_ch_mult:
+        model.load_state_dict(start.state_dict())
+        return
+    weights = {name: value for name, value in start.state_dict().items() if not name.startswith("decoder.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(name.startswith("decoder.") for name in missing), (missing, unexpected)
 
 
 class _Parts:
@@ -129,6 +143,10 @@ class _Parts:
         torch.manual_seed(training.seed)
         self.model = VQModel(model_config).to(processes.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if training.decoder_only:  # the encoder and codebook run without a graph: the step costs the decoder's
+            self.model.requires_grad_(False)
+            self.model.post_quant_conv.requires_grad_(True)
+            self.model.decoder.requires_grad_(True)
         self.optimizer = self._adamw(self.model, training)
         self.wrapped = _wrap_for_processes(self.model, processes)
         self.discriminator = self.disc_optimizer = self.wrapped_discriminator = None
@@ -140,7 +158,8 @@ class _Parts:
     @staticmethod
     def _adamw(module: torch.nn.Module, training: TokenizerTrainingConfig) -> torch.optim.Optimizer:
         betas = (training.beta1, training.beta2)
-        return torch.optim.AdamW(module.parameters(), lr=training.lr, betas=betas, weight_decay=training.weight_decay)
+        trained = [parameter for parameter in module.parameters() if parameter.requires_grad]
+        return torch.optim.AdamW(trained, lr=training.lr, betas=betas, weight_decay=training.weight_decay)
 
     def state(self) -> dict[str, Any]:
         state = {
