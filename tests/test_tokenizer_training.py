@@ -391,6 +391,16 @@ def test_a_decoder_trained_alone_keeps_every_code_and_may_be_a_wider_one(tmp_pat
         training(1, init_from=weights, decoder_only=True, restart_dead_codes_every=10)
 
 
+def test_a_run_recorded_before_a_setting_existed_resumes_as_the_settings_default(tmp_path):
+    stopped = train_tokenizer(MODEL, training(4), TerminatedAt(4), tmp_path / "run", show_progress=False)
+    assert stopped.step == 2
+    path = tmp_path / "run" / "latest.pt"
+    state = torch.load(path, weights_only=False)
+    del state["settings"]["decoder_only"]  # as a checkpoint written before the setting was added
+    torch.save(state, path)
+    assert train_tokenizer(MODEL, training(4), crops(), tmp_path / "run", resume=True, show_progress=False).finished
+
+
 def test_training_hours_leave_out_the_pause_between_legs():
     from llamagen.training.export import training_hours
 

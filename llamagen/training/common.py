@@ -249,7 +249,10 @@ class TrainingRun:
         used = state.get("settings")
         if used is None:  # a checkpoint written before checkpoints kept their settings: config.json has them
             used = {**json.loads((out / "config.json").read_text())["training"], "data": self.settings["data"]}
-        changed = _changed_settings(used, self.settings)
+        # A setting added since the run began is one it trained without: as its default, which keeps the old way.
+        defaults = {field.name: field.default for field in dataclasses.fields(training)
+                    if field.default is not dataclasses.MISSING}  # fmt: skip
+        changed = _changed_settings({**defaults, **used}, self.settings)
         refused = {name: values for name, values in changed.items() if name not in changes}
         if refused:
             differences = [f"{name}: the run used {before!r}, this asks for {now!r}"

@@ -120,7 +120,7 @@ class TokenizerTrainingConfig(TrainingSettings):
     init_from: str | None = setting(
         None,
         "start from these weights (an embedded tokenizer's name, a .safetensors file or a published checkpoint) "
-        "rather than at random: fine-tuning; the model is theirs",
+        "rather than at random: fine-tuning; the model is theirs (but for a decoder trained alone, decoder_only)",
         metavar="WEIGHTS",
     )
     decoder_only: bool = setting(

@@ -120,4 +120,8 @@ def latents_at_codes_count(latents: torch.Tensor, count: int, seed: int) -> dict
     codes. TwoNN reads a set at the spacing of its points, so codes (fewer points than the latents) are read at a
     coarser scale; this is the control that tells a difference of the codes' own from one of scale."""
     drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:count]
-    return {"latents_two_nn_at_codes_count": geometry_fields("latents", latents[drawn], None)["latents_two_nn"]}
+    try:
+        dimension = two_nn_dimension(latents[drawn]) if count >= 3 else None
+    except ValueError:  # too few distinct points
+        dimension = None
+    return {"latents_two_nn_at_codes_count": dimension}

@@ -62,8 +62,8 @@ def train_tokenizer(
     started the run, is recorded in `config.json` for its model card. A resumed run must have the settings
     it was trained with, but those named in `changes` (`TrainingRun`). `alone` trains in this process only, even
     under torchrun (a study gives each process whole runs). With `training.init_from` the run starts from those
-    weights, and `model_config` (None: theirs) may change only what training reads (the losses' weights, dropout).
-    """
+    weights, and `model_config` (None: theirs) may change only what training reads (the losses' weights, dropout),
+    and with `training.decoder_only` the decoder's widths too (that decoder then starts afresh)."""
     start = _starting_weights(training.init_from, model_config, training.decoder_only)
     model_config = start.config if model_config is None else model_config
     with process_group(device, alone) as processes:
@@ -127,12 +127,13 @@ def _starting_weights(init_from: str | None, model_config: VQConfig | None, deco
 def _load_starting_weights(model: VQModel, start: VQModel) -> None:
     """`start`'s weights, all of them, or all but the decoder's where its widths differ (a decoder trained alone,
     from scratch, for `start`'s codes)."""
-    if model.config.decoder_ch_mult == start.config.decoder_ch_mult:
+    if all(getattr(model.config, name) == getattr(start.config, name) for name in DECODER_FIELDS):
         model.load_state_dict(start.state_dict())
         return
     weights = {name: value for name, value in start.state_dict().items() if not name.startswith("decoder.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(name.startswith("decoder.") for name in missing), (missing, unexpected)
+    if unexpected or not all(name.startswith("decoder.") for name in missing):
+        raise ValueError(f"the starting weights do not fit this model beyond its decoder: {missing + unexpected}")
 
 
 class _Parts:
@@ -147,6 +148,7 @@ class _Parts:
             self.model.requires_grad_(False)
             self.model.post_quant_conv.requires_grad_(True)
             self.model.decoder.requires_grad_(True)
+            self.model.encoder.eval()  # no dropout: the decoder learns the codes the encoder gives
         self.optimizer = self._adamw(self.model, training)
         self.wrapped = _wrap_for_processes(self.model, processes)
         self.discriminator = self.disc_optimizer = self.wrapped_discriminator = None
