@@ -105,13 +105,9 @@ def geometry_fields(prefix: str, points: torch.Tensor, weights: torch.Tensor | N
     """Participation ratio and TwoNN dimension of `points`; None where there are too few distinct points."""
     if len(points) < 3:
         return {f"{prefix}_participation": None, f"{prefix}_two_nn": None}
-    try:
-        dimension = two_nn_dimension(points, weights)
-    except ValueError:  # too few points apart from their twins (a blank background's latents), or a grid (FSQ's)
-        dimension = None
     return {
         f"{prefix}_participation": participation_ratio(pca_spectrum(points, weights)),
-        f"{prefix}_two_nn": dimension,
+        f"{prefix}_two_nn": _two_nn_or_none(points, weights),
     }
 
 
@@ -120,8 +116,11 @@ def latents_at_codes_count(latents: torch.Tensor, count: int, seed: int) -> dict
     codes. TwoNN reads a set at the spacing of its points, so codes (fewer points than the latents) are read at a
     coarser scale; this is the control that tells a difference of the codes' own from one of scale."""
     drawn = torch.randperm(len(latents), generator=torch.Generator().manual_seed(seed))[:count]
+    return {"latents_two_nn_at_codes_count": _two_nn_or_none(latents[drawn], None) if count >= 3 else None}
+
+
+def _two_nn_or_none(points: torch.Tensor, weights: torch.Tensor | None) -> float | None:
     try:
-        dimension = two_nn_dimension(latents[drawn]) if count >= 3 else None
-    except ValueError:  # too few distinct points
-        dimension = None
-    return {"latents_two_nn_at_codes_count": dimension}
+        return two_nn_dimension(points, weights)
+    except ValueError:  # too few points apart from their twins (a blank background's latents), or a grid (FSQ's)
+        return None
