@@ -9,6 +9,7 @@ from llamagen.analysis.codebook import code_counts
 from llamagen.analysis.geometry import (
     assignments_kept,
     encoder_latents,
+    near_twin_share,
     participation_ratio,
     pca_spectrum,
     principal_axes,
@@ -50,6 +51,20 @@ def test_a_flat_gaussian_cloud_reads_its_own_dimension_both_ways(dimension):
     points = embedded(torch.randn(4000, dimension, generator=generator, dtype=torch.float64), 32)
     assert participation_ratio(pca_spectrum(points)) == pytest.approx(dimension, rel=0.1)
     assert two_nn_dimension(points) == pytest.approx(dimension, rel=0.12)
+
+
+def test_near_twins_are_as_rare_as_twonn_expects_on_a_sphere_and_counted_where_points_pair():
+    """On the 3-sphere a tenfold second-to-first ratio has probability 10^-3 (TwoNN's Pareto law); give every
+    point a twin 1e-4 away and all of them have one, and TwoNN, reading the pairs, falls far below 3."""
+    points = embedded(sphere(4000, 4), 16)
+    assert near_twin_share(points) < 0.005
+    twins = torch.cat([points, points + 1e-4 * embedded(sphere(4000, 4, seed=1), 16)])
+    assert near_twin_share(twins) == 1.0 and two_nn_dimension(twins) < 0.5
+    # Two thirds of these points have a twin; weighing the twins 0 leaves half of the weight twinned.
+    half_twinned = torch.cat([points[:2000], twins[4000:6000], points[2000:]])
+    assert near_twin_share(half_twinned) == pytest.approx(4000 / 6000, abs=0.01)
+    weights = torch.cat([torch.ones(2000), torch.zeros(2000), torch.ones(2000)])
+    assert near_twin_share(half_twinned, weights) == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_line_has_one_axis_and_weights_count_as_repeats():

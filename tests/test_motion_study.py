@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from llamagen.analysis.geometry import near_twin_share
 from llamagen.training.motion_study import MotionStudySettings, study_motion_tokenizers
 from llamagen.training.studies import latents_at_codes_count
 
@@ -40,6 +41,11 @@ def test_the_study_trains_every_arm_records_rows_and_skips_recorded_runs(tmp_pat
         kept = torch.from_numpy(np.load(folder / "latents.npy")).float()
         again = latents_at_codes_count(kept, int(np.count_nonzero(uses)), seed=0)
         assert again == {"latents_two_nn_at_codes_count": row["latents_two_nn_at_codes_count"]}
+        codebook = torch.from_numpy(np.load(folder / "codebook.npy")).float()
+        if row["codes_near_twins"] is not None:
+            assert near_twin_share(codebook[uses > 0], uses[uses > 0]) == pytest.approx(
+                row["codes_near_twins"], abs=0.02
+            )
     assert (tmp_path / "study.csv").read_text().startswith("arm,size,dim,seed,")
     again = study_motion_tokenizers(tiny, out, tmp_path / "runs", show_progress=False)
     assert again["runs"] == rows  # nothing trained again

@@ -36,6 +36,8 @@ from llamagen.tokenizer.reconstruction import pad_to_multiple
 # The share of the largest neighbour-distance ratios that the TwoNN fit leaves out (Facco et al.'s 10%).
 TWO_NN_DISCARD = 0.1
 NEIGHBOUR_DISTANCES_AT_A_TIME = 1 << 25
+# A point whose nearest neighbour is at least this many times closer than its second has a near twin.
+NEAR_TWIN_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,20 @@ def two_nn_dimension(points: torch.Tensor, weights: torch.Tensor | np.ndarray | 
     if not (x > 1e-6).any():  # equal up to rounding
         raise ValueError("TwoNN is undefined where every point's two nearest neighbours are equally far (a grid)")
     return float((w[kept] * x * y).sum() / (w[kept] * x * x).sum())
+
+
+def near_twin_share(
+    points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None, ratio: float = NEAR_TWIN_RATIO
+) -> float:
+    """The (weighted) share of points whose nearest neighbour is at least `ratio` times closer than their second
+    (or coincides with them): points in near pairs. On a d-dimensional set TwoNN's Pareto law puts this share at
+    ratio^-d (1e-3 for d = 3 at a ratio of 10); a share far above that says the set holds pairs much closer than
+    its spacing, and TwoNN, which reads the ratios, then measures the pairs rather than the set's dimension."""
+    w = _weights(points, weights).numpy()
+    _, distances = nearest_neighbours(points.double(), 3, chunk=max(1, NEIGHBOUR_DISTANCES_AT_A_TIME // len(points)))
+    first, second = np.asarray(distances[:, 1]), np.asarray(distances[:, 2])
+    twinned = second >= ratio * first
+    return float(w[twinned].sum() / w.sum())
 
 
 def two_nn_spread(

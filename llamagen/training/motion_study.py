@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamagen.analysis.geometry import pca_spectrum
+from llamagen.analysis.geometry import near_twin_share, pca_spectrum
 from llamagen.motion.measures import evaluate_motion_tokenizer, held_out_clips
 from llamagen.motion.tokenizer import ARMS, arm_config
 from llamagen.training.export import read_metrics
@@ -56,7 +56,7 @@ LATENTS_KEPT = 4096
 CSV_FIELDS = (
     "arm", "size", "dim", "seed", "codebook_size", "usage_eval", "usage_train", "perplexity", "mpjpe_mm",
     "velocity_error_mm_s", "pose_mpjpe_mm", "root_error_mm", "codes_participation", "codes_two_nn",
-    "latents_participation", "latents_two_nn", "latents_two_nn_at_codes_count",
+    "codes_near_twins", "latents_participation", "latents_two_nn", "latents_two_nn_at_codes_count",
 )  # fmt: skip
 
 
@@ -162,6 +162,8 @@ def _run(settings: MotionStudySettings, arm: str, size: int, dim: int | None, se
         "pose_mpjpe_mm": evaluation.pose_mpjpe_mm,
         "root_error_mm": evaluation.root_error_mm,
         **geometry_fields("codes", codebook[used], counts[used]),
+        # Where this is far above TwoNN's own expectation, the codes' TwoNN reads near pairs, not a dimension.
+        "codes_near_twins": near_twin_share(codebook[used], counts[used]) if used.sum() >= 3 else None,
         **geometry_fields("latents", latents, None),
         # From the latents as kept (float16), so that the control can be taken again from the run's folder.
         **latents_at_codes_count(latents.half().float(), int(used.sum()), seed),
