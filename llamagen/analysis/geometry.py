@@ -93,13 +93,18 @@ def participation_ratio(spectrum: np.ndarray | Sequence[float]) -> float:
     return float(spectrum.sum() ** 2 / (spectrum**2).sum())
 
 
+def _two_nearest(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's distances to its nearest and second nearest other point."""
+    # Itself, then its two nearest; a few tens of millions of distances at a time.
+    _, distances = nearest_neighbours(points.double(), 3, chunk=max(1, NEIGHBOUR_DISTANCES_AT_A_TIME // len(points)))
+    return distances[:, 1], distances[:, 2]
+
+
 def two_nn_dimension(points: torch.Tensor, weights: torch.Tensor | np.ndarray | None = None) -> float:
     """TwoNN's intrinsic dimension of (N, D) points (module docstring). Points that coincide with another (a
     first neighbour at distance 0) are left out: their ratio is undefined."""
     w = _weights(points, weights).numpy()
-    # Itself, then its two nearest; a few tens of millions of distances at a time.
-    _, distances = nearest_neighbours(points.double(), 3, chunk=max(1, NEIGHBOUR_DISTANCES_AT_A_TIME // len(points)))
-    first, second = distances[:, 1], distances[:, 2]
+    first, second = _two_nearest(points)
     usable = (first > 0) & (w > 0)
     if usable.sum() < 3:
         raise ValueError(f"TwoNN needs at least 3 distinct points with weight, got {int(usable.sum())}")
@@ -123,8 +128,7 @@ def near_twin_share(
     ratio^-d (1e-3 for d = 3 at a ratio of 10); a share far above that says the set holds pairs much closer than
     its spacing, and TwoNN, which reads the ratios, then measures the pairs rather than the set's dimension."""
     w = _weights(points, weights).numpy()
-    _, distances = nearest_neighbours(points.double(), 3, chunk=max(1, NEIGHBOUR_DISTANCES_AT_A_TIME // len(points)))
-    first, second = np.asarray(distances[:, 1]), np.asarray(distances[:, 2])
+    first, second = _two_nearest(points)
     twinned = second >= ratio * first
     return float(w[twinned].sum() / w.sum())
 
