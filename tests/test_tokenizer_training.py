@@ -356,6 +356,32 @@ def test_a_run_started_from_weights_starts_on_them_and_trains_their_model(tmp_pa
     assert recorded["training"]["init_from"] == str(weights)
 
 
+def test_a_run_from_weights_may_grow_residual_blocks_that_start_as_the_identity(tmp_path):
+    train_tokenizer(MODEL, training(2), crops(), tmp_path / "first", show_progress=False)
+    weights = str(tmp_path / "first" / "final.safetensors")
+    start = load_tokenizer(weights)
+    deeper = dataclasses.replace(MODEL, num_res_blocks=MODEL.num_res_blocks + 1)
+    images = torch.stack([crops()[i]["image"] for i in range(4)])
+    # At learning rate 0 the grown model is the one it grew from: the same codes, the same pixels (to float32's
+    # rounding: the two models' convolutions may take different kernels).
+    still = train_tokenizer(deeper, training(1, lr=0.0, init_from=weights), crops(), tmp_path / "still",
+                            show_progress=False)  # fmt: skip
+    assert sum(p.numel() for p in still.model.parameters()) > sum(p.numel() for p in start.parameters())
+    with torch.no_grad():
+        codes = start.tokenize(images)
+        assert torch.equal(still.model.tokenize(images), codes)
+        torch.testing.assert_close(still.model.detokenize(codes), start.detokenize(codes))
+    # Trained, the new blocks leave the identity: their last layers, zero at the start, move.
+    grown = train_tokenizer(deeper, training(2, lr=1e-3, init_from=weights), crops(), tmp_path / "grown",
+                            show_progress=False)  # fmt: skip
+    new_block = grown.trained.decoder.conv_blocks[0].res[-1]
+    assert new_block.conv2.weight.abs().sum() > 0
+    assert load_tokenizer(str(tmp_path / "grown" / "final.safetensors")).config.num_res_blocks == 2
+    with pytest.raises(ValueError, match="may add blocks, not remove them"):
+        train_tokenizer(MODEL, training(1, init_from=str(tmp_path / "grown" / "final.safetensors")), crops(),
+                        tmp_path / "shrunk", show_progress=False)  # fmt: skip
+
+
 def test_a_decoder_trained_alone_keeps_every_code_and_may_be_a_wider_one(tmp_path):
     train_tokenizer(MODEL, training(2), crops(), tmp_path / "first", show_progress=False)
     weights = str(tmp_path / "first" / "final.safetensors")

@@ -231,7 +231,8 @@ def add_train_commands(train: argparse._SubParsersAction) -> None:
     tok.add_argument(
         "--config",
         help=f"a preset, a JSON file or inline JSON of VQConfig fields (default: {DEFAULT_TOKENIZER_CONFIG}, or with "
-        "--init-from the model of those weights)",
+        "--init-from the model of those weights; from weights, num_res_blocks may grow: the new blocks start as the "
+        "identity)",
     )
     tok.add_argument("--out", required=True, help="the run's folder")
     tok.add_argument(

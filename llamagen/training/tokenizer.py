@@ -25,6 +25,7 @@ from llamagen.checkpoints import save
 from llamagen.data.batches import seeded_generator, step_loader
 from llamagen.evaluation.lpips import LPIPS
 from llamagen.tokenizer import VQConfig, VQModel
+from llamagen.tokenizer.autoencoder import AttnBlock, ResnetBlock
 from llamagen.training.codebook_init import initialise_codebook
 from llamagen.training.common import TrainingRun, forget_moments, load_optimizer_state, update_ema
 from llamagen.training.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
@@ -63,7 +64,8 @@ def train_tokenizer(
     it was trained with, but those named in `changes` (`TrainingRun`). `alone` trains in this process only, even
     under torchrun (a study gives each process whole runs). With `training.init_from` the run starts from those
     weights, and `model_config` (None: theirs) may change only what training reads (the losses' weights, dropout),
-    and with `training.decoder_only` the decoder's widths too (that decoder then starts afresh)."""
+    add residual blocks (`num_res_blocks`: the model grows, and starts where those weights are), and with
+    `training.decoder_only` change the decoder's widths too (that decoder then starts afresh)."""
     start = _starting_weights(training.init_from, model_config, training.decoder_only)
     model_config = start.config if model_config is None else model_config
     with process_group(device, alone) as processes:
@@ -114,7 +116,12 @@ def _starting_weights(init_from: str | None, model_config: VQConfig | None, deco
 
     start = load_tokenizer(init_from, device="cpu")
     if model_config is not None:
-        settable = TRAINING_ONLY_FIELDS + (DECODER_FIELDS if decoder_only else ())
+        if model_config.num_res_blocks < start.config.num_res_blocks:
+            raise ValueError(
+                f"the weights of {init_from!r} have {start.config.num_res_blocks} residual blocks a level, the "
+                f"config {model_config.num_res_blocks}: a run may add blocks, not remove them"
+            )
+        settable = TRAINING_ONLY_FIELDS + ("num_res_blocks",) + (DECODER_FIELDS if decoder_only else ())
         kept = {name: getattr(model_config, name) for name in settable}
         theirs = dataclasses.asdict(start.config) | kept
         differ = sorted(name for name, value in dataclasses.asdict(model_config).items() if theirs[name] != value)
@@ -125,15 +132,33 @@ def _starting_weights(init_from: str | None, model_config: VQConfig | None, deco
 
 
 def _load_starting_weights(model: VQModel, start: VQModel) -> None:
-    """`start`'s weights, all of them, or all but the decoder's where its widths differ (a decoder trained alone,
-    from scratch, for `start`'s codes)."""
-    if all(getattr(model.config, name) == getattr(start.config, name) for name in DECODER_FIELDS):
-        model.load_state_dict(start.state_dict())
-        return
-    weights = {name: value for name, value in start.state_dict().items() if not name.startswith("decoder.")}
+    """`start`'s weights into `model`: all of them, or all but the decoder's where its widths differ (a decoder
+    trained alone, from scratch, for `start`'s codes). Where `model` has more residual blocks a level, the new
+    blocks start as the identity, so the grown model computes what `start` does (function-preserving growth, as
+    Net2Net's deeper networks, Chen et al. 2016)."""
+    fresh_decoder = any(getattr(model.config, name) != getattr(start.config, name) for name in DECODER_FIELDS)
+    weights = {name: value for name, value in start.state_dict().items()
+               if not (fresh_decoder and name.startswith("decoder."))}  # fmt: skip
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or not all(name.startswith("decoder.") for name in missing):
-        raise ValueError(f"the starting weights do not fit this model beyond its decoder: {missing + unexpected}")
+    added = {name.rsplit(".", 2)[0] for name in missing if not (fresh_decoder and name.startswith("decoder."))}
+    blocks = dict(model.named_modules())
+    last_layers = [_last_layer(blocks.get(name)) for name in added]
+    if unexpected or None in last_layers:
+        raise ValueError(f"the starting weights do not fit this model: {sorted(set(missing) | set(unexpected))}")
+    with torch.no_grad():
+        for layer in last_layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+
+
+def _last_layer(block: torch.nn.Module | None) -> torch.nn.Module | None:
+    """The layer that, zeroed, makes `block` pass its input through: a residual block's second convolution (where
+    it has no shortcut projection), an attention block's output projection; None for any other module."""
+    if isinstance(block, AttnBlock):
+        return block.proj_out
+    if isinstance(block, ResnetBlock) and not hasattr(block, "nin_shortcut"):
+        return block.conv2
+    return None
 
 
 class _Parts:
