@@ -356,15 +356,24 @@ class TrainingRun:
 def lock_run_folder(folder: Path):
     """An exclusive lock on the run folder for as long as the returned file stays open (the system lets go of it
     when the process ends, however it ends); refused at once when another process holds it."""
-    handle = (folder / ".lock").open("a+")
+    handle = try_lock(folder / ".lock")
+    if handle is None:
+        holder = (folder / ".lock").read_text().strip() or "another process"
+        raise ValueError(f"{str(folder)!r} is being written by a training run ({holder}): wait for it to end, "
+                         "or train into another --out")  # fmt: skip
+    return handle
+
+
+def try_lock(path: Path):
+    """The open file `path`, locked exclusively and naming this process, for as long as it stays open; None at once
+    where another process holds it. The system lets go of the lock when the process ends, however it ends, so a
+    lock never outlives a killed holder."""
+    handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
         handle.close()
-        raise ValueError(f"{str(folder)!r} is being written by a training run ({holder}): wait for it to end, "
-                         "or train into another --out") from None  # fmt: skip
+        return None
     handle.truncate(0)
     handle.write(f"process {os.getpid()}")
     handle.flush()

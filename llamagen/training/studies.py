@@ -3,8 +3,10 @@
 Rows go, after every run, to one JSON file (`runs`, name -> row, beside the `training` settings every run of
 the study shares) and a CSV beside it. A stopped study started again skips the runs it has recorded and lets
 the run it was in resume from its checkpoint. Under torchrun the processes share the runs out whole (a small
-model gains nothing from DDP; eight processes train eight runs at once): each writes a finished run's row to
-the run's folder, and the first process gathers the rows into the file as they come and once all are there.
+model gains nothing from DDP; eight processes train eight runs at once): each claims the next run nobody holds
+(a lock the system lets go of if the process dies), so a process that drew short runs takes more of them; each
+writes a finished run's row to the run's folder, and the first process gathers the rows into the file as they
+come and once all are there.
 Beside the loop: what a run of a codebook study keeps (arrays, atomically) and measures (geometry).
 """
 
@@ -22,10 +24,11 @@ import torch
 
 from llamagen.analysis.geometry import participation_ratio, pca_spectrum, two_nn_dimension
 from llamagen.files import write_atomically, write_results
-from llamagen.training.common import has_checkpoint
+from llamagen.training.common import has_checkpoint, try_lock
 
 ROW_FILE = "row.json"  # a finished run's row, in its folder, until the study's file holds it
 ROW_WAIT_S = 2.0  # between looks for the rows of runs that other processes train
+CLAIMS = ".claims"  # in the work folder: one lock file a run, held by the process that trains it
 
 
 def run_study(names: list[str], train: Callable[[str, Path], dict | None], out: str | Path, work_dir: str | Path,
@@ -39,17 +42,23 @@ def run_study(names: list[str], train: Callable[[str, Path], dict | None], out: 
     if results and results.get("training") != training:
         raise ValueError(f"{str(out)!r} holds a study trained otherwise; write to another file")
     results = {**results, "training": training, "runs": results.get("runs", {})}
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     pending = [name for name in names if name not in results["runs"]]
-    for name in pending[rank::world]:
+    claims = work_dir / CLAIMS
+    claims.mkdir(parents=True, exist_ok=True)
+    for name in pending:
         folder = work_dir / name
-        if (folder / ROW_FILE).is_file():
-            continue  # finished by a process whose rows were not gathered yet
-        row = train(name, folder)
-        if row is None:
-            return results
-        text = json.dumps(row)
-        write_atomically(folder / ROW_FILE, lambda temporary, text=text: Path(temporary).write_text(text))
+        claim = try_lock(claims / name)
+        if claim is None:
+            continue  # another process trains it
+        with claim:
+            if (folder / ROW_FILE).is_file():
+                continue  # finished by a process whose rows were not gathered yet
+            row = train(name, folder)
+            if row is None:
+                return results
+            text = json.dumps(row)
+            write_atomically(folder / ROW_FILE, lambda temporary, text=text: Path(temporary).write_text(text))
         if rank == 0:
             _gather_rows(results, pending, work_dir, out, fields, on_row)
     if rank == 0:
