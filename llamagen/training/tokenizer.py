@@ -137,10 +137,13 @@ def _load_starting_weights(model: VQModel, start: VQModel) -> None:
     blocks start as the identity, so the grown model computes what `start` does (function-preserving growth, as
     Net2Net's deeper networks, Chen et al. 2016)."""
     fresh_decoder = any(getattr(model.config, name) != getattr(start.config, name) for name in DECODER_FIELDS)
-    weights = {name: value for name, value in start.state_dict().items()
-               if not (fresh_decoder and name.startswith("decoder."))}  # fmt: skip
+
+    def carried(name: str) -> bool:  # a weight that `start` gives `model`, or a new block's
+        return not (fresh_decoder and name.startswith("decoder."))
+
+    weights = {name: value for name, value in start.state_dict().items() if carried(name)}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    added = {name.rsplit(".", 2)[0] for name in missing if not (fresh_decoder and name.startswith("decoder."))}
+    added = {name.rsplit(".", 2)[0] for name in missing if carried(name)}
     blocks = dict(model.named_modules())
     last_layers = [_last_layer(blocks.get(name)) for name in added]
     if unexpected or None in last_layers:
