@@ -1,5 +1,5 @@
 import sys
 
-from llamagen.cli import main
+from llamagen.cli import command
 
-sys.exit(main())
+sys.exit(command())

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from llamagen.tokenizer import VQConfig, VQModel, vq_preset
-from llamagen.tokenizer.quantizer import USAGE_WINDOW, VectorQuantizer, entropy_loss
+from llamagen.tokenizer.quantizer import (
+    USAGE_WINDOW,
+    VectorQuantizer,
+    entropy_loss,
+    first_minimum,
+    nearest_entries,
+    squared_distances,
+)
 
 
 def tiny(**overrides) -> VQModel:
@@ -106,6 +113,21 @@ def test_chunked_nearest_codes_equal_the_unchunked_forward():
     quantizer = VectorQuantizer(512, 8, 0.25, 0.0, l2_norm=True, show_usage=False)
     latent = torch.randn(2, 8, 64, 48)  # 6144 rows: more than one chunk
     assert torch.equal(quantizer.nearest_codes(latent), quantizer(latent).codes)
+
+
+def test_distances_are_the_expanded_form_to_the_bit_and_ties_go_to_the_first_code():
+    """The product writes the subtraction itself and `min` stands for argmin: neither may move a near tie."""
+    generator = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(3000, 8, generator=generator), dim=1)
+    codebook = F.normalize(torch.randn(16384, 8, generator=generator), dim=1)
+    expanded = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()
+    assert torch.equal(squared_distances(z, codebook), expanded)
+    assert torch.equal(nearest_entries(z, codebook), expanded.argmin(1))
+    # A codebook holding each entry twice: the first copy wins, as argmin has it.
+    doubled = torch.cat([codebook[:100], codebook[:100]])[torch.arange(200).reshape(2, 100).t().flatten()]
+    assert torch.equal(nearest_entries(z, doubled), 2 * nearest_entries(z, codebook[:100]))
+    ties = torch.tensor([[3.0, 1.0, 1.0, 2.0], [0.0, 0.0, 5.0, 0.0]])
+    assert first_minimum(ties).tolist() == [1, 0]
 
 
 def test_usage_window_keeps_the_last_65536_codes():

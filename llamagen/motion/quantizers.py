@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamagen.tokenizer.quantizer import VectorQuantizer, nearest_entries, squared_distances
+from llamagen.tokenizer.quantizer import VectorQuantizer, first_minimum, nearest_entries, squared_distances
 
 # FSQ's recommended levels for a codebook of about 2^bits entries (Mentzer et al. 2023, Table 1; 2^9 is
 # 8 x 8 x 8).
@@ -111,7 +111,7 @@ class EMAResetQuantizer(nn.Module):
             with torch.no_grad():
                 if not self.started:  # the first batch starts the entries before any code is chosen
                     self._start(flat)
-                codes = squared_distances(flat, self.codebook()).argmin(1)
+                codes = first_minimum(squared_distances(flat, self.codebook()))
                 self._update(flat, codes)
         else:
             codes = nearest_entries(flat, self.codebook())

@@ -14,8 +14,9 @@ from torch import nn
 
 from llamagen.tokenizer.config import GROUP_NORM_GROUPS
 
-# Devices whose group_norm kernels accumulate bf16 and fp16 inputs in float32 (torch's "opmath" type).
-_NATIVE_STATISTICS = ("cpu", "cuda")
+# Devices whose kernels take bf16 and fp16 maps as they are: group_norm accumulates them in float32 (torch's
+# "opmath" type), and nearest-neighbour upsampling copies them.
+_NATIVE_HALF_PRECISION = ("cpu", "cuda")
 
 
 class Float32GroupNorm(nn.GroupNorm):
@@ -25,7 +26,7 @@ class Float32GroupNorm(nn.GroupNorm):
     they are converted."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 or x.device.type in _NATIVE_STATISTICS:
+        if x.dtype == torch.float32 or x.device.type in _NATIVE_HALF_PRECISION:
             weight = self.weight.to(x.dtype) if self.weight is not None else None
             bias = self.bias.to(x.dtype) if self.bias is not None else None
             return F.group_norm(x, self.num_groups, weight, bias, self.eps)
@@ -95,9 +96,11 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Nearest-neighbour upsampling in float32 (bf16 interpolate is unsupported on some backends).
-        y = F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype)
-        return self.conv(y)
+        # Nearest-neighbour upsampling copies values, so any dtype gives the same map; elsewhere it goes through
+        # float32, where some backends lack the bf16 kernel.
+        if x.device.type in _NATIVE_HALF_PRECISION:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(x.dtype))
 
 
 def middle_blocks(channels: int, dropout: float) -> nn.ModuleList:

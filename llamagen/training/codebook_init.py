@@ -13,13 +13,11 @@ import torch
 
 from llamagen.data.batches import step_loader
 from llamagen.tokenizer import VQModel
-from llamagen.tokenizer.quantizer import squared_distances
+from llamagen.tokenizer.quantizer import nearest_entries
 
 KMEANS_ITERATIONS = 10
 # Latents per entry that the k-means sees: enough that few clusters start empty.
 LATENTS_PER_CODE = 4
-# Rows of the (rows x K) distance matrix at a time.
-ROWS_AT_A_TIME = 4096
 
 
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = KMEANS_ITERATIONS):
@@ -30,7 +28,7 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations:
     points = points.float()
     centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
     for _ in range(iterations):
-        nearest = torch.cat([squared_distances(rows, centroids).argmin(1) for rows in points.split(ROWS_AT_A_TIME)])
+        nearest = nearest_entries(points, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
         counts = torch.bincount(nearest, minlength=k)
         empty = counts == 0
