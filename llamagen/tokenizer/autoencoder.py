@@ -21,11 +21,20 @@ _NATIVE_HALF_PRECISION = ("cpu", "cuda")
 
 class Float32GroupNorm(nn.GroupNorm):
     """GroupNorm whose statistics are computed in float32 whatever the activations' dtype (bf16 sums over a
-    feature map are too coarse). torch's CPU and CUDA kernels already sum bf16 inputs in float32, so there the
-    activations go in as they are (a float32 copy of each map would cost a third of a bf16 decode); elsewhere
-    they are converted."""
+    feature map are too coarse), followed by SiLU where `silu` is set: every norm but the attention layers' is, and
+    one module for both lets a kernel do them in one pass (`llamagen.fast.tokenizer`). torch's CPU and CUDA
+    kernels already sum bf16 inputs in float32, so there the activations go in as they are (a float32 copy of
+    each map would cost a third of a bf16 decode); elsewhere they are converted."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float, silu: bool):
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        self.silu = silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = self.normalized(x)
+        return F.silu(normalized) if self.silu else normalized
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 or x.device.type in _NATIVE_HALF_PRECISION:
             weight = self.weight.to(x.dtype) if self.weight is not None else None
             bias = self.bias.to(x.dtype) if self.bias is not None else None
@@ -34,25 +43,28 @@ class Float32GroupNorm(nn.GroupNorm):
         bias = self.bias.float() if self.bias is not None else None
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, silu={self.silu}"
 
-def normalize(channels: int) -> nn.GroupNorm:
-    return Float32GroupNorm(GROUP_NORM_GROUPS, channels, eps=1e-6, affine=True)
+
+def normalize(channels: int, silu: bool) -> Float32GroupNorm:
+    return Float32GroupNorm(GROUP_NORM_GROUPS, channels, eps=1e-6, silu=silu)
 
 
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, dropout: float):
         super().__init__()
-        self.norm1 = normalize(in_channels)
+        self.norm1 = normalize(in_channels, silu=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = normalize(out_channels)
+        self.norm2 = normalize(out_channels, silu=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(self.norm1(x))
+        h = self.conv2(self.dropout(self.norm2(h)))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return x + h
@@ -63,7 +75,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = normalize(channels)
+        self.norm = normalize(channels, silu=False)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -144,7 +156,7 @@ class Encoder(nn.Module):
                 block.downsample = Downsample(channels)
             self.conv_blocks.append(block)
         self.mid = middle_blocks(channels, dropout)
-        self.norm_out = normalize(channels)
+        self.norm_out = normalize(channels, silu=True)
         self.conv_out = nn.Conv2d(channels, z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +167,7 @@ class Encoder(nn.Module):
                 h = block.downsample(h)
         for layer in self.mid:
             h = layer(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class Decoder(nn.Module):
@@ -181,7 +193,7 @@ class Decoder(nn.Module):
             if level != last:
                 block.upsample = Upsample(channels)
             self.conv_blocks.append(block)
-        self.norm_out = normalize(channels)
+        self.norm_out = normalize(channels, silu=True)
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -206,4 +218,4 @@ class Decoder(nn.Module):
                 h = run_level(block, h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))

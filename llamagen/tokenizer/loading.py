@@ -10,6 +10,7 @@ import torch
 
 from llamagen.checkpoints import load_into, read_model_checkpoint
 from llamagen.devices import multiplies_bf16, resolve_device
+from llamagen.fast.tokenizer import use_cpu_kernels
 from llamagen.tokenizer.config import VQConfig
 from llamagen.tokenizer.model import VQModel
 
@@ -62,7 +63,8 @@ def load_tokenizer(
     defaults to float32; "auto" is bf16 where the device multiplies bf16 in hardware (results equal to
     float32's within bf16 rounding), else float32. `prefer_ema` takes the `ema` weights of a training
     checkpoint. On a CPU the convolutions' weights are kept channels-last, the layout oneDNN computes in:
-    every activation then stays in it, with no reordering around each convolution.
+    every activation then stays in it, with no reordering around each convolution; and the GroupNorms, with the
+    SiLU after them, run on llamagen's kernel where it is built (`llamagen.fast.tokenizer`).
     """
     path, contents = read_model_checkpoint(source, VQModel.checkpoint_kind, prefer_ema)
     if config is not None:
@@ -74,4 +76,7 @@ def load_tokenizer(
     if dtype == "auto":
         dtype = torch.bfloat16 if multiplies_bf16(resolve_device(device)) else torch.float32
     model = load_into(lambda: VQModel(vq_config), contents, path, device, dtype)
-    return model.to(memory_format=torch.channels_last) if model.device.type == "cpu" else model
+    if model.device.type != "cpu":
+        return model
+    use_cpu_kernels(model)
+    return model.to(memory_format=torch.channels_last)

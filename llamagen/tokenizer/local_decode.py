@@ -252,7 +252,8 @@ def _frozen_norm(norm: Float32GroupNorm, mean: torch.Tensor, inverse_std: torch.
     bias = norm.bias.float()[:, None, None]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - shift) * scale + bias).to(x.dtype)
+        normalized = ((x.float() - shift) * scale + bias).to(x.dtype)
+        return F.silu(normalized) if norm.silu else normalized
 
     return forward
 

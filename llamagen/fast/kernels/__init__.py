@@ -1,8 +1,9 @@
-"""CPU kernels for decoding, written here in C++, built on first use with torch's extension builder and loaded.
+"""CPU kernels for decoding and the tokenizers, written here in C++, built on first use with torch's extension
+builder and loaded.
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Five ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
+the table on the CPU. Six ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
 product uses AMX's tiles:
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 16 rows of x, reading the weights
@@ -14,7 +15,10 @@ product uses AMX's tiles:
 - `torch.ops.llamagen.decode_step(tokens, weights, caches, rope, visible, position, heads, eps)`: a whole
   decoding step of the generator in one call, over the two kernels above (decode_step.cpp; `llamagen.fast`
   calls it through `one_call.py`), and `decode_window(...)` the same for a window of tokens a row (parallel
-  decoding's step, `GPT.decode_window`).
+  decoding's step, `GPT.decode_window`);
+- `torch.ops.llamagen.group_norm(x, groups, weight, bias, eps, silu)`: a tokenizer's GroupNorm of a channels-last
+  map, and the SiLU after it, in two passes over memory where torch's ops take five (group_norm.cpp;
+  `llamagen.fast.tokenizer` puts it in a loaded tokenizer's norms).
 
 The build takes about half a minute, once per machine: the library is cached in torch's extension folder
 (`TORCH_EXTENSIONS_DIR`, which the Makefile points into `.cache/`; `make setup` builds it). Where the CPU lacks
@@ -42,6 +46,7 @@ _SOURCES = [
         "single_query_attention.cpp",
         "top_k.cpp",
         "decode_step.cpp",
+        "group_norm.cpp",
     )
 ]
 _CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
