@@ -39,6 +39,7 @@ from decode_speed import _timed, cpu_model, measure_matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from llamagen.data.photos import load_photo
+from llamagen.fast.freed_memory import keep_freed_memory
 from llamagen.images import pil_to_tensor
 from llamagen.metrics import psnr
 from llamagen.tokenizer import VQModel, vq_preset
@@ -101,12 +102,23 @@ def to_pixels(images: torch.Tensor):
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def steps(images: torch.Tensor, codes: torch.Tensor) -> dict:
+    return {"encode": lambda model: model.tokenize(images), "decode": lambda model: model.detokenize(codes)}
+
+
+@torch.no_grad()
+def bf16_seconds(bf16: VQModel, images: torch.Tensor) -> dict[str, float]:
+    """Encode and decode seconds of the bf16 tokenizer."""
+    return {step: best_seconds(lambda run=run: run(bf16), bf16.device.type)
+            for step, run in steps(images, bf16.tokenize(images)).items()}  # fmt: skip
+
+
 @torch.no_grad()
 def measure(name: str, fp32: VQModel, bf16: VQModel, size: str, images: torch.Tensor, rates: dict) -> dict:
     original, device = the_originals_way(fp32), fp32.device.type
     codes = fp32.tokenize(images)
     row = {"tokenizer": name, "input": size, "tokens": f"{codes.shape[-1]}x{codes.shape[-2]}"}
-    for step, run in (("encode", lambda m: m.tokenize(images)), ("decode", lambda m: m.detokenize(codes))):
+    for step, run in steps(images, codes).items():
         work = flops(lambda run=run: run(original))  # the same multiply-adds whichever way
         row[f"{step}_gflop"] = work / 1e9
         row[f"{step}_original"] = best_seconds(lambda run=run: run(original), device)
@@ -148,6 +160,7 @@ def format_row(row: dict) -> str:
             f"{row[f'{step}_gflop']:.0f}",
             f"{row[f'{step}_original']:.3g}",  # seconds, to three figures on a GPU too
             f"{row[f'{step}_fp32']:.3g}",
+            f"{row[f'{step}_bf16_memory_returned']:.3g}" if f"{step}_bf16_memory_returned" in row else "-",
             f"{row[f'{step}_bf16']:.3g}",
             f"{row[f'{step}_floor_bf16']:.3g}",
             f"{row[f'{step}_bf16'] / row[f'{step}_floor_bf16']:.2f}x",
@@ -158,11 +171,17 @@ def format_row(row: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+STEP_COLUMNS = (
+    "| {} GFLOP | (a) original, s | ours fp32, s | (b) ours bf16, memory returned, s | ours bf16, s "
+    "| floor bf16, s | bf16 / floor | (a) / bf16 "
+)
 HEADER = (
     "| tokenizer | input | tokens "
-    "| encode GFLOP | (a) original, s | ours fp32, s | ours bf16, s | floor bf16, s | bf16 / floor | (a) / bf16 "
-    "| decode GFLOP | (a) original, s | ours fp32, s | ours bf16, s | floor bf16, s | bf16 / floor | (a) / bf16 "
-    "| codes as fp32's | PSNR bf16 vs fp32, dB |\n" + "|---" * 19 + "|"
+    + STEP_COLUMNS.format("encode")
+    + STEP_COLUMNS.format("decode")
+    + "| codes as fp32's | PSNR bf16 vs fp32, dB |\n"
+    + "|---" * 21
+    + "|"
 )
 
 
@@ -196,21 +215,34 @@ def machine(device: str) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def main(options: argparse.Namespace) -> None:
-    torch.set_grad_enabled(False)
-    rates = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in (torch.float32, torch.bfloat16)}
-    lines = []
-    print(HEADER, flush=True)
+def rows_of_inputs(options: argparse.Namespace):
+    """(name, fp32 tokenizer, bf16 tokenizer, size, images) for each row of the table."""
     for name, source, sizes in rows_to_measure():
         fp32, bf16 = load(source, "float32", options), load(source, "bf16", options)
         images = inputs(fp32.downsample_factor, options.batch, options.device)
         for size in sizes:
-            key = next(key for key in images if key.startswith(size.split()[0]))
-            line = format_row(measure(name, fp32, bf16, size, images[key], rates))
-            print(line, flush=True)
-            lines.append(line)
-    after = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in rates}
+            yield name, fp32, bf16, size, images[next(key for key in images if key.startswith(size.split()[0]))]
+
+
+def main(options: argparse.Namespace) -> None:
+    torch.set_grad_enabled(False)
     on_gpu = options.device == "cuda"
+    # (b): bf16 with glibc's default of handing large blocks back to the system, measured before this process
+    # keeps freed memory, as the llamagen command does, for every other column (irreversibly).
+    returned = {} if on_gpu else {(name, size): bf16_seconds(bf16, images)
+                                  for name, _, bf16, size, images in rows_of_inputs(options)}  # fmt: skip
+    keep_freed_memory()
+    rates = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in (torch.float32, torch.bfloat16)}
+    lines = []
+    print(HEADER, flush=True)
+    for name, fp32, bf16, size, images in rows_of_inputs(options):
+        row = measure(name, fp32, bf16, size, images, rates)
+        for step, seconds in returned.get((name, size), {}).items():
+            row[f"{step}_bf16_memory_returned"] = seconds
+        line = format_row(row)
+        print(line, flush=True)
+        lines.append(line)
+    after = {dtype: measure_matmul_gflops(dtype, options.device) for dtype in rates}
     layout = "channels-last" if options.channels_last or not on_gpu else "torch's default layout"
     side = 8192 if on_gpu else 2048
     note = (
@@ -220,8 +252,20 @@ def main(options: argparse.Namespace) -> None:
         f"{after[torch.float32]:.0f} GFLOP/s, bf16 {rates[torch.bfloat16]:.0f} and {after[torch.bfloat16]:.0f}; "
         "the floors divide the multiply-adds (2 per multiply-add, counted by FlopCounterMode) by the rate before. "
         "(a): float32, default layout, attention by an explicit softmax of bmm products (the original's). "
-        f"Ours: `load_tokenizer(..., dtype=...)` on the {'GPU' if on_gpu else 'CPU'} ({layout} weights, GroupNorm "
-        "summed in float32 by torch's kernel, scaled_dot_product_attention). "
+        f"Ours: `load_tokenizer(..., dtype=...)` on the {'GPU' if on_gpu else 'CPU'} ({layout} weights, "
+        + (
+            "GroupNorm summed in float32 by torch's kernel, "
+            if on_gpu
+            else "GroupNorm and the SiLU after it in llamagen's kernel, "
+        )
+        + "scaled_dot_product_attention)"
+        + (
+            "."
+            if on_gpu
+            else ", in a process that keeps the memory tensors free (`keep_freed_memory`, as the llamagen command "
+            "does); (b): the same, measured first, with glibc's default of handing large blocks back."
+        )
+        + " "
         + (
             "cuDNN's float32 convolutions take TF32 products by default, so float32 can beat its floor. "
             if on_gpu
