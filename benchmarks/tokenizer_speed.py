@@ -9,8 +9,12 @@ china.jpg, padded to the downsample factor). Columns:
 - (a) the original's way: float32, activations in torch's default layout, attention through an explicit
   (positions x positions) softmax of `bmm` products, as taming-transformers' AttnBlock computes it;
 - ours, float32 and bf16, as `load_tokenizer` gives them on a CPU (convolution weights channels-last, so
-  oneDNN keeps every activation in its own layout; GroupNorm statistics summed in float32 by torch's kernel;
-  attention by scaled_dot_product_attention);
+  oneDNN keeps every activation in its own layout; GroupNorm and the SiLU after it in llamagen's kernel, its
+  statistics in float32 (on a GPU, torch's kernel, which sums them in float32); attention by
+  scaled_dot_product_attention);
+- (b) ours in bf16 with glibc's default of handing large freed blocks back to the system, measured first: every
+  other column runs in a process that keeps freed memory, as the llamagen command does;
+- (c) the time of bf16's convolutions alone against the floor: what oneDNN's kernels leave for the rest;
 - agreement of bf16 with float32 on the trained tokenizers: PSNR of the bf16 decode of float32's codes
   against the float32 decode, and the share of an image's codes that bf16's encoder picks as float32's does.
 
@@ -78,6 +82,18 @@ def best_seconds(function, device: str) -> float:
     return min(_timed(function, device) for _ in range(REPEATS))
 
 
+def convolution_seconds(function) -> float:
+    """Seconds the CPU's convolutions take in one call (torch's profiler, their own time), the best of REPEATS:
+    the part of a call that oneDNN's kernels, not this project's code, decide."""
+    times = []
+    for _ in range(REPEATS):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            function()
+        events = [event for event in profile.key_averages() if event.key == "aten::mkldnn_convolution"]
+        times.append(sum(event.self_cpu_time_total for event in events) / 1e6)
+    return min(times)
+
+
 def flops(function) -> int:
     with FlopCounterMode(display=False) as counter:
         function()
@@ -124,6 +140,8 @@ def measure(name: str, fp32: VQModel, bf16: VQModel, size: str, images: torch.Te
         row[f"{step}_original"] = best_seconds(lambda run=run: run(original), device)
         row[f"{step}_fp32"] = best_seconds(lambda run=run: run(fp32), device)
         row[f"{step}_bf16"] = best_seconds(lambda run=run: run(bf16), device)
+        if device == "cpu":
+            row[f"{step}_convolutions"] = convolution_seconds(lambda run=run: run(bf16))
         row[f"{step}_floor_bf16"] = work / (rates[torch.bfloat16] * 1e9)
         row[f"{step}_floor_fp32"] = work / (rates[torch.float32] * 1e9)
     row["same_codes"] = (bf16.tokenize(images) == codes).float().mean().item()
@@ -164,6 +182,7 @@ def format_row(row: dict) -> str:
             f"{row[f'{step}_bf16']:.3g}",
             f"{row[f'{step}_floor_bf16']:.3g}",
             f"{row[f'{step}_bf16'] / row[f'{step}_floor_bf16']:.2f}x",
+            f"{row[f'{step}_convolutions'] / row[f'{step}_floor_bf16']:.2f}x" if f"{step}_convolutions" in row else "-",
             f"{row[f'{step}_original'] / row[f'{step}_bf16']:.1f}x",
         ]
     trained = not row["tokenizer"].startswith("VQ-16")
@@ -173,14 +192,14 @@ def format_row(row: dict) -> str:
 
 STEP_COLUMNS = (
     "| {} GFLOP | (a) original, s | ours fp32, s | (b) ours bf16, memory returned, s | ours bf16, s "
-    "| floor bf16, s | bf16 / floor | (a) / bf16 "
+    "| floor bf16, s | bf16 / floor | (c) convolutions / floor | (a) / bf16 "
 )
 HEADER = (
     "| tokenizer | input | tokens "
     + STEP_COLUMNS.format("encode")
     + STEP_COLUMNS.format("decode")
     + "| codes as fp32's | PSNR bf16 vs fp32, dB |\n"
-    + "|---" * 21
+    + "|---" * 23
     + "|"
 )
 
@@ -263,7 +282,9 @@ def main(options: argparse.Namespace) -> None:
             "."
             if on_gpu
             else ", in a process that keeps the memory tensors free (`keep_freed_memory`, as the llamagen command "
-            "does); (b): the same, measured first, with glibc's default of handing large blocks back."
+            "does); (b): the same, measured first, with glibc's default of handing large blocks back; (c): the "
+            "time of bf16's convolutions alone (oneDNN's kernels, timed by torch's profiler) against the floor, "
+            "which the whole call cannot beat."
         )
         + " "
         + (

@@ -36,7 +36,10 @@ class QuantizerOutput:
 def nearest_entries(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, D) vectors, (K, D) codebook -> (N,) int64 index of each vector's nearest entry (`squared_distances`),
     a bounded number of rows at a time."""
-    return torch.cat([first_minimum(squared_distances(part, codebook)) for part in _distance_chunks(vectors, codebook)])
+    codebook = codebook.float()
+    entry_norms = codebook.pow(2).sum(1)  # once, not once a chunk
+    chunks = _distance_chunks(vectors, codebook)
+    return torch.cat([first_minimum(squared_distances(part, codebook, entry_norms)) for part in chunks])
 
 
 def first_minimum(distances: torch.Tensor) -> torch.Tensor:
@@ -52,16 +55,19 @@ def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[tor
     return vectors.split(_DISTANCE_CHUNK_ROWS)
 
 
-def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(N, D) x (K, D) -> (N, K) squared Euclidean distances, expanded as |z|^2 + |e|^2 - 2 z.e in float32.
+def squared_distances(z: torch.Tensor, codebook: torch.Tensor, entry_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, D) x (K, D) -> (N, K) squared Euclidean distances, expanded as |z|^2 + |e|^2 - 2 z.e in float32
+    (`entry_norms`: the codebook's |e|^2, where the caller has them).
 
     The expanded form, rather than torch.cdist, keeps the arg-min identical to the original's in near ties.
     """
     z, codebook = z.float(), codebook.float()
     with torch.autocast(z.device.type, enabled=False):  # under bf16 autocast the matmul would drop to bf16
-        # (|z|^2 + |e|^2) - 2 z.e, with the subtraction done by the product as it writes (one pass less over the
-        # (N, K) distances): the product's sums are the same, so every distance is the same to the bit.
-        return torch.addmm(z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1), 2 * z, codebook.t(), alpha=-1)
+        norms = z.pow(2).sum(1, keepdim=True) + (codebook.pow(2).sum(1) if entry_norms is None else entry_norms)
+        # Then - 2 z.e, subtracted by the product as it writes into the norms (two passes less over the (N, K)
+        # distances than a product and a subtraction): its sums are the same, so every distance is the same to
+        # the bit.
+        return norms.addmm_(2 * z, codebook.t(), alpha=-1)
 
 
 def entropy_loss(affinity: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
