@@ -35,3 +35,22 @@ def test_a_process_trains_every_run_nobody_else_holds_and_the_first_records_them
     assert trained == ["b"]
     assert list(results["runs"]) == NAMES and json.loads((tmp_path / "study.json").read_text()) == results
     assert (tmp_path / "study.csv").read_text().splitlines() == ["name,value", "a,1", "b,1", "c,1", "d,1"]
+
+
+def test_a_row_finished_out_of_turn_is_recorded_in_the_studys_order(tmp_path, monkeypatch):
+    claims = tmp_path / "runs" / CLAIMS
+    claims.mkdir(parents=True)
+    held = try_lock(claims / "a")  # another process trains a, and finishes it while this one trains d
+    monkeypatch.setenv("RANK", "0")
+
+    def train(name, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if name == "d":
+            (tmp_path / "runs" / "a").mkdir()
+            (tmp_path / "runs" / "a" / ROW_FILE).write_text(json.dumps({"name": "a", "value": 1}))
+            held.close()
+        return {"name": name, "value": len(name)}
+
+    results = run_study(NAMES, train, tmp_path / "study.json", tmp_path / "runs", {"steps": 1}, ("name", "value"))
+    assert list(results["runs"]) == NAMES  # b and c were recorded before a's row existed
+    assert (tmp_path / "study.csv").read_text().splitlines() == ["name,value", "a,1", "b,1", "c,1", "d,1"]

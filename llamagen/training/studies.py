@@ -69,14 +69,18 @@ def run_study(names: list[str], train: Callable[[str, Path], dict | None], out: 
 
 
 def _gather_rows(results: dict, pending: list[str], work_dir: Path, out: Path, fields, on_row) -> None:
-    """The rows written so far of the pending runs, added to `results` in the study's order and written."""
+    """The rows written so far of the pending runs, added to `results` after the rows recorded before this start
+    and in the study's order among themselves, whichever process finished first, and written."""
+    runs = results["runs"]
     for name in pending:
         path = work_dir / name / ROW_FILE
-        if name not in results["runs"] and path.is_file():
+        if name not in runs and path.is_file():
             row = json.loads(path.read_text())
             if on_row is not None:
                 on_row(results, row)
-            results["runs"][name] = row
+            runs[name] = row
+    order = [name for name in runs if name not in pending] + [name for name in pending if name in runs]
+    results["runs"] = {name: runs[name] for name in order}
     write_results(results, out, fields)
 
 
