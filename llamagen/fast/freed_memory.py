@@ -4,11 +4,10 @@ glibc's malloc serves every request above its mmap threshold (at most 32 MB) wit
 and returns them when it is freed, and trims the top of its heap back to the kernel as it empties. A new tensor
 of that size then pays a page fault for every 4 kB it first touches. A tokenizer's maps at full resolution are
 that size (a 640x427 photo: 35 MB a map of 64 channels in bf16) and each layer makes a new one, so on a CPU the
-faults cost more than the work of the GroupNorms, SiLUs and residual additions that write them: with freed
-memory kept, photo-vq decodes that photo in 0.26 s instead of 0.44 s, and a GroupNorm of one such map takes 5 ms
-instead of 14 (benchmarks/results/tokenizer_cpu_*.md). The price is that the process keeps its peak memory
-until it exits, which a command or a demo server can afford; `llamagen`'s commands call `keep_freed_memory()`
-at their start.
+faults cost as much as the work of the GroupNorms, SiLUs and residual additions that write them: with freed
+memory kept, photo-vq decodes that photo in bf16 in 0.21 s instead of 0.35 s (benchmarks/results/
+tokenizer_cpu_2026-12-06.md). The price is that the process keeps its peak memory until it exits, which a
+command or a demo server can afford; `llamagen`'s commands call `keep_freed_memory()` at their start.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ builder and loaded.
 
 A decoding step multiplies one or two rows (guidance doubles the batch) by every weight of the model and
 attends with one query over the cache; torch's kernels for so little work leave much of a step's time on
-the table on the CPU. Six ops, on CPUs with AVX-512 (and AVX512-BF16), and `tiles_ready()`, whether the
-product uses AMX's tiles:
+the table on the CPU. A tokenizer's norms at full resolution move whole maps through memory for a few operations
+a value, which torch's ops do more than once. Six ops, on CPUs with AVX-512 (and AVX512-BF16), and
+`tiles_ready()`, whether the product uses AMX's tiles:
 
 - `torch.ops.llamagen.small_batch_linear(x, weight)`: x @ weight^T for 1 to 16 rows of x, reading the weights
   2-3 times faster than ATen's product for so few rows (small_batch_linear.cpp); in bf16 from 4 rows on AMX's
