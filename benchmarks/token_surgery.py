@@ -2,7 +2,8 @@
 full decode it stands in for.
 
 Rows: photo-vq and the published VQ-16's architecture (random weights), on scikit-learn's 640x427 china.jpg and
-on it resized to 1000x1000 (the apps' upload limit, 1 megapixel), in the dtype the apps load (`dtype="auto"`).
+on it resized to 1000x1000 (the apps' upload limit, 1 megapixel), in the dtype the apps load (`dtype="auto"`),
+in a process that keeps freed memory, as the demo's does (`keep_freed_memory`).
 Columns: the plain full decode; the recorded full decode the Reconstruct tab runs once per image (it keeps the
 norms' statistics and the attention layers' keys and values); one local edit, the median over cells in the
 middle, at a corner and at an edge; and how far the local edit's pixels are from the full decode of the edited
@@ -25,6 +26,7 @@ from decode_speed import cpu_model
 from tokenizer_speed import PHOTO, best_seconds, load
 
 from llamagen.data.photos import load_photo
+from llamagen.fast.freed_memory import keep_freed_memory
 from llamagen.images import tensor_to_uint8
 from llamagen.tokenizer import VQModel, vq_preset
 from llamagen.tokenizer.local_decode import decode_edit, recorded_decode
@@ -40,9 +42,9 @@ def cells(rows: int, columns: int) -> list[tuple[int, int]]:
 def measure(name: str, tokenizer: VQModel, size: str, image) -> str:
     codes = tokenize_image(tokenizer, image)
     rows, columns = codes.shape
-    full = best_seconds(lambda: tokenizer.detokenize(codes[None]))
+    full = best_seconds(lambda: tokenizer.detokenize(codes[None]), "cpu")
     kept = recorded_decode(tokenizer, codes)
-    recorded = best_seconds(lambda: recorded_decode(tokenizer, codes))
+    recorded = best_seconds(lambda: recorded_decode(tokenizer, codes), "cpu")
     local_times, differences = [], []
     for row, column in cells(rows, columns):
         code = (int(codes[row, column]) + 7919) % tokenizer.config.codebook_size
@@ -69,6 +71,7 @@ HEADER = (
 
 def main() -> None:
     torch.set_grad_enabled(False)
+    keep_freed_memory()
     photo = load_photo(PHOTO)
     images = {f"{PHOTO} {photo.width}x{photo.height}": photo, "1000x1000": photo.resize((1000, 1000))}
     torch.manual_seed(0)

@@ -162,7 +162,8 @@ def rows_to_measure():
         yield name, name, ["256x256", f"{PHOTO} 640x427"]
 
 
-def load(source, dtype: str, options: argparse.Namespace) -> VQModel:
+def load(source, dtype: str, device: str = "cpu", channels_last: bool = False) -> VQModel:
+    """A benchmarked tokenizer, as `load_tokenizer` gives it (with `channels_last`, in that layout on a GPU too)."""
     if isinstance(source, VQModel):  # random weights: through a file, as users load them
         path = ROOT / "outputs" / "bench_vq16.safetensors"
         if not path.exists():
@@ -171,8 +172,8 @@ def load(source, dtype: str, options: argparse.Namespace) -> VQModel:
             path.parent.mkdir(parents=True, exist_ok=True)
             save(source, path)
         source = path
-    model = load_tokenizer(source, device=options.device, dtype=dtype)
-    return model.to(memory_format=torch.channels_last) if options.channels_last else model
+    model = load_tokenizer(source, device=device, dtype=dtype)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def format_row(row: dict) -> str:
@@ -241,7 +242,7 @@ def machine(device: str) -> str:
 def rows_of_inputs(options: argparse.Namespace):
     """(name, fp32 tokenizer, bf16 tokenizer, size, images) for each row of the table."""
     for name, source, sizes in rows_to_measure():
-        fp32, bf16 = load(source, "float32", options), load(source, "bf16", options)
+        fp32, bf16 = (load(source, dtype, options.device, options.channels_last) for dtype in ("float32", "bf16"))
         images = inputs(fp32.downsample_factor, options.batch, options.device)
         for size in sizes:
             yield name, fp32, bf16, size, images[next(key for key in images if key.startswith(size.split()[0]))]

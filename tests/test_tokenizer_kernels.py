@@ -52,13 +52,35 @@ def test_the_kernel_computes_group_norm_and_silu(silu, dtype, channels, groups, 
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernels_statistics_are_the_plain_norms(dtype):
+    """Token surgery records each norm's statistics from a full decode: the kernel's, from its own pass over the
+    map, equal the plain module's float64 sums (per image, 2 channels a group, a mean far from zero)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 30, 41, generator=generator) * torch.tensor([1.0, 0.05]).view(2, 1, 1, 1)
+    x = (x + torch.tensor([0.3, 40.0]).view(2, 1, 1, 1)).to(dtype).contiguous(memory_format=torch.channels_last)
+    plain = Float32GroupNorm(32, 64, eps=1e-6, silu=True)
+    kernel = Float32GroupNorm(32, 64, eps=1e-6, silu=True)
+    kernel.__class__ = KernelGroupNorm
+    with torch.no_grad():
+        (mean, inverse_std), (plain_mean, plain_inverse_std) = kernel.statistics(x), plain.statistics(x)
+    assert mean.shape == inverse_std.shape == (2, 32) and mean.dtype == torch.float32
+    torch.testing.assert_close(mean, plain_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(inverse_std, plain_inverse_std, rtol=1e-5, atol=0)
+    values = x.double().reshape(2, 32, -1)  # and both are the statistics of x
+    torch.testing.assert_close(mean.double(), values.mean(2), rtol=1e-6, atol=0)
+
+
+@needs_kernel
 def test_the_kernel_refuses_maps_it_cannot_read():
     weight, bias = torch.ones(64), torch.zeros(64)
     with pytest.raises(RuntimeError, match="channels-last"):
         torch.ops.llamagen.group_norm(torch.randn(1, 64, 4, 4), 32, weight, bias, 1e-6, True)
+    map_ = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match="groups do not divide"):
-        map_ = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
         torch.ops.llamagen.group_norm(map_, 24, weight, bias, 1e-6, True)
+    with pytest.raises(RuntimeError, match="groups do not divide"):
+        torch.ops.llamagen.group_statistics(map_, 24, 1e-6)
 
 
 @needs_kernel

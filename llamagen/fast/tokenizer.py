@@ -18,13 +18,19 @@ from llamagen.tokenizer.autoencoder import Float32GroupNorm
 
 
 class KernelGroupNorm(Float32GroupNorm):
-    """Float32GroupNorm whose inference on a channels-last float32 or bf16 map runs llamagen's kernel."""
+    """Float32GroupNorm whose inference on a channels-last float32 or bf16 map runs llamagen's kernel, and whose
+    statistics (which token surgery records from a full decode) come from the same pass over the map."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._kernel_serves(x):
             return super().forward(x)
         return torch.ops.llamagen.group_norm(x, self.num_groups, self.weight.float(), self.bias.float(), self.eps,
                                              self.silu)  # fmt: skip
+
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._kernel_serves(x):
+            return super().statistics(x)
+        return torch.ops.llamagen.group_statistics(x, self.num_groups, self.eps)
 
     @staticmethod
     def _kernel_serves(x: torch.Tensor) -> bool:

@@ -14,6 +14,8 @@ from torch import nn
 
 from llamagen.tokenizer.config import GROUP_NORM_GROUPS
 
+# Positions of a map whose statistics `Float32GroupNorm.statistics` sums at a time.
+STATISTICS_POSITIONS = 1 << 14
 # Devices whose kernels take bf16 and fp16 maps as they are: group_norm accumulates them in float32 (torch's
 # "opmath" type), and nearest-neighbour upsampling copies them.
 _NATIVE_HALF_PRECISION = ("cpu", "cuda")
@@ -42,6 +44,25 @@ class Float32GroupNorm(nn.GroupNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+    @torch.no_grad()
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's per-group mean and 1/std, (N, groups) float32 each: what `normalized` normalises x with
+        (token surgery keeps them from a full decode). Summed per channel in float64 from float32 a slice of
+        positions at a time (a float32 copy of a whole bf16 map at full resolution would be hundreds of MB)."""
+        per_group = self.num_channels // self.num_groups
+        means, inverse_stds = [], []
+        for image in x:
+            slices = image.permute(1, 2, 0).reshape(-1, self.num_channels).split(STATISTICS_POSITIONS)
+            count = image[0].numel() * per_group
+            sums = sum(part.float().sum(0, dtype=torch.float64) for part in slices)
+            mean = sums.reshape(self.num_groups, per_group).sum(1) / count
+            centred = mean.float().repeat_interleave(per_group)
+            squares = sum(((part.float() - centred) ** 2).sum(0, dtype=torch.float64) for part in slices)
+            variance = squares.reshape(self.num_groups, per_group).sum(1) / count
+            means.append(mean.float())
+            inverse_stds.append(torch.rsqrt(variance.float() + self.eps))
+        return torch.stack(means), torch.stack(inverse_stds)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, silu={self.silu}"

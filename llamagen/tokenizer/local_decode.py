@@ -36,9 +36,6 @@ from llamagen.images import tensor_to_uint8
 from llamagen.tokenizer.autoencoder import AttnBlock, Float32GroupNorm
 from llamagen.tokenizer.model import VQModel
 
-# Positions of a map whose statistics are summed at a time.
-STATISTICS_POSITIONS = 1 << 14
-
 
 @dataclass(frozen=True)
 class Box:
@@ -99,21 +96,6 @@ class ReachCounter:
         self.latent_rows, self.tokens = latent_rows, 0.0
 
 
-def _group_statistics(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group mean and 1/std of a (1, C, H, W) map, summed per channel in float32 a slice of positions at a
-    time (a float32 copy of a whole bf16 map at full resolution would be hundreds of MB), then per group."""
-    channels = x.shape[1]
-    per_group = channels // groups
-    slices = x[0].permute(1, 2, 0).reshape(-1, channels).split(STATISTICS_POSITIONS)  # a view, channels-last
-    count = x[0, 0].numel() * per_group
-    sums = sum(part.float().sum(0, dtype=torch.float64) for part in slices)
-    mean = sums.reshape(groups, per_group).sum(1) / count
-    centred = mean.float().repeat_interleave(per_group)
-    squares = sum(((part.float() - centred) ** 2).sum(0, dtype=torch.float64) for part in slices)
-    variance = squares.reshape(groups, per_group).sum(1) / count
-    return mean.float()[None], torch.rsqrt(variance.float() + eps)[None]
-
-
 def _latent(tokenizer: VQModel, codes: torch.Tensor) -> torch.Tensor:
     """(h, w) codes -> the decoder's (1, z_channels, h, w) input, as `VQModel.detokenize` computes it."""
     return tokenizer.decoder_input(tokenizer.quantize.lookup(codes[None].to(tokenizer.device)))
@@ -150,7 +132,7 @@ def recorded_decode(tokenizer: VQModel, codes: torch.Tensor) -> DecodedCodes:
 
 def _recording_statistics(statistics: dict, name: str) -> Callable:
     def record(norm: Float32GroupNorm, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        statistics[name] = _group_statistics(inputs[0], norm.num_groups, norm.eps)
+        statistics[name] = norm.statistics(inputs[0])
 
     return record
 
@@ -252,8 +234,8 @@ def _frozen_norm(norm: Float32GroupNorm, mean: torch.Tensor, inverse_std: torch.
     bias = norm.bias.float()[:, None, None]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        normalized = ((x.float() - shift) * scale + bias).to(x.dtype)
-        return F.silu(normalized) if norm.silu else normalized
+        normalized = (x.float() - shift) * scale + bias
+        return (F.silu(normalized) if norm.silu else normalized).to(x.dtype)  # rounded once, as the CPU kernel does
 
     return forward
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "registers.h"
@@ -71,12 +72,16 @@ ChannelSums channel_sums(const typename T::Scalar* x, int64_t positions, int64_t
   return sums;
 }
 
-// Each channel's scale and offset: y = x * scale + offset is the group's normalised x times weight plus bias.
-void scales_and_offsets(const ChannelSums& sums, int64_t positions, int64_t groups, const float* weight,
-                        const float* bias, double eps, float* scale, float* offset) {
+// Each group's mean and 1 / sqrt(variance + eps), from its channels' sums.
+struct GroupMoments {
+  double mean, inverse_std;
+};
+
+std::vector<GroupMoments> group_moments(const ChannelSums& sums, int64_t positions, int64_t groups, double eps) {
   const int64_t channels = static_cast<int64_t>(sums.sum.size());
   const int64_t per_group = channels / groups;
   const double n = static_cast<double>(positions);
+  std::vector<GroupMoments> moments(groups);
   for (int64_t g = 0; g < groups; ++g) {
     double mean = 0.0;
     for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) mean += sums.shift[c] + sums.sum[c] / n;
@@ -87,11 +92,19 @@ void scales_and_offsets(const ChannelSums& sums, int64_t positions, int64_t grou
       const double own = std::max(0.0, sums.squares[c] - sums.sum[c] * sums.sum[c] / n);
       deviations += own + n * (channel_mean - mean) * (channel_mean - mean);
     }
-    const double inverse_std = 1.0 / std::sqrt(deviations / (n * per_group) + eps);
-    for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-      scale[c] = static_cast<float>(weight[c] * inverse_std);
-      offset[c] = static_cast<float>(bias[c] - mean * weight[c] * inverse_std);
-    }
+    moments[g] = {mean, 1.0 / std::sqrt(deviations / (n * per_group) + eps)};
+  }
+  return moments;
+}
+
+// Each channel's scale and offset: y = x * scale + offset is the group's normalised x times weight plus bias.
+void scales_and_offsets(const std::vector<GroupMoments>& moments, const float* weight, const float* bias,
+                        int64_t channels, float* scale, float* offset) {
+  const int64_t per_group = channels / static_cast<int64_t>(moments.size());
+  for (int64_t c = 0; c < channels; ++c) {
+    const GroupMoments& group = moments[c / per_group];
+    scale[c] = static_cast<float>(weight[c] * group.inverse_std);
+    offset[c] = static_cast<float>(bias[c] - group.mean * weight[c] * group.inverse_std);
   }
 }
 
@@ -123,24 +136,41 @@ void group_norm_map(const at::Tensor& x, at::Tensor& y, int64_t groups, const fl
   for (int64_t i = 0; i < batch; ++i) {
     const Scalar* in = x.const_data_ptr<Scalar>() + i * positions * channels;
     Scalar* out = y.mutable_data_ptr<Scalar>() + i * positions * channels;
-    const ChannelSums sums = channel_sums<T>(in, positions, channels);
-    scales_and_offsets(sums, positions, groups, weight, bias, eps, scale.data(), offset.data());
+    const auto moments = group_moments(channel_sums<T>(in, positions, channels), positions, groups, eps);
+    scales_and_offsets(moments, weight, bias, channels, scale.data(), offset.data());
     write_output<T>(in, out, positions, channels, scale.data(), offset.data(), silu);
   }
+}
+
+template <typename T>
+void statistics_of_map(const at::Tensor& x, int64_t groups, double eps, float* mean, float* inverse_std) {
+  const int64_t batch = x.size(0), channels = x.size(1), positions = x.size(2) * x.size(3);
+  for (int64_t i = 0; i < batch; ++i) {
+    const auto* in = x.const_data_ptr<typename T::Scalar>() + i * positions * channels;
+    const auto moments = group_moments(channel_sums<T>(in, positions, channels), positions, groups, eps);
+    for (int64_t g = 0; g < groups; ++g) {
+      mean[i * groups + g] = static_cast<float>(moments[g].mean);
+      inverse_std[i * groups + g] = static_cast<float>(moments[g].inverse_std);
+    }
+  }
+}
+
+void check_map(const at::Tensor& x, int64_t groups) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "group_norm: x must be a channels-last (N, C, H, W) map");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "group_norm: x must be float32 or bf16, got ", x.scalar_type());
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "group_norm: ", groups, " groups do not divide ", x.size(1),
+              " channels");
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, "group_norm: the map has no positions");
 }
 
 // x (N, C, H, W) channels-last, float32 or bf16; weight and bias (C,) float32 -> y of x's shape, dtype and
 // layout: group_norm(x), then silu if `silu`.
 at::Tensor group_norm(const at::Tensor& x, int64_t groups, const at::Tensor& weight, const at::Tensor& bias,
                       double eps, bool silu) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "group_norm: x must be a channels-last (N, C, H, W) map");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "group_norm: x must be float32 or bf16, got ", x.scalar_type());
+  check_map(x, groups);
   const int64_t channels = x.size(1);
-  TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm: ", groups, " groups do not divide ", channels,
-              " channels");
-  TORCH_CHECK(x.size(2) * x.size(3) > 0, "group_norm: the map has no positions");
   for (const at::Tensor* parameter : {&weight, &bias}) {
     TORCH_CHECK(parameter->scalar_type() == at::kFloat && parameter->is_contiguous() && parameter->dim() == 1 &&
                     parameter->size(0) == channels,
@@ -155,9 +185,27 @@ at::Tensor group_norm(const at::Tensor& x, int64_t groups, const at::Tensor& wei
   return y;
 }
 
+// x as above -> (mean, inverse_std), each (N, groups) float32: the statistics group_norm normalises x with.
+std::tuple<at::Tensor, at::Tensor> group_statistics(const at::Tensor& x, int64_t groups, double eps) {
+  check_map(x, groups);
+  at::Tensor mean = at::empty({x.size(0), groups}, x.options().dtype(at::kFloat));
+  at::Tensor inverse_std = at::empty_like(mean);
+  if (x.scalar_type() == at::kFloat) {
+    statistics_of_map<Float32>(x, groups, eps, mean.mutable_data_ptr<float>(), inverse_std.mutable_data_ptr<float>());
+  } else {
+    statistics_of_map<BFloat16>(x, groups, eps, mean.mutable_data_ptr<float>(),
+                                inverse_std.mutable_data_ptr<float>());
+  }
+  return {mean, inverse_std};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llamagen, m) {
   m.def("group_norm(Tensor x, int groups, Tensor weight, Tensor bias, float eps, bool silu) -> Tensor");
+  m.def("group_statistics(Tensor x, int groups, float eps) -> (Tensor, Tensor)");
 }
-TORCH_LIBRARY_IMPL(llamagen, CPU, m) { m.impl("group_norm", &group_norm); }
+TORCH_LIBRARY_IMPL(llamagen, CPU, m) {
+  m.impl("group_norm", &group_norm);
+  m.impl("group_statistics", &group_statistics);
+}
