@@ -11,6 +11,11 @@ run (`decoder`):
 - on a GPU, each step replayed from a CUDA graph (`cuda_graphs.py`);
 - otherwise, and with `compile=True`, the step compiled by torch.compile (`compiled.py`).
 
+It also holds what makes the tokenizers fast on a CPU, where their full-resolution maps move through memory
+for a few operations a value: GroupNorm and the SiLU after it in one kernel, which `load_tokenizer` puts in
+place (`tokenizer.py`), and freed memory kept for the next maps instead of mapped afresh (`freed_memory.py`,
+which the `llamagen` command calls).
+
 Which is fastest for each device, batch and dtype is measured by `make bench` (benchmarks/results/).
 """
 
