@@ -38,12 +38,8 @@ class Float32GroupNorm(nn.GroupNorm):
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 or x.device.type in _NATIVE_HALF_PRECISION:
-            weight = self.weight.to(x.dtype) if self.weight is not None else None
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
     @torch.no_grad()
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
