@@ -8,6 +8,7 @@ collapse to a fraction of that.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +37,16 @@ class QuantizerOutput:
 def nearest_entries(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """(N, D) vectors, (K, D) codebook -> (N,) int64 index of each vector's nearest entry (`squared_distances`),
     a bounded number of rows at a time."""
+    return torch.cat([first_minimum(distances) for distances in chunked_distances(vectors, codebook)])
+
+
+def chunked_distances(vectors: torch.Tensor, codebook: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`squared_distances(vectors, codebook)` a bounded number of rows at a time, the codebook's norms computed
+    once."""
     codebook = codebook.float()
-    entry_norms = codebook.pow(2).sum(1)  # once, not once a chunk
-    chunks = _distance_chunks(vectors, codebook)
-    return torch.cat([first_minimum(squared_distances(part, codebook, entry_norms)) for part in chunks])
+    entry_norms = codebook.pow(2).sum(1)
+    for part in _distance_chunks(vectors, codebook):
+        yield squared_distances(part, codebook, entry_norms)
 
 
 def first_minimum(distances: torch.Tensor) -> torch.Tensor:
@@ -194,7 +201,7 @@ class VectorQuantizer(nn.Module):
         if count == 0:
             return dead
         flat, codebook = latent.reshape(-1, self.embed_dim).float(), self.codebook()
-        errors = torch.cat([squared_distances(part, codebook).amin(1) for part in _distance_chunks(flat, codebook)])
+        errors = torch.cat([distances.amin(1) for distances in chunked_distances(flat, codebook)])
         worst = errors.topk(min(len(flat), 4 * count)).indices
         if count <= len(worst):  # distinct latents, so that no two entries land on the same one
             choice = torch.randperm(len(worst), generator=generator, device=generator.device)[:count]
